@@ -1,0 +1,84 @@
+"""TokenBits: the reference implementation of TKB, the token bitstream format.
+
+Public API (mirrors the ``tkb`` command line):
+
+* :func:`encode` (array or tensor -> bytes), :func:`encode_tracks`, :func:`encode_file`
+* :func:`decode` (bytes -> :class:`DecodedStream`), :func:`decode_file`,
+  :func:`iter_frames` (streaming), :func:`read_frame` (random access by index)
+* :func:`to_array` (decoded frames of a track -> one array, as encoded)
+* :class:`TKBError` and its subclasses for every decoding failure.
+
+The normative text is ``spec/``; module docstrings name the clauses they implement.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .canonical import canonical_bytes, canonical_sha256
+from .decoder import DecodedStream, Frame, decode, iter_frames
+from .encoder import TrackOptions, encode, encode_tracks
+from .errors import (TKBCRCError, TKBEncodeError, TKBEntropyError, TKBError, TKBFormatError,
+                     TKBLevelError, TKBReferenceError, TKBTableError, TKBTruncatedError,
+                     TKBUnsupportedError, TKBValueError)
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "encode", "encode_tracks", "encode_file", "decode", "decode_file", "iter_frames",
+    "read_frame", "to_array", "canonical_bytes", "canonical_sha256", "DecodedStream", "Frame",
+    "TrackOptions", "TKBError", "TKBFormatError", "TKBTruncatedError", "TKBCRCError",
+    "TKBUnsupportedError", "TKBLevelError", "TKBReferenceError", "TKBTableError",
+    "TKBEntropyError", "TKBValueError", "TKBEncodeError",
+]
+
+
+def encode_file(array, path, **options) -> int:
+    """Encode to a file; returns its size in bytes."""
+    data = encode(array, **options)
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+def decode_file(path, strict: bool = True) -> DecodedStream:
+    return decode(Path(path).read_bytes(), strict=strict)
+
+
+def to_array(stream: DecodedStream, track_id: int = 0, torch_device=None):
+    """The frames of one track as one array: [N, D] for one frame, [F, N, D] for several
+    (ids: [N] or [F, N]).  Pruned tracks cannot be stacked: use the frames' positions.
+    With ``torch_device`` the result is a torch tensor there (bfloat16 included)."""
+    frames = stream.track_frames(track_id)
+    if not frames:
+        raise TKBError(f"no decoded frames in track {track_id}")
+    if any(f.num_kept != f.num_tokens for f in frames):
+        raise TKBError("frames are pruned: read values with their positions from .frames")
+    if len({f.values.shape for f in frames}) != 1:
+        raise TKBError("frames differ in size: read them from .frames")
+    arr = frames[0].values if len(frames) == 1 else np.stack([f.values for f in frames])
+    if torch_device is not None:
+        from .io import numpy_to_torch
+        return numpy_to_torch(arr, frames[0].dtype, torch_device)
+    return arr
+
+
+def read_frame(data, track_id: int, frame_number: int, strict: bool = True) -> Frame:
+    """Random access: decode one frame using the stream's index unit (clause 6.6)
+    and the track's parameter sets."""
+    from . import decoder as d
+    header = d.parse_stream_header(data)
+    dec = d.Decoder(header, strict)
+    target = None
+    for u in d.iter_units(data, dec.level):
+        if u.unit_type in (d.UNIT_TPS, d.UNIT_INDEX) and u.track_id == track_id:
+            dec.add_unit(u)
+    for number, off in dec.stream.index.get(track_id, []):
+        if number == frame_number:
+            target = off
+    if target is None:
+        raise TKBError(f"no index entry for frame {frame_number} of track {track_id}")
+    frame = dec.add_unit(d.read_unit(data, target, dec.level))
+    if frame is None or frame.frame_number != frame_number:
+        raise TKBFormatError("index entry does not point at the frame", clause="6.6")
+    return frame

@@ -1,0 +1,615 @@
+"""The reference encoder (informative, spec Annex B).
+
+Nothing here is normative: any choice that yields a valid stream is allowed.
+What it does, per track:
+
+* pruning (``keep``): prefix tokens are always kept; of the other tokens the
+  fraction ``keep`` farthest from the frame's mean token (1 - cosine) is kept;
+* steps: one step code ``qp + 144`` (step = 2^(qp/6)), optional per-channel
+  offsets, and a per-token offset round(6 log2(|token| / median |token|)) so
+  that every token gets the same relative error (mean token cosine is what
+  users measure); ``target_cos`` and ``bpv`` search the qp;
+* prediction: none / left / up, chosen by the smallest estimated size;
+* tables: channels sorted by scale and cut into 2^k equal groups, one table
+  per group, 2^k chosen by estimated size including the tables' own cost;
+* lossless (split) tracks: the top bits of each value (sign and exponent)
+  entropy coded, the low mantissa bits raw, the split chosen by estimated size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import levels, prediction, rans, reconstruction, symbols, syntax, tables
+from .bitio import BitWriter
+from .crc32c import crc32c
+from .decoder import (STREAM_TRACK, UNIT_FRAME, UNIT_INDEX, UNIT_METADATA, UNIT_TPS,
+                      VERSION_MAJOR, VERSION_MINOR)
+from .errors import TKBEncodeError
+from .presence import write_presence_map
+
+QP_MIN, QP_MAX = -144, 111
+MAX_ALPHABET = 4096
+
+
+# -- framing ---------------------------------------------------------------------
+
+def stream_header(profile_idc: int, level_idc: int) -> bytes:
+    w = BitWriter()
+    vals = dict(magic=syntax.MAGIC, version_major=VERSION_MAJOR, version_minor=VERSION_MINOR,
+                profile_idc=profile_idc, level_idc=level_idc, reserved_zero_32bits=0,
+                header_crc32c=0)
+    syntax.write(w, "stream_header", vals)
+    b = w.getvalue()[:12]
+    return b + crc32c(b).to_bytes(4, "little")
+
+
+def unit(unit_type: int, track_id: int, payload: bytes, essential: int | None = None) -> bytes:
+    if essential is None:
+        essential = 1 if unit_type in (UNIT_TPS, UNIT_FRAME) else 0
+    w = BitWriter()
+    syntax.write(w, "unit_header", dict(unit_size=len(payload), unit_type=unit_type,
+                                         track_id=track_id, unit_essential=essential,
+                                         reserved_zero_8bits=0))
+    body = w.getvalue() + payload
+    return body + crc32c(body).to_bytes(4, "little")
+
+
+def metadata_payload(meta: dict) -> bytes:
+    entries = []
+    for k, v in meta.items():
+        kb, vb = str(k).encode(), str(v).encode()
+        if not kb or len(kb) > 255:
+            raise TKBEncodeError(f"metadata key {k!r} must be 1..255 bytes")
+        entries.append(dict(key_length=len(kb), key=kb, value_length=len(vb), value=vb))
+    w = BitWriter()
+    syntax.write(w, "metadata", dict(num_entries=len(entries), metadata_entry=entries))
+    return w.getvalue()
+
+
+def index_payload(entries: list) -> bytes:
+    w = BitWriter()
+    syntax.write(w, "index", dict(num_entries=len(entries), index_entry=[
+        dict(frame_number=n, unit_offset=o) for n, o in entries]))
+    return w.getvalue()
+
+
+# -- options -----------------------------------------------------------------------
+
+@dataclass
+class TrackOptions:
+    """Encoder controls of one track (names as the CLI flags)."""
+    qp: int | None = None
+    bpv: float | None = None
+    target_cos: float | None = None
+    keep: float | None = None
+    lossless: bool = False
+    grid: tuple | None = None          # (grid_height, grid_width)
+    prefix_tokens: int = 0
+    predictor: str = "auto"            # none | left | up | auto
+    per_channel_steps: bool = False
+    token_scale: bool = True
+    output_dtype: str | None = None    # lossy: float32 | float16 | bfloat16 (default: source)
+    num_tables: int | None = None      # None: chosen by size
+    num_lanes: int = 32
+    lane_steps: int | None = None
+    vocab_size: int | None = None      # ids tracks
+    source_dtype: str | None = None    # "bfloat16": the input holds bfloat16 bit patterns
+    meta: dict = field(default_factory=dict)
+
+
+def _source_dtype(a) -> str:
+    name = str(getattr(a, "dtype", ""))
+    if name in ("float32", "float16", "bfloat16"):
+        return name
+    if name.startswith(("int", "uint")):
+        return "uint32"
+    raise TKBEncodeError(f"unsupported input dtype {name}; use float32, float16, bfloat16 "
+                         "or an integer type for token ids")
+
+
+def _float_view(a: np.ndarray, dtype: str) -> np.ndarray:
+    """Input values as float32 (bfloat16 arrives as uint16 bit patterns)."""
+    if dtype == "bfloat16":
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float32)
+
+
+# -- channel grouping and tables ---------------------------------------------------
+
+def _histograms(sym: np.ndarray, channel: np.ndarray, d: int, alphabet: int) -> np.ndarray:
+    return np.bincount(channel * alphabet + sym, minlength=d * alphabet).reshape(d, alphabet)
+
+
+def _largest_true(ok, lo: int, hi: int) -> int:
+    """Largest q in [lo, hi] with ok(q), for ok true below some threshold."""
+    if not ok(lo):
+        raise TKBEncodeError("the target cannot be met at any quality")
+    if ok(hi):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _entropy_bits(counts: np.ndarray) -> float:
+    c = counts[counts > 0].astype(np.float64)
+    return float(-(c * np.log2(c / c.sum())).sum()) if c.size else 0.0
+
+
+def _with_pseudo_counts(freqs, hist, tmap, alphabet: int, prob_bits: int) -> list:
+    """Tables over the whole alphabet, every symbol at least frequency 1."""
+    group = np.zeros(hist.shape[0], dtype=np.int64) if tmap is None else tmap
+    out = []
+    for g in range(len(freqs)):
+        counts = np.zeros(alphabet, dtype=np.int64)
+        h = hist[group == g].sum(axis=0)
+        counts[:h.size] = h[:alphabet]
+        out.append(tables.normalize(counts + 1, prob_bits))
+    return out
+
+
+def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob_bits: int,
+                  forced: int | None):
+    """Choose channel groups; returns (table_map, list of freq arrays)."""
+    d = hist.shape[0]
+    order = np.argsort(scale_key, kind="stable")
+    best = None
+    cands = [forced] if forced else [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= min(d, max_tables)]
+    for t in cands:
+        group = np.empty(d, dtype=np.int64)
+        group[order] = np.arange(d) * t // d
+        ghist = np.zeros((t, hist.shape[1]), dtype=np.int64)
+        np.add.at(ghist, group, hist)
+        freqs = []
+        bits = 0.0
+        for g in range(t):
+            h = ghist[g]
+            used = int(np.flatnonzero(h).max()) + 1 if h.any() else 1
+            counts = h[:used]
+            f = tables.normalize(counts, prob_bits)
+            freqs.append(f)
+            nz = h[:used] > 0
+            bits += float(-(h[:used][nz] * np.log2(f[nz] / (1 << prob_bits))).sum())
+            bits += tables.table_cost_bits(f)
+        if t > 1:
+            bits += 8 * d
+        if best is None or bits < best[0]:
+            best = (bits, group if t > 1 else None, freqs)
+    return best[1], best[2]
+
+
+def _choose_prob_bits(n_symbols: int, alphabet: int) -> int:
+    need = max(1, int(alphabet - 1).bit_length())
+    return int(np.clip(max(need, int(n_symbols).bit_length() - 4), 10, tables.MAX_PROB_BITS))
+
+
+# -- pruning ------------------------------------------------------------------------
+
+def prune(x: np.ndarray, keep: float, start: int) -> np.ndarray:
+    """Kept positions of one frame [N, D] (Annex B.2): prefix tokens plus the fraction
+    ``keep`` of the other tokens farthest (1 - cosine) from the frame's mean token."""
+    n = x.shape[0]
+    seq = x[start:].astype(np.float64)
+    m = seq.mean(axis=0)
+    norms = np.linalg.norm(seq, axis=1) * (np.linalg.norm(m) or 1.0)
+    dist = 1.0 - (seq @ m) / np.where(norms > 0, norms, 1.0)
+    k = int(round(keep * seq.shape[0]))
+    chosen = np.sort(np.argsort(-dist, kind="stable")[:k]) + start
+    return np.concatenate((np.arange(start), chosen)).astype(np.uint32) if n else \
+        np.zeros(0, np.uint32)
+
+
+# -- one track ----------------------------------------------------------------------
+
+class TrackEncoder:
+    """Builds a track parameter set from sample frames, then encodes frames against it."""
+
+    def __init__(self, frames, opts: TrackOptions, level: levels.Level, pseudo: bool = False):
+        self.opts = opts
+        self.level = level
+        self._frames = frames
+        first = frames[0]
+        self.src = opts.source_dtype or _source_dtype(first)
+        self.ids = self.src == "uint32"
+        self.lossless = opts.lossless or self.ids
+        arrs = [np.asarray(f) for f in frames]
+        if self.ids:
+            arrs = [a.reshape(-1, 1) for a in arrs]
+        self.d = arrs[0].shape[1]
+        self.tps = self._base_tps(arrs)
+        self.positions = [self._positions(a) for a in arrs]
+        if self.lossless:
+            self._fit_split(arrs, pseudo)
+        else:
+            self._fit_quant(arrs, pseudo)
+        self._finish_tps()
+
+    # geometry, dtypes
+    def _base_tps(self, arrs) -> dict:
+        o = self.opts
+        n = arrs[0].shape[0]
+        t = dict(tps_id=0, track_kind=1 if self.ids else 0, coding_mode=1 if self.lossless else 0,
+                 source_dtype=reconstruction.DTYPE_CODES[self.src], num_channels=self.d)
+        if self.lossless:
+            t["output_dtype"] = t["source_dtype"]
+        else:
+            t["output_dtype"] = reconstruction.DTYPE_CODES[o.output_dtype or self.src]
+        if self.ids:
+            vmax = max((int(a.max()) for a in arrs if a.size), default=0)
+            t["vocab_size"] = o.vocab_size or vmax + 1
+            if vmax >= t["vocab_size"]:
+                raise TKBEncodeError(f"token id {vmax} >= vocab_size {t['vocab_size']}")
+        if o.grid:
+            h, w = o.grid
+            if o.prefix_tokens + h * w != n:
+                raise TKBEncodeError(f"grid {h}x{w} + {o.prefix_tokens} prefix tokens != {n} "
+                                     "tokens per frame")
+            t.update(grid_present=1, grid_height=h, grid_width=w,
+                     num_prefix_tokens=o.prefix_tokens, max_tokens=n)
+        else:
+            t.update(grid_present=0, max_tokens=max(a.shape[0] for a in arrs),
+                     num_prefix_tokens=0)
+        return t
+
+    def _positions(self, a: np.ndarray) -> np.ndarray:
+        if self.opts.keep is None or self.opts.keep >= 1:
+            return np.arange(a.shape[0], dtype=np.uint32)
+        if self.ids:
+            raise TKBEncodeError("pruning applies to embedding tracks")
+        return prune(_float_view(a, self.src), self.opts.keep, self.tps["num_prefix_tokens"])
+
+    # split (lossless) coding
+    def _split_symbols(self, a: np.ndarray, raw_bits: int):
+        bits = a.astype(np.uint32) if self.ids else a.view(
+            {"float32": np.uint32, "float16": np.uint16, "bfloat16": np.uint16}[self.src])
+        bits = bits.astype(np.int64)
+        return bits >> raw_bits, bits & ((1 << raw_bits) - 1)
+
+    def _fit_split(self, arrs, pseudo: bool) -> None:
+        width = reconstruction.DTYPE_BITS[self.tps["source_dtype"]]
+        if self.ids:
+            cands = [max(0, int(self.tps["vocab_size"] - 1).bit_length() - 12)]
+        else:
+            cands = [r for r in range(width - 12, width) if r >= 0][:8]
+        kept = [a[p] for a, p in zip(arrs, self.positions)]
+        allv = np.concatenate([k.reshape(-1, self.d) for k in kept]) if kept else None
+        n = allv.shape[0]
+        channel = np.tile(np.arange(self.d), n)
+        if self.ids:
+            key = np.zeros(self.d)
+        else:
+            key = np.median(np.abs(_float_view(allv, self.src)), axis=0)
+        best = None
+        for rb in cands:
+            sym, _ = self._split_symbols(allv, rb)
+            alphabet = int(sym.max()) + 1 if sym.size else 1
+            pb = _choose_prob_bits(sym.size, alphabet)
+            hist = _histograms(sym.ravel(), channel, self.d, alphabet)
+            tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb,
+                                        self.opts.num_tables)
+            est = sum(tables.table_cost_bits(f) for f in freqs) + rb * sym.size
+            g = np.zeros(self.d, dtype=np.int64) if tmap is None else tmap
+            for i, f in enumerate(freqs):
+                h = hist[g == i].sum(axis=0)[:f.size]
+                nz = h > 0
+                est += float(-(h[nz] * np.log2(f[nz] / (1 << pb))).sum())
+            if best is None or est < best[0]:
+                best = (est, rb, pb, tmap, freqs)
+        _, self.tps["raw_bits"], self.tps["prob_bits"], tmap, freqs = best
+        if pseudo:  # a streaming table must code every possible symbol
+            full = min(MAX_ALPHABET, 1 << (width - self.tps["raw_bits"])) if not self.ids else \
+                -(-self.tps["vocab_size"] >> self.tps["raw_bits"])
+            hist = _histograms(self._split_symbols(allv, self.tps["raw_bits"])[0].ravel(),
+                               channel, self.d, full)
+            freqs = _with_pseudo_counts(freqs, hist, tmap, full, self.tps["prob_bits"])
+        self._set_tables(tmap, freqs)
+
+    # quantized coding
+    def _token_deltas(self, xf: np.ndarray) -> np.ndarray:
+        if not self.opts.token_scale:
+            return np.zeros(xf.shape[0], dtype=np.int64)
+        norms = np.linalg.norm(xf.astype(np.float64), axis=1)
+        ref = self.norm_ref
+        with np.errstate(divide="ignore"):
+            dl = np.round(6 * np.log2(np.maximum(norms, ref * 2.0 ** -10) / ref))
+        return np.clip(dl, -60, 60).astype(np.int64)
+
+    def _step_codes(self, qp: int) -> np.ndarray:
+        """step_code of every channel at qp (clause 6.3.2)."""
+        return np.clip(qp + reconstruction.STEP_CODE_UNITY + self.chan_offset, 0, 255)
+
+    def _quantize(self, xf: np.ndarray, qp: int):
+        """Levels, step codes [K, D] and token_step_delta [K] of kept tokens at qp."""
+        sc = self._step_codes(qp)
+        delta = self._token_deltas(xf)
+        delta = np.clip(delta, max(-128, -int(sc.min())), min(127, 255 - int(sc.max())))
+        codes = sc[None, :] + delta[:, None]
+        step = reconstruction.STEP[codes].astype(np.float64)
+        lv = np.rint(xf.astype(np.float64) / step)
+        lv = np.clip(lv, -reconstruction.MAX_LEVEL, reconstruction.MAX_LEVEL).astype(np.int64)
+        return lv, codes, delta
+
+    def _fit_quant(self, arrs, pseudo: bool) -> None:
+        o = self.opts
+        self.xf = [_float_view(a, self.src)[p] for a, p in zip(arrs, self.positions)]
+        allx = np.concatenate(self.xf)
+        norms = np.linalg.norm(allx.astype(np.float64), axis=1)
+        self.norm_ref = float(np.median(norms)) if norms.size and np.median(norms) > 0 else 1.0
+        self.chan_offset = np.zeros(self.d, dtype=np.int64)
+        if o.per_channel_steps:
+            rms = np.sqrt((allx.astype(np.float64) ** 2).mean(axis=0)) + 1e-30
+            self.chan_offset = np.clip(np.round(3 * np.log2(rms / np.median(rms))), -24, 24
+                                       ).astype(np.int64)
+        qp = self._choose_qp(allx)
+        self.qp = qp
+        # predictor
+        names = {"none": 0, "left": 1, "up": 2}
+        if o.predictor == "auto":
+            cands = [0, 1] + ([2] if self.tps["grid_present"] else [])
+        else:
+            if o.predictor not in names:
+                raise TKBEncodeError(f"unknown predictor {o.predictor!r}")
+            cands = [names[o.predictor]]
+        if 2 in cands and not self.tps["grid_present"]:
+            raise TKBEncodeError("predictor 'up' needs a grid")
+        lvls = [self._quantize(x, qp)[0] for x in self.xf]
+        best = None
+        for p in cands:
+            self.tps["predictor"] = p
+            us = [symbols.zigzag(prediction.residuals_from_levels(lv, pos, self.tps))
+                  for lv, pos in zip(lvls, self.positions)]
+            u = np.concatenate([x.ravel() for x in us]) if us else np.zeros(0, np.int64)
+            est = _entropy_bits(np.bincount(np.minimum(u, 1 << 16)))
+            if best is None or est < best[0]:
+                best = (est, p, u)
+        _, self.tps["predictor"], u = best
+        self.tps["per_channel_steps"] = int(bool(o.per_channel_steps))
+        sc = self._step_codes(qp)
+        self.tps["step_code"] = (sc if o.per_channel_steps else sc[:1]).astype(np.uint8)
+        # alphabet: escape the rarest 0.01 % (at least values beyond 4094)
+        alphabet = 2
+        if u.size:
+            cap = int(np.quantile(u, 0.9999, method="higher")) + 2
+            alphabet = int(np.clip(cap, 2, MAX_ALPHABET))
+        channel = np.tile(np.arange(self.d), u.size // self.d)
+        sym = np.minimum(u, alphabet - 1)
+        hist = _histograms(sym, channel, self.d, alphabet)
+        pb = _choose_prob_bits(u.size, alphabet)
+        self.tps["prob_bits"] = pb
+        key = (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
+        tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb, o.num_tables)
+        if pseudo:  # a streaming table must code any symbol up to ESC
+            freqs = _with_pseudo_counts(freqs, hist, tmap, alphabet, pb)
+        self._set_tables(tmap, freqs)
+
+    def _choose_qp(self, allx: np.ndarray) -> int:
+        o = self.opts
+        if o.qp is not None:
+            if not QP_MIN <= o.qp <= QP_MAX:
+                raise TKBEncodeError(f"qp {o.qp} not in {QP_MIN}..{QP_MAX}")
+            return int(o.qp)
+        if o.bpv is not None:
+            if o.bpv <= 0:
+                raise TKBEncodeError("bpv must be positive")
+            # the smallest qp (finest step) whose stream fits in bpv bits per value
+            return -_largest_true(lambda nq: self._trial_bpv(-nq) <= o.bpv,
+                                  -(QP_MAX - 24), -(QP_MIN + 60))
+        target = o.target_cos if o.target_cos is not None else 0.99
+        if not 0 < target <= 1:
+            raise TKBEncodeError("target_cos must be in (0, 1]")
+        from .baselines import mean_token_cosine
+        out_name = reconstruction.DTYPES[self.tps["output_dtype"]]
+
+        def ok(qp):
+            lv, codes, _ = self._quantize(allx, qp)
+            rec = reconstruction.to_output(reconstruction.dequantize(lv, codes),
+                                           self.tps["output_dtype"])
+            return mean_token_cosine(allx, _float_view(rec, out_name)) >= target
+        return _largest_true(ok, QP_MIN + 60, QP_MAX - 24)
+
+    def _trial_bpv(self, qp: int) -> float:
+        trial = TrackEncoder(self._frames, TrackOptions(**{**self.opts.__dict__, "qp": qp,
+                                                           "bpv": None}), self.level)
+        size = len(trial.tps_payload) + sum(
+            len(trial.encode_frame(f, i, p)) + 12
+            for i, (f, p) in enumerate(zip(self._frames, trial.positions)))
+        return 8 * size / sum(np.asarray(f).size for f in self._frames)
+
+    def _set_tables(self, tmap, freqs) -> None:
+        self.tps["num_tables"] = len(freqs)
+        if tmap is not None:
+            self.tps["table_map"] = tmap.astype(np.uint8)
+        self.tps["freq_table"] = [dict(alphabet_size=f.size, freq_k=tables.best_freq_k(f),
+                                       freq=[int(v) for v in f]) for f in freqs]
+        self.freqs = freqs
+
+    def _finish_tps(self) -> None:
+        o = self.opts
+        n_sym = max((p.size for p in self.positions), default=0) * self.d
+        lanes = max(1, min(o.num_lanes, n_sym // 1024 or 1))
+        steps = o.lane_steps or max(1, min(1024, -(-n_sym // lanes)))
+        steps = max(1, min(steps, self.level.max_chunk // lanes))
+        self.tps.update(num_lanes=lanes, lane_steps=steps)
+        w = BitWriter()
+        syntax.write(w, "track_parameter_set", self.tps)
+        self.tps_payload = w.getvalue()
+        alph = max(f.size for f in self.freqs)
+        self.freq_all, self.cum_all = tables.encode_arrays(self.freqs, alph)
+        tmap = self.tps.get("table_map")
+        self.chan_table = (np.zeros(self.d, dtype=np.int64) if tmap is None
+                           else tmap.astype(np.int64))
+        self.chan_esc = np.array([f.size for f in self.freqs])[self.chan_table] - 1
+
+    # frames
+    def encode_frame(self, a, frame_number: int, positions=None) -> bytes:
+        """Frame unit payload of one frame (clause 6.4 syntax)."""
+        a = np.asarray(a)
+        if self.ids:
+            a = a.reshape(-1, 1)
+        if a.ndim != 2 or a.shape[1] != self.d:
+            raise TKBEncodeError(f"frame shape {a.shape} does not match {self.d} channels")
+        n = a.shape[0]
+        if self.tps["grid_present"] and n != self.tps["max_tokens"]:
+            raise TKBEncodeError("frame size differs from the grid")
+        if not self.tps["grid_present"] and n > self.tps["max_tokens"]:
+            raise TKBEncodeError(f"frame of {n} tokens > max_tokens {self.tps['max_tokens']}")
+        pos = self._positions(a) if positions is None else np.asarray(positions, np.uint32)
+        v = dict(tps_id=self.tps["tps_id"], random_access=1, frame_number=frame_number,
+                 num_tokens=n, presence_present=int(pos.size != n))
+        k = pos.size
+        if self.lossless:
+            sym, raw = self._split_symbols(a[pos], self.tps["raw_bits"])
+            sym, raw = sym.ravel(), raw.ravel()
+        else:
+            xf = _float_view(a, self.src)[pos]
+            lv, codes, tdelta = self._quantize(xf, self.qp)
+            res = prediction.residuals_from_levels(lv, pos, self.tps)
+            u = symbols.zigzag(res)
+            esc = np.broadcast_to(self.chan_esc, u.shape)
+            is_esc = u >= esc
+            escapes = (u - esc)[is_esc]
+            sym = np.where(is_esc, esc, u).ravel()
+            ebits = int(escapes.max()).bit_length() if escapes.size else 0
+            if ebits > symbols.MAX_ESCAPE_BITS:
+                raise TKBEncodeError("a residual is too large to escape")
+            v.update(frame_step_delta=0, token_scale_present=int(bool(self.opts.token_scale)),
+                     token_step_delta=tdelta.astype(np.int8), escape_bits=ebits,
+                     num_escapes=int(escapes.size))
+        t_of = np.tile(self.chan_table, k)
+        if sym.size and np.any(self.freq_all[t_of, np.minimum(sym, self.freq_all.shape[1] - 1)]
+                               == 0):
+            raise TKBEncodeError("a symbol has no frequency in the track's tables "
+                                 "(frame statistics differ from the calibration frames)")
+        words, cw = rans.encode(sym, self.freq_all[t_of, sym], self.cum_all[t_of, sym],
+                                self.tps["num_lanes"], self.tps["lane_steps"],
+                                self.tps["prob_bits"])
+        v.update(chunk_words=cw, num_kept=k,
+                 num_chunks=cw.size)
+        w = BitWriter()
+
+        def presence(wr, env):
+            write_presence_map(wr, self.tps, n, pos)
+
+        def rans_data(wr, env):
+            wr.array("u16", words)
+
+        def escape_data(wr, env):
+            wr.packed(escapes, ebits)
+            wr.align_zero()
+
+        def raw_data(wr, env):
+            wr.packed(raw, self.tps["raw_bits"])
+            wr.align_zero()
+
+        ctx = dict(coding_mode=self.tps["coding_mode"])
+        syntax.write(w, "frame", v, ctx, dict(presence_map=presence, rans_data=rans_data,
+                                              escape_data=escape_data, raw_data=raw_data))
+        return w.getvalue()
+
+
+# -- whole streams ------------------------------------------------------------------
+
+def _as_frames(array, bf16: bool = False) -> tuple[list, bool]:
+    """Split an input array into frames: [N, D] / [F, N, D] floats, [N] / [F, N] ids.
+    ``bf16``: the (uint16) array holds bfloat16 bit patterns."""
+    a = array
+    if hasattr(a, "detach"):  # torch tensor
+        from .io import torch_to_numpy
+        a, name = torch_to_numpy(a)
+        bf16 = bf16 or name == "bfloat16"
+    a = np.asarray(a)
+    if a.dtype.name == "bfloat16":  # ml_dtypes arrays: keep the bit patterns
+        a = a.view(np.uint16)
+        bf16 = True
+    ids = a.dtype.kind in "iu" and not bf16
+    if ids:
+        if a.ndim not in (1, 2):
+            raise TKBEncodeError(f"token ids must be [N] or [F, N], got shape {a.shape}")
+        if a.size and int(a.min()) < 0:
+            raise TKBEncodeError("token ids must be non-negative")
+        return ([a] if a.ndim == 1 else list(a)), True
+    if a.ndim not in (2, 3):
+        raise TKBEncodeError(f"embeddings must be [N, D] or [F, N, D], got shape {a.shape}")
+    return ([a] if a.ndim == 2 else list(a)), False
+
+
+def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None = None,
+                  index: bool = True, progress=None) -> bytes:
+    """Encode several tracks into one stream.
+
+    ``tracks``: list of (array, TrackOptions or dict).  Returns the stream bytes.
+    """
+    prepared = []
+    for arr, opts in tracks:
+        if isinstance(opts, dict):
+            opts = TrackOptions(**opts)
+        frames, ids = _as_frames(arr, opts.source_dtype == "bfloat16")
+        if ids is False and frames and frames[0].dtype == np.uint16:
+            opts.source_dtype = "bfloat16"
+        if not frames:
+            raise TKBEncodeError("no frames to encode")
+        for f in frames:
+            if getattr(f, "dtype", None) is not None and f.dtype.kind == "f" and \
+                    not opts.lossless and not np.all(np.isfinite(f)):
+                raise TKBEncodeError("lossy coding needs finite values (use lossless)")
+        prepared.append((frames, opts, ids))
+    lossless_only = all(o.lossless or ids for _, o, ids in prepared)
+    profile = levels.PROFILE_LOSSLESS if lossless_only else levels.PROFILE_MAIN
+    probe = levels.LEVELS[30] if level_idc is None else levels.get_level(level_idc)
+    encs = []
+    for frames, opts, ids in prepared:
+        encs.append((TrackEncoder(frames, opts, probe), frames))
+    payloads = []
+    total = sum(len(f) for _, f in encs)
+    done = 0
+    for tid, (te, frames) in enumerate(encs):
+        fr = []
+        for i, f in enumerate(frames):
+            fr.append(te.encode_frame(f, i, te.positions[i]))
+            done += 1
+            if progress:
+                progress(done, total)
+        payloads.append(fr)
+    if level_idc is None:
+        max_unit = max(max((len(p) for p in fr), default=0) for fr in payloads) + 64
+        level_idc = levels.smallest_level(
+            tokens=max(te.tps["max_tokens"] for te, _ in encs),
+            channels=max(te.d for te, _ in encs),
+            values=max(te.tps["max_tokens"] * te.d for te, _ in encs),
+            vocab=max(te.tps.get("vocab_size", 0) for te, _ in encs),
+            tables=max(te.tps["num_tables"] for te, _ in encs),
+            lanes=max(te.tps["num_lanes"] for te, _ in encs),
+            chunk=max(te.tps["num_lanes"] * te.tps["lane_steps"] for te, _ in encs),
+            unit_size=max_unit, tracks=len(encs))
+    out = bytearray(stream_header(profile, level_idc))
+    if meta:
+        out += unit(UNIT_METADATA, STREAM_TRACK, metadata_payload(meta))
+    entries = {}
+    for tid, (te, _) in enumerate(encs):
+        out += unit(UNIT_TPS, tid, te.tps_payload)
+        if te.opts.meta:
+            out += unit(UNIT_METADATA, tid, metadata_payload(te.opts.meta))
+    # frames interleaved by frame number across tracks
+    longest = max(len(p) for p in payloads)
+    for i in range(longest):
+        for tid, fr in enumerate(payloads):
+            if i < len(fr):
+                entries.setdefault(tid, []).append((i, len(out)))
+                out += unit(UNIT_FRAME, tid, fr[i])
+    if index:
+        for tid, e in entries.items():
+            out += unit(UNIT_INDEX, tid, index_payload(e))
+    return bytes(out)
+
+
+def encode(array, *, meta: dict | None = None, level_idc: int | None = None,
+           index: bool = True, progress=None, **options) -> bytes:
+    """Encode one track (see :class:`TrackOptions` for ``options``)."""
+    return encode_tracks([(array, TrackOptions(**options))], meta=meta, level_idc=level_idc,
+                         index=index, progress=progress)

@@ -1,0 +1,75 @@
+"""Integer prediction of quantization levels (spec clause 7.5).
+
+predictor 0 (none): level = residual.
+predictor 1 (left): the sequence tokens (grid tokens, or all tokens of a track
+without grid) are predicted from the previous kept sequence token in
+position order; the first from 0.  Inverse: a prefix sum per channel.
+predictor 2 (up, grid tracks only): grid token (y, x) is predicted from the
+level of (y - 1, x) when y > 0 and that token is kept, else from 0.
+Inverse: a prefix sum down each grid column, restarting after a missing token.
+Prefix tokens are never predicted.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PREDICTORS = {0: "none", 1: "left", 2: "up"}
+
+
+def _sequence_start(tps) -> int:
+    return tps["num_prefix_tokens"] if tps["grid_present"] else 0
+
+
+def reconstruct_levels(res: np.ndarray, positions: np.ndarray, tps) -> np.ndarray:
+    """Residuals [K, D] of the kept tokens -> levels [K, D] (int64)."""
+    pred = tps["predictor"]
+    if pred == 0 or res.shape[0] == 0:
+        return res
+    start = _sequence_start(tps)
+    seq = positions >= start
+    lv = res.copy()
+    if pred == 1:
+        lv[seq] = np.cumsum(res[seq], axis=0)
+        return lv
+    # up: segmented prefix sum down the columns of the grid
+    h, w = tps["grid_height"], tps["grid_width"]
+    d = res.shape[1]
+    g = positions[seq].astype(np.int64) - start
+    dense = np.zeros((h, w, d), dtype=np.int64)
+    kept = np.zeros((h, w), dtype=bool)
+    dense.reshape(h * w, d)[g] = res[seq]
+    kept.reshape(-1)[g] = True
+    csum = np.cumsum(dense, axis=0)
+    # a run restarts at row y when y == 0 or (y - 1, x) is missing
+    rows = np.arange(h)[:, None]
+    restart = np.ones((h, w), dtype=bool)
+    restart[1:] = ~kept[:-1]
+    first = np.maximum.accumulate(np.where(restart, rows, 0), axis=0)
+    before = np.where((first > 0)[:, :, None],
+                      csum[np.maximum(first - 1, 0), np.arange(w)[None, :]], 0)
+    lv[seq] = (csum - before).reshape(h * w, d)[g]
+    return lv
+
+
+def residuals_from_levels(levels: np.ndarray, positions: np.ndarray, tps) -> np.ndarray:
+    """Encoder mirror: levels [K, D] -> residuals [K, D]."""
+    pred = tps["predictor"]
+    if pred == 0 or levels.shape[0] == 0:
+        return levels
+    start = _sequence_start(tps)
+    seq = positions >= start
+    res = levels.copy()
+    if pred == 1:
+        s = levels[seq]
+        res[seq] = np.diff(s, axis=0, prepend=np.zeros((1, s.shape[1]), dtype=s.dtype))
+        return res
+    h, w = tps["grid_height"], tps["grid_width"]
+    g = positions[seq].astype(np.int64) - start
+    dense = np.zeros((h * w, levels.shape[1]), dtype=np.int64)
+    kept = np.zeros(h * w, dtype=bool)
+    dense[g] = levels[seq]
+    kept[g] = True
+    above = np.zeros_like(dense)
+    above[w:] = np.where(kept[:-w, None], dense[:-w], 0)
+    res[seq] = (dense - above)[g]
+    return res

@@ -1,0 +1,100 @@
+"""Frequency tables (spec clauses 6.3.5 and 7.3.1).
+
+A table gives each symbol s < alphabet_size a frequency freq[s] >= 0; the
+frequencies sum to 2^prob_bits and cum[s] is their exclusive prefix sum.  The
+decoder builds from each table a slot lookup: for slot in [0, 2^prob_bits),
+the symbol s with cum[s] <= slot < cum[s] + freq[s].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import TKBTableError
+
+MAX_PROB_BITS = 15
+
+
+def validate_table(freq, prob_bits: int, max_alphabet: int, index: int) -> np.ndarray:
+    """Clause 6.3.5 constraints of one table; returns freq as an int64 array."""
+    el = f"freq_table[{index}]"
+    f = np.asarray(freq, dtype=np.int64)
+    if not 1 <= f.size <= max_alphabet:
+        raise TKBTableError(f"alphabet_size {f.size} not in 1..{max_alphabet}",
+                            clause="6.3.5", element=el + ".alphabet_size")
+    total = int(f.sum())
+    if total != 1 << prob_bits:
+        raise TKBTableError(f"frequencies sum to {total}, not 2^prob_bits = {1 << prob_bits}",
+                            clause="6.3.5", element=el + ".freq")
+    return f
+
+
+def decode_lookup(tables: list[np.ndarray], prob_bits: int) -> np.ndarray:
+    """Packed slot lookup of all tables, table t at offset t << prob_bits.
+
+    Entry = freq << 32 | (slot - cum) << 16 | symbol, so one gather per symbol
+    gives everything the state update of clause 7.3.2 needs.
+    """
+    m = 1 << prob_bits
+    out = np.empty(len(tables) * m, dtype=np.int64)
+    for t, f in enumerate(tables):
+        sym = np.repeat(np.arange(f.size, dtype=np.int64), f)
+        cum = np.concatenate(([0], np.cumsum(f)[:-1]))
+        slot = np.arange(m, dtype=np.int64)
+        out[t * m:(t + 1) * m] = (f[sym] << 32) | ((slot - cum[sym]) << 16) | sym
+    return out
+
+
+def encode_arrays(tables: list[np.ndarray], alphabet: int) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder view: freq and cum of all tables as [num_tables, alphabet] int64 arrays."""
+    freq = np.zeros((len(tables), alphabet), dtype=np.int64)
+    for t, f in enumerate(tables):
+        freq[t, :f.size] = f
+    cum = np.cumsum(freq, axis=1) - freq
+    return freq, cum
+
+
+# -- encoder side (informative, Annex B) -----------------------------------------
+
+def normalize(counts: np.ndarray, prob_bits: int) -> np.ndarray:
+    """Frequencies summing to 2^prob_bits, >= 1 wherever counts > 0, close to
+    proportional (largest-remainder rounding, then costs shaved where cheapest)."""
+    c = np.asarray(counts, dtype=np.float64)
+    m = 1 << prob_bits
+    nz = c > 0
+    if nz.sum() > m:
+        raise ValueError("more coded symbols than 2^prob_bits slots")
+    if not nz.any():  # an unused table: put all mass on symbol 0
+        f = np.zeros(c.size, dtype=np.int64)
+        f[0] = m
+        return f
+    ideal = c * m / c.sum()
+    f = np.where(nz, np.maximum(1, np.floor(ideal)), 0).astype(np.int64)
+    d = m - int(f.sum())
+    if d > 0:
+        order = np.argsort(-(ideal - f), kind="stable")
+        f[order[:d]] += 1
+    while d < 0:
+        # take one from the symbols where it costs least: c * log(f / (f - 1))
+        can = f > 1
+        cost = np.where(can, c * np.log(f / np.maximum(f - 1, 1)), np.inf)
+        order = np.argsort(cost, kind="stable")[:min(-d, int(can.sum()))]
+        f[order] -= 1
+        d = m - int(f.sum())
+    return f
+
+
+def eg_lengths(values: np.ndarray, k: int) -> int:
+    """Total bits of eg(k) codes of ``values`` (clause 3.3)."""
+    v = np.asarray(values, dtype=np.int64) + (1 << k)
+    nbits = np.floor(np.log2(v)).astype(np.int64) + 1
+    return int((2 * nbits - 1 - k).sum())
+
+
+def best_freq_k(freq: np.ndarray) -> int:
+    return min(range(16), key=lambda k: eg_lengths(freq, k))
+
+
+def table_cost_bits(freq: np.ndarray) -> int:
+    """Bits a table takes in a parameter set (alphabet_size, freq_k, codes, alignment)."""
+    bits = eg_lengths(freq, best_freq_k(freq))
+    return 24 + (bits + 7) // 8 * 8
