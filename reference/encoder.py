@@ -416,8 +416,9 @@ class TrackEncoder:
     def _trial_bpv(self, qp: int) -> float:
         trial = TrackEncoder(self._frames, TrackOptions(**{**self.opts.__dict__, "qp": qp,
                                                            "bpv": None}), self.level)
-        size = len(trial.tps_payload) + sum(
-            len(trial.encode_frame(f, i, p)) + 12
+        # stream header, parameter set unit, frame units, index unit (12 bytes per entry)
+        size = 16 + len(trial.tps_payload) + 12 + 16 + sum(
+            len(trial.encode_frame(f, i, p)) + 12 + 12
             for i, (f, p) in enumerate(zip(self._frames, trial.positions)))
         return 8 * size / sum(np.asarray(f).size for f in self._frames)
 

@@ -38,8 +38,8 @@ class _Layout:
         self.active = np.minimum(self.sizes, num_lanes)            # active lanes per chunk
         self.num_cols = int(self.active.sum())
         self.col_chunk = np.repeat(np.arange(self.num_chunks), self.active)
-        starts = np.concatenate(([0], np.cumsum(self.active)[:-1]))
-        self.col_first = np.repeat(starts, self.active)            # first column of my chunk
+        starts = np.cumsum(self.active) - self.active               # first column of each chunk
+        self.col_first = np.repeat(starts, self.active)
         self.chunk_first_col = starts
         lane = np.arange(self.num_cols) - self.col_first
         self.col_sym0 = self.col_chunk * chunk + lane              # symbol index at step 0

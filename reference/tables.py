@@ -76,7 +76,8 @@ def normalize(counts: np.ndarray, prob_bits: int) -> np.ndarray:
     while d < 0:
         # take one from the symbols where it costs least: c * log(f / (f - 1))
         can = f > 1
-        cost = np.where(can, c * np.log(f / np.maximum(f - 1, 1)), np.inf)
+        cost = np.full(f.size, np.inf)
+        cost[can] = c[can] * np.log(f[can] / (f[can] - 1))
         order = np.argsort(cost, kind="stable")[:min(-d, int(can.sum()))]
         f[order] -= 1
         d = m - int(f.sum())

@@ -1,0 +1,59 @@
+"""Bit reader/writer (clause 3.3) and CRC-32C (clause 6.2)."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from tokenbits.bitio import BitReader, BitWriter
+from tokenbits.crc32c import crc32c, crc32c_bytewise
+from tokenbits.errors import TKBFormatError, TKBTruncatedError
+
+
+def test_crc32c_check_value():
+    assert crc32c_bytewise(b"123456789") == 0xE3069283
+    assert crc32c(b"123456789") == 0xE3069283
+
+
+@given(st.binary(max_size=3000))
+def test_crc32c_fast_equals_definition(data):
+    assert crc32c(data) == crc32c_bytewise(data)
+
+
+@pytest.mark.parametrize("n", [255, 256, 257, 4095, 4096, 65537, 200003])
+def test_crc32c_block_boundaries(n):
+    data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
+    assert crc32c(data) == crc32c_bytewise(data)
+
+
+@given(st.lists(st.tuples(st.integers(0, 15), st.integers(0, 2**20)), max_size=50))
+def test_eg_round_trip(items):
+    w = BitWriter()
+    for k, v in items:
+        w.eg(k, v)
+    w.align_zero()
+    r = BitReader(w.getvalue())
+    assert [r.eg(k, "x") for k, _ in items] == [v for _, v in items]
+
+
+@given(st.integers(1, 33), st.lists(st.integers(0, 2**33 - 1), max_size=40), st.integers(0, 7))
+def test_packed_round_trip(width, values, lead):
+    values = [v % (1 << width) for v in values]
+    w = BitWriter()
+    w.bits(lead, 0)
+    w.packed(values, width)
+    w.align_zero()
+    r = BitReader(w.getvalue())
+    r.bits(lead, "lead")
+    assert r.packed(len(values), width, "p").tolist() == values
+
+
+def test_reader_truncation_and_alignment_errors():
+    r = BitReader(b"\x01")
+    with pytest.raises(TKBTruncatedError) as e:
+        r.fixed("u16", "field")
+    assert e.value.element == "field"
+    r = BitReader(b"\x40")
+    r.bits(1, "a")
+    with pytest.raises(TKBFormatError):
+        r.align_zero()
+    with pytest.raises(TKBFormatError):   # 33 leading zeros in an exp-Golomb code
+        BitReader(bytes(5)).eg(0, "e")
