@@ -220,7 +220,8 @@ def _tps_checker(level: levels.Level, profile_idc: int):
                 raise levels.TKBLevelError(f"alphabet_size {v} not in 1..{level.max_alphabet}",
                                            clause="8.2", element=name)
             if env.get("coding_mode") == 1:
-                width = reconstruction.DTYPE_BITS[env["source_dtype"]] - env["raw_bits"]
+                width = (reconstruction.DTYPE_BITS[env["source_dtype"]] - env["raw_bits"]
+                         + (1 if env.get("predictor") else 0))
                 if width < 16 and v > 1 << width:
                     bad(f"alphabet_size {v} exceeds 2^{width} symbols of a split value",
                         clause="6.3.5")
@@ -329,13 +330,20 @@ def decode_frame_values(fr: dict, tps: dict) -> np.ndarray:
     """Clauses 7.3 - 7.6: the frame's output values."""
     k, d = fr["num_kept"], tps["num_channels"]
     n = k * d
-    base = None
-    if tps["num_tables"] > 1:
-        base = np.tile(tps["channel_table"] << tps["prob_bits"], k)
+    base = tps["channel_table"] << tps["prob_bits"] if tps["num_tables"] > 1 else None
     sym = rans.decode(fr["rans_data"], fr["chunk_words"], n, tps["num_lanes"],
-                      tps["lane_steps"], tps["lookup"], tps["prob_bits"], base)
+                      tps["lane_steps"], tps["lookup"], tps["prob_bits"], base, d)
     if tps["coding_mode"] == 1:  # split (lossless) tracks, 7.4.2
         bits = symbols.split_values(sym, fr["raw_data"], tps["raw_bits"])
+        if tps.get("predictor"):
+            width = reconstruction.DTYPE_BITS[tps["source_dtype"]]
+            u = bits.astype(np.int64).reshape(k, d)
+            m = prediction.reconstruct_levels((u >> 1) ^ -(u & 1), fr["positions"], tps)
+            half = 1 << (width - 1)
+            if m.size and (int(m.min()) < -half or int(m.max()) >= half):
+                raise TKBValueError("a predicted value lies outside the range of its dtype",
+                                    clause="7.4.2", element="rans_data")
+            bits = symbols.ordered_to_bits(m, width).ravel()
         if tps["track_kind"] == 1:
             if n and int(bits.max()) >= tps["vocab_size"]:
                 raise TKBValueError(f"token id {int(bits.max())} >= vocab_size "

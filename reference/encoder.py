@@ -154,9 +154,26 @@ def _with_pseudo_counts(freqs, hist, tmap, alphabet: int, prob_bits: int) -> lis
     return out
 
 
+def _refine_groups(hist: np.ndarray, group: np.ndarray, t: int, iters: int = 8) -> np.ndarray:
+    """Lloyd iterations: give each channel the table that codes its histogram in the
+    fewest bits, then re-estimate the tables from their channels."""
+    for _ in range(iters):
+        ghist = np.zeros((t, hist.shape[1]), dtype=np.float64)
+        np.add.at(ghist, group, hist)
+        q = (ghist + 1e-3) / (ghist + 1e-3).sum(axis=1, keepdims=True)
+        cost = hist @ -np.log2(q).T                       # [channels, tables] bits
+        new = np.argmin(cost, axis=1)
+        if np.array_equal(new, group):
+            break
+        group = new
+    # drop emptied tables, keep the numbering dense
+    used, group = np.unique(group, return_inverse=True)
+    return group
+
+
 def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob_bits: int,
                   forced: int | None):
-    """Choose channel groups; returns (table_map, list of freq arrays)."""
+    """Choose channel groups; returns (table_map or None, list of freq arrays)."""
     d = hist.shape[0]
     order = np.argsort(scale_key, kind="stable")
     best = None
@@ -164,23 +181,25 @@ def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob
     for t in cands:
         group = np.empty(d, dtype=np.int64)
         group[order] = np.arange(d) * t // d
-        ghist = np.zeros((t, hist.shape[1]), dtype=np.int64)
+        if t > 1:
+            group = _refine_groups(hist, group, t)
+        t_used = int(group.max()) + 1
+        ghist = np.zeros((t_used, hist.shape[1]), dtype=np.int64)
         np.add.at(ghist, group, hist)
         freqs = []
         bits = 0.0
-        for g in range(t):
+        for g in range(t_used):
             h = ghist[g]
             used = int(np.flatnonzero(h).max()) + 1 if h.any() else 1
-            counts = h[:used]
-            f = tables.normalize(counts, prob_bits)
+            f = tables.normalize(h[:used], prob_bits)
             freqs.append(f)
             nz = h[:used] > 0
             bits += float(-(h[:used][nz] * np.log2(f[nz] / (1 << prob_bits))).sum())
             bits += tables.table_cost_bits(f)
-        if t > 1:
+        if t_used > 1:
             bits += 8 * d
         if best is None or bits < best[0]:
-            best = (bits, group if t > 1 else None, freqs)
+            best = (bits, group if t_used > 1 else None, freqs)
     return best[1], best[2]
 
 
@@ -265,49 +284,61 @@ class TrackEncoder:
         return prune(_float_view(a, self.src), self.opts.keep, self.tps["num_prefix_tokens"])
 
     # split (lossless) coding
-    def _split_symbols(self, a: np.ndarray, raw_bits: int):
-        bits = a.astype(np.uint32) if self.ids else a.view(
-            {"float32": np.uint32, "float16": np.uint16, "bfloat16": np.uint16}[self.src])
-        bits = bits.astype(np.int64)
-        return bits >> raw_bits, bits & ((1 << raw_bits) - 1)
+    def _split_symbols(self, a: np.ndarray, raw_bits: int, pos: np.ndarray):
+        """(symbols, raw values) [K, D] of kept tokens ``a`` (clause 7.4.2 in reverse)."""
+        if self.ids:
+            u = a.astype(np.int64)
+        else:
+            bits = a.view({"float32": np.uint32, "float16": np.uint16,
+                           "bfloat16": np.uint16}[self.src]).astype(np.int64)
+            if self.tps.get("predictor"):
+                m = symbols.bits_to_ordered(bits, reconstruction.DTYPE_BITS[
+                    self.tps["source_dtype"]])
+                u = symbols.zigzag(prediction.residuals_from_levels(m, pos, self.tps))
+            else:
+                u = bits
+        return u >> raw_bits, u & ((1 << raw_bits) - 1)
 
     def _fit_split(self, arrs, pseudo: bool) -> None:
         width = reconstruction.DTYPE_BITS[self.tps["source_dtype"]]
+        kept = [a[p].reshape(-1, self.d) for a, p in zip(arrs, self.positions)]
         if self.ids:
-            cands = [max(0, int(self.tps["vocab_size"] - 1).bit_length() - 12)]
+            cands = [(None, max(0, int(self.tps["vocab_size"] - 1).bit_length() - 12))]
         else:
-            cands = [r for r in range(width - 12, width) if r >= 0][:8]
-        kept = [a[p] for a, p in zip(arrs, self.positions)]
-        allv = np.concatenate([k.reshape(-1, self.d) for k in kept]) if kept else None
-        n = allv.shape[0]
-        channel = np.tile(np.arange(self.d), n)
-        if self.ids:
-            key = np.zeros(self.d)
-        else:
-            key = np.median(np.abs(_float_view(allv, self.src)), axis=0)
+            preds = [0, 1] + ([2] if self.tps["grid_present"] else [])
+            if self.opts.predictor != "auto":
+                preds = [{"none": 0, "left": 1, "up": 2}[self.opts.predictor]]
+            cands = []
+            for p in preds:
+                lo = width + (1 if p else 0) - 12          # alphabet of at most 4096
+                cands += [(p, r) for r in range(max(0, lo), min(width, lo + 6))]
+        # pick (predictor, raw_bits) by the order-0 entropy estimate, then build tables
         best = None
-        for rb in cands:
-            sym, _ = self._split_symbols(allv, rb)
-            alphabet = int(sym.max()) + 1 if sym.size else 1
-            pb = _choose_prob_bits(sym.size, alphabet)
-            hist = _histograms(sym.ravel(), channel, self.d, alphabet)
-            tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb,
-                                        self.opts.num_tables)
-            est = sum(tables.table_cost_bits(f) for f in freqs) + rb * sym.size
-            g = np.zeros(self.d, dtype=np.int64) if tmap is None else tmap
-            for i, f in enumerate(freqs):
-                h = hist[g == i].sum(axis=0)[:f.size]
-                nz = h > 0
-                est += float(-(h[nz] * np.log2(f[nz] / (1 << pb))).sum())
+        for p, rb in cands:
+            if p is not None:
+                self.tps["predictor"] = p
+            sym = np.concatenate([self._split_symbols(k, rb, pos)[0]
+                                  for k, pos in zip(kept, self.positions)]).ravel()
+            est = _entropy_bits(np.bincount(sym)) + rb * sym.size
             if best is None or est < best[0]:
-                best = (est, rb, pb, tmap, freqs)
-        _, self.tps["raw_bits"], self.tps["prob_bits"], tmap, freqs = best
+                best = (est, p, rb)
+        _, p, rb = best
+        if p is not None:
+            self.tps["predictor"] = p
+        self.tps["raw_bits"] = rb
+        sym = np.concatenate([self._split_symbols(k, rb, pos)[0]
+                              for k, pos in zip(kept, self.positions)]).ravel()
+        channel = np.tile(np.arange(self.d), sym.size // self.d)
+        alphabet = int(sym.max()) + 1 if sym.size else 1
+        pb = self.tps["prob_bits"] = _choose_prob_bits(sym.size, alphabet)
+        hist = _histograms(sym, channel, self.d, alphabet)
+        key = np.zeros(self.d) if self.ids else \
+            (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
+        tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb, self.opts.num_tables)
         if pseudo:  # a streaming table must code every possible symbol
-            full = min(MAX_ALPHABET, 1 << (width - self.tps["raw_bits"])) if not self.ids else \
-                -(-self.tps["vocab_size"] >> self.tps["raw_bits"])
-            hist = _histograms(self._split_symbols(allv, self.tps["raw_bits"])[0].ravel(),
-                               channel, self.d, full)
-            freqs = _with_pseudo_counts(freqs, hist, tmap, full, self.tps["prob_bits"])
+            full = (-(-self.tps["vocab_size"] >> rb) if self.ids else
+                    min(MAX_ALPHABET, 1 << (width - rb + (1 if p else 0))))
+            freqs = _with_pseudo_counts(freqs, hist, tmap, full, pb)
         self._set_tables(tmap, freqs)
 
     # quantized coding
@@ -465,7 +496,7 @@ class TrackEncoder:
                  num_tokens=n, presence_present=int(pos.size != n))
         k = pos.size
         if self.lossless:
-            sym, raw = self._split_symbols(a[pos], self.tps["raw_bits"])
+            sym, raw = self._split_symbols(a[pos], self.tps["raw_bits"], pos)
             sym, raw = sym.ravel(), raw.ravel()
         else:
             xf = _float_view(a, self.src)[pos]

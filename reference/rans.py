@@ -30,7 +30,7 @@ class _Layout:
     """Column bookkeeping shared by the encoder and the decoder."""
 
     def __init__(self, num_symbols: int, num_lanes: int, lane_steps: int):
-        chunk = num_lanes * lane_steps
+        chunk = self.chunk = num_lanes * lane_steps
         self.num_chunks = -(-num_symbols // chunk)
         full, last = divmod(num_symbols, chunk)
         sizes = [chunk] * full + ([last] if last else [])
@@ -56,29 +56,29 @@ class _Layout:
 
 
 def decode(words: np.ndarray, chunk_words: np.ndarray, num_symbols: int, num_lanes: int,
-           lane_steps: int, lookup: np.ndarray, prob_bits: int,
-           symbol_base: np.ndarray | None) -> np.ndarray:
+           lane_steps: int, lookup, prob_bits: int,
+           channel_base: np.ndarray | None, num_channels: int = 1) -> np.ndarray:
     """Decode ``num_symbols`` symbols (clause 7.3.2).
 
     ``words``: the frame's rans_data as uint16; ``chunk_words``: words per chunk;
-    ``lookup``: packed slot lookup (tables.decode_lookup); ``symbol_base``: for
-    every symbol, the offset of its table in ``lookup`` (None: one table).
+    ``lookup``: (freq, bias, symbol) slot tables of all tables (tables.decode_lookup),
+    table t at offset t << prob_bits; ``channel_base``: the offset of each channel's
+    table (None: one table), symbol i being of channel i mod ``num_channels``.
     Raises TKBEntropyError when the payload is inconsistent.
     """
     lay = _Layout(num_symbols, num_lanes, lane_steps)
-    out = np.empty(num_symbols, dtype=np.int64)
     if num_symbols == 0:
         if len(words):
             raise TKBEntropyError("rans_data holds words but the frame has no symbols",
                                   clause="7.3.2", element="rans_data")
-        return out
+        return np.empty(0, dtype=np.int64)
     cw = np.asarray(chunk_words, dtype=np.int64)
     if np.any(cw < 2 * lay.active):
         k = int(np.argmax(cw < 2 * lay.active))
         raise TKBEntropyError(f"chunk {k} has {int(cw[k])} words, fewer than its "
                               f"{2 * int(lay.active[k])} initial-state words",
                               clause="7.3.2", element=f"chunk_words[{k}]")
-    chunk_start = np.concatenate(([0], np.cumsum(cw)[:-1]))
+    chunk_start = np.cumsum(cw) - cw
     # pad so that an over-reading last chunk stays in bounds; caught by the final check
     w = np.concatenate((np.asarray(words, dtype=np.int64),
                         np.zeros(int(lay.sizes[-1]) + 1, dtype=np.int64)))
@@ -92,24 +92,31 @@ def decode(words: np.ndarray, chunk_words: np.ndarray, num_symbols: int, num_lan
                               clause="7.3.2", element="rans_data")
     ptr = chunk_start + 2 * lay.active
     mask = (1 << prob_bits) - 1
+    freq, bias, sym_of = lookup
+    # the table of column c at step t repeats with period D / gcd(num_lanes, D)
+    bases = None
+    if channel_base is not None:
+        period = num_channels // np.gcd(num_lanes, num_channels)
+        bases = channel_base[(lay.col_sym0[None, :] + num_lanes * np.arange(period)[:, None])
+                             % num_channels]
+    slots = np.zeros((lay.steps, lay.num_cols), dtype=np.int64)
+    first_col = lay.chunk_first_col
     for t in range(lay.steps):
         na = lay.cols_at(t)
         xs = x[:na]
-        idx = lay.col_sym0[:na] + t * num_lanes
-        slot = xs & mask
-        e = lookup[slot] if symbol_base is None else lookup[symbol_base[idx] + slot]
-        out[idx] = e & 0xFFFF
-        xs = (e >> 32) * (xs >> prob_bits) + ((e >> 16) & 0xFFFF)
-        need = xs < RANS_L
-        if need.any():
-            cs = np.cumsum(need)
-            excl = cs - need
-            rank = excl - excl[lay.col_first[:na]]
-            pos = ptr[lay.col_chunk[:na]] + rank
-            sel = np.flatnonzero(need)
-            xs[sel] = (xs[sel] << 16) | w[pos[sel]]
-            firsts = lay.chunk_first_col[lay.chunk_first_col < na]
-            ptr[:firsts.size] += np.add.reduceat(need, firsts)
+        ix = xs & mask
+        if bases is not None:
+            ix += bases[t % period, :na]
+        slots[t, :na] = ix
+        xs = freq[ix] * (xs >> prob_bits) + bias[ix]
+        sel = np.flatnonzero(xs < RANS_L)
+        if sel.size:
+            # the lanes that read, in lane order within each chunk
+            ch = lay.col_chunk[sel]
+            firsts = np.searchsorted(sel, first_col)
+            pos = ptr[ch] + np.arange(sel.size) - firsts[ch]
+            xs[sel] = (xs[sel] << 16) | w[pos]
+            ptr += np.diff(firsts, append=sel.size)
         x[:na] = xs
     end = chunk_start + cw
     if np.any(ptr != end):
@@ -121,6 +128,12 @@ def decode(words: np.ndarray, chunk_words: np.ndarray, num_symbols: int, num_lan
         raise TKBEntropyError(f"lane {int(lane[col])} of chunk {int(lay.col_chunk[col])} ends in "
                               f"state {int(x[col])}, not RANS_L", clause="7.3.2",
                               element="rans_data")
+    # symbols in coding order: step t of column c is symbol col_sym0[c] + t * num_lanes
+    idx = lay.col_sym0[None, :] + num_lanes * np.arange(lay.steps)[:, None]
+    valid = idx < np.minimum(lay.col_chunk * lay.chunk + lay.sizes[lay.col_chunk],
+                             num_symbols)[None, :]
+    out = np.empty(num_symbols, dtype=np.int64)
+    out[idx[valid]] = sym_of[slots[valid]]
     return out
 
 

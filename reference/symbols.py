@@ -6,8 +6,12 @@ index u = s; the k-th ESC in coding order takes u = ESC + escape_value[k]
 (escape_data: num_escapes fields of escape_bits bits, MSB first).  The
 residual is r = u / 2 for even u and -(u + 1) / 2 for odd u.
 
-Split tracks (coding_mode 1): value bits = symbol << raw_bits | raw_value,
-raw_value being the symbol's raw_bits-bit field of raw_data.
+Split tracks (coding_mode 1): u = symbol << raw_bits | raw_value, raw_value
+being the symbol's raw_bits-bit field of raw_data.  Without prediction u is
+the value's bit pattern.  With a predictor (embedding tracks), u is the
+zigzag index of a residual of the order-preserving integer m of the value's
+bit pattern b of W bits: m = b when the sign bit is clear, else
+-(b - 2^(W-1)) - 1 (clause 7.4.2).
 """
 from __future__ import annotations
 
@@ -39,3 +43,16 @@ def zigzag(r: np.ndarray) -> np.ndarray:
 def split_values(symbols: np.ndarray, raw: np.ndarray, raw_bits: int) -> np.ndarray:
     """Clause 7.4.2: value bits of split tracks (uint64)."""
     return (symbols.astype(np.uint64) << np.uint64(raw_bits)) | raw.astype(np.uint64)
+
+
+def bits_to_ordered(bits: np.ndarray, width: int) -> np.ndarray:
+    """Order-preserving integer of W-bit float patterns (clause 7.4.2)."""
+    b = bits.astype(np.int64)
+    sign = 1 << (width - 1)
+    return np.where(b & sign, -(b - sign) - 1, b)
+
+
+def ordered_to_bits(m: np.ndarray, width: int) -> np.ndarray:
+    """Inverse of :func:`bits_to_ordered` (m in -2^(W-1) .. 2^(W-1) - 1)."""
+    sign = 1 << (width - 1)
+    return np.where(m < 0, (-(m + 1)) + sign, m).astype(np.uint64)

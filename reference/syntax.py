@@ -67,7 +67,7 @@ SYNTAX: dict[str, tuple[Element, ...]] = {
         Element("grid_width", "u16", condition="grid_present", clause="6.3.1"),
         Element("num_prefix_tokens", "u16", condition="grid_present", clause="6.3.1"),
         Element("max_tokens", "u32", condition="not grid_present", clause="6.3.1"),
-        Element("predictor", "u8", condition="coding_mode == 0", clause="6.3.2"),
+        Element("predictor", "u8", condition="track_kind == 0", clause="6.3.2"),
         Element("per_channel_steps", "u8", condition="coding_mode == 0", clause="6.3.2"),
         Element("step_code", "u8", count="num_channels if per_channel_steps else 1",
                 condition="coding_mode == 0", clause="6.3.2"),

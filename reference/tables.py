@@ -28,20 +28,16 @@ def validate_table(freq, prob_bits: int, max_alphabet: int, index: int) -> np.nd
     return f
 
 
-def decode_lookup(tables: list[np.ndarray], prob_bits: int) -> np.ndarray:
-    """Packed slot lookup of all tables, table t at offset t << prob_bits.
-
-    Entry = freq << 32 | (slot - cum) << 16 | symbol, so one gather per symbol
-    gives everything the state update of clause 7.3.2 needs.
-    """
+def decode_lookup(tables: list[np.ndarray], prob_bits: int):
+    """Slot lookups of all tables, table t at offset t << prob_bits: for every slot
+    (freq[s], slot - cum[s], s) of the symbol s it falls in (clause 7.3.1)."""
     m = 1 << prob_bits
-    out = np.empty(len(tables) * m, dtype=np.int64)
-    for t, f in enumerate(tables):
-        sym = np.repeat(np.arange(f.size, dtype=np.int64), f)
-        cum = np.concatenate(([0], np.cumsum(f)[:-1]))
-        slot = np.arange(m, dtype=np.int64)
-        out[t * m:(t + 1) * m] = (f[sym] << 32) | ((slot - cum[sym]) << 16) | sym
-    return out
+    sym = np.concatenate([np.repeat(np.arange(f.size, dtype=np.int64), f) for f in tables])
+    cum = np.concatenate([np.cumsum(f) - f for f in tables])
+    freq = np.concatenate(list(tables))
+    offs = np.repeat(np.cumsum([f.size for f in tables]) - [f.size for f in tables], m)
+    g = sym + offs
+    return freq[g], np.tile(np.arange(m, dtype=np.int64), len(tables)) - cum[g], sym
 
 
 def encode_arrays(tables: list[np.ndarray], alphabet: int) -> tuple[np.ndarray, np.ndarray]:

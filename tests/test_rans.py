@@ -58,12 +58,14 @@ def make_case(seed, n, lanes, lane_steps, ntables, prob_bits, channels):
     return freqs, tmap, tid, sym
 
 
-def run(freqs, tid, sym, lanes, lane_steps, prob_bits):
+def run(freqs, tid, sym, lanes, lane_steps, prob_bits, tmap=None):
+    if tmap is None:
+        tmap = np.zeros(1, dtype=np.int64)
     f_all, c_all = tables.encode_arrays(freqs, max(f.size for f in freqs))
     words, cw = rans.encode(sym, f_all[tid, sym], c_all[tid, sym], lanes, lane_steps, prob_bits)
     lut = tables.decode_lookup(freqs, prob_bits)
-    base = (tid << prob_bits) if len(freqs) > 1 else None
-    dec = rans.decode(words, cw, sym.size, lanes, lane_steps, lut, prob_bits, base)
+    base = (tmap << prob_bits) if len(freqs) > 1 else None
+    dec = rans.decode(words, cw, sym.size, lanes, lane_steps, lut, prob_bits, base, tmap.size)
     return words, cw, dec
 
 
@@ -74,7 +76,7 @@ def run(freqs, tid, sym, lanes, lane_steps, prob_bits):
 def test_vectorised_equals_literal(n, lanes, lane_steps, ntables):
     prob_bits = 11
     freqs, tmap, tid, sym = make_case(n * 7 + lanes, n, lanes, lane_steps, ntables, prob_bits, 5)
-    words, cw, dec = run(freqs, tid, sym, lanes, lane_steps, prob_bits)
+    words, cw, dec = run(freqs, tid, sym, lanes, lane_steps, prob_bits, tmap)
     assert np.array_equal(dec, sym)
     lit = literal_decode(words, cw, n, lanes, lane_steps, freqs, prob_bits,
                          lambda i: int(tid[i]))
@@ -85,7 +87,7 @@ def test_vectorised_equals_literal(n, lanes, lane_steps, ntables):
        st.integers(6, 15), st.integers(0, 2**31))
 def test_round_trip(n, lanes, lane_steps, ntables, prob_bits, seed):
     freqs, tmap, tid, sym = make_case(seed, n, lanes, lane_steps, ntables, prob_bits, 3)
-    _, _, dec = run(freqs, tid, sym, lanes, lane_steps, prob_bits)
+    _, _, dec = run(freqs, tid, sym, lanes, lane_steps, prob_bits, tmap)
     assert np.array_equal(dec, sym)
 
 
