@@ -26,10 +26,10 @@ def reconstruct_levels(res: np.ndarray, positions: np.ndarray, tps) -> np.ndarra
     if pred == 0 or res.shape[0] == 0:
         return res
     start = _sequence_start(tps)
-    seq = positions >= start
+    seq = slice(int(np.searchsorted(positions, start)), None)   # positions are increasing
     lv = res.copy()
     if pred == 1:
-        lv[seq] = np.cumsum(res[seq], axis=0)
+        np.cumsum(res[seq], axis=0, out=lv[seq])
         return lv
     # up: segmented prefix sum down the columns of the grid
     h, w = tps["grid_height"], tps["grid_width"]
@@ -57,7 +57,7 @@ def residuals_from_levels(levels: np.ndarray, positions: np.ndarray, tps) -> np.
     if pred == 0 or levels.shape[0] == 0:
         return levels
     start = _sequence_start(tps)
-    seq = positions >= start
+    seq = slice(int(np.searchsorted(positions, start)), None)
     res = levels.copy()
     if pred == 1:
         s = levels[seq]

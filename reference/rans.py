@@ -100,7 +100,7 @@ def decode(words: np.ndarray, chunk_words: np.ndarray, num_symbols: int, num_lan
         bases = channel_base[(lay.col_sym0[None, :] + num_lanes * np.arange(period)[:, None])
                              % num_channels]
     slots = np.zeros((lay.steps, lay.num_cols), dtype=np.int64)
-    first_col = lay.chunk_first_col
+    first_col = np.append(lay.chunk_first_col, lay.num_cols)
     for t in range(lay.steps):
         na = lay.cols_at(t)
         xs = x[:na]
@@ -113,10 +113,10 @@ def decode(words: np.ndarray, chunk_words: np.ndarray, num_symbols: int, num_lan
         if sel.size:
             # the lanes that read, in lane order within each chunk
             ch = lay.col_chunk[sel]
-            firsts = np.searchsorted(sel, first_col)
-            pos = ptr[ch] + np.arange(sel.size) - firsts[ch]
+            firsts = np.searchsorted(sel, first_col)        # with a sentinel at the end
+            pos = (ptr - firsts[:-1])[ch] + np.arange(sel.size)
             xs[sel] = (xs[sel] << 16) | w[pos]
-            ptr += np.diff(firsts, append=sel.size)
+            ptr += firsts[1:] - firsts[:-1]
         x[:na] = xs
     end = chunk_start + cw
     if np.any(ptr != end):

@@ -80,18 +80,19 @@ def normalize(counts: np.ndarray, prob_bits: int) -> np.ndarray:
     return f
 
 
-def eg_lengths(values: np.ndarray, k: int) -> int:
-    """Total bits of eg(k) codes of ``values`` (clause 3.3)."""
-    v = np.asarray(values, dtype=np.int64) + (1 << k)
+def eg_lengths(values: np.ndarray, k) -> np.ndarray:
+    """Total bits of eg(k) codes of ``values`` (clause 3.3), for one k or an array of k."""
+    k = np.atleast_1d(np.asarray(k, dtype=np.int64))
+    v = np.asarray(values, dtype=np.int64)[:, None] + (1 << k)[None, :]
     nbits = np.floor(np.log2(v)).astype(np.int64) + 1
-    return int((2 * nbits - 1 - k).sum())
+    return (2 * nbits - 1 - k[None, :]).sum(axis=0)
 
 
 def best_freq_k(freq: np.ndarray) -> int:
-    return min(range(16), key=lambda k: eg_lengths(freq, k))
+    return int(np.argmin(eg_lengths(freq, np.arange(16))))
 
 
 def table_cost_bits(freq: np.ndarray) -> int:
     """Bits a table takes in a parameter set (alphabet_size, freq_k, codes, alignment)."""
-    bits = eg_lengths(freq, best_freq_k(freq))
+    bits = int(eg_lengths(freq, np.arange(16)).min())
     return 24 + (bits + 7) // 8 * 8
