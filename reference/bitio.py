@@ -120,7 +120,9 @@ class BitReader:
     def packed(self, count: int, width: int, name: str) -> np.ndarray:
         """``count`` unsigned fields of ``width`` bits each, MSB first, as uint64."""
         if width == 0 or count == 0:
-            return np.zeros(count, dtype=np.uint64)
+            v = np.zeros(count, dtype=np.uint64)
+            self._log(name, self.pos, v)
+            return v
         self._need(count * width, name)
         if self.pos % 8 == 0 and width in (8, 16, 32):
             start = self.pos

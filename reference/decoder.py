@@ -231,7 +231,7 @@ def _tps_checker(level: levels.Level, profile_idc: int):
 
 
 def parse_tps(payload: bytes, level: levels.Level, profile_idc: int,
-              trace: list | None = None, base: int = 0) -> dict:
+              trace: list | None = None) -> dict:
     """Parse and validate a track parameter set; adds derived fields (clause 6.3)."""
     r = BitReader(payload, trace=trace, clause="6.3")
     r.pos = 0
@@ -512,8 +512,14 @@ def decode(data, strict: bool = True) -> DecodedStream:
     """Decode a whole stream held in memory (bytes-like)."""
     header = parse_stream_header(data)
     dec = Decoder(header, strict)
-    for u in iter_units(data, dec.level):
-        dec.add_unit(u)
+    try:
+        for u in iter_units(data, dec.level):
+            dec.add_unit(u)
+    except TKBError as e:
+        # a framing error: the next unit cannot be found (clause 9.10)
+        if strict:
+            raise
+        dec.stream.errors.append(e)
     dec.check_index()
     return dec.stream
 

@@ -103,6 +103,8 @@ def _source_dtype(a) -> str:
     name = str(getattr(a, "dtype", ""))
     if name in ("float32", "float16", "bfloat16"):
         return name
+    if name == "float64":  # coded from float32 (lossless float64 is refused earlier)
+        return "float32"
     if name.startswith(("int", "uint")):
         return "uint32"
     raise TKBEncodeError(f"unsupported input dtype {name}; use float32, float16, bfloat16 "
@@ -309,7 +311,8 @@ class TrackEncoder:
         width = reconstruction.DTYPE_BITS[self.tps["source_dtype"]]
         kept = [a[p].reshape(-1, self.d) for a, p in zip(arrs, self.positions)]
         if self.ids:
-            cands = [(None, max(0, int(self.tps["vocab_size"] - 1).bit_length() - 12))]
+            lo = max(0, int(self.tps["vocab_size"] - 1).bit_length() - 12)
+            cands = [(None, r) for r in range(lo, lo + 9)]
         else:
             preds = [0, 1] + ([2] if self.tps["grid_present"] else [])
             if self.opts.predictor != "auto":
@@ -325,7 +328,9 @@ class TrackEncoder:
                 self.tps["predictor"] = p
             sym = np.concatenate([self._split_symbols(k, rb, pos)[0]
                                   for k, pos in zip(kept, self.positions)]).ravel()
-            est = _entropy_bits(np.bincount(sym)) + rb * sym.size
+            counts = np.bincount(sym)
+            est = _entropy_bits(counts) + rb * sym.size + tables.table_cost_bits(
+                tables.normalize(counts, _choose_prob_bits(sym.size, counts.size)))
             if best is None or est < best[0]:
                 best = (est, p, rb)
         _, p, rb = best
@@ -590,6 +595,11 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
         if isinstance(opts, dict):
             opts = TrackOptions(**opts)
         frames, ids = _as_frames(arr, opts.source_dtype == "bfloat16")
+        if frames and frames[0].dtype == np.float64:
+            if opts.lossless:
+                raise TKBEncodeError("TKB has no float64 dtype: lossless coding of float64 "
+                                     "input is impossible (convert to float32 first)")
+            frames = [f.astype(np.float32) for f in frames]
         if ids is False and frames and frames[0].dtype == np.uint16:
             opts.source_dtype = "bfloat16"
         if not frames:
@@ -616,9 +626,8 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
             if progress:
                 progress(done, total)
         payloads.append(fr)
-    if level_idc is None:
-        max_unit = max(max((len(p) for p in fr), default=0) for fr in payloads) + 64
-        level_idc = levels.smallest_level(
+    max_unit = max(max((len(p) for p in fr), default=0) for fr in payloads) + 64
+    needed = levels.smallest_level(
             tokens=max(te.tps["max_tokens"] for te, _ in encs),
             channels=max(te.d for te, _ in encs),
             values=max(te.tps["max_tokens"] * te.d for te, _ in encs),
@@ -627,6 +636,10 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
             lanes=max(te.tps["num_lanes"] for te, _ in encs),
             chunk=max(te.tps["num_lanes"] * te.tps["lane_steps"] for te, _ in encs),
             unit_size=max_unit, tracks=len(encs))
+    if level_idc is None:
+        level_idc = needed
+    elif needed > level_idc:
+        raise TKBEncodeError(f"the stream needs level {needed}; level {level_idc} was asked for")
     out = bytearray(stream_header(profile, level_idc))
     if meta:
         out += unit(UNIT_METADATA, STREAM_TRACK, metadata_payload(meta))

@@ -77,6 +77,8 @@ def save_arrays(path, arrays: dict, dtypes: dict | None = None) -> None:
     path = Path(path)
     dtypes = dtypes or {}
     if path.suffix.lower() == ".npy":
+        if "bfloat16" in dtypes.values():
+            raise TKBEncodeError(".npy has no bfloat16: write .safetensors")
         if len(arrays) != 1:
             raise TKBEncodeError(".npy holds one array; use .safetensors for values "
                                  "with positions or several tracks")
