@@ -2,7 +2,8 @@
 
 Public API (mirrors the ``tkb`` command line):
 
-* :func:`encode` (array or tensor -> bytes), :func:`encode_tracks`, :func:`encode_file`
+* :func:`encode` (array or tensor -> bytes), :func:`encode_tracks`, :func:`encode_file`,
+  :class:`StreamWriter` (streaming encode to a file object)
 * :func:`decode` (bytes -> :class:`DecodedStream`), :func:`decode_file`,
   :func:`iter_frames` (streaming), :func:`read_frame` (random access by index)
 * :func:`to_array` (decoded frames of a track -> one array, as encoded)
@@ -18,7 +19,7 @@ import numpy as np
 
 from .canonical import canonical_bytes, canonical_sha256
 from .decoder import DecodedStream, Frame, decode, iter_frames
-from .encoder import TrackOptions, encode, encode_tracks
+from .encoder import StreamWriter, TrackOptions, encode, encode_tracks
 from .errors import (TKBCRCError, TKBEncodeError, TKBEntropyError, TKBError, TKBFormatError,
                      TKBLevelError, TKBReferenceError, TKBTableError, TKBTruncatedError,
                      TKBUnsupportedError, TKBValueError)
@@ -27,7 +28,7 @@ __version__ = "1.0.0"
 
 __all__ = [
     "encode", "encode_tracks", "encode_file", "decode", "decode_file", "iter_frames",
-    "read_frame", "to_array", "canonical_bytes", "canonical_sha256", "DecodedStream", "Frame",
+    "read_frame", "to_array", "StreamWriter", "canonical_bytes", "canonical_sha256", "DecodedStream", "Frame",
     "TrackOptions", "TKBError", "TKBFormatError", "TKBTruncatedError", "TKBCRCError",
     "TKBUnsupportedError", "TKBLevelError", "TKBReferenceError", "TKBTableError",
     "TKBEntropyError", "TKBValueError", "TKBEncodeError",

@@ -96,6 +96,7 @@ class TrackOptions:
     lane_steps: int | None = None
     vocab_size: int | None = None      # ids tracks
     source_dtype: str | None = None    # "bfloat16": the input holds bfloat16 bit patterns
+    max_tokens: int | None = None      # tracks without grid: the largest frame (default: seen)
     meta: dict = field(default_factory=dict)
 
 
@@ -280,8 +281,8 @@ class TrackEncoder:
             t.update(grid_present=1, grid_height=h, grid_width=w,
                      num_prefix_tokens=o.prefix_tokens, max_tokens=n)
         else:
-            t.update(grid_present=0, max_tokens=max(a.shape[0] for a in arrs),
-                     num_prefix_tokens=0)
+            t.update(grid_present=0, num_prefix_tokens=0,
+                     max_tokens=max(o.max_tokens or 0, max(a.shape[0] for a in arrs)))
         return t
 
     def _positions(self, a: np.ndarray) -> np.ndarray:
@@ -666,3 +667,87 @@ def encode(array, *, meta: dict | None = None, level_idc: int | None = None,
     """Encode one track (see :class:`TrackOptions` for ``options``)."""
     return encode_tracks([(array, TrackOptions(**options))], meta=meta, level_idc=level_idc,
                          index=index, progress=progress)
+
+
+class StreamWriter:
+    """Streaming encoder: frames are written to a binary file object as they come.
+
+    Each track's parameter set is fitted on calibration frames given to
+    :meth:`add_track` (typically the first frames) with every symbol of the
+    alphabet codable, so later frames with other statistics still encode (a
+    value beyond a quantized track's alphabet takes the escape code).  Add all
+    tracks before the first :meth:`write`; :meth:`close` writes the index.
+    """
+
+    def __init__(self, f, level_idc: int = 20, meta: dict | None = None, index: bool = True):
+        self.f = f
+        self.level = levels.get_level(level_idc)
+        self.level_idc = level_idc
+        self.meta = meta
+        self.index = index
+        self.tracks: list[TrackEncoder] = []
+        self.counts: list[int] = []
+        self.entries: dict = {}
+        self.offset = 0
+        self.started = False
+
+    def add_track(self, calibration, **options) -> int:
+        """Fit a track on ``calibration`` ([N, D], [F, N, D] or ids); returns its track_id."""
+        if self.started:
+            raise TKBEncodeError("add every track before the first frame is written")
+        opts = TrackOptions(**options)
+        frames, _ = _as_frames(calibration, opts.source_dtype == "bfloat16")
+        if opts.max_tokens is None and not opts.grid:  # later frames may be longer
+            d = 1 if frames[0].ndim == 1 else frames[0].shape[1]
+            opts.max_tokens = min(self.level.max_tokens, self.level.max_values // d)
+        self.tracks.append(TrackEncoder(frames, opts, self.level, pseudo=True))
+        self.counts.append(0)
+        return len(self.tracks) - 1
+
+    def _emit(self, b: bytes) -> None:
+        self.f.write(b)
+        self.offset += len(b)
+
+    def _start(self) -> None:
+        lossless = all(t.lossless for t in self.tracks)
+        self._emit(stream_header(levels.PROFILE_LOSSLESS if lossless else levels.PROFILE_MAIN,
+                                 self.level_idc))
+        if self.meta:
+            self._emit(unit(UNIT_METADATA, STREAM_TRACK, metadata_payload(self.meta)))
+        for tid, t in enumerate(self.tracks):
+            self._emit(unit(UNIT_TPS, tid, t.tps_payload))
+            if t.opts.meta:
+                self._emit(unit(UNIT_METADATA, tid, metadata_payload(t.opts.meta)))
+        self.started = True
+
+    def write(self, track_id: int, frame, frame_number: int | None = None) -> None:
+        if not self.started:
+            if not self.tracks:
+                raise TKBEncodeError("no track: call add_track first")
+            self._start()
+        te = self.tracks[track_id]
+        frames, _ = _as_frames(frame, te.src == "bfloat16")
+        for a in frames:
+            if a.dtype == np.float64:
+                a = a.astype(np.float32)
+            number = self.counts[track_id] if frame_number is None else frame_number
+            payload = te.encode_frame(a, number)
+            levels.check_limit(len(payload), self.level.max_unit_size, "unit_size", self.level)
+            self.entries.setdefault(track_id, []).append((number, self.offset))
+            self._emit(unit(UNIT_FRAME, track_id, payload))
+            self.counts[track_id] += 1
+
+    def close(self) -> None:
+        if not self.started:
+            self._start()
+        if self.index:
+            for tid, e in self.entries.items():
+                self._emit(unit(UNIT_INDEX, tid, index_payload(e)))
+        self.index = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.close()

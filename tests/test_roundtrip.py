@@ -177,3 +177,28 @@ def test_torch_tensors_in_and_out():
     s = tb.decode(tb.encode(t, lossless=True))
     back = tb.to_array(s, torch_device="cpu")
     assert back.dtype == torch.bfloat16 and torch.equal(back, t)
+
+
+@pytest.mark.parametrize("opts", [dict(qp=-10), dict(lossless=True),
+                                  dict(qp=-8, grid=(4, 4), prefix_tokens=1, keep=0.5)])
+def test_stream_writer(opts):
+    """Streaming encode: tables fitted on the first frame still code later frames whose
+    values go beyond the calibration range (escapes, wider alphabets)."""
+    rng = np.random.default_rng(7)
+    x = make_tokens(rng, 4, 17, 6, "float16")
+    x[3] *= 40   # far outside the calibration frame's range
+    buf = io.BytesIO()
+    with tb.StreamWriter(buf, meta={"source": "test"}) as w:
+        tid = w.add_track(x[0], **opts)
+        ids = w.add_track(np.array([1, 2, 3]), vocab_size=100)
+        for i in range(4):
+            w.write(tid, x[i])
+        w.write(ids, np.array([99, 0, 7, 7]))
+    s = tb.decode(buf.getvalue())
+    frames = s.track_frames(0)
+    assert len(frames) == 4 and s.metadata[255] == {"source": "test"}
+    assert np.array_equal(s.track_frames(1)[0].values, [99, 0, 7, 7])
+    if opts.get("lossless"):
+        assert np.array_equal(np.stack([f.values for f in frames]).view(np.uint16),
+                              x.view(np.uint16))
+    assert tb.read_frame(buf.getvalue(), 0, 3).frame_number == 3
