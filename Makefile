@@ -20,7 +20,7 @@ test: $(BIN)/tkb          ## the whole test suite
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/tkb         ## size, fidelity and speed on real tokens (BENCHMARKS.md)
-	$(BIN)/tkb bench --json bench.json
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(BIN)/tkb bench --json bench.json
 
 fuzz: $(BIN)/tkb          ## 100 000 stream mutations against the decoder
 	$(BIN)/python tests/fuzzing.py --n 100000

@@ -135,7 +135,7 @@ def run(quick: bool = False, repeat: int = 3, progress=print) -> dict:
         rows += _baseline_rows(x, repeat)
         results["datasets"].append(dict(name=name, shape=list(x.shape), rows=rows))
     progress("[bench] MiniLM token ids")
-    ids = realdata.minilm_ids(num_chunks=8)
+    ids = realdata.minilm_ids(num_chunks=64)
     enc_s, data = _best(lambda: encode(ids, vocab_size=30522), repeat)
     dec_s, _ = _best(lambda: decoder.decode(data), repeat)
     results["ids"] = dict(shape=list(ids.shape), bits_per_id=8 * len(data) / ids.size,

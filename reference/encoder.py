@@ -159,10 +159,18 @@ def _with_pseudo_counts(freqs, hist, tmap, alphabet: int, prob_bits: int) -> lis
 
 def _group_sum(hist: np.ndarray, group: np.ndarray, t: int) -> np.ndarray:
     """Histograms summed per group: [t, alphabet]."""
-    return np.eye(t)[group].T @ hist
+    order = np.argsort(group, kind="stable")
+    g = group[order]
+    starts = np.searchsorted(g, np.arange(t))
+    out = np.zeros((t, hist.shape[1]), dtype=hist.dtype)
+    present = starts < g.size
+    present[present] = g[starts[present]] == np.arange(t)[present]
+    if present.any():
+        out[present] = np.add.reduceat(hist[order], starts[present], axis=0)
+    return out
 
 
-def _refine_groups(hist: np.ndarray, group: np.ndarray, t: int, iters: int = 8) -> np.ndarray:
+def _refine_groups(hist: np.ndarray, group: np.ndarray, t: int, iters: int = 6) -> np.ndarray:
     """Lloyd iterations: give each channel the table that codes its histogram in the
     fewest bits, then re-estimate the tables from their channels."""
     hf = hist.astype(np.float64)
@@ -205,16 +213,20 @@ def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob
             bits += tables.table_cost_bits(f)
         if t_used > 1:
             bits += 8 * d
-        if best is None or bits < best[0]:
-            best = (bits, group if t_used > 1 else None, freqs)
+        if best is not None and bits >= best[0]:
+            break   # more tables stopped paying for themselves
+        best = (bits, group if t_used > 1 else None, freqs)
     return best[1], best[2]
 
 
 def _choose_prob_bits(n_symbols: int, alphabet: int) -> int:
-    """12 bits unless the alphabet needs more: measured on real tokens, 11..15 bits
-    change the size by < 0.1 % while larger slot tables slow the decoder."""
+    """12 bits for small alphabets (measured on real tokens: 11..15 bits change the size
+    by < 0.1 % while larger slot tables slow the decoder); large alphabets (lossless,
+    ids) get 3 bits more than the alphabet needs so that rare symbols are not
+    over-charged."""
     del n_symbols
-    return int(min(tables.MAX_PROB_BITS, max(12, int(alphabet - 1).bit_length())))
+    need = int(alphabet - 1).bit_length()
+    return int(min(tables.MAX_PROB_BITS, max(12, need + 3 if need > 8 else need)))
 
 
 # -- pruning ------------------------------------------------------------------------
@@ -324,11 +336,14 @@ class TrackEncoder:
                 cands += [(p, r) for r in range(max(0, lo), min(width, lo + 6))]
         # pick (predictor, raw_bits) by the order-0 entropy estimate, then build tables
         best = None
+        u_of = {}
         for p, rb in cands:
-            if p is not None:
-                self.tps["predictor"] = p
-            sym = np.concatenate([self._split_symbols(k, rb, pos)[0]
-                                  for k, pos in zip(kept, self.positions)]).ravel()
+            if p not in u_of:
+                if p is not None:
+                    self.tps["predictor"] = p
+                u_of[p] = np.concatenate([self._split_symbols(k, 0, pos)[0]
+                                          for k, pos in zip(kept, self.positions)]).ravel()
+            sym = u_of[p] >> rb
             counts = np.bincount(sym)
             est = _entropy_bits(counts) + rb * sym.size + tables.table_cost_bits(
                 tables.normalize(counts, _choose_prob_bits(sym.size, counts.size)))
