@@ -27,21 +27,14 @@ def _side(h: int, w: int) -> int:
     return 1 << max(0, int(max(h, w) - 1).bit_length())
 
 
-def read_presence_map(reader: BitReader, tps, num_tokens: int) -> np.ndarray:
-    """Kept positions (uint32, increasing) of clause 7.2."""
-    if not tps["grid_present"]:
-        bits = reader.bit_array(num_tokens, "token_present")
-        reader.align_zero()
-        return np.flatnonzero(bits).astype(np.uint32)
-    p, h, w = tps["num_prefix_tokens"], tps["grid_height"], tps["grid_width"]
-    prefix = np.flatnonzero(reader.bit_array(p, "prefix_present"))
-    ys = np.zeros(1, dtype=np.int64)
-    xs = np.zeros(1, dtype=np.int64)
+def _walk(h: int, w: int, node_bits) -> tuple[np.ndarray, np.ndarray]:
+    """Breadth-first quadtree walk; ``node_bits(ys, xs, side)`` gives the bits of the
+    nodes visited at one depth.  Returns the (y, x) of the kept leaves."""
+    ys = np.zeros(1 if h * w else 0, dtype=np.int64)
+    xs = np.zeros_like(ys)
     side = _side(h, w)
-    if h * w == 0:
-        ys = xs = np.zeros(0, dtype=np.int64)
     while ys.size:
-        bits = reader.bit_array(ys.size, f"node_present[side {side}]").astype(bool)
+        bits = node_bits(ys, xs, side)
         ys, xs = ys[bits], xs[bits]
         if side == 1:
             break
@@ -50,6 +43,19 @@ def read_presence_map(reader: BitReader, tps, num_tokens: int) -> np.ndarray:
         xs = (xs[:, None] + side * _CHILD_DX).ravel()
         inside = (ys < h) & (xs < w)
         ys, xs = ys[inside], xs[inside]
+    return ys, xs
+
+
+def read_presence_map(reader: BitReader, tps, num_tokens: int) -> np.ndarray:
+    """Kept positions (uint32, increasing) of clause 7.2."""
+    if not tps["grid_present"]:
+        bits = reader.bit_array(num_tokens, "token_present")
+        reader.align_zero()
+        return np.flatnonzero(bits).astype(np.uint32)
+    p, h, w = tps["num_prefix_tokens"], tps["grid_height"], tps["grid_width"]
+    prefix = np.flatnonzero(reader.bit_array(p, "prefix_present"))
+    ys, xs = _walk(h, w, lambda ys, xs, side: reader.bit_array(
+        ys.size, f"node_present[side {side}]").astype(bool))
     reader.align_zero()
     grid = np.sort(p + ys * w + xs)
     return np.concatenate((prefix, grid)).astype(np.uint32)
@@ -65,24 +71,14 @@ def write_presence_map(writer: BitWriter, tps, num_tokens: int, kept: np.ndarray
         return
     p, h, w = tps["num_prefix_tokens"], tps["grid_height"], tps["grid_width"]
     writer.bit_array(mask[:p])
-    if h * w:
-        grid = mask[p:].reshape(h, w).astype(bool)
-        side = _side(h, w)
-        padded = np.zeros((side, side), dtype=bool)
-        padded[:h, :w] = grid
-        ys = np.zeros(1, dtype=np.int64)
-        xs = np.zeros(1, dtype=np.int64)
-        while ys.size:
-            # node bit: any kept token in the side x side square at (ys, xs)
-            blocks = padded.reshape(padded.shape[0] // side, side, -1, side).any(axis=(1, 3))
-            bits = blocks[ys // side, xs // side]
-            writer.bit_array(bits.astype(np.uint8))
-            ys, xs = ys[bits], xs[bits]
-            if side == 1:
-                break
-            side //= 2
-            ys = (ys[:, None] + side * _CHILD_DY).ravel()
-            xs = (xs[:, None] + side * _CHILD_DX).ravel()
-            inside = (ys < h) & (xs < w)
-            ys, xs = ys[inside], xs[inside]
+    padded = np.zeros((_side(h, w),) * 2, dtype=bool)
+    padded[:h, :w] = mask[p:].reshape(h, w).astype(bool)
+
+    def node_bits(ys, xs, side):
+        # node bit: any kept token in the side x side square at (ys, xs)
+        blocks = padded.reshape(padded.shape[0] // side, side, -1, side).any(axis=(1, 3))
+        bits = blocks[ys // side, xs // side]
+        writer.bit_array(bits.astype(np.uint8))
+        return bits
+    _walk(h, w, node_bits)
     writer.align_zero()
