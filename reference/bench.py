@@ -159,6 +159,15 @@ def run(quick: bool = False, repeat: int = 3, progress=print) -> dict:
                           mean_cos=baselines.mean_token_cosine(
                               x.astype(np.float32), s.frames[0].values.astype(np.float32)))
     results["frame_576x1024"] = big
+    qp = int(decoder.decode(encode(x, target_cos=0.99)).tracks[0][0]["step_code"][0]) - 144
+    layout = []
+    for steps in (512, 1024, 2048, 4096):
+        data = encode(x, qp=qp, lane_steps=steps)
+        dec_s, _ = _best(lambda: decoder.decode(data), repeat)
+        layout.append(dict(lane_steps=steps, bits_per_value=8 * len(data) / x.size,
+                           rans_overhead=entropy_report(data)["overhead"],
+                           decode_ms=dec_s * 1e3))
+    results["lane_steps_tradeoff"] = layout
     return results
 
 
@@ -186,6 +195,12 @@ def markdown(res: dict) -> str:
         out.append(f"| {k} | {v['bits_per_value']:.3f} | {v['mean_cos']:.5f} | "
                    f"{v['encode_ms']:.1f} | {v['encode_with_rate_control_ms']:.1f} | "
                    f"{v['decode_ms']:.1f} |")
+    out += ["", "**rANS layout on that frame (32 lanes, qp of target_cos 0.99)**", "",
+            "| lane_steps | bits/value | rANS payload vs entropy | decode ms |",
+            "|---|---|---|---|"]
+    for r in res["lane_steps_tradeoff"]:
+        out.append(f"| {r['lane_steps']} | {r['bits_per_value']:.4f} | "
+                   f"{100 * r['rans_overhead']:+.2f} % | {r['decode_ms']:.1f} |")
     return "\n".join(out)
 
 
