@@ -139,7 +139,7 @@ class BitReader:
         return v
 
     def eg(self, k: int, name: str) -> int:
-        """Exp-Golomb code of order k (``eg(k)``): value < 2^32 (clause 3.3)."""
+        """Exp-Golomb code of order k (``eg(k)``), at most 32 leading zeros (clause 3.3)."""
         start = self.pos
         zeros = 0
         while True:

@@ -1,4 +1,4 @@
-"""CRC-32C (Castagnoli) of unit headers and payloads (spec clause 5.2).
+"""CRC-32C (Castagnoli) of the stream header and of units (spec clause 3.4).
 
 Parameters: reflected polynomial 0x82F63B78, initial value 0xFFFFFFFF, final
 XOR 0xFFFFFFFF; check value crc32c(b"123456789") == 0xE3069283.

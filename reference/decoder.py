@@ -8,7 +8,7 @@ present before anything is allocated (7.1).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Iterator
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from . import levels, prediction, rans, reconstruction, symbols, syntax, tables
 from .bitio import BitReader
 from .crc32c import crc32c
-from .errors import (TKBCRCError, TKBError, TKBFormatError, TKBReferenceError,
+from .errors import (TKBCRCError, TKBError, TKBFormatError, TKBReferenceError, TKBTableError,
                      TKBTruncatedError, TKBUnsupportedError, TKBValueError)
 from .presence import read_presence_map
 
@@ -88,14 +88,15 @@ class DecodedStream:
 # -- stream and unit framing (clauses 6.1, 6.2) -----------------------------------
 
 def parse_stream_header(data, trace: list | None = None) -> StreamHeader:
-    r = BitReader(data, 0, min(len(data), STREAM_HEADER_SIZE), trace=trace, clause="6.1")
     if len(data) < 4:
         raise TKBTruncatedError("stream shorter than its magic number", clause="6.1",
                                 element="magic", offset=0)
-    h = syntax.parse(r, "stream_header")
-    if h["magic"] != syntax.MAGIC:
-        raise TKBFormatError(f"magic 0x{h['magic']:08x} is not a TKB stream", clause="6.1",
+    magic = int.from_bytes(bytes(memoryview(data)[:4]), "little")
+    if magic != syntax.MAGIC:
+        raise TKBFormatError(f"magic 0x{magic:08x} is not a TKB stream", clause="6.1",
                              element="magic", offset=0)
+    r = BitReader(data, 0, min(len(data), STREAM_HEADER_SIZE), trace=trace, clause="6.1")
+    h = syntax.parse(r, "stream_header")
     if crc32c(bytes(memoryview(data)[:12])) != h["header_crc32c"]:
         raise TKBCRCError("stream header crc32c mismatch", clause="6.1",
                           element="header_crc32c", offset=12)
@@ -216,9 +217,9 @@ def _tps_checker(level: levels.Level, profile_idc: int):
         elif name == "table_map" and v.size and int(v.max()) >= env["num_tables"]:
             bad("table_map names a table beyond num_tables", clause="6.3.5")
         elif name == "alphabet_size":
-            if not 1 <= v <= level.max_alphabet:
-                raise levels.TKBLevelError(f"alphabet_size {v} not in 1..{level.max_alphabet}",
-                                           clause="8.2", element=name)
+            if v == 0:
+                raise TKBTableError("alphabet_size is 0", clause="6.3.5", element=name)
+            levels.check_limit(v, level.max_alphabet, name, level)
             if env.get("coding_mode") == 1:
                 width = (reconstruction.DTYPE_BITS[env["source_dtype"]] - env["raw_bits"]
                          + (1 if env.get("predictor") else 0))
@@ -264,9 +265,11 @@ def _check_consumed(r: BitReader, what: str) -> None:
 
 def _frame_checker(tps: dict, level: levels.Level):
     def check(name, v, env):
-        if name == "random_access" and v != 1:
+        if name == "random_access" and v == 0:
             raise TKBUnsupportedError("random_access 0 (inter-frame prediction) is not "
                                       "part of version 1", clause="6.4", element=name)
+        elif name == "random_access" and v != 1:
+            raise TKBFormatError(f"random_access {v} is not 0 or 1", clause="6.4", element=name)
         elif name == "num_tokens":
             if tps["grid_present"] and v != tps["max_tokens"]:
                 raise TKBFormatError(f"num_tokens {v} != num_prefix_tokens + grid size "
@@ -358,7 +361,7 @@ def decode_frame_values(fr: dict, tps: dict) -> np.ndarray:
     codes = np.asarray(tps["step_code"], dtype=np.int64)[None, :] + fr["frame_step_delta"]
     if fr["token_scale_present"]:
         codes = codes + fr["token_step_delta"].astype(np.int64)[:, None]
-    if codes.size and (int(codes.min()) < 0 or int(codes.max()) > 255):
+    if k and (int(codes.min()) < 0 or int(codes.max()) > 255):
         raise TKBValueError("a step code is outside 0..255", clause="7.6.1",
                             element="token_step_delta" if fr["token_scale_present"]
                             else "frame_step_delta")
@@ -524,11 +527,24 @@ def decode(data, strict: bool = True) -> DecodedStream:
     return dec.stream
 
 
-def iter_frames(f: BinaryIO, strict: bool = True) -> Iterator[Frame]:
-    """Streaming decode from a binary file object: yields frames as their units arrive."""
+def iter_frames(f: BinaryIO, strict: bool = True,
+                errors: list | None = None) -> Iterator[Frame]:
+    """Streaming decode from a binary file object: yields frames as their units arrive.
+    Non-strict: the errors of skipped units are appended to ``errors``, and a framing
+    error (the next unit cannot be found) ends the iteration after being appended."""
     head = f.read(STREAM_HEADER_SIZE)
     header = parse_stream_header(head)
     dec = Decoder(header, strict)
+    dec.stream.errors = errors if errors is not None else []
+    try:
+        yield from _iter_units_from_file(f, dec)
+    except TKBError as e:
+        if strict:
+            raise
+        dec.stream.errors.append(e)
+
+
+def _iter_units_from_file(f: BinaryIO, dec: Decoder) -> Iterator[Frame]:
     offset = STREAM_HEADER_SIZE
     while True:
         uh = f.read(UNIT_HEADER_SIZE)
@@ -543,8 +559,7 @@ def iter_frames(f: BinaryIO, strict: bool = True) -> Iterator[Frame]:
         buf = uh + body
         # reuse the in-memory framing on this one unit (offset 0 of buf)
         u = read_unit(buf, 0, dec.level)
-        u = Unit(offset, u.unit_type, u.track_id, u.unit_essential, u.payload, u.crc_ok,
-                 u.reserved_ok)
+        u = replace(u, offset=offset)
         frame = dec.add_unit(u)
         if frame is not None:
             yield frame

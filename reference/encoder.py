@@ -3,17 +3,22 @@
 Nothing here is normative: any choice that yields a valid stream is allowed.
 What it does, per track:
 
-* pruning (``keep``): prefix tokens are always kept; of the other tokens the
-  fraction ``keep`` farthest from the frame's mean token (1 - cosine) is kept;
-* steps: one step code ``qp + 144`` (step = 2^(qp/6)), optional per-channel
-  offsets, and a per-token offset round(6 log2(|token| / median |token|)) so
-  that every token gets the same relative error (mean token cosine is what
-  users measure); ``target_cos`` and ``bpv`` search the qp;
-* prediction: none / left / up, chosen by the smallest estimated size;
-* tables: channels sorted by scale and cut into 2^k equal groups, one table
-  per group, 2^k chosen by estimated size including the tables' own cost;
-* lossless (split) tracks: the top bits of each value (sign and exponent)
-  entropy coded, the low mantissa bits raw, the split chosen by estimated size.
+* pruning (``keep``, B.2): prefix tokens are always kept; of the other tokens
+  the fraction ``keep`` farthest from the frame's mean token (1 - cosine) is kept;
+* steps (B.1): one step code ``qp + 144`` (step = 2^(qp/6)), optional
+  per-channel offsets, and a per-token offset round(6 log2(|token| / median
+  |token|)) so that every token gets the same relative error (mean token cosine
+  is what users measure); ``target_cos`` and ``bpv`` search the qp;
+* prediction (B.4): none / left / up, chosen by the smallest estimated size;
+* tables (B.3): channels sorted by scale, cut into 2^k groups and refined by
+  Lloyd iterations (each channel to the table that codes it in fewest bits);
+  more tables are tried while they pay for their own cost;
+* lanes and chunks (B.5): about 2048 symbols per lane;
+* lossless (split) tracks (B.6): the value's bit pattern -- or, with a
+  predictor, the zigzag residual of its order-preserving integer -- cut into
+  entropy-coded top bits and raw low bits, the split chosen by estimated size;
+* :class:`StreamWriter` (B.7): streaming encode, tables fitted on calibration
+  frames with every symbol codable.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import TKBLevelError, TKBUnsupportedError
+from .errors import TKBEncodeError, TKBLevelError, TKBUnsupportedError
 
 PROFILE_LOSSLESS = 1
 PROFILE_MAIN = 2
@@ -67,4 +67,4 @@ def smallest_level(*, tokens: int, channels: int, values: int, vocab: int, table
                 and chunk <= lv.max_chunk and unit_size <= lv.max_unit_size
                 and tracks <= lv.max_tracks):
             return idc
-    raise TKBLevelError("input exceeds the limits of every level", clause="8.2")
+    raise TKBEncodeError("the input exceeds the limits of every level (clause 8.2)")

@@ -67,10 +67,7 @@ def decode(words: np.ndarray, chunk_words: np.ndarray, num_symbols: int, num_lan
     Raises TKBEntropyError when the payload is inconsistent.
     """
     lay = _Layout(num_symbols, num_lanes, lane_steps)
-    if num_symbols == 0:
-        if len(words):
-            raise TKBEntropyError("rans_data holds words but the frame has no symbols",
-                                  clause="7.3.2", element="rans_data")
+    if num_symbols == 0:   # no chunk, hence no chunk_words and no word
         return np.empty(0, dtype=np.int64)
     cw = np.asarray(chunk_words, dtype=np.int64)
     if np.any(cw < 2 * lay.active):

@@ -242,3 +242,38 @@ def _frame_delta(d, delta, step):
         p[11] = delta     # frame_step_delta (i8) follows presence_present (byte 10)
         return bytes(p)
     return with_frame_payload(d, setdelta)
+
+
+def test_random_access_above_one_is_a_format_error():
+    def ra2(p):
+        p[1] = 2
+        return bytes(p)
+    raises(tb.TKBFormatError, with_frame_payload(lossy(), ra2), "6.4")
+
+
+def test_alphabet_size_zero_is_a_table_error():
+    d = lossy()
+    ft = tps_values(split(d)[1][0][3])["freq_table"]
+    ft[0] = dict(ft[0], alphabet_size=0, freq=[])
+    raises(tb.TKBTableError, with_tps(d, freq_table=ft), "6.3.5")
+
+
+@pytest.mark.parametrize("data", [b"PK\x03\x04", b"PK\x03\x04\x00\x00", b"\x89TKB\x01"])
+def test_short_streams(data):
+    cls = tb.TKBTruncatedError if data.startswith(b"\x89TKB") else tb.TKBFormatError
+    raises(cls, data, "6.1")
+
+
+def test_streaming_decode_collects_errors_in_non_strict_mode():
+    import io
+    d = bytearray(lossy())
+    h, units = split(bytes(d))
+    f1 = units_of(bytes(d), UNIT_FRAME)[1]
+    offset = 16 + sum(len(encoder.unit(t, tr, p, e)) for t, tr, e, p in units[:f1])
+    d[offset + 20] ^= 1
+    errs = []
+    frames = list(tb.iter_frames(io.BytesIO(bytes(d[:-3])), strict=False, errors=errs))
+    assert [f.frame_number for f in frames] == [0, 2]
+    assert [type(e) for e in errs] == [tb.TKBCRCError, tb.TKBTruncatedError]
+    with pytest.raises(tb.TKBCRCError):
+        list(tb.iter_frames(io.BytesIO(bytes(d))))
