@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     sal_ref = realdata.vit_saliency(x)
     print(f"tokens: {x.shape[1]} x {x.shape[2]} (CLS + 16x16 grid), float16 = "
           f"{x16.nbytes} bytes\n")
-    head = f"{'method':<28}{'bytes':>8}{'bits/value':>12}{'mean cos':>11}" \
+    head = f"{'method':<36}{'bytes':>8}{'bits/value':>12}{'mean cos':>11}" \
            f"{'saliency err':>14}{'enc ms':>9}{'dec ms':>9}"
     print(head)
     print("-" * len(head))
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         cos = baselines.mean_token_cosine(x if kept is None else x[:, kept],
                                           y if kept is None else y[:, kept])
         sal = float(np.abs(realdata.vit_saliency(y.astype(np.float32)) - sal_ref).mean())
-        print(f"{name:<28}{nbytes:>8}{8 * nbytes / x.size:>12.3f}{cos:>11.5f}{sal:>14.5f}"
+        print(f"{name:<36}{nbytes:>8}{8 * nbytes / x.size:>12.3f}{cos:>11.5f}{sal:>14.5f}"
               f"{enc_ms:>9.1f}{dec_ms:>9.1f}")
 
     for opts in (dict(target_cos=0.99), dict(target_cos=0.995), dict(target_cos=0.999),
