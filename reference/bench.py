@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from . import baselines, decoder, levels, rans, realdata
+from . import baselines, decoder, levels, rans, realdata, tables
 from .encoder import encode
 
 VIT_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
@@ -53,7 +53,8 @@ def entropy_report(data: bytes) -> dict:
         k, d = fr["num_kept"], tps["num_channels"]
         base = tps["channel_table"] << tps["prob_bits"] if tps["num_tables"] > 1 else None
         sym = rans.decode(fr["rans_data"], fr["chunk_words"], k * d, tps["num_lanes"],
-                          tps["lane_steps"], tps["lookup"], tps["prob_bits"], base, d)
+                          tps["lane_steps"], tables.decode_lookup(tps["tables"], tps["prob_bits"]),
+                          tps["prob_bits"], base, d)
         table = np.tile(tps["channel_table"], k)
         key = (u.track_id, u.payload[0])
         alph = max(t.size for t in tps["tables"])

@@ -28,6 +28,7 @@ UNIT_TPS, UNIT_FRAME, UNIT_METADATA, UNIT_INDEX = 1, 2, 3, 4
 UNIT_TYPES = {UNIT_TPS: "track_parameter_set", UNIT_FRAME: "frame",
               UNIT_METADATA: "metadata", UNIT_INDEX: "index"}
 STREAM_TRACK = 255  # track_id of stream-level metadata
+LOOKUP_CACHE = 8    # parameter sets whose slot tables a decoder keeps built
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ def _tps_checker(level: levels.Level, profile_idc: int):
         elif name == "lane_steps":
             if v < 1:
                 bad("lane_steps is 0")
+            levels.check_limit(v, level.max_lane_steps, name, level)
             levels.check_limit(v * env["num_lanes"], level.max_chunk, "chunk_size", level)
         elif name == "prob_bits" and not 1 <= v <= tables.MAX_PROB_BITS:
             bad(f"prob_bits {v} not in 1..{tables.MAX_PROB_BITS}", clause="6.3.5")
@@ -329,13 +331,16 @@ def parse_frame(payload: bytes, tps: dict, level: levels.Level,
     return values
 
 
-def decode_frame_values(fr: dict, tps: dict) -> np.ndarray:
-    """Clauses 7.3 - 7.6: the frame's output values."""
+def decode_frame_values(fr: dict, tps: dict, lookup=None) -> np.ndarray:
+    """Clauses 7.3 - 7.6: the frame's output values (``lookup``: the parameter set's
+    slot tables, built here when not given)."""
+    if lookup is None:
+        lookup = tables.decode_lookup(tps["tables"], tps["prob_bits"])
     k, d = fr["num_kept"], tps["num_channels"]
     n = k * d
     base = tps["channel_table"] << tps["prob_bits"] if tps["num_tables"] > 1 else None
     sym = rans.decode(fr["rans_data"], fr["chunk_words"], n, tps["num_lanes"],
-                      tps["lane_steps"], tps["lookup"], tps["prob_bits"], base, d)
+                      tps["lane_steps"], lookup, tps["prob_bits"], base, d)
     if tps["coding_mode"] == 1:  # split (lossless) tracks, 7.4.2
         bits = symbols.split_values(sym, fr["raw_data"], tps["raw_bits"])
         if tps.get("predictor"):
@@ -412,6 +417,7 @@ class Decoder:
         self.level = levels.get_level(header.level_idc)
         self.stream = DecodedStream(header)
         self.strict = strict
+        self._lookups: dict = {}
 
     def add_unit(self, u: Unit) -> Frame | None:
         try:
@@ -472,8 +478,20 @@ class Decoder:
                 if other[k] != tps[k]:
                     raise TKBReferenceError(f"parameter sets of track {u.track_id} disagree "
                                             f"on {k}", clause="6.3", element=k, offset=u.offset)
-        tps["lookup"] = tables.decode_lookup(tps["tables"], tps["prob_bits"])
         track[tps["tps_id"]] = tps
+
+    def _lookup(self, track_id: int, tps: dict):
+        """Slot tables of a parameter set, built when a frame first needs them and kept
+        for the LOOKUP_CACHE most recently used parameter sets (memory stays bounded
+        however many parameter sets a stream defines)."""
+        key = (track_id, tps["tps_id"])
+        lut = self._lookups.pop(key, None)
+        if lut is None:
+            lut = tables.decode_lookup(tps["tables"], tps["prob_bits"])
+        self._lookups[key] = lut
+        while len(self._lookups) > LOOKUP_CACHE:
+            self._lookups.pop(next(iter(self._lookups)))
+        return lut
 
     def _frame(self, u: Unit) -> Frame:
         if not u.payload:
@@ -486,7 +504,7 @@ class Decoder:
                                     "which has not been received", clause="6.4",
                                     element="tps_id", offset=u.offset)
         fr = parse_frame(u.payload, tps, self.level)
-        values = decode_frame_values(fr, tps)
+        values = decode_frame_values(fr, tps, self._lookup(u.track_id, tps))
         frame = Frame(u.track_id, fr["frame_number"], fr["num_tokens"], fr["positions"],
                       values, reconstruction.DTYPES[tps["output_dtype"]], tps_id, u.offset)
         self.stream.frames.append(frame)

@@ -500,7 +500,7 @@ class TrackEncoder:
         # is ~0.5 % of ~2 bits x 2048 symbols (Annex B.5); fewer steps decode faster
         lanes = max(1, min(o.num_lanes, n_sym // 2048 or 1))
         steps = o.lane_steps or max(1, min(2048, -(-n_sym // lanes)))
-        steps = max(1, min(steps, self.level.max_chunk // lanes))
+        steps = max(1, min(steps, self.level.max_chunk // lanes, self.level.max_lane_steps))
         self.tps.update(num_lanes=lanes, lane_steps=steps)
         w = BitWriter()
         syntax.write(w, "track_parameter_set", self.tps)
@@ -656,6 +656,7 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
             tables=max(te.tps["num_tables"] for te, _ in encs),
             lanes=max(te.tps["num_lanes"] for te, _ in encs),
             chunk=max(te.tps["num_lanes"] * te.tps["lane_steps"] for te, _ in encs),
+            lane_steps=max(te.tps["lane_steps"] for te, _ in encs),
             unit_size=max_unit, tracks=len(encs))
     if level_idc is None:
         level_idc = needed

@@ -27,13 +27,15 @@ class Level:
     max_alphabet: int        # alphabet_size
     max_lanes: int           # num_lanes
     max_chunk: int           # chunk_size = num_lanes * lane_steps
+    max_lane_steps: int      # lane_steps: the sequential depth of a chunk's decoding
     max_unit_size: int       # unit_size in bytes
 
 
 LEVELS = {
-    10: Level(10, 4, 4096, 4096, 1 << 20, 1 << 20, 16, 4096, 256, 1 << 17, 1 << 23),
-    20: Level(20, 16, 65536, 16384, 1 << 24, 1 << 24, 64, 4096, 1024, 1 << 20, 1 << 27),
-    30: Level(30, 255, 1 << 20, 65536, 1 << 28, 1 << 31, 255, 4096, 4096, 1 << 22, 1 << 31),
+    10: Level(10, 4, 4096, 4096, 1 << 20, 1 << 20, 16, 4096, 256, 1 << 17, 4096, 1 << 23),
+    20: Level(20, 16, 65536, 16384, 1 << 24, 1 << 24, 64, 4096, 1024, 1 << 20, 8192, 1 << 27),
+    30: Level(30, 255, 1 << 20, 65536, 1 << 28, 1 << 31, 255, 4096, 4096, 1 << 22, 65536,
+              1 << 31),
 }
 
 
@@ -59,12 +61,14 @@ def check_limit(value: int, limit: int, element: str, level: Level) -> None:
 
 
 def smallest_level(*, tokens: int, channels: int, values: int, vocab: int, tables: int,
-                   lanes: int, chunk: int, unit_size: int, tracks: int) -> int:
+                   lanes: int, chunk: int, lane_steps: int, unit_size: int,
+                   tracks: int) -> int:
     """Encoder helper: the lowest level_idc whose limits admit the given sizes."""
     for idc, lv in sorted(LEVELS.items()):
         if (tokens <= lv.max_tokens and channels <= lv.max_channels and values <= lv.max_values
                 and vocab <= lv.max_vocab and tables <= lv.max_tables and lanes <= lv.max_lanes
-                and chunk <= lv.max_chunk and unit_size <= lv.max_unit_size
+                and chunk <= lv.max_chunk and lane_steps <= lv.max_lane_steps
+                and unit_size <= lv.max_unit_size
                 and tracks <= lv.max_tracks):
             return idc
     raise TKBEncodeError("the input exceeds the limits of every level (clause 8.2)")

@@ -76,9 +76,10 @@ def decode(words: np.ndarray, chunk_words: np.ndarray, num_symbols: int, num_lan
                               f"{2 * int(lay.active[k])} initial-state words",
                               clause="7.3.2", element=f"chunk_words[{k}]")
     chunk_start = np.cumsum(cw) - cw
-    # pad so that an over-reading last chunk stays in bounds; caught by the final check
+    # a chunk reads at most one word per symbol: padding by the largest chunk keeps an
+    # over-reading chunk in bounds; the final pointer check reports it
     w = np.concatenate((np.asarray(words, dtype=np.int64),
-                        np.zeros(int(lay.sizes[-1]) + 1, dtype=np.int64)))
+                        np.zeros(int(lay.sizes.max()) + 1, dtype=np.int64)))
     lane = np.arange(lay.num_cols) - lay.col_first
     s0 = chunk_start[lay.col_chunk] + 2 * lane
     x = w[s0] | (w[s0 + 1] << 16)
@@ -96,7 +97,7 @@ def decode(words: np.ndarray, chunk_words: np.ndarray, num_symbols: int, num_lan
         period = num_channels // np.gcd(num_lanes, num_channels)
         bases = channel_base[(lay.col_sym0[None, :] + num_lanes * np.arange(period)[:, None])
                              % num_channels]
-    slots = np.zeros((lay.steps, lay.num_cols), dtype=np.int64)
+    slots = np.zeros((lay.steps, lay.num_cols), dtype=np.int32)   # table offsets < 2^23
     first_col = np.append(lay.chunk_first_col, lay.num_cols)
     for t in range(lay.steps):
         na = lay.cols_at(t)

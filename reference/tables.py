@@ -37,7 +37,9 @@ def decode_lookup(tables: list[np.ndarray], prob_bits: int):
     freq = np.concatenate(list(tables))
     offs = np.repeat(np.cumsum([f.size for f in tables]) - [f.size for f in tables], m)
     g = sym + offs
-    return freq[g], np.tile(np.arange(m, dtype=np.int64), len(tables)) - cum[g], sym
+    bias = np.tile(np.arange(m, dtype=np.int64), len(tables)) - cum[g]
+    # freq <= 2^15, bias < 2^15, symbol < 4096: narrow types keep the tables small
+    return freq[g].astype(np.int32), bias.astype(np.int32), sym.astype(np.int16)
 
 
 def encode_arrays(tables: list[np.ndarray], alphabet: int) -> tuple[np.ndarray, np.ndarray]:

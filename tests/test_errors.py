@@ -277,3 +277,29 @@ def test_streaming_decode_collects_errors_in_non_strict_mode():
     assert [type(e) for e in errs] == [tb.TKBCRCError, tb.TKBTruncatedError]
     with pytest.raises(tb.TKBCRCError):
         list(tb.iter_frames(io.BytesIO(bytes(d))))
+
+
+def test_lane_steps_limit():
+    d = lossy()
+    raises(tb.TKBLevelError, with_tps(d, num_lanes=1, lane_steps=4097), "8.2")   # level 10: 4096
+
+
+def test_slot_tables_are_built_lazily_and_bounded():
+    """Many parameter sets cost no slot tables until used, and at most LOOKUP_CACHE stay."""
+    h, units = split(lossy(index=False))
+    tps = units[0]
+    frame = units[1]
+    extra = []
+    for i in range(1, 40):
+        v = tps_values(tps[3])
+        v["tps_id"] = i
+        extra.append([UNIT_TPS, 0, 1, tps_payload(v)])
+        f = bytearray(frame[3])
+        f[0] = i
+        extra.append([UNIT_FRAME, 0, 1, bytes(f)])
+    h2 = header(level=10)
+    dec = decoder.Decoder(decoder.parse_stream_header(h2 + b""))
+    for t, tr, e, p in [tps] + extra:
+        dec.add_unit(decoder.Unit(0, t, tr, e, p, True, True))
+    assert len(dec.stream.frames) == 39
+    assert len(dec._lookups) == decoder.LOOKUP_CACHE
