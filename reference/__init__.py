@@ -69,7 +69,7 @@ def read_frame(data, track_id: int, frame_number: int, strict: bool = True) -> F
     and the track's parameter sets."""
     from . import decoder as d
     header = d.parse_stream_header(data)
-    dec = d.Decoder(header, strict)
+    dec = d.Decoder(header, strict, keep=False)
     target = None
     for u in d.iter_units(data, dec.level):
         if u.unit_type in (d.UNIT_TPS, d.UNIT_INDEX) and u.track_id == track_id:
@@ -78,8 +78,14 @@ def read_frame(data, track_id: int, frame_number: int, strict: bool = True) -> F
         if number == frame_number:
             target = off
     if target is None:
-        raise TKBError(f"no index entry for frame {frame_number} of track {track_id}")
-    frame = dec.add_unit(d.read_unit(data, target, dec.level))
+        raise TKBReferenceError(f"no index entry for frame {frame_number} of track {track_id}",
+                                clause="6.6", element="index_entry")
+    u = d.read_unit(data, target, dec.level)
+    if u.unit_type != d.UNIT_FRAME or u.track_id != track_id:
+        raise TKBFormatError("index entry does not point at a frame unit of its track",
+                             clause="6.6", element="unit_offset", offset=target)
+    frame = dec.add_unit(u)
     if frame is None or frame.frame_number != frame_number:
-        raise TKBFormatError("index entry does not point at the frame", clause="6.6")
+        raise TKBFormatError("index entry does not point at the frame", clause="6.6",
+                             element="unit_offset", offset=target)
     return frame

@@ -413,21 +413,28 @@ class Decoder:
     still raise since the next unit cannot be found.
     """
 
-    def __init__(self, header: StreamHeader, strict: bool = True):
+    def __init__(self, header: StreamHeader, strict: bool = True, keep: bool = True):
         self.level = levels.get_level(header.level_idc)
         self.stream = DecodedStream(header)
         self.strict = strict
+        self.keep = keep   # False: frames and units are handed on, not kept (streaming)
         self._lookups: dict = {}
 
     def add_unit(self, u: Unit) -> Frame | None:
         try:
-            frame = self._unit(u)
-            self.stream.units.append((u, "ok"))
+            try:
+                frame = self._unit(u)
+            except TKBError as e:
+                # errors of the unit's payload come with positions inside the payload
+                # (clause 9.0); errors about the unit as a whole come without one
+                raise (e.relocate(u.offset + UNIT_HEADER_SIZE) if e.offset is not None
+                       else e.relocate(u.offset))
+            if self.keep:
+                self.stream.units.append((u, "ok"))
             return frame
         except TKBError as e:
-            if e.offset is None:
-                e.offset = u.offset
-            self.stream.units.append((u, f"error: {e}"))
+            if self.keep:
+                self.stream.units.append((u, f"error: {e}"))
             if self.strict:
                 raise
             self.stream.errors.append(e)
@@ -437,18 +444,18 @@ class Decoder:
         name = UNIT_TYPES.get(u.unit_type, f"unit_type {u.unit_type}")
         if not u.crc_ok:
             raise TKBCRCError(f"{name} unit crc32c mismatch", clause="6.2",
-                              element="unit_crc32c", offset=u.offset)
+                              element="unit_crc32c")
         if not u.reserved_ok:
             raise TKBFormatError("reserved_zero_8bits or unit_essential out of range",
-                                 clause="6.2", element="unit_header", offset=u.offset)
+                                 clause="6.2", element="unit_header")
         if u.unit_type not in UNIT_TYPES:
             if u.unit_type == 0 or u.unit_essential:
                 raise TKBUnsupportedError(f"essential unit_type {u.unit_type} is unknown",
-                                          clause="6.2", element="unit_type", offset=u.offset)
+                                          clause="6.2", element="unit_type")
             return None  # skippable unknown unit (clause 6.2)
         if u.unit_type != UNIT_METADATA and u.track_id == STREAM_TRACK:
             raise TKBFormatError("track_id 255 is for stream-level metadata only",
-                                 clause="6.2", element="track_id", offset=u.offset)
+                                 clause="6.2", element="track_id")
         if u.unit_type == UNIT_TPS:
             self._tps(u)
         elif u.unit_type == UNIT_FRAME:
@@ -471,13 +478,13 @@ class Decoder:
             if old["payload"] != u.payload:
                 raise TKBReferenceError(f"tps_id {tps['tps_id']} of track {u.track_id} "
                                         "repeated with different content", clause="6.3",
-                                        element="tps_id", offset=u.offset)
+                                        element="tps_id")
             return
         for other in track.values():
             for k in ("track_kind", "num_channels", "output_dtype"):
                 if other[k] != tps[k]:
                     raise TKBReferenceError(f"parameter sets of track {u.track_id} disagree "
-                                            f"on {k}", clause="6.3", element=k, offset=u.offset)
+                                            f"on {k}", clause="6.3", element=k)
         track[tps["tps_id"]] = tps
 
     def _lookup(self, track_id: int, tps: dict):
@@ -495,19 +502,19 @@ class Decoder:
 
     def _frame(self, u: Unit) -> Frame:
         if not u.payload:
-            raise TKBTruncatedError("empty frame unit", clause="6.4", element="tps_id",
-                                    offset=u.offset)
+            raise TKBTruncatedError("empty frame unit", clause="6.4", element="tps_id")
         tps_id = u.payload[0]
         tps = self.stream.tracks.get(u.track_id, {}).get(tps_id)
         if tps is None:
             raise TKBReferenceError(f"frame refers to tps_id {tps_id} of track {u.track_id}, "
                                     "which has not been received", clause="6.4",
-                                    element="tps_id", offset=u.offset)
+                                    element="tps_id")
         fr = parse_frame(u.payload, tps, self.level)
         values = decode_frame_values(fr, tps, self._lookup(u.track_id, tps))
         frame = Frame(u.track_id, fr["frame_number"], fr["num_tokens"], fr["positions"],
                       values, reconstruction.DTYPES[tps["output_dtype"]], tps_id, u.offset)
-        self.stream.frames.append(frame)
+        if self.keep:
+            self.stream.frames.append(frame)
         return frame
 
     def check_index(self) -> None:
@@ -552,7 +559,7 @@ def iter_frames(f: BinaryIO, strict: bool = True,
     error (the next unit cannot be found) ends the iteration after being appended."""
     head = f.read(STREAM_HEADER_SIZE)
     header = parse_stream_header(head)
-    dec = Decoder(header, strict)
+    dec = Decoder(header, strict, keep=False)
     dec.stream.errors = errors if errors is not None else []
     try:
         yield from _iter_units_from_file(f, dec)
@@ -576,8 +583,10 @@ def _iter_units_from_file(f: BinaryIO, dec: Decoder) -> Iterator[Frame]:
         body = f.read(size + 4)
         buf = uh + body
         # reuse the in-memory framing on this one unit (offset 0 of buf)
-        u = read_unit(buf, 0, dec.level)
-        u = replace(u, offset=offset)
+        try:
+            u = replace(read_unit(buf, 0, dec.level), offset=offset)
+        except TKBError as e:
+            raise e.relocate(offset)
         frame = dec.add_unit(u)
         if frame is not None:
             yield frame

@@ -22,7 +22,7 @@ What it does, per track:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from .bitio import BitWriter
 from .crc32c import crc32c
 from .decoder import (STREAM_TRACK, UNIT_FRAME, UNIT_INDEX, UNIT_METADATA, UNIT_TPS,
                       VERSION_MAJOR, VERSION_MINOR)
-from .errors import TKBEncodeError
+from .errors import TKBEncodeError, TKBError
 from .presence import write_presence_map
 
 QP_MIN, QP_MAX = -144, 111
@@ -102,6 +102,28 @@ class TrackOptions:
     vocab_size: int | None = None      # ids tracks
     source_dtype: str | None = None    # "bfloat16": the input holds bfloat16 bit patterns
     max_tokens: int | None = None      # tracks without grid: the largest frame (default: seen)
+
+    def __post_init__(self):
+        def bad(msg):
+            raise TKBEncodeError(msg)
+        if self.output_dtype not in (None, "float32", "float16", "bfloat16"):
+            bad(f"output_dtype {self.output_dtype!r}: float32, float16 or bfloat16")
+        if self.predictor not in ("auto", "none", "left", "up"):
+            bad(f"predictor {self.predictor!r}: auto, none, left or up")
+        if self.keep is not None and not 0 <= self.keep <= 1:
+            bad(f"keep {self.keep} is not a fraction in 0..1")
+        if self.qp is not None and not QP_MIN <= self.qp <= QP_MAX:
+            bad(f"qp {self.qp} not in {QP_MIN}..{QP_MAX}")
+        if self.bpv is not None and self.bpv <= 0:
+            bad("bpv must be positive")
+        if self.target_cos is not None and not 0 < self.target_cos <= 1:
+            bad("target_cos must be in (0, 1]")
+        if sum(v is not None for v in (self.qp, self.bpv, self.target_cos)) > 1:
+            bad("give at most one of qp, bpv, target_cos")
+        if self.num_lanes < 1 or (self.lane_steps is not None and self.lane_steps < 1):
+            bad("num_lanes and lane_steps must be at least 1")
+        if self.vocab_size is not None and not 1 <= self.vocab_size <= levels.LEVELS[30].max_vocab:
+            bad(f"vocab_size {self.vocab_size} not in 1..2^31")
     meta: dict = field(default_factory=dict)
 
 
@@ -288,6 +310,8 @@ class TrackEncoder:
         if self.ids:
             vmax = max((int(a.max()) for a in arrs if a.size), default=0)
             t["vocab_size"] = o.vocab_size or vmax + 1
+            if t["vocab_size"] > levels.LEVELS[30].max_vocab:
+                raise TKBEncodeError(f"token id {vmax} needs a vocabulary beyond 2^31")
             if vmax >= t["vocab_size"]:
                 raise TKBEncodeError(f"token id {vmax} >= vocab_size {t['vocab_size']}")
         if o.grid:
@@ -349,7 +373,7 @@ class TrackEncoder:
                 u_of[p] = np.concatenate([self._split_symbols(k, 0, pos)[0]
                                           for k, pos in zip(kept, self.positions)]).ravel()
             sym = u_of[p] >> rb
-            counts = np.bincount(sym)
+            counts = np.bincount(sym, minlength=1)
             est = _entropy_bits(counts) + rb * sym.size + tables.table_cost_bits(
                 tables.normalize(counts, _choose_prob_bits(sym.size, counts.size)))
             if best is None or est < best[0]:
@@ -454,18 +478,14 @@ class TrackEncoder:
     def _choose_qp(self, allx: np.ndarray) -> int:
         o = self.opts
         if o.qp is not None:
-            if not QP_MIN <= o.qp <= QP_MAX:
-                raise TKBEncodeError(f"qp {o.qp} not in {QP_MIN}..{QP_MAX}")
             return int(o.qp)
         if o.bpv is not None:
-            if o.bpv <= 0:
-                raise TKBEncodeError("bpv must be positive")
             # the smallest qp (finest step) whose stream fits in bpv bits per value
             return -_largest_true(lambda nq: self._trial_bpv(-nq) <= o.bpv,
                                   -(QP_MAX - 24), -(QP_MIN + 60))
         target = o.target_cos if o.target_cos is not None else 0.99
-        if not 0 < target <= 1:
-            raise TKBEncodeError("target_cos must be in (0, 1]")
+        if allx.size == 0:      # nothing kept: any step will do
+            return 0
         from .baselines import mean_token_cosine
         out_name = reconstruction.DTYPES[self.tps["output_dtype"]]
 
@@ -518,6 +538,8 @@ class TrackEncoder:
         a = np.asarray(a)
         if self.ids:
             a = a.reshape(-1, 1)
+            if a.size and (int(a.min()) < 0 or int(a.max()) >= self.tps["vocab_size"]):
+                raise TKBEncodeError(f"token ids must lie in 0..{self.tps['vocab_size'] - 1}")
         if a.ndim != 2 or a.shape[1] != self.d:
             raise TKBEncodeError(f"frame shape {a.shape} does not match {self.d} channels")
         n = a.shape[0]
@@ -605,37 +627,48 @@ def _as_frames(array, bf16: bool = False) -> tuple[list, bool]:
     return ([a] if a.ndim == 2 else list(a)), False
 
 
+def _prepare(arr, opts) -> tuple[list, TrackOptions, bool]:
+    """Input frames of one track and a copy of its options, bfloat16 tagged (a torch
+    bfloat16 tensor or ml_dtypes array arrives as uint16 bit patterns)."""
+    opts = replace(opts) if isinstance(opts, TrackOptions) else TrackOptions(**(opts or {}))
+    frames, ids = _as_frames(arr, opts.source_dtype == "bfloat16")
+    if not frames:
+        raise TKBEncodeError("no frames to encode")
+    if not ids and frames[0].dtype == np.uint16:
+        opts.source_dtype = "bfloat16"
+    return _checked(frames, opts), opts, ids
+
+
+def _checked(frames: list, opts: TrackOptions) -> list:
+    """float64 -> float32 for lossy coding; lossy coding needs finite values."""
+    if frames and frames[0].dtype == np.float64:
+        if opts.lossless:
+            raise TKBEncodeError("TKB has no float64 dtype: lossless coding of float64 "
+                                 "input is impossible (convert to float32 first)")
+        frames = [f.astype(np.float32) for f in frames]
+    if not opts.lossless:
+        for f in frames:
+            if f.dtype.kind == "f" and not np.all(np.isfinite(f)):
+                raise TKBEncodeError("lossy coding needs finite values (use lossless)")
+    return frames
+
+
 def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None = None,
                   index: bool = True, progress=None) -> bytes:
     """Encode several tracks into one stream.
 
     ``tracks``: list of (array, TrackOptions or dict).  Returns the stream bytes.
     """
-    prepared = []
-    for arr, opts in tracks:
-        if isinstance(opts, dict):
-            opts = TrackOptions(**opts)
-        frames, ids = _as_frames(arr, opts.source_dtype == "bfloat16")
-        if frames and frames[0].dtype == np.float64:
-            if opts.lossless:
-                raise TKBEncodeError("TKB has no float64 dtype: lossless coding of float64 "
-                                     "input is impossible (convert to float32 first)")
-            frames = [f.astype(np.float32) for f in frames]
-        if ids is False and frames and frames[0].dtype == np.uint16:
-            opts.source_dtype = "bfloat16"
-        if not frames:
-            raise TKBEncodeError("no frames to encode")
-        for f in frames:
-            if getattr(f, "dtype", None) is not None and f.dtype.kind == "f" and \
-                    not opts.lossless and not np.all(np.isfinite(f)):
-                raise TKBEncodeError("lossy coding needs finite values (use lossless)")
-        prepared.append((frames, opts, ids))
+    prepared = [_prepare(arr, opts) for arr, opts in tracks]
     lossless_only = all(o.lossless or ids for _, o, ids in prepared)
+    meta_payloads = [metadata_payload(meta)] if meta else []
     profile = levels.PROFILE_LOSSLESS if lossless_only else levels.PROFILE_MAIN
     probe = levels.LEVELS[30] if level_idc is None else levels.get_level(level_idc)
     encs = []
     for frames, opts, ids in prepared:
         encs.append((TrackEncoder(frames, opts, probe), frames))
+        if opts.meta:
+            meta_payloads.append(metadata_payload(opts.meta))
     payloads = []
     total = sum(len(f) for _, f in encs)
     done = 0
@@ -647,7 +680,9 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
             if progress:
                 progress(done, total)
         payloads.append(fr)
-    max_unit = max(max((len(p) for p in fr), default=0) for fr in payloads) + 64
+    max_unit = max([len(p) for fr in payloads for p in fr] + [len(p) for p in meta_payloads]
+                   + [len(te.tps_payload) for te, _ in encs]
+                   + [4 + 12 * sum(len(fr) for fr in payloads)])   # the largest unit
     needed = levels.smallest_level(
             tokens=max(te.tps["max_tokens"] for te, _ in encs),
             channels=max(te.d for te, _ in encs),
@@ -716,12 +751,21 @@ class StreamWriter:
         """Fit a track on ``calibration`` ([N, D], [F, N, D] or ids); returns its track_id."""
         if self.started:
             raise TKBEncodeError("add every track before the first frame is written")
-        opts = TrackOptions(**options)
-        frames, _ = _as_frames(calibration, opts.source_dtype == "bfloat16")
+        frames, opts, _ = _prepare(calibration, TrackOptions(**options))
         if opts.max_tokens is None and not opts.grid:  # later frames may be longer
             d = 1 if frames[0].ndim == 1 else frames[0].shape[1]
             opts.max_tokens = min(self.level.max_tokens, self.level.max_values // d)
-        self.tracks.append(TrackEncoder(frames, opts, self.level, pseudo=True))
+        te = TrackEncoder(frames, opts, self.level, pseudo=True)
+        # the stream's level must admit the track (checked as a decoder would)
+        from .decoder import parse_tps
+        try:
+            parse_tps(te.tps_payload, self.level, levels.PROFILE_MAIN)
+            levels.check_limit(len(self.tracks) + 1, self.level.max_tracks,
+                               "number of tracks", self.level)
+        except TKBError as e:
+            raise TKBEncodeError(f"the track does not fit level {self.level_idc}: "
+                                 f"{e.message}") from None
+        self.tracks.append(te)
         self.counts.append(0)
         return len(self.tracks) - 1
 
@@ -748,9 +792,7 @@ class StreamWriter:
             self._start()
         te = self.tracks[track_id]
         frames, _ = _as_frames(frame, te.src == "bfloat16")
-        for a in frames:
-            if a.dtype == np.float64:
-                a = a.astype(np.float32)
+        for a in _checked(frames, te.opts):
             number = self.counts[track_id] if frame_number is None else frame_number
             payload = te.encode_frame(a, number)
             levels.check_limit(len(payload), self.level.max_unit_size, "unit_size", self.level)

@@ -20,13 +20,22 @@ class TKBError(Exception):
         self.element = element
         self.offset = offset
         self.message = message
+        super().__init__(self._render())
+
+    def _render(self) -> str:
         where = []
-        if element:
-            where.append(element)
-        if offset is not None:
-            where.append(f"byte {offset}")
+        if self.element:
+            where.append(self.element)
+        if self.offset is not None:
+            where.append(f"byte {self.offset}")
         suffix = f" ({', '.join(where)})" if where else ""
-        super().__init__(f"[clause {self.clause}] {message}{suffix}")
+        return f"[clause {self.clause}] {self.message}{suffix}"
+
+    def relocate(self, base: int) -> "TKBError":
+        """Make a position inside a payload (or none) a byte offset in the stream."""
+        self.offset = base + (self.offset or 0)
+        self.args = (self._render(),)
+        return self
 
 
 class TKBFormatError(TKBError):

@@ -2,7 +2,7 @@
 
 Each syntax structure is a list of :class:`Element` rows -- name, descriptor,
 count, presence condition and the clause defining its semantics -- exactly as
-the syntax tables of ``spec/5-syntax.md`` print them (``tests/test_syntax_tables``
+the syntax tables of ``spec/5-syntax.md`` print them (``tests/test_spec.py``
 checks that the spec's tables equal :func:`markdown_table` of these
 declarations; ``python -m tokenbits.syntax`` prints them).
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import sys
 import time
 from pathlib import Path
@@ -94,18 +95,23 @@ def mutate(rng: np.random.Generator, data: bytes) -> bytes:
 
 
 def check(data: bytes) -> str | None:
-    """None when the decoder behaves (decodes, or raises a TKBError fast)."""
-    for strict in (True, False):
+    """None when every decoding entry point behaves (decodes, or raises a TKBError fast)."""
+    entry_points = (
+        ("decode", lambda: tb.canonical_sha256(tb.decode(data))),
+        ("decode non-strict", lambda: tb.canonical_sha256(tb.decode(data, strict=False))),
+        ("iter_frames non-strict", lambda: list(tb.iter_frames(io.BytesIO(data), strict=False))),
+        ("read_frame", lambda: tb.read_frame(data, 0, 1)),
+    )
+    for name, fn in entry_points:
         t0 = time.perf_counter()
         try:
-            s = tb.decode(data, strict=strict)
-            tb.canonical_sha256(s)
+            fn()
         except tb.TKBError:
             pass
         except Exception as e:  # noqa: BLE001 - that is what we are hunting
-            return f"{type(e).__name__}: {e}"
+            return f"{name}: {type(e).__name__}: {e}"
         if time.perf_counter() - t0 > SLOW_S:
-            return f"slow: {time.perf_counter() - t0:.1f} s"
+            return f"{name}: slow: {time.perf_counter() - t0:.1f} s"
     return None
 
 

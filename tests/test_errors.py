@@ -200,7 +200,7 @@ def test_table_that_does_not_sum():
 
 
 # 9.8 entropy ---------------------------------------------------------------------
-def test_lane_not_ending_at_L_and_escape_count():
+def test_lane_not_ending_at_L():
     def flip_last_word(p):
         p[-1] ^= 0x5A
         return bytes(p)
@@ -222,8 +222,7 @@ def test_escape_count_mismatch():
     def bump(p):
         p[off + 0] = 0 if p[off] else 1
         return bytes(p)
-    err = raises(tb.TKBError, with_frame_payload(d, bump))
-    assert isinstance(err, (tb.TKBEntropyError, tb.TKBTruncatedError, tb.TKBFormatError))
+    raises(tb.TKBEntropyError, with_frame_payload(d, bump), "7.4.1")
 
 
 # 9.9 values ----------------------------------------------------------------------
@@ -231,8 +230,7 @@ def test_token_id_beyond_vocab_and_step_code_range():
     ids = np.array([[5, 9, 2]])
     raises(tb.TKBValueError, with_tps(tb.encode(ids, vocab_size=10), vocab_size=9), "7.4.2")
     d = tb.encode(X, qp=-12, token_scale=False)
-    raises(tb.TKBValueError, with_tps(d, step_code=np.array([250], dtype=np.uint8)) if False
-           else _frame_delta(d, 127, 200), "7.6.1")
+    raises(tb.TKBValueError, _frame_delta(d, 127, 200), "7.6.1")
 
 
 def _frame_delta(d, delta, step):
