@@ -31,6 +31,7 @@ import numpy as np
 
 from . import decoder as d
 from . import levels, prediction, reconstruction
+from .encoder import QP_MAX, QP_MIN
 from .errors import TKBEncodeError, TKBError
 
 EXIT_OK, EXIT_DECODE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -181,8 +182,6 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
         if a.output_dtype:
             raise CLIError("--output-dtype does not apply to --lossless (it outputs the "
                            "source dtype)")
-        if a.predictor != "auto":
-            raise CLIError("--predictor does not apply to --lossless")
     if ids:
         for flag, v in (("--qp", a.qp), ("--bpv", a.bpv), ("--target-cos", a.target_cos),
                         ("--keep", a.keep), ("--output-dtype", a.output_dtype)):
@@ -194,8 +193,8 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
         raise CLIError("--vocab-size applies to token ids (integer input)")
     if a.vocab_size is not None and not 1 <= a.vocab_size < 1 << 32:
         raise CLIError(f"--vocab-size {a.vocab_size}: must be in 1..2^32-1")
-    if a.qp is not None and not -144 <= a.qp <= 111:
-        raise CLIError(f"--qp {a.qp}: must be in -144..111")
+    if a.qp is not None and not QP_MIN <= a.qp <= QP_MAX:
+        raise CLIError(f"--qp {a.qp}: must be in {QP_MIN}..{QP_MAX}")
     if a.bpv is not None and not a.bpv > 0:
         raise CLIError(f"--bpv {a.bpv}: must be positive")
     if a.target_cos is not None and not 0 < a.target_cos <= 1:
@@ -226,24 +225,6 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
     if arr.dtype == np.float64 and not a.output_dtype:
         track_meta[META_DTYPE] = "float64"
     return opts, track_meta
-
-
-def _check_level(data: bytes, level_idc: int) -> None:
-    """The encoder takes an explicit level on trust; check the stream against it."""
-    try:
-        header = d.parse_stream_header(data)
-        level = levels.get_level(header.level_idc)
-        tracks = set()
-        for u in d.iter_units(data, level):  # unit_size
-            if u.unit_type == d.UNIT_TPS:
-                tps = d.parse_tps(u.payload, level, header.profile_idc)
-                tracks.add(u.track_id)
-                levels.check_limit(tps["max_tokens"] * tps["num_channels"], level.max_values,
-                                   "num_tokens * num_channels", level)
-        levels.check_limit(len(tracks), level.max_tracks, "number of tracks", level)
-    except TKBError as e:
-        raise TKBEncodeError(f"the input does not fit level {level_idc}: {e.message}"
-                             f"{f' ({e.element})' if e.element else ''}") from None
 
 
 def cmd_encode(a) -> int:
@@ -290,8 +271,6 @@ def cmd_encode(a) -> int:
     finally:
         if bar is not None:
             bar.close()
-    if a.level is not None:
-        _check_level(data, a.level)
     _write_atomic(out, lambda p: p.write_bytes(data))
     if not a.quiet:
         print(_encode_summary(data, arr, in_dtype, out))
@@ -319,34 +298,14 @@ def _encode_summary(data: bytes, arr: np.ndarray, dtype: str, out: Path) -> str:
 # -- decoding with recovery ----------------------------------------------------------
 
 def _decode(data: bytes, strict: bool, quiet: bool = True):
-    """Like tokenbits.decode, but a framing error in non-strict mode ends the walk
-    instead of discarding what was decoded.  Returns (stream, framing error or None)."""
-    header = d.parse_stream_header(data)
-    dec = d.Decoder(header, strict)
-    pos, framing = d.STREAM_HEADER_SIZE, None
+    """tokenbits.decode with a progress bar; returns (stream, framing error or None)."""
     bar = _bar(quiet, len(data), "B", "decode")
     try:
-        while pos < len(data):
-            try:
-                u = d.read_unit(data, pos, dec.level)
-            except TKBError as e:
-                if strict:
-                    raise
-                if e.offset is None:
-                    e.offset = pos
-                framing = e
-                dec.stream.errors.append(e)
-                break
-            dec.add_unit(u)
-            pos += u.size
-            if bar is not None:
-                bar.update(u.size)
+        stream = d.decode(data, strict, progress=bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
-    if framing is None:
-        dec.check_index()
-    return dec.stream, framing
+    return stream, stream.framing_error
 
 
 # -- decode --------------------------------------------------------------------------

@@ -80,6 +80,7 @@ class DecodedStream:
     metadata: dict = field(default_factory=dict)     # track_id (255: stream) -> {key: value}
     index: dict = field(default_factory=dict)        # track_id -> [(frame_number, offset)]
     errors: list = field(default_factory=list)       # TKBError of units that were skipped
+    framing_error: TKBError | None = None            # non-strict: where unit framing broke
     units: list = field(default_factory=list)        # (Unit, status) for inspect
 
     def track_frames(self, track_id: int) -> list:
@@ -241,7 +242,7 @@ def parse_tps(payload: bytes, level: levels.Level, profile_idc: int,
     values = syntax.parse(r, "track_parameter_set", check=_tps_checker(level, profile_idc))
     _check_consumed(r, "track_parameter_set")
     tps = dict(values)
-    tps["tables"] = [tables.validate_table(t["freq"], tps["prob_bits"], level.max_alphabet, i)
+    tps["tables"] = [tables.validate_table(t["freq"], tps["prob_bits"], i)
                      for i, t in enumerate(tps["freq_table"])]
     tps["chunk_size"] = tps["num_lanes"] * tps["lane_steps"]
     if tps["grid_present"]:
@@ -536,18 +537,23 @@ class Decoder:
                     self.stream.errors.append(err)
 
 
-def decode(data, strict: bool = True) -> DecodedStream:
-    """Decode a whole stream held in memory (bytes-like)."""
+def decode(data, strict: bool = True, progress=None) -> DecodedStream:
+    """Decode a whole stream held in memory (bytes-like).  ``progress(nbytes)`` is
+    called after each unit with its size."""
     header = parse_stream_header(data)
     dec = Decoder(header, strict)
     try:
         for u in iter_units(data, dec.level):
             dec.add_unit(u)
+            if progress:
+                progress(u.size)
     except TKBError as e:
         # a framing error: the next unit cannot be found (clause 9.10)
         if strict:
             raise
         dec.stream.errors.append(e)
+        dec.stream.framing_error = e
+        return dec.stream
     dec.check_index()
     return dec.stream
 

@@ -246,12 +246,11 @@ def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob
     return best[1], best[2]
 
 
-def _choose_prob_bits(n_symbols: int, alphabet: int) -> int:
+def _choose_prob_bits(alphabet: int) -> int:
     """12 bits for small alphabets (measured on real tokens: 11..15 bits change the size
     by < 0.1 % while larger slot tables slow the decoder); large alphabets (lossless,
     ids) get 3 bits more than the alphabet needs so that rare symbols are not
     over-charged."""
-    del n_symbols
     need = int(alphabet - 1).bit_length()
     return int(min(tables.MAX_PROB_BITS, max(12, need + 3 if need > 8 else need)))
 
@@ -375,7 +374,7 @@ class TrackEncoder:
             sym = u_of[p] >> rb
             counts = np.bincount(sym, minlength=1)
             est = _entropy_bits(counts) + rb * sym.size + tables.table_cost_bits(
-                tables.normalize(counts, _choose_prob_bits(sym.size, counts.size)))
+                tables.normalize(counts, _choose_prob_bits(counts.size)))
             if best is None or est < best[0]:
                 best = (est, p, rb)
         _, p, rb = best
@@ -386,7 +385,7 @@ class TrackEncoder:
                               for k, pos in zip(kept, self.positions)]).ravel()
         channel = np.tile(np.arange(self.d), sym.size // self.d)
         alphabet = int(sym.max()) + 1 if sym.size else 1
-        pb = self.tps["prob_bits"] = _choose_prob_bits(sym.size, alphabet)
+        pb = self.tps["prob_bits"] = _choose_prob_bits(alphabet)
         hist = _histograms(sym, channel, self.d, alphabet)
         key = np.zeros(self.d) if self.ids else \
             (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
@@ -467,7 +466,7 @@ class TrackEncoder:
         channel = np.tile(np.arange(self.d), u.size // self.d)
         sym = np.minimum(u, alphabet - 1)
         hist = _histograms(sym, channel, self.d, alphabet)
-        pb = _choose_prob_bits(u.size, alphabet)
+        pb = _choose_prob_bits(alphabet)
         self.tps["prob_bits"] = pb
         key = (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
         tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb, o.num_tables)
