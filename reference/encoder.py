@@ -444,7 +444,8 @@ class TrackEncoder:
             cands = [names[o.predictor]]
         if 2 in cands and not self.tps["grid_present"]:
             raise TKBEncodeError("predictor 'up' needs a grid")
-        lvls = [self._quantize(x, qp)[0] for x in self.xf]
+        quantized = [self._quantize(x, qp) for x in self.xf]
+        lvls = [q[0] for q in quantized]
         best = None
         for p in cands:
             self.tps["predictor"] = p
@@ -453,8 +454,10 @@ class TrackEncoder:
             u = np.concatenate([x.ravel() for x in us]) if us else np.zeros(0, np.int64)
             est = _entropy_bits(np.bincount(np.minimum(u, 1 << 16)))
             if best is None or est < best[0]:
-                best = (est, p, u)
-        _, self.tps["predictor"], u = best
+                best = (est, p, u, us)
+        _, self.tps["predictor"], u, us = best
+        # the frames' zigzag residuals and step deltas, reused when the same frames are coded
+        self._fitted = [(q[2], v) for q, v in zip(quantized, us)]
         self.tps["per_channel_steps"] = int(bool(o.per_channel_steps))
         sc = self._step_codes(qp)
         self.tps["step_code"] = (sc if o.per_channel_steps else sc[:1]).astype(np.uint8)
@@ -532,6 +535,14 @@ class TrackEncoder:
         self.chan_esc = np.array([f.size for f in self.freqs])[self.chan_table] - 1
 
     # frames
+    def _fitted_frame(self, a, pos):
+        """The fit's (token_step_delta, zigzag residuals) of frame ``a`` if it is one of
+        the frames the parameter set was fitted on, with the same kept positions."""
+        for i, f in enumerate(self._frames):
+            if f is a and np.array_equal(self.positions[i], pos):
+                return self._fitted[i]
+        return None
+
     def encode_frame(self, a, frame_number: int, positions=None) -> bytes:
         """Frame unit payload of one frame (clause 6.4 syntax)."""
         a = np.asarray(a)
@@ -554,10 +565,13 @@ class TrackEncoder:
             sym, raw = self._split_symbols(a[pos], self.tps["raw_bits"], pos)
             sym, raw = sym.ravel(), raw.ravel()
         else:
-            xf = _float_view(a, self.src)[pos]
-            lv, codes, tdelta = self._quantize(xf, self.qp)
-            res = prediction.residuals_from_levels(lv, pos, self.tps)
-            u = symbols.zigzag(res)
+            fitted = self._fitted_frame(a, pos)
+            if fitted is not None:
+                tdelta, u = fitted
+            else:
+                xf = _float_view(a, self.src)[pos]
+                lv, codes, tdelta = self._quantize(xf, self.qp)
+                u = symbols.zigzag(prediction.residuals_from_levels(lv, pos, self.tps))
             esc = np.broadcast_to(self.chan_esc, u.shape)
             is_esc = u >= esc
             escapes = (u - esc)[is_esc]

@@ -99,15 +99,14 @@ def decode(words: np.ndarray, chunk_words: np.ndarray, num_symbols: int, num_lan
                              % num_channels]
     slots = np.zeros((lay.steps, lay.num_cols), dtype=np.int32)   # table offsets < 2^23
     first_col = np.append(lay.chunk_first_col, lay.num_cols)
-    for t in range(lay.steps):
-        na = lay.cols_at(t)
+    for t, na in enumerate([lay.cols_at(t) for t in range(lay.steps)]):
         xs = x[:na]
         ix = xs & mask
         if bases is not None:
             ix += bases[t % period, :na]
         slots[t, :na] = ix
         xs = freq[ix] * (xs >> prob_bits) + bias[ix]
-        sel = np.flatnonzero(xs < RANS_L)
+        sel = (xs < RANS_L).nonzero()[0]
         if sel.size:
             # the lanes that read, in lane order within each chunk
             ch = lay.col_chunk[sel]
@@ -155,9 +154,9 @@ def encode(symbols: np.ndarray, freq: np.ndarray, cum: np.ndarray, num_lanes: in
         idx = lay.col_sym0[:na] + t * num_lanes
         f = freq[idx]
         need = xs >= (f << shift)
-        sel = np.flatnonzero(need)
+        sel = need.nonzero()[0]
         if sel.size:
-            emitted_t.append(np.full(sel.size, t))
+            emitted_t.append((t, sel.size))
             emitted_col.append(sel)
             emitted_w.append(xs[sel] & 0xFFFF)
             xs = np.where(need, xs >> 16, xs)
@@ -165,7 +164,7 @@ def encode(symbols: np.ndarray, freq: np.ndarray, cum: np.ndarray, num_lanes: in
         x[:na] = (q << prob_bits) + r + cum[idx]
     # decoder order within a chunk: step ascending, lane ascending
     if emitted_t:
-        et = np.concatenate(emitted_t)
+        et = np.repeat([t for t, _ in emitted_t], [n for _, n in emitted_t])
         ec = np.concatenate(emitted_col)
         ew = np.concatenate(emitted_w)
         order = np.lexsort((ec, et, lay.col_chunk[ec]))

@@ -37,7 +37,7 @@ def residuals(symbols: np.ndarray, esc: np.ndarray, escapes: np.ndarray) -> np.n
 def zigzag(r: np.ndarray) -> np.ndarray:
     """Inverse of the residual mapping: r >= 0 -> 2r, r < 0 -> -2r - 1."""
     r = np.asarray(r, dtype=np.int64)
-    return np.where(r >= 0, 2 * r, -2 * r - 1)
+    return (r << 1) ^ (r >> 63)
 
 
 def split_values(symbols: np.ndarray, raw: np.ndarray, raw_bits: int) -> np.ndarray:
