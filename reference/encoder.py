@@ -582,12 +582,13 @@ class TrackEncoder:
             v.update(frame_step_delta=0, token_scale_present=int(bool(self.opts.token_scale)),
                      token_step_delta=tdelta.astype(np.int8), escape_bits=ebits,
                      num_escapes=int(escapes.size))
-        t_of = np.tile(self.chan_table, k)
-        if sym.size and np.any(self.freq_all[t_of, np.minimum(sym, self.freq_all.shape[1] - 1)]
-                               == 0):
+        alph = self.freq_all.shape[1]
+        flat = np.tile(self.chan_table * alph, k) + np.minimum(sym, alph - 1)
+        f_sym = self.freq_all.ravel()[flat]
+        if np.any(f_sym == 0) or (sym.size and int(sym.max()) >= alph):
             raise TKBEncodeError("a symbol has no frequency in the track's tables "
                                  "(frame statistics differ from the calibration frames)")
-        words, cw = rans.encode(sym, self.freq_all[t_of, sym], self.cum_all[t_of, sym],
+        words, cw = rans.encode(sym, f_sym, self.cum_all.ravel()[flat],
                                 self.tps["num_lanes"], self.tps["lane_steps"],
                                 self.tps["prob_bits"])
         v.update(chunk_words=cw, num_kept=k,

@@ -49,6 +49,13 @@ class _Layout:
         self.n_last = n_last
         self.num_lanes = num_lanes
 
+    def step_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """Symbol index [steps, columns] of every (step, column), and where it exists."""
+        idx = self.col_sym0[None, :] + self.num_lanes * np.arange(self.steps)[:, None]
+        end = np.minimum(self.col_chunk * self.chunk + self.sizes[self.col_chunk],
+                         self.col_chunk * self.chunk + self.chunk)
+        return idx, idx < end[None, :]
+
     def cols_at(self, t: int) -> int:
         """Columns with a symbol at step t: a prefix of all columns."""
         rest = min(self.num_lanes, max(0, self.n_last - t * self.num_lanes))
@@ -126,9 +133,7 @@ def decode(words: np.ndarray, chunk_words: np.ndarray, num_symbols: int, num_lan
                               f"state {int(x[col])}, not RANS_L", clause="7.3.2",
                               element="rans_data")
     # symbols in coding order: step t of column c is symbol col_sym0[c] + t * num_lanes
-    idx = lay.col_sym0[None, :] + num_lanes * np.arange(lay.steps)[:, None]
-    valid = idx < np.minimum(lay.col_chunk * lay.chunk + lay.sizes[lay.col_chunk],
-                             num_symbols)[None, :]
+    idx, valid = lay.step_matrix()
     out = np.empty(num_symbols, dtype=np.int64)
     out[idx[valid]] = sym_of[slots[valid]]
     return out
@@ -147,13 +152,18 @@ def encode(symbols: np.ndarray, freq: np.ndarray, cum: np.ndarray, num_lanes: in
         return np.zeros(0, dtype=np.uint16), np.zeros(0, dtype=np.uint32)
     x = np.full(lay.num_cols, RANS_L, dtype=np.int64)
     emitted_t, emitted_col, emitted_w = [], [], []
-    shift = 32 - prob_bits
+    # frequencies laid out as [step, column] once, so each step reads contiguous rows
+    idx, valid = lay.step_matrix()
+    f2 = np.ones(idx.shape, dtype=np.int64)
+    c2 = np.zeros(idx.shape, dtype=np.int64)
+    f2[valid] = freq[idx[valid]]
+    c2[valid] = cum[idx[valid]]
+    limit2 = f2 << (32 - prob_bits)   # renormalise when x >= freq << (32 - prob_bits)
     for t in range(lay.steps - 1, -1, -1):
         na = lay.cols_at(t)
         xs = x[:na]
-        idx = lay.col_sym0[:na] + t * num_lanes
-        f = freq[idx]
-        need = xs >= (f << shift)
+        f = f2[t, :na]
+        need = xs >= limit2[t, :na]
         sel = need.nonzero()[0]
         if sel.size:
             emitted_t.append((t, sel.size))
@@ -161,7 +171,7 @@ def encode(symbols: np.ndarray, freq: np.ndarray, cum: np.ndarray, num_lanes: in
             emitted_w.append(xs[sel] & 0xFFFF)
             xs = np.where(need, xs >> 16, xs)
         q, r = np.divmod(xs, f)
-        x[:na] = (q << prob_bits) + r + cum[idx]
+        x[:na] = (q << prob_bits) + r + c2[t, :na]
     # decoder order within a chunk: step ascending, lane ascending
     if emitted_t:
         et = np.repeat([t for t, _ in emitted_t], [n for _, n in emitted_t])
