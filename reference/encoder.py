@@ -800,16 +800,23 @@ class StreamWriter:
         self.started = True
 
     def write(self, track_id: int, frame, frame_number: int | None = None) -> None:
-        if not self.started:
-            if not self.tracks:
-                raise TKBEncodeError("no track: call add_track first")
-            self._start()
+        """Encode and write one frame ([N, D] / ids [N]) or several ([F, N, D] / [F, N]).
+        Nothing is written unless every frame encodes."""
+        if not 0 <= track_id < len(self.tracks):
+            raise TKBEncodeError(f"no track {track_id}: call add_track first")
         te = self.tracks[track_id]
         frames, _ = _as_frames(frame, te.src == "bfloat16")
-        for a in _checked(frames, te.opts):
-            number = self.counts[track_id] if frame_number is None else frame_number
+        payloads = []
+        for i, a in enumerate(_checked(frames, te.opts)):
+            number = self.counts[track_id] + i if frame_number is None else frame_number + i
             payload = te.encode_frame(a, number)
-            levels.check_limit(len(payload), self.level.max_unit_size, "unit_size", self.level)
+            if len(payload) > self.level.max_unit_size:
+                raise TKBEncodeError(f"a frame of {len(payload)} bytes exceeds the unit size "
+                                     f"of level {self.level_idc}")
+            payloads.append((number, payload))
+        if not self.started:
+            self._start()
+        for number, payload in payloads:
             self.entries.setdefault(track_id, []).append((number, self.offset))
             self._emit(unit(UNIT_FRAME, track_id, payload))
             self.counts[track_id] += 1
