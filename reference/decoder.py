@@ -318,17 +318,11 @@ def parse_frame(payload: bytes, tps: dict, level: levels.Level,
 
     parsers = {"presence_map": presence, "rans_data": rans_data,
                "escape_data": escape_data, "raw_data": raw_data}
-    env: dict = {}
-
-    def check(name, v, e):
-        env.update(e)
-        _frame_checker(tps, level)(name, v, e)
-
-    values = dict(syntax.parse(r, "frame", ctx, parsers, check=check))
+    values = dict(syntax.parse(r, "frame", ctx, parsers, check=_frame_checker(tps, level)))
     _check_consumed(r, "frame")
-    values["num_kept"] = env["num_kept"]
     values["positions"] = (values["presence_map"] if values["presence_present"]
                            else np.arange(values["num_tokens"], dtype=np.uint32))
+    values["num_kept"] = int(values["positions"].size)     # derived variable, clause 7.1
     return values
 
 

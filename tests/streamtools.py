@@ -41,5 +41,10 @@ def tps_payload(values: dict) -> bytes:
     return w.getvalue()
 
 
+def unit_offset(data: bytes, index: int) -> int:
+    """Byte offset in the stream of unit ``index``."""
+    return 16 + sum(len(encoder.unit(t, tr, p, e)) for t, tr, e, p in split(data)[1][:index])
+
+
 def units_of(data: bytes, unit_type: int):
     return [i for i, u in enumerate(split(data)[1]) if u[0] == unit_type]

@@ -7,7 +7,7 @@ import tokenbits as tb
 from tokenbits import decoder, encoder, errors
 from tokenbits.decoder import UNIT_FRAME, UNIT_INDEX, UNIT_TPS
 
-from streamtools import header, join, split, tps_payload, tps_values, units_of
+from streamtools import header, join, split, tps_payload, tps_values, unit_offset, units_of
 
 RNG = np.random.default_rng(0)
 X = (RNG.standard_normal((3, 17, 8))).astype(np.float16)
@@ -115,10 +115,8 @@ def test_truncated_inside_payload_with_valid_crc():
 # 9.3 CRC -------------------------------------------------------------------------
 def test_crc_mismatch_strict_and_resilient():
     d = bytearray(lossy())
-    frames = units_of(bytes(d), UNIT_FRAME)
     # flip a byte inside the second frame unit's payload
-    h, units = split(bytes(d))
-    offset = 16 + sum(len(encoder.unit(t, tr, p, e)) for t, tr, e, p in units[:frames[1]])
+    offset = unit_offset(bytes(d), units_of(bytes(d), UNIT_FRAME)[1])
     d[offset + 20] ^= 0x40
     raises(tb.TKBCRCError, bytes(d), "6.2")
     s = tb.decode(bytes(d), strict=False)
@@ -152,11 +150,13 @@ def test_unknown_units_essential_and_skippable():
     raises(tb.TKBUnsupportedError, essential, "6.2")
 
 
-def test_random_access_zero_is_unsupported():
-    def ra0(p):
-        p[1] = 0
+@pytest.mark.parametrize("value,cls", [(0, tb.TKBUnsupportedError), (2, tb.TKBFormatError)])
+def test_random_access_other_than_one(value, cls):
+    """0 is reserved for inter-frame prediction (unsupported); above 1 is malformed."""
+    def set_ra(p):
+        p[1] = value
         return bytes(p)
-    raises(tb.TKBUnsupportedError, with_frame_payload(lossy(), ra0), "6.4")
+    raises(cls, with_frame_payload(lossy(), set_ra), "6.4")
 
 
 # 9.5 level -----------------------------------------------------------------------
@@ -242,13 +242,6 @@ def _frame_delta(d, delta, step):
     return with_frame_payload(d, setdelta)
 
 
-def test_random_access_above_one_is_a_format_error():
-    def ra2(p):
-        p[1] = 2
-        return bytes(p)
-    raises(tb.TKBFormatError, with_frame_payload(lossy(), ra2), "6.4")
-
-
 def test_alphabet_size_zero_is_a_table_error():
     d = lossy()
     ft = tps_values(split(d)[1][0][3])["freq_table"]
@@ -265,9 +258,7 @@ def test_short_streams(data):
 def test_streaming_decode_collects_errors_in_non_strict_mode():
     import io
     d = bytearray(lossy())
-    h, units = split(bytes(d))
-    f1 = units_of(bytes(d), UNIT_FRAME)[1]
-    offset = 16 + sum(len(encoder.unit(t, tr, p, e)) for t, tr, e, p in units[:f1])
+    offset = unit_offset(bytes(d), units_of(bytes(d), UNIT_FRAME)[1])
     d[offset + 20] ^= 1
     errs = []
     frames = list(tb.iter_frames(io.BytesIO(bytes(d[:-3])), strict=False, errors=errs))
