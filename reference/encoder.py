@@ -255,20 +255,67 @@ def _choose_prob_bits(alphabet: int) -> int:
     return int(min(tables.MAX_PROB_BITS, max(12, need + 3 if need > 8 else need)))
 
 
+# -- quantization (Annex B.1) ------------------------------------------------------
+
+# 1 / step(code) rounded to binary32: quantization is one binary32 multiplication and
+# a round half to even, so every implementation (numpy, a GPU kernel) finds the same
+# levels (Annex B.1)
+INV_STEP = (1.0 / reconstruction.STEP.astype(np.float64)).astype(np.float32)
+
+
+def quantize_levels(xf: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Levels of float32 values ``xf`` at step codes ``codes`` (broadcast): the binary32
+    product x * INV_STEP[code] rounded half to even, clipped to +-MAX_LEVEL (int64)."""
+    y = np.asarray(xf, dtype=np.float32) * INV_STEP[codes]
+    lv = np.clip(np.rint(y), -reconstruction.MAX_LEVEL, reconstruction.MAX_LEVEL)
+    return lv.astype(np.int64)
+
+
+def token_norms(xf: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each token, its squares summed in float64 in channel order (a
+    sequential sum, so a GPU thread looping over the channels finds the same value)."""
+    x = np.asarray(xf, dtype=np.float64)
+    if x.shape[1] == 0:
+        return np.zeros(x.shape[0])
+    return np.sqrt(np.cumsum(x * x, axis=1)[:, -1])
+
+
 # -- pruning ------------------------------------------------------------------------
+
+def _sequential_sum(a: np.ndarray, axis: int) -> np.ndarray:
+    """Sum in float64 in index order (np.cumsum is sequential; np.sum is pairwise)."""
+    a = np.moveaxis(np.asarray(a, dtype=np.float64), axis, -1)
+    return np.cumsum(a, axis=-1)[..., -1] if a.shape[-1] else np.zeros(a.shape[:-1])
+
+
+def prune_scores(x: np.ndarray, start: int) -> np.ndarray:
+    """Pruning score of each sequence token x[start:] (Annex B.2): 1 - cosine to the
+    frame's mean token, every sum in float64 in index order so a GPU kernel that sums
+    in the same order finds the same scores."""
+    seq = np.asarray(x[start:], dtype=np.float64)
+    if seq.shape[0] == 0:
+        return np.zeros(0)
+    m = _sequential_sum(seq, 0) / seq.shape[0]
+    mnorm = np.sqrt(_sequential_sum(m * m, 0)) or 1.0
+    norms = token_norms(seq) * mnorm
+    dot = _sequential_sum(seq * m[None, :], 1)
+    return 1.0 - dot / np.where(norms > 0, norms, 1.0)
+
+
+def select_kept(dist: np.ndarray, keep: float, start: int) -> np.ndarray:
+    """Kept positions: the prefix tokens, then the fraction ``keep`` of the sequence
+    tokens of highest score (ties: the earlier token), in position order."""
+    k = int(round(keep * dist.size))
+    chosen = np.sort(np.argsort(-dist, kind="stable")[:k]) + start
+    return np.concatenate((np.arange(start), chosen)).astype(np.uint32)
+
 
 def prune(x: np.ndarray, keep: float, start: int) -> np.ndarray:
     """Kept positions of one frame [N, D] (Annex B.2): prefix tokens plus the fraction
     ``keep`` of the other tokens farthest (1 - cosine) from the frame's mean token."""
-    n = x.shape[0]
-    seq = x[start:].astype(np.float64)
-    m = seq.mean(axis=0)
-    norms = np.linalg.norm(seq, axis=1) * (np.linalg.norm(m) or 1.0)
-    dist = 1.0 - (seq @ m) / np.where(norms > 0, norms, 1.0)
-    k = int(round(keep * seq.shape[0]))
-    chosen = np.sort(np.argsort(-dist, kind="stable")[:k]) + start
-    return np.concatenate((np.arange(start), chosen)).astype(np.uint32) if n else \
-        np.zeros(0, np.uint32)
+    if x.shape[0] == 0:
+        return np.zeros(0, np.uint32)
+    return select_kept(prune_scores(x, start), keep, start)
 
 
 # -- one track ----------------------------------------------------------------------
@@ -400,7 +447,7 @@ class TrackEncoder:
     def _token_deltas(self, xf: np.ndarray) -> np.ndarray:
         if not self.opts.token_scale:
             return np.zeros(xf.shape[0], dtype=np.int64)
-        norms = np.linalg.norm(xf.astype(np.float64), axis=1)
+        norms = token_norms(xf)
         ref = self.norm_ref
         with np.errstate(divide="ignore"):
             dl = np.round(6 * np.log2(np.maximum(norms, ref * 2.0 ** -10) / ref))
@@ -416,10 +463,7 @@ class TrackEncoder:
         delta = self._token_deltas(xf)
         delta = np.clip(delta, max(-128, -int(sc.min())), min(127, 255 - int(sc.max())))
         codes = sc[None, :] + delta[:, None]
-        step = reconstruction.STEP[codes].astype(np.float64)
-        lv = np.rint(xf.astype(np.float64) / step)
-        lv = np.clip(lv, -reconstruction.MAX_LEVEL, reconstruction.MAX_LEVEL).astype(np.int64)
-        return lv, codes, delta
+        return quantize_levels(xf, codes), codes, delta
 
     def _fit_quant(self, arrs, pseudo: bool) -> None:
         o = self.opts
