@@ -80,6 +80,10 @@ def index_payload(entries: list) -> bytes:
     return w.getvalue()
 
 
+SYMBOL_NOT_IN_TABLE = ("a symbol has no frequency in the track's tables "
+                       "(frame statistics differ from the calibration frames)")
+
+
 # -- options -----------------------------------------------------------------------
 
 @dataclass
@@ -444,14 +448,16 @@ class TrackEncoder:
         self._set_tables(tmap, freqs)
 
     # quantized coding
-    def _token_deltas(self, xf: np.ndarray) -> np.ndarray:
+    def token_step_deltas(self, norms: np.ndarray, qp: int) -> np.ndarray:
+        """token_step_delta of tokens of norms ``norms`` (token_norms) at qp (Annex B.1)."""
         if not self.opts.token_scale:
-            return np.zeros(xf.shape[0], dtype=np.int64)
-        norms = token_norms(xf)
+            return np.zeros(norms.shape[0], dtype=np.int64)
         ref = self.norm_ref
         with np.errstate(divide="ignore"):
             dl = np.round(6 * np.log2(np.maximum(norms, ref * 2.0 ** -10) / ref))
-        return np.clip(dl, -60, 60).astype(np.int64)
+        sc = self._step_codes(qp)
+        return np.clip(np.clip(dl, -60, 60), max(-128, -int(sc.min())),
+                       min(127, 255 - int(sc.max()))).astype(np.int64)
 
     def _step_codes(self, qp: int) -> np.ndarray:
         """step_code of every channel at qp (clause 6.3.2)."""
@@ -459,10 +465,9 @@ class TrackEncoder:
 
     def _quantize(self, xf: np.ndarray, qp: int):
         """Levels, step codes [K, D] and token_step_delta [K] of kept tokens at qp."""
-        sc = self._step_codes(qp)
-        delta = self._token_deltas(xf)
-        delta = np.clip(delta, max(-128, -int(sc.min())), min(127, 255 - int(sc.max())))
-        codes = sc[None, :] + delta[:, None]
+        delta = self.token_step_deltas(token_norms(xf) if self.opts.token_scale
+                                       else np.zeros(xf.shape[0]), qp)
+        codes = self._step_codes(qp)[None, :] + delta[:, None]
         return quantize_levels(xf, codes), codes, delta
 
     def _fit_quant(self, arrs, pseudo: bool) -> None:
@@ -587,8 +592,8 @@ class TrackEncoder:
                 return self._fitted[i]
         return None
 
-    def encode_frame(self, a, frame_number: int, positions=None) -> bytes:
-        """Frame unit payload of one frame (clause 6.4 syntax)."""
+    def check_frame(self, a) -> np.ndarray:
+        """One input frame as [N, D] (ids: [N, 1]), or TKBEncodeError."""
         a = np.asarray(a)
         if self.ids:
             a = a.reshape(-1, 1)
@@ -601,10 +606,27 @@ class TrackEncoder:
             raise TKBEncodeError("frame size differs from the grid")
         if not self.tps["grid_present"] and n > self.tps["max_tokens"]:
             raise TKBEncodeError(f"frame of {n} tokens > max_tokens {self.tps['max_tokens']}")
+        return a
+
+    def escape_split(self, u: np.ndarray):
+        """(symbols, escape values, escape_bits) of zigzag residuals u [K, D] (7.4.1)."""
+        esc = np.broadcast_to(self.chan_esc, u.shape)
+        is_esc = u >= esc
+        escapes = (u - esc)[is_esc]
+        return np.where(is_esc, esc, u).ravel(), escapes, self.escape_bits(escapes)
+
+    @staticmethod
+    def escape_bits(escapes: np.ndarray) -> int:
+        ebits = int(escapes.max()).bit_length() if escapes.size else 0
+        if ebits > symbols.MAX_ESCAPE_BITS:
+            raise TKBEncodeError("a residual is too large to escape")
+        return ebits
+
+    def encode_frame(self, a, frame_number: int, positions=None) -> bytes:
+        """Frame unit payload of one frame (clause 6.4 syntax)."""
+        a = self.check_frame(a)
         pos = self._positions(a) if positions is None else np.asarray(positions, np.uint32)
-        v = dict(tps_id=self.tps["tps_id"], random_access=1, frame_number=frame_number,
-                 num_tokens=n, presence_present=int(pos.size != n))
-        k = pos.size
+        escapes = tdelta = raw = None
         if self.lossless:
             sym, raw = self._split_symbols(a[pos], self.tps["raw_bits"], pos)
             sym, raw = sym.ravel(), raw.ravel()
@@ -616,27 +638,32 @@ class TrackEncoder:
                 xf = _float_view(a, self.src)[pos]
                 lv, codes, tdelta = self._quantize(xf, self.qp)
                 u = symbols.zigzag(prediction.residuals_from_levels(lv, pos, self.tps))
-            esc = np.broadcast_to(self.chan_esc, u.shape)
-            is_esc = u >= esc
-            escapes = (u - esc)[is_esc]
-            sym = np.where(is_esc, esc, u).ravel()
-            ebits = int(escapes.max()).bit_length() if escapes.size else 0
-            if ebits > symbols.MAX_ESCAPE_BITS:
-                raise TKBEncodeError("a residual is too large to escape")
-            v.update(frame_step_delta=0, token_scale_present=int(bool(self.opts.token_scale)),
-                     token_step_delta=tdelta.astype(np.int8), escape_bits=ebits,
-                     num_escapes=int(escapes.size))
+            sym, escapes, _ = self.escape_split(u)
         alph = self.freq_all.shape[1]
-        flat = np.tile(self.chan_table * alph, k) + np.minimum(sym, alph - 1)
+        flat = np.tile(self.chan_table * alph, pos.size) + np.minimum(sym, alph - 1)
         f_sym = self.freq_all.ravel()[flat]
         if np.any(f_sym == 0) or (sym.size and int(sym.max()) >= alph):
-            raise TKBEncodeError("a symbol has no frequency in the track's tables "
-                                 "(frame statistics differ from the calibration frames)")
+            raise TKBEncodeError(SYMBOL_NOT_IN_TABLE)
         words, cw = rans.encode(sym, f_sym, self.cum_all.ravel()[flat],
                                 self.tps["num_lanes"], self.tps["lane_steps"],
                                 self.tps["prob_bits"])
-        v.update(chunk_words=cw, num_kept=k,
-                 num_chunks=cw.size)
+        return self.frame_payload(frame_number, a.shape[0], pos, words, cw, tdelta=tdelta,
+                                  escapes=escapes, raw=raw)
+
+    def frame_payload(self, frame_number: int, n: int, pos: np.ndarray, words, cw,
+                      tdelta=None, escapes=None, raw=None) -> bytes:
+        """Write a frame unit payload (clause 6.4) from its coded parts: rANS words and
+        chunk_words, and token_step_delta and escape values (quantized tracks) or raw
+        values (split tracks)."""
+        v = dict(tps_id=self.tps["tps_id"], random_access=1, frame_number=frame_number,
+                 num_tokens=n, presence_present=int(pos.size != n), chunk_words=cw,
+                 num_kept=pos.size, num_chunks=len(cw))
+        ebits = 0
+        if not self.lossless:
+            ebits = self.escape_bits(escapes)
+            v.update(frame_step_delta=0, token_scale_present=int(bool(self.opts.token_scale)),
+                     token_step_delta=np.asarray(tdelta).astype(np.int8), escape_bits=ebits,
+                     num_escapes=int(escapes.size))
         w = BitWriter()
 
         def presence(wr, env):
@@ -712,10 +739,12 @@ def _checked(frames: list, opts: TrackOptions) -> list:
 
 
 def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None = None,
-                  index: bool = True, progress=None) -> bytes:
+                  index: bool = True, progress=None, frame_coder=None) -> bytes:
     """Encode several tracks into one stream.
 
     ``tracks``: list of (array, TrackOptions or dict).  Returns the stream bytes.
+    ``frame_coder(track_encoder, frames)``: codes a track's frames into frame unit
+    payloads instead of ``TrackEncoder.encode_frame`` (the GPU path passes one).
     """
     prepared = [_prepare(arr, opts) for arr, opts in tracks]
     lossless_only = all(o.lossless or ids for _, o, ids in prepared)
@@ -732,7 +761,12 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
     done = 0
     for tid, (te, frames) in enumerate(encs):
         fr = []
-        for i, f in enumerate(frames):
+        if frame_coder is not None:
+            fr = frame_coder(te, frames)
+            done += len(frames)
+            if progress:
+                progress(done, total)
+        for i, f in enumerate([] if frame_coder is not None else frames):
             fr.append(te.encode_frame(f, i, te.positions[i]))
             done += 1
             if progress:
@@ -777,10 +811,10 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
 
 
 def encode(array, *, meta: dict | None = None, level_idc: int | None = None,
-           index: bool = True, progress=None, **options) -> bytes:
+           index: bool = True, progress=None, frame_coder=None, **options) -> bytes:
     """Encode one track (see :class:`TrackOptions` for ``options``)."""
     return encode_tracks([(array, TrackOptions(**options))], meta=meta, level_idc=level_idc,
-                         index=index, progress=progress)
+                         index=index, progress=progress, frame_coder=frame_coder)
 
 
 class StreamWriter:

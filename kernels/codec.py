@@ -1,0 +1,456 @@
+"""Streams encoded and decoded through the GPU kernels, byte- and bit-identical
+to the reference (``tokenbits``).
+
+Decoding: units are framed and parsed on the host by the reference parser
+(clause 6); the frames of one parameter set are then decoded in batches: one
+rANS launch for all their chunks, one reconstruction launch for all their
+chains.  Errors found on the GPU are raised (strict) or recorded against their
+frame's unit (non-strict) exactly as the reference would: same error class,
+same unit, errors in stream order.
+
+Encoding: the parameter set is fitted by the reference encoder on the host
+(Annex B: rate control, tables); the frames are then coded on the GPU in
+batches: pruning scores, token norms, quantization with the presence-map
+gather, residuals and symbols, rANS encode and compaction.  The host writes
+the frame headers.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tokenbits import reconstruction, tables
+from tokenbits.decoder import Decoder, Frame, parse_frame, parse_stream_header, iter_units
+from tokenbits.encoder import INV_STEP, SYMBOL_NOT_IN_TABLE, TrackEncoder, encode_tracks, \
+    select_kept
+from tokenbits.errors import TKBEncodeError, TKBEntropyError, TKBError, TKBValueError
+
+from . import quant, rans, recon
+
+BATCH_SYMBOLS = 1 << 27      # symbols decoded or encoded per launch at most
+_TORCH_OUT = {0: torch.float32, 1: torch.float16, 2: torch.bfloat16}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _t(a, dtype, device):
+    return torch.from_numpy(np.ascontiguousarray(a).astype(dtype, copy=False)).to(device)
+
+
+# -- decoding -------------------------------------------------------------------
+
+class _ParamSet:
+    """Device copies of a parameter set's tables."""
+
+    def __init__(self, tps: dict, device):
+        pb = tps["prob_bits"]
+        alph = [int(t.size) for t in tps["tables"]]
+        lookup = tables.decode_lookup(tps["tables"], pb)
+        self.table = rans.decode_table(lookup, alph, tps["coding_mode"] == 0, device)
+        tmap = np.asarray(tps["channel_table"], dtype=np.int64) if tps["num_tables"] > 1 else \
+            np.zeros(tps["num_channels"], dtype=np.int64)
+        self.chan_base = _t(tmap << pb, np.int32, device)
+        if tps["coding_mode"] == 0:
+            self.esc = _t(np.asarray(alph)[tmap] - 1, np.int32, device)
+            self.code = np.broadcast_to(np.asarray(tps["step_code"], dtype=np.int64),
+                                        (tps["num_channels"],))
+            self.t_code = _t(self.code, np.int32, device)
+            self.step = _t(reconstruction.STEP, np.float32, device)
+
+
+def _frame_error(kind: str, detail: str):
+    if kind == "entropy":
+        return TKBEntropyError(detail, clause="7.3.2", element="rans_data")
+    return TKBValueError(detail, clause=kind, element="rans_data")
+
+
+def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = False):
+    """Values of parsed frames ``frames`` (parse_frame dicts) of one parameter set.
+    Returns a list with, per frame, a tensor or the TKBError the reference raises."""
+    d = tps["num_channels"]
+    kept = np.array([f["num_kept"] for f in frames], dtype=np.int64)
+    nsym = kept * d
+    results: list = [None] * len(frames)
+    plan = rans.ChunkPlan(nsym, tps["num_lanes"], tps["lane_steps"], d, device)
+    cw_host = [np.asarray(f["chunk_words"], dtype=np.int64) for f in frames]
+    # clause 7.3.2: a chunk holds at least its initial states
+    act_split = np.split(plan.active, np.cumsum(plan.frame_chunks)[:-1])
+    for i, (cw, act) in enumerate(zip(cw_host, act_split)):
+        if np.any(cw < 2 * act):
+            k = int(np.argmax(cw < 2 * act))
+            results[i] = TKBEntropyError(f"chunk {k} has {int(cw[k])} words, fewer than its "
+                                         f"{2 * int(act[k])} initial-state words",
+                                         clause="7.3.2", element=f"chunk_words[{k}]")
+    words = np.concatenate([np.asarray(f["rans_data"], dtype=np.uint16) for f in frames]
+                           + [np.zeros(0, np.uint16)])
+    t_words = _t(words.view(np.int16), np.int16, device)
+    t_cw = _t(np.concatenate(cw_host + [np.zeros(0, np.int64)]), np.int64, device)
+    quantized = tps["coding_mode"] == 0
+    n_esc = np.array([f["num_escapes"] for f in frames], dtype=np.int64) if quantized else None
+    sym, status, esc_pos, esc_count = rans.decode(
+        plan, t_words, t_cw, ps.table, ps.chan_base, tps["prob_bits"],
+        None if n_esc is None else _t(n_esc, np.int64, device))
+    # chains of the whole batch (rows: kept tokens of all frames, in frame order)
+    row0 = np.cumsum(kept) - kept
+    preds = []
+    for f, r0 in zip(frames, row0):
+        p = recon.predictor_rows(f["positions"], tps)
+        preds.append(np.where(p >= 0, p + r0, -1))
+    pred = np.concatenate(preds + [np.zeros(0, np.int64)])
+    rows, offs = recon.chains(pred, tps.get("predictor", 0) or 0)
+    chain_frame = np.searchsorted(row0, rows[offs[:-1]], side="right") - 1 \
+        if offs.size > 1 else np.zeros(0, np.int64)
+    if dense:
+        n_tok = np.array([f["num_tokens"] for f in frames], dtype=np.int64)
+        base = np.cumsum(n_tok) - n_tok
+        out_row = np.concatenate([b + np.asarray(f["positions"], np.int64)
+                                  for f, b in zip(frames, base)] + [np.zeros(0, np.int64)])
+        out_rows_total = int(n_tok.sum())
+    else:
+        out_row = np.arange(int(kept.sum()), dtype=np.int64)
+        out_rows_total = int(kept.sum())
+    t_rows, t_offs, t_out_row = (_t(a, np.int64, device) for a in (rows, offs, out_row))
+    shape = (out_rows_total, d)
+    if quantized:
+        esc_vals = np.concatenate([np.asarray(f["escape_data"], dtype=np.int64) for f in frames]
+                                  + [np.zeros(0, np.int64)])
+        delta = np.concatenate([np.asarray(f["token_step_delta"], np.int64) if f["token_scale_present"]
+                                else np.zeros(k, np.int64) for f, k in zip(frames, kept)]
+                               + [np.zeros(0, np.int64)])
+        delta += np.repeat([f["frame_step_delta"] for f in frames], kept).astype(np.int64)
+        out = torch.zeros(shape, dtype=_TORCH_OUT[tps["output_dtype"]], device=device)
+        vstatus = recon.dequantize(sym, t_rows, t_offs, t_out_row, _t(delta, np.int32, device),
+                                   ps.t_code, ps.step, ps.esc, esc_pos,
+                                   _t(esc_vals[:esc_pos.numel()], np.int64, device),
+                                   tps.get("predictor", 0) or 0, out, d)
+        # the clause 7.6.1 check needs only the codes' extremes (host)
+        code_min = ps.code.min() if d else 0
+        code_max = ps.code.max() if d else 0
+    else:
+        width = reconstruction.DTYPE_BITS[tps["source_dtype"]]
+        raw = np.concatenate([np.asarray(f["raw_data"], dtype=np.uint64).astype(np.int64)
+                              for f in frames] + [np.zeros(0, np.int64)])
+        ids = tps["track_kind"] == 1
+        out = torch.zeros(shape, dtype=torch.int16 if width == 16 else torch.int32,
+                          device=device)
+        vstatus = recon.split(sym, _t(raw, np.int64, device), t_rows, t_offs, t_out_row, out, d,
+                              tps["raw_bits"], width, tps.get("predictor", 0) or 0,
+                              tps["vocab_size"] if ids else None)
+    # errors, in the order the reference checks them (rANS, escapes, levels, codes)
+    st = status.cpu().numpy()
+    ec = esc_count.cpu().numpy()
+    vs = vstatus.cpu().numpy()
+    chunk_bad = np.zeros(len(frames), dtype=bool)
+    if st.size:
+        np.logical_or.at(chunk_bad, plan.frame[st != 0], True)
+    chain_bad = np.zeros(len(frames), dtype=np.int64)
+    if vs.size and chain_frame.size:
+        np.bitwise_or.at(chain_bad, chain_frame, vs[:chain_frame.size])
+    for i, f in enumerate(frames):
+        if results[i] is not None:
+            continue
+        if chunk_bad[i]:
+            results[i] = _frame_error("entropy", "rANS chunk inconsistent: bad initial "
+                                      "state, word count or final state")
+        elif quantized and ec[i] != n_esc[i]:
+            results[i] = TKBEntropyError(f"{int(ec[i])} escape symbols decoded but "
+                                         f"num_escapes = {int(n_esc[i])}", clause="7.4.1",
+                                         element="num_escapes")
+        elif quantized and chain_bad[i]:
+            results[i] = TKBValueError("a quantization level exceeds 2^24 - 1 in magnitude",
+                                       clause="7.5", element="rans_data")
+        elif not quantized and chain_bad[i]:
+            results[i] = TKBValueError("a lossless value lies outside its dtype or a token "
+                                       "id >= vocab_size", clause="7.4.2", element="rans_data")
+        elif quantized and kept[i]:
+            dl = delta[row0[i]:row0[i] + kept[i]]
+            if code_min + dl.min() < 0 or code_max + dl.max() > 255:
+                results[i] = TKBValueError("a step code is outside 0..255", clause="7.6.1",
+                                           element="token_step_delta" if f["token_scale_present"]
+                                           else "frame_step_delta")
+    ranges = (np.cumsum(n_tok) - n_tok, n_tok) if dense else (row0, kept)
+    for i in range(len(frames)):
+        if results[i] is None:
+            v = out[int(ranges[0][i]):int(ranges[0][i] + ranges[1][i])]
+            if not quantized:
+                v = v.view({0: torch.float32, 1: torch.float16, 2: torch.bfloat16,
+                            3: torch.int32}[tps["source_dtype"]])
+                if tps["track_kind"] == 1:
+                    v = v.reshape(-1)
+            results[i] = v
+    return results
+
+
+class GPUDecoder(Decoder):
+    """The reference Decoder with frame values decoded on the GPU in batches.
+
+    Frames are parsed as their units arrive and decoded when :meth:`flush` runs
+    (at the end of the stream, or when a batch is full)."""
+
+    def __init__(self, header, strict: bool = True, device=None, dense: bool = False):
+        super().__init__(header, strict)
+        self.device = device or default_device()
+        self.dense = dense
+        self._pending: list = []     # (unit, tps, parsed frame)
+        self._pending_symbols = 0
+        self._sets: dict = {}
+
+    def _frame(self, u):
+        if not u.payload:
+            return super()._frame(u)     # raises the reference's error
+        tps = self.stream.tracks.get(u.track_id, {}).get(u.payload[0])
+        if tps is None:
+            return super()._frame(u)
+        fr = parse_frame(u.payload, tps, self.level)
+        self._pending.append((u, tps, fr))
+        self._pending_symbols += fr["num_kept"] * tps["num_channels"]
+        return None
+
+    def add_unit(self, u):
+        try:
+            r = super().add_unit(u)
+        except TKBError:
+            self.flush()       # an earlier frame's error comes first
+            raise
+        if self._pending_symbols >= BATCH_SYMBOLS:
+            self.flush()
+        return r
+
+    def flush(self) -> None:
+        pending, self._pending, self._pending_symbols = self._pending, [], 0
+        groups: dict = {}
+        for item in pending:
+            u, tps, _ = item
+            groups.setdefault((u.track_id, tps["tps_id"], id(tps)), []).append(item)
+        outcome = {}
+        for (track, tid, _), items in groups.items():
+            tps = items[0][1]
+            key = (track, tid, id(tps))
+            ps = self._sets.get(key)
+            if ps is None:
+                ps = self._sets[key] = _ParamSet(tps, self.device)
+            res = decode_batch(tps, [fr for _, _, fr in items], ps, self.device, self.dense)
+            for (u, _, fr), r in zip(items, res):
+                outcome[u.offset] = (u, tps, fr, r)
+        errors = []
+        for off in sorted(outcome):
+            u, tps, fr, r = outcome[off]
+            if isinstance(r, TKBError):
+                e = r.relocate(u.offset)
+                self._mark(u, f"error: {e}")
+                if self.strict:
+                    raise e
+                errors.append(e)
+                continue
+            self.stream.frames.append(Frame(u.track_id, fr["frame_number"], fr["num_tokens"],
+                                            fr["positions"], r,
+                                            reconstruction.DTYPES[tps["output_dtype"]],
+                                            tps["tps_id"], u.offset))
+        self.stream.errors.extend(errors)
+
+    def _mark(self, u, status: str) -> None:
+        for i, (v, _) in enumerate(self.stream.units):
+            if v is u:
+                self.stream.units[i] = (u, status)
+
+
+def decode(data, strict: bool = True, device=None, dense: bool = False, progress=None):
+    """Decode a stream with the GPU kernels (same contract as ``tokenbits.decode``).
+    Frame values are torch tensors on ``device``: float32/float16/bfloat16 values, or
+    uint32 ids as int32.  ``dense``: each frame's values are [num_tokens, D] with the
+    kept tokens scattered to their positions and zeros elsewhere."""
+    header = parse_stream_header(data)
+    dec = GPUDecoder(header, strict, device, dense)
+    try:
+        for u in iter_units(data, dec.level):
+            dec.add_unit(u)
+            if progress:
+                progress(u.size)
+    except TKBError as e:
+        if strict:
+            raise
+        dec.flush()
+        dec.stream.errors.append(e)
+        dec.stream.framing_error = e
+        _order(dec.stream)
+        return dec.stream
+    dec.flush()
+    _order(dec.stream)
+    dec.check_index()
+    return dec.stream
+
+
+def _order(stream) -> None:
+    """Frames and errors in stream order, as the reference records them."""
+    stream.frames.sort(key=lambda f: f.offset)
+    framing = [e for e in stream.errors if e is stream.framing_error]
+    rest = [e for e in stream.errors if e is not stream.framing_error]
+    rest.sort(key=lambda e: e.offset if e.offset is not None else -1)
+    stream.errors[:] = rest + framing
+
+
+def to_numpy(stream):
+    """A GPU-decoded stream with numpy values, exactly as the reference returns them
+    (bfloat16 as uint16 bit patterns, ids as uint32)."""
+    import dataclasses
+    frames = []
+    for f in stream.frames:
+        v = f.values
+        if isinstance(v, torch.Tensor):
+            if v.dtype == torch.bfloat16:
+                v = v.view(torch.int16).cpu().numpy().view(np.uint16)
+            elif v.dtype == torch.int32 and f.dtype == "uint32":
+                v = v.cpu().numpy().view(np.uint32)
+            else:
+                v = v.cpu().numpy()
+        frames.append(dataclasses.replace(f, values=v))
+    return dataclasses.replace(stream, frames=frames)
+
+
+# -- encoding -------------------------------------------------------------------
+
+def _batches(sizes, limit):
+    start, acc = 0, 0
+    for i, s in enumerate(sizes):
+        if acc and acc + s > limit:
+            yield start, i
+            start, acc = i, 0
+        acc += s
+    if start < len(sizes):
+        yield start, len(sizes)
+
+
+def _input_tensor(frames, te: TrackEncoder, device):
+    x = np.concatenate(frames) if frames else np.zeros((0, te.d))
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    if te.src == "bfloat16":
+        t = t.view(torch.int16).view(torch.bfloat16)
+    return t.to(device)
+
+
+def kept_positions(te: TrackEncoder, x: torch.Tensor, frames) -> list:
+    """Positions of each frame (Annex B.2 scores on the GPU, selection on the host)."""
+    o = te.opts
+    n = [a.shape[0] for a in frames]
+    if o.keep is None or o.keep >= 1 or not frames:
+        return [np.arange(k, dtype=np.uint32) for k in n]
+    start = te.tps["num_prefix_tokens"]
+    base = np.cumsum(n) - n
+    nrows = np.maximum(np.asarray(n) - start, 0)
+    mean, sq, dot = quant.scores_parts(x, _t(base + start, np.int64, x.device),
+                                       _t(nrows, np.int32, x.device))
+    mean, sq, dot = mean.cpu().numpy(), sq.cpu().numpy(), dot.cpu().numpy()
+    out = []
+    r0 = np.cumsum(nrows) - nrows
+    for i, k in enumerate(n):
+        if k == 0:
+            out.append(np.zeros(0, np.uint32))
+            continue
+        m = mean[i]
+        mnorm = np.sqrt(np.cumsum(m * m)[-1] if m.size else 0.0) or 1.0
+        norms = np.sqrt(sq[r0[i]:r0[i] + nrows[i]]) * mnorm
+        dist = 1.0 - dot[r0[i]:r0[i] + nrows[i]] / np.where(norms > 0, norms, 1.0)
+        out.append(select_kept(dist, o.keep, start))
+    return out
+
+
+def _split_symbols(te: TrackEncoder, x: torch.Tensor, src: torch.Tensor, pred: torch.Tensor):
+    """Split-track symbols and raw values (clause 7.4.2 in reverse) with torch ops."""
+    rb = te.tps["raw_bits"]
+    v = x[src]
+    if te.ids:
+        u = v.to(torch.int64).reshape(-1, 1)
+    else:
+        width = reconstruction.DTYPE_BITS[te.tps["source_dtype"]]
+        bits = v.view(torch.int16 if width == 16 else torch.int32).to(torch.int64) & (
+            (1 << width) - 1)
+        u = bits
+        if te.tps.get("predictor"):
+            sign = 1 << (width - 1)
+            m = torch.where(bits & sign != 0, -(bits - sign) - 1, bits)
+            has = (pred >= 0)[:, None]
+            r = m - torch.where(has, m[pred.clamp(min=0)], torch.zeros_like(m))
+            u = (r << 1) ^ (r >> 63)
+    return u >> rb, u & ((1 << rb) - 1)
+
+
+def encode_frames(te: TrackEncoder, frames: list, device=None) -> list:
+    """Frame unit payloads of ``frames`` against the fitted parameter set of ``te``,
+    computed on the GPU; byte-identical to ``te.encode_frame``."""
+    device = device or default_device()
+    frames = [te.check_frame(a) for a in frames]
+    tps, d = te.tps, te.d
+    alph = te.freq_all.shape[1]
+    etab = rans.encode_table(te.freq_all, te.cum_all, device)
+    chan_base = _t(te.chan_table * alph, np.int32, device)
+    inv = _t(INV_STEP, np.float32, device)
+    code = _t(te._step_codes(te.qp) if not te.lossless else np.zeros(d), np.int32, device)
+    esc = _t(te.chan_esc, np.int32, device)
+    payloads = []
+    for a, b in _batches([f.size for f in frames], BATCH_SYMBOLS):
+        batch = frames[a:b]
+        x = _input_tensor(batch, te, device)
+        pos = kept_positions(te, x, batch)
+        n = np.array([f.shape[0] for f in batch], dtype=np.int64)
+        kept = np.array([p.size for p in pos], dtype=np.int64)
+        base, row0 = np.cumsum(n) - n, np.cumsum(kept) - kept
+        src_h = np.concatenate([bb + p.astype(np.int64) for bb, p in zip(base, pos)]
+                               + [np.zeros(0, np.int64)])
+        pred_h = np.concatenate([np.where(p >= 0, p + r, -1) for p, r in
+                                 zip((recon.predictor_rows(q, tps) for q in pos), row0)]
+                                + [np.zeros(0, np.int64)])
+        src, pred = _t(src_h, np.int64, device), _t(pred_h, np.int64, device)
+        if te.lossless:
+            s, raw = _split_symbols(te, x, src, pred)
+            sym = s.clamp(max=32767).to(torch.int16).reshape(-1)
+            raw_h = raw.reshape(-1).cpu().numpy()
+        else:
+            sq = quant.squared_norms(x, src).cpu().numpy() if te.opts.token_scale else \
+                np.zeros(src_h.size)
+            delta_h = te.token_step_deltas(np.sqrt(sq), te.qp)
+            sym, esc_pos, esc_val = quant.symbols(x, src, _t(delta_h, np.int32, device), pred,
+                                                  code, inv, esc)
+            esc_pos, esc_val = esc_pos.cpu().numpy(), esc_val.cpu().numpy()
+        plan = rans.ChunkPlan(kept * d, tps["num_lanes"], tps["lane_steps"], d, device)
+        words, cw, status = rans.encode(plan, sym, etab, chan_base, alph, tps["prob_bits"])
+        if int(status.max()) if status.numel() else 0:
+            raise TKBEncodeError(SYMBOL_NOT_IN_TABLE)
+        words = words.cpu().numpy().view(np.uint16)
+        cw = cw.cpu().numpy()
+        c_end = np.cumsum(plan.frame_chunks)
+        w_end = np.cumsum(cw)
+        s_end = np.cumsum(kept * d)
+        for i, (f, p) in enumerate(zip(batch, pos)):
+            c0 = c_end[i] - plan.frame_chunks[i]
+            w0 = int(w_end[c0 - 1]) if c0 > 0 else 0
+            w1 = int(w_end[c_end[i] - 1]) if c_end[i] > 0 else w0
+            s0, s1 = int(s_end[i] - kept[i] * d), int(s_end[i])
+            number = a + i
+            if te.lossless:
+                payloads.append(te.frame_payload(number, f.shape[0], p, words[w0:w1],
+                                                 cw[c0:c_end[i]], raw=raw_h[s0:s1]))
+            else:
+                j0, j1 = np.searchsorted(esc_pos, [s0, s1])
+                payloads.append(te.frame_payload(number, f.shape[0], p, words[w0:w1],
+                                                 cw[c0:c_end[i]],
+                                                 tdelta=delta_h[row0[i]:row0[i] + kept[i]],
+                                                 escapes=esc_val[j0:j1]))
+    return payloads
+
+
+def encode(array, *, device=None, **kwargs) -> bytes:
+    """``tokenbits.encode`` with the frames coded on the GPU."""
+    return encode_tracks([(array, _options(kwargs))], frame_coder=lambda te, fr: encode_frames(
+        te, fr, device), **kwargs)
+
+
+def _options(kwargs: dict) -> dict:
+    """Split ``tokenbits.encode`` keyword arguments into track options (returned) and
+    stream arguments (left in kwargs)."""
+    stream_keys = ("meta", "level_idc", "index", "progress")
+    opts = {k: v for k, v in kwargs.items() if k not in stream_keys}
+    for k in opts:
+        kwargs.pop(k)
+    return opts

@@ -1,0 +1,185 @@
+"""Encoder kernels: quantization, prediction residuals, symbols, token norms,
+histograms (Annex B.1 and B.3; clauses 7.4.1 and 7.5 run in reverse).
+
+Twins in the reference encoder: ``quantize_levels`` (one binary32 multiply by
+INV_STEP, round half to even, clip), ``prediction.residuals_from_levels``,
+``symbols.zigzag`` with escapes at ESC, ``token_norms`` (a float64 sum in
+channel order) and ``_histograms``.
+
+Kept tokens are read through a row index (the presence-map gather), so pruned
+frames are quantized straight from the full input.  Every float operation is a
+single IEEE operation with fusion into FMA turned off at launch: the GPU
+finds the reference's levels exactly.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_LEVEL = tl.constexpr((1 << 24) - 1)
+NO_FMA = {"enable_fp_fusion": False}
+
+
+@triton.jit
+def _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels):
+    """Levels [R, C] of input rows ``src`` [R] at step codes code[c] + delta[r]."""
+    x = tl.load(x_ptr + src[:, None] * num_channels + c[None, :], mask=m, other=0).to(tl.float32)
+    code = tl.load(code_ptr + c, mask=c < num_channels, other=0)[None, :] + delta[:, None]
+    y = x * tl.load(inv_ptr + code, mask=m, other=0.0)
+    a = tl.abs(y)
+    # round half to even: exact for |y| < 2^23; larger binary32 values are integers
+    r = tl.minimum(tl.where(a < 8388608.0, (a + 8388608.0) - 8388608.0, a), 16777215.0)
+    li = r.to(tl.int32)
+    return tl.where(y < 0, -li, li)
+
+
+@triton.jit
+def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_ptr,
+                    sym_ptr, u_ptr, num_rows, num_channels,
+                    BR: tl.constexpr, BC: tl.constexpr):
+    r = tl.program_id(0) * BR + tl.arange(0, BR)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    rm = r < num_rows
+    m = rm[:, None] & (c < num_channels)[None, :]
+    src = tl.load(src_ptr + r, mask=rm, other=0)
+    delta = tl.load(delta_ptr + r, mask=rm, other=0)
+    lv = _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels)
+    p = tl.load(pred_ptr + r, mask=rm, other=-1)            # predicting row, -1: none
+    has = p >= 0
+    pp = tl.where(has, p, 0)
+    psrc = tl.load(src_ptr + pp, mask=rm & has, other=0)
+    pdelta = tl.load(delta_ptr + pp, mask=rm & has, other=0)
+    plv = _levels(x_ptr, psrc, pdelta, c, m & has[:, None], code_ptr, inv_ptr, num_channels)
+    res = lv - tl.where(has[:, None], plv, 0)
+    u = (res << 1) ^ (res >> 31)                            # zigzag (clause 7.4.1)
+    esc = tl.load(esc_ptr + c, mask=c < num_channels, other=0)[None, :]
+    flat = r[:, None].to(tl.int64) * num_channels + c[None, :]
+    tl.store(sym_ptr + flat, tl.minimum(u, esc).to(tl.int16), mask=m)
+    tl.store(u_ptr + flat, u, mask=m & (u >= esc))
+
+
+@triton.jit
+def _norms_kernel(x_ptr, src_ptr, mean_ptr, frame_ptr, norm_ptr, dot_ptr, num_rows,
+                  num_channels, WITH_DOT: tl.constexpr, BR: tl.constexpr):
+    """Per row: sum of x^2 (and of x * mean[frame]) in float64, in channel order."""
+    r = tl.program_id(0) * BR + tl.arange(0, BR)
+    rm = r < num_rows
+    src = tl.load(src_ptr + r, mask=rm, other=0)
+    base = src * num_channels
+    acc = tl.zeros([BR], tl.float64)
+    dot = tl.zeros([BR], tl.float64)
+    if WITH_DOT:
+        mbase = tl.load(frame_ptr + r, mask=rm, other=0).to(tl.int64) * num_channels
+    for c in range(0, num_channels):
+        v = tl.load(x_ptr + base + c, mask=rm, other=0).to(tl.float32).to(tl.float64)
+        acc += v * v
+        if WITH_DOT:
+            dot += v * tl.load(mean_ptr + mbase + c, mask=rm, other=0.0)
+    tl.store(norm_ptr + r, acc, mask=rm)
+    if WITH_DOT:
+        tl.store(dot_ptr + r, dot, mask=rm)
+
+
+@triton.jit
+def _mean_kernel(x_ptr, row0_ptr, nrows_ptr, mean_ptr, num_channels, BC: tl.constexpr):
+    """Per frame: the mean of its rows, a float64 sum in row order over the count."""
+    f = tl.program_id(0)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    cm = c < num_channels
+    row0 = tl.load(row0_ptr + f)
+    n = tl.load(nrows_ptr + f)
+    acc = tl.zeros([BC], tl.float64)
+    for i in range(0, n):
+        acc += tl.load(x_ptr + (row0 + i) * num_channels + c, mask=cm, other=0
+                       ).to(tl.float32).to(tl.float64)
+    tl.store(mean_ptr + f.to(tl.int64) * num_channels + c, acc / tl.maximum(n, 1).to(tl.float64),
+             mask=cm)
+
+
+@triton.jit
+def _hist_kernel(sym_ptr, hist_ptr, num_symbols, num_channels, alphabet, BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < num_symbols
+    s = tl.load(sym_ptr + i, mask=m, other=0).to(tl.int32)
+    s = tl.minimum(tl.maximum(s, 0), alphabet - 1)
+    ch = (i % num_channels).to(tl.int32)
+    tl.atomic_add(hist_ptr + ch * alphabet + s, 1 + 0 * s, mask=m)
+
+
+# -- host side -----------------------------------------------------------------
+
+def _c(t, dtype):
+    return t.to(dtype).contiguous()
+
+
+def symbols(x: torch.Tensor, src: torch.Tensor, delta: torch.Tensor, pred: torch.Tensor,
+            code: torch.Tensor, inv_step: torch.Tensor, esc: torch.Tensor):
+    """Symbols of kept tokens: x [N, D] input rows, src [K] the row of each kept token,
+    delta [K] token step deltas, pred [K] the predicting kept token (-1: none),
+    code [D] channel step codes, inv_step [256] float32, esc [D] ESC per channel.
+    Returns (symbols int16 [K*D], escapes: positions int64 and values u - ESC int64)."""
+    k, d = src.numel(), x.shape[1]
+    dev = x.device
+    sym = torch.empty(max(k * d, 1), dtype=torch.int16, device=dev)
+    u = torch.empty(max(k * d, 1), dtype=torch.int32, device=dev)
+    if k and d:
+        br, bc = 16, min(256, triton.next_power_of_2(d))
+        grid = (triton.cdiv(k, br), triton.cdiv(d, bc))
+        _symbols_kernel[grid](x.contiguous(), _c(src, torch.int64), _c(delta, torch.int32),
+                              _c(pred, torch.int64), _c(code, torch.int32), inv_step, _c(esc, torch.int32),
+                              sym, u, k, d, BR=br, BC=bc, num_warps=4, **NO_FMA)
+    sym = sym[:k * d]
+    escv = esc.to(torch.int16).repeat(k) if k else sym
+    pos = torch.nonzero(sym == escv).flatten()
+    vals = u[pos].to(torch.int64) - esc.to(dev, torch.int64)[pos % max(d, 1)]
+    return sym, pos, vals
+
+
+def squared_norms(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Sum of squares (float64, channel order) of rows src of x [N, D]."""
+    k = src.numel()
+    out = torch.empty(max(k, 1), dtype=torch.float64, device=x.device)
+    if k:
+        br = 64
+        _norms_kernel[(triton.cdiv(k, br),)](x.contiguous(), _c(src, torch.int64), out, src, out,
+                                             out, k, x.shape[1], WITH_DOT=False, BR=br,
+                                             num_warps=2, **NO_FMA)
+    return out[:k]
+
+
+def scores_parts(x: torch.Tensor, row0: torch.Tensor, nrows: torch.Tensor):
+    """Pruning sums of frames whose sequence tokens are rows row0[f] .. row0[f]+nrows[f]
+    of x [N, D]: the mean token of each frame [F, D] and, per sequence row, the sum of
+    squares and the dot product with its frame's mean (float64, Annex B.2 order)."""
+    f, d = row0.numel(), x.shape[1]
+    dev = x.device
+    x = x.contiguous()
+    mean = torch.zeros(max(f, 1), d, dtype=torch.float64, device=dev)
+    if f and d:
+        bc = min(256, triton.next_power_of_2(d))
+        _mean_kernel[(f, triton.cdiv(d, bc))](x, _c(row0, torch.int64), _c(nrows, torch.int32),
+                                              mean, d, BC=bc, num_warps=2, **NO_FMA)
+    nr = nrows.to(torch.int64)
+    src = torch.repeat_interleave(row0.to(torch.int64), nr) + (
+        torch.arange(int(nr.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(nr, 0) - nr, nr))
+    frame = torch.repeat_interleave(torch.arange(f, device=dev, dtype=torch.int32), nr)
+    k = src.numel()
+    sq = torch.empty(max(k, 1), dtype=torch.float64, device=dev)
+    dot = torch.empty_like(sq)
+    if k:
+        br = 64
+        _norms_kernel[(triton.cdiv(k, br),)](x, src, mean, frame, sq, dot, k, d, WITH_DOT=True,
+                                             BR=br, num_warps=2, **NO_FMA)
+    return mean[:f], sq[:k], dot[:k]
+
+
+def histograms(sym: torch.Tensor, num_channels: int, alphabet: int) -> torch.Tensor:
+    """[D, alphabet] counts of symbols (symbol i of channel i mod D), clipped to alphabet."""
+    hist = torch.zeros(num_channels * alphabet, dtype=torch.int32, device=sym.device)
+    n = sym.numel()
+    if n:
+        block = 4096
+        _hist_kernel[(triton.cdiv(n, block),)](sym.contiguous(), hist, n, num_channels, alphabet,
+                                               BLOCK=block, num_warps=4)
+    return hist.view(num_channels, alphabet)

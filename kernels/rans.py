@@ -1,0 +1,298 @@
+"""Interleaved rANS on the GPU (spec clause 7.3): every chunk of a batch of frames
+coded in parallel, the lanes of a chunk in lockstep.
+
+Twin of ``tokenbits.rans`` (the numpy reference): same state, same words, same
+order.  One program codes G chunks; its block is [G, BLOCK_L] (chunks x lanes).
+
+Decoding (clause 7.3.2): each step looks up one packed 64-bit slot entry
+(freq | bias << 16 | symbol << 32 | is_escape << 48), updates the state, and
+the lanes that fall below RANS_L read their words at ptr + (exclusive prefix
+sum of the "needs a word" mask).  Escape symbols (clause 7.4.1) are counted
+per frame and their positions recorded, so the escape values can be matched
+without another pass over the symbols.
+
+Encoding (Annex B, informative): steps last to first; a lane that must
+renormalise writes its word into a worst-case slot (one per symbol, in the
+decoder's reading order: step, then lane); a compaction kernel then writes
+each chunk's initial states and its words, at offsets from a prefix sum of the
+per-chunk word counts.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+RANS_L = tl.constexpr(1 << 16)
+
+# status bits of a decoded chunk (reported as TKBEntropyError, clause 7.3.2)
+BAD_INITIAL_STATE = tl.constexpr(1)
+BAD_WORD_COUNT = tl.constexpr(2)
+BAD_FINAL_STATE = tl.constexpr(4)
+# status bit of an encoded chunk: a symbol without frequency in its table
+BAD_SYMBOL = tl.constexpr(1)
+
+
+@triton.jit
+def _word(words_ptr, idx, mask):
+    """Word idx of the stream as uint32 (words are stored as int16)."""
+    w = tl.load(words_ptr + idx, mask=mask, other=0)
+    return (w.to(tl.int32) & 0xFFFF).to(tl.uint32)
+
+
+@triton.jit
+def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c_chan_ptr,
+                   c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
+                   esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
+                   num_chunks, num_lanes, lane_inc, num_channels, prob_bits,
+                   G: tl.constexpr, BLOCK_L: tl.constexpr):
+    cid = tl.program_id(0) * G + tl.arange(0, G)                    # [G]
+    cok = cid < num_chunks
+    lane = tl.arange(0, BLOCK_L)[None, :]                              # [1, L]
+    w0 = tl.load(c_word0_ptr + cid, mask=cok, other=0)[:, None]        # int64
+    w1 = tl.load(c_word1_ptr + cid, mask=cok, other=0)[:, None]
+    nsym = tl.load(c_nsym_ptr + cid, mask=cok, other=0)[:, None]       # int32
+    out0 = tl.load(c_out_ptr + cid, mask=cok, other=0)[:, None]        # int64
+    frame = tl.load(c_frame_ptr + cid, mask=cok, other=0)[:, None]
+    ebase = tl.load(esc_base_ptr + frame)
+    ecap = tl.load(esc_cap_ptr + frame)
+    ch = (tl.load(c_chan_ptr + cid, mask=cok, other=0)[:, None] + lane) % num_channels
+    na = tl.minimum(nsym, num_lanes)
+    lane_ok = lane < na
+    x = _word(words_ptr, w0 + 2 * lane, lane_ok) | (_word(words_ptr, w0 + 2 * lane + 1,
+                                                          lane_ok) << 16)
+    status = tl.max((lane_ok & (x < RANS_L)).to(tl.int32), 1)[:, None] * BAD_INITIAL_STATE
+    ptr = w0 + 2 * na
+    pb = prob_bits.to(tl.uint32)
+    mask = (tl.full([G, BLOCK_L], 1, tl.uint32) << pb) - 1
+    steps = tl.max(tl.max((nsym + num_lanes - 1) // num_lanes, 1), 0)
+    for t in range(0, steps):
+        act = lane_ok & (t * num_lanes + lane < nsym)
+        slot = (x & mask).to(tl.int32) + tl.load(chan_base_ptr + ch, mask=act, other=0)
+        e = tl.load(table_ptr + slot, mask=act, other=0)
+        freq = (e & 0xFFFF).to(tl.uint32)
+        bias = ((e >> 16) & 0xFFFF).to(tl.uint32)
+        xn = freq * (x >> pb) + bias
+        need = act & (xn < RANS_L)
+        ni = need.to(tl.int32)
+        rd = ptr + (tl.cumsum(ni, 1) - ni)
+        w = _word(words_ptr, rd, need & (rd < w1))
+        x = tl.where(need, (xn << 16) | w, tl.where(act, xn, x))
+        ptr += tl.sum(ni, 1)[:, None]
+        sidx = out0 + t * num_lanes + lane
+        tl.store(out_ptr + sidx, ((e >> 32) & 0xFFFF).to(tl.int16), mask=act)
+        is_esc = act & (((e >> 48) & 1) != 0)
+        if tl.sum(tl.sum(is_esc.to(tl.int32), 1), 0) > 0:
+            k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
+            tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
+        ch = ch + lane_inc
+        ch = tl.where(ch >= num_channels, ch - num_channels, ch)
+    status |= (ptr != w1).to(tl.int32) * BAD_WORD_COUNT
+    status |= tl.max((lane_ok & (x != RANS_L)).to(tl.int32), 1)[:, None] * BAD_FINAL_STATE
+    tl.store(status_ptr + cid[:, None], status, mask=cok[:, None])
+
+
+@triton.jit
+def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_base_ptr,
+                   alphabet, wbuf_ptr, count_ptr, state_ptr, status_ptr,
+                   num_chunks, num_lanes, lane_inc, num_channels, prob_bits, chunk_cap,
+                   G: tl.constexpr, BLOCK_L: tl.constexpr):
+    cid = tl.program_id(0) * G + tl.arange(0, G)
+    cok = cid < num_chunks
+    lane = tl.arange(0, BLOCK_L)[None, :]
+    nsym = tl.load(c_nsym_ptr + cid, mask=cok, other=0)[:, None]
+    in0 = tl.load(c_in_ptr + cid, mask=cok, other=0)[:, None]
+    na = tl.minimum(nsym, num_lanes)
+    lane_ok = lane < na
+    steps = tl.max(tl.max((nsym + num_lanes - 1) // num_lanes, 1), 0)
+    # channel of each lane at the last step, then stepping backwards
+    top = (tl.load(c_chan_ptr + cid, mask=cok, other=0)[:, None].to(tl.int64) + lane
+           + (steps - 1).to(tl.int64) * num_lanes) % num_channels
+    ch = top.to(tl.int32)
+    x = tl.full([G, BLOCK_L], RANS_L, tl.uint32)
+    pb = prob_bits.to(tl.uint32)
+    count = tl.zeros([G], tl.int32)
+    bad = tl.zeros([G, BLOCK_L], tl.int32)
+    wbase = cid[:, None].to(tl.int64) * chunk_cap
+    for i in range(0, steps):
+        t = steps - 1 - i
+        act = lane_ok & (t * num_lanes + lane < nsym)
+        s = tl.load(sym_ptr + in0 + t * num_lanes + lane, mask=act, other=0).to(tl.int32)
+        inside = (s >= 0) & (s < alphabet)
+        e = tl.load(table_ptr + tl.load(chan_base_ptr + ch, mask=act, other=0) + s,
+                    mask=act & inside, other=0)
+        f = (e & 0xFFFF).to(tl.uint32)
+        cum = ((e >> 16) & 0xFFFF).to(tl.uint32)
+        bad |= (act & (f == 0)).to(tl.int32)
+        f = tl.where(f == 0, 1, f)
+        need = act & ((x >> (32 - pb)) >= f)
+        tl.store(wbuf_ptr + wbase + t * num_lanes + lane,
+                 tl.where(need, (x & 0xFFFF).to(tl.int32), -1), mask=act)
+        x = tl.where(need, x >> 16, x)
+        q = x // f
+        x = tl.where(act, (q << pb) + (x - q * f) + cum, x)
+        count += tl.sum(need.to(tl.int32), 1)
+        ch = ch - lane_inc
+        ch = tl.where(ch < 0, ch + num_channels, ch)
+    tl.store(state_ptr + cid[:, None].to(tl.int64) * num_lanes + lane, x.to(tl.int32, bitcast=True),
+             mask=cok[:, None] & lane_ok)
+    tl.store(count_ptr + cid, count, mask=cok)
+    tl.store(status_ptr + cid, tl.max(bad, 1) * BAD_SYMBOL, mask=cok)
+
+
+@triton.jit
+def _compact_kernel(wbuf_ptr, state_ptr, c_nsym_ptr, c_word0_ptr, words_ptr,
+                    num_lanes, chunk_cap, BLOCK_L: tl.constexpr, BLOCK: tl.constexpr):
+    cid = tl.program_id(0)
+    nsym = tl.load(c_nsym_ptr + cid)
+    w0 = tl.load(c_word0_ptr + cid)
+    lane = tl.arange(0, BLOCK_L)
+    na = tl.minimum(nsym, num_lanes)
+    st = tl.load(state_ptr + cid.to(tl.int64) * num_lanes + lane, mask=lane < na, other=0)
+    tl.store(words_ptr + w0 + 2 * lane, (st & 0xFFFF).to(tl.int16), mask=lane < na)
+    tl.store(words_ptr + w0 + 2 * lane + 1, ((st >> 16) & 0xFFFF).to(tl.int16), mask=lane < na)
+    run = w0 + 2 * na
+    idx = tl.arange(0, BLOCK)
+    base = cid.to(tl.int64) * chunk_cap
+    for b in range(0, nsym, BLOCK):
+        m = b + idx < nsym
+        w = tl.load(wbuf_ptr + base + b + idx, mask=m, other=-1)
+        f = (w >= 0).to(tl.int32)
+        tl.store(words_ptr + run + tl.cumsum(f, 0) - f, w.to(tl.int16), mask=w >= 0)
+        run += tl.sum(f, 0)
+
+
+# -- host side -------------------------------------------------------------------
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+def decode_table(lookup, alphabet_sizes, escapes: bool, device) -> torch.Tensor:
+    """Packed 64-bit slot entries of all tables (tables.decode_lookup order):
+    freq | bias << 16 | symbol << 32 | (symbol is its table's ESC) << 48."""
+    freq, bias, sym = (np.asarray(a, dtype=np.int64) for a in lookup)
+    e = freq | (bias << 16) | (sym << 32)
+    if escapes:
+        per = freq.size // len(alphabet_sizes)
+        esc = np.repeat(np.asarray(alphabet_sizes, dtype=np.int64) - 1, per)
+        e |= (sym == esc).astype(np.int64) << 48
+    return torch.from_numpy(e).to(device)
+
+
+def encode_table(freq_all: np.ndarray, cum_all: np.ndarray, device) -> torch.Tensor:
+    """Packed 32-bit entries freq | cum << 16 of [num_tables, alphabet] arrays."""
+    e = (np.asarray(freq_all, np.int64) | (np.asarray(cum_all, np.int64) << 16)).astype(np.int32)
+    return torch.from_numpy(np.ascontiguousarray(e).ravel()).to(device)
+
+
+class ChunkPlan:
+    """The chunks of a batch of frames that share num_lanes and lane_steps.
+
+    ``frame_symbols``: symbols of each frame; frame f's symbols start at
+    ``sym_start[f]`` of the batch's symbol array and chunk k of a frame starts at
+    its symbol k * chunk_size (channel (k * chunk_size) mod num_channels).
+    """
+
+    def __init__(self, frame_symbols, num_lanes: int, lane_steps: int, num_channels: int,
+                 device):
+        n = np.asarray(frame_symbols, dtype=np.int64)
+        chunk = num_lanes * lane_steps
+        self.num_lanes, self.lane_steps, self.chunk, self.d = num_lanes, lane_steps, chunk, \
+            num_channels
+        self.sym_start = np.cumsum(n) - n
+        per = -(-n // chunk)
+        self.frame_chunks = per
+        self.num_chunks = int(per.sum())
+        frame = np.repeat(np.arange(n.size), per)
+        k = np.arange(self.num_chunks) - np.repeat(np.cumsum(per) - per, per)
+        first = k * chunk
+        self.nsym = np.minimum(n[frame] - first, chunk)
+        self.active = np.minimum(self.nsym, num_lanes)
+        self.frame = frame
+        self.total = int(n.sum())
+        self.frame_symbols = n
+        dev = device
+        self.t_nsym = torch.from_numpy(self.nsym.astype(np.int32)).to(dev)
+        self.t_sym0 = torch.from_numpy(self.sym_start[frame] + first).to(dev)
+        self.t_chan = torch.from_numpy((first % max(num_channels, 1)).astype(np.int32)).to(dev)
+        self.t_frame = torch.from_numpy(frame.astype(np.int32)).to(dev)
+        self.device = dev
+
+
+def _launch_shape(num_lanes: int, num_chunks: int):
+    block_l = max(2, _pow2(num_lanes))
+    g = max(1, min(2, 64 // block_l))
+    return block_l, g, (triton.cdiv(max(num_chunks, 1), g),)
+
+
+def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor, table: torch.Tensor,
+           chan_base: torch.Tensor, prob_bits: int, num_escapes=None):
+    """Decode every chunk of ``plan`` (clause 7.3.2).
+
+    ``words``: int16 [total words] of all frames; ``chunk_words``: int64 [chunks];
+    ``chan_base``: int32 [D] table offset (table << prob_bits) of each channel;
+    ``num_escapes``: int64 [frames] escapes each frame declares (None: no escapes).
+    Returns (symbols int16 [sum of frame symbols], status int32 [chunks],
+    escape positions int64 [sum num_escapes] (sorted, batch symbol indices),
+    escape counts int32 [frames]).  Escape positions are stored as keys 2 * index; a
+    frame's unfilled slots hold 2 * (its end) - 1, so each frame's keys stay in its
+    own segment even when it decodes fewer escapes than it declares.
+    """
+    dev = plan.device
+    total = plan.total
+    out = torch.empty(max(total, 1), dtype=torch.int16, device=dev)
+    nf = plan.frame_chunks.size
+    status = torch.zeros(max(plan.num_chunks, 1), dtype=torch.int32, device=dev)
+    ne = torch.zeros(nf, dtype=torch.int64, device=dev) if num_escapes is None else \
+        num_escapes.to(dev)
+    ebase = torch.cumsum(ne, 0) - ne
+    ends = np.cumsum(plan.frame_symbols)
+    esc_pos = torch.repeat_interleave(torch.from_numpy(2 * ends - 1).to(dev), ne) \
+        if nf else torch.zeros(0, dtype=torch.int64, device=dev)
+    esc_pos = torch.cat((esc_pos, torch.zeros(1, dtype=torch.int64, device=dev)))
+    esc_count = torch.zeros(max(nf, 1), dtype=torch.int32, device=dev)
+    if plan.num_chunks:
+        w1 = torch.cumsum(chunk_words, 0)
+        w0 = w1 - chunk_words
+        block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks)
+        _decode_kernel[grid](words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan,
+                             plan.t_frame, table, chan_base, out, status, esc_count, ebase,
+                             ne, esc_pos, plan.num_chunks, plan.num_lanes,
+                             plan.num_lanes % plan.d, plan.d, prob_bits, G=g,
+                             BLOCK_L=block_l, num_warps=1)
+    esc_pos = torch.sort(esc_pos[:int(ne.sum())]).values
+    return out[:total], status[:plan.num_chunks], esc_pos, esc_count[:nf]
+
+
+def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
+           chan_base: torch.Tensor, alphabet: int, prob_bits: int):
+    """Encode every chunk of ``plan`` (inverse of :func:`decode`).
+
+    ``symbols``: int16 [batch symbols]; ``table``: :func:`encode_table`;
+    ``chan_base``: int32 [D] table row offset (table * alphabet) of each channel.
+    Returns (words int16 [total], chunk_words int64 [chunks], status int32 [chunks]).
+    """
+    dev = plan.device
+    nc = plan.num_chunks
+    if nc == 0:
+        z = torch.zeros(0, dtype=torch.int64, device=dev)
+        return torch.zeros(0, dtype=torch.int16, device=dev), z, z.to(torch.int32)
+    cap = plan.chunk
+    wbuf = torch.empty(nc * cap, dtype=torch.int32, device=dev)
+    count = torch.empty(nc, dtype=torch.int32, device=dev)
+    states = torch.empty(nc * plan.num_lanes, dtype=torch.int32, device=dev)
+    status = torch.empty(nc, dtype=torch.int32, device=dev)
+    block_l, g, grid = _launch_shape(plan.num_lanes, nc)
+    _encode_kernel[grid](symbols, plan.t_nsym, plan.t_sym0, plan.t_chan, table, chan_base,
+                         alphabet, wbuf, count, states, status, nc, plan.num_lanes,
+                         plan.num_lanes % plan.d, plan.d, prob_bits, cap, G=g,
+                         BLOCK_L=block_l, num_warps=1)
+    active = torch.from_numpy(2 * plan.active).to(dev)
+    chunk_words = active + count.to(torch.int64)
+    w0 = torch.cumsum(chunk_words, 0) - chunk_words
+    words = torch.empty(max(int(chunk_words.sum()), 1), dtype=torch.int16, device=dev)
+    _compact_kernel[(nc,)](wbuf, states, plan.t_nsym, w0, words, plan.num_lanes, cap,
+                           BLOCK_L=block_l, BLOCK=min(1024, _pow2(cap)), num_warps=4)
+    return words[:int(chunk_words.sum())], chunk_words, status
