@@ -91,7 +91,7 @@ def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = F
     n_esc = np.array([f["num_escapes"] for f in frames], dtype=np.int64) if quantized else None
     sym, status, esc_pos, esc_count = rans.decode(
         plan, t_words, t_cw, ps.table, ps.chan_base, tps["prob_bits"],
-        None if n_esc is None else _t(n_esc, np.int64, device))
+        n_esc)
     # chains of the whole batch (rows: kept tokens of all frames, in frame order)
     row0 = np.cumsum(kept) - kept
     preds = []

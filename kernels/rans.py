@@ -19,6 +19,8 @@ per-chunk word counts.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import triton
@@ -222,8 +224,12 @@ class ChunkPlan:
 
 
 def _launch_shape(num_lanes: int, num_chunks: int):
+    """Lanes padded to a power of two; G chunks per program: 2 of 32 lanes on a GPU
+    (one warp each, measured best), as many as fit 4096 lanes in the interpreter,
+    which runs programs one after the other."""
     block_l = max(2, _pow2(num_lanes))
-    g = max(1, min(2, 64 // block_l))
+    most = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 64
+    g = max(1, min(_pow2(num_chunks) if most > 64 else 2, most // block_l))
     return block_l, g, (triton.cdiv(max(num_chunks, 1), g),)
 
 
@@ -233,7 +239,7 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor, tabl
 
     ``words``: int16 [total words] of all frames; ``chunk_words``: int64 [chunks];
     ``chan_base``: int32 [D] table offset (table << prob_bits) of each channel;
-    ``num_escapes``: int64 [frames] escapes each frame declares (None: no escapes).
+    ``num_escapes``: escapes each frame declares, a host array (None: no escapes).
     Returns (symbols int16 [sum of frame symbols], status int32 [chunks],
     escape positions int64 [sum num_escapes] (sorted, batch symbol indices),
     escape counts int32 [frames]).  Escape positions are stored as keys 2 * index; a
@@ -245,13 +251,13 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor, tabl
     out = torch.empty(max(total, 1), dtype=torch.int16, device=dev)
     nf = plan.frame_chunks.size
     status = torch.zeros(max(plan.num_chunks, 1), dtype=torch.int32, device=dev)
-    ne = torch.zeros(nf, dtype=torch.int64, device=dev) if num_escapes is None else \
-        num_escapes.to(dev)
-    ebase = torch.cumsum(ne, 0) - ne
-    ends = np.cumsum(plan.frame_symbols)
-    esc_pos = torch.repeat_interleave(torch.from_numpy(2 * ends - 1).to(dev), ne) \
-        if nf else torch.zeros(0, dtype=torch.int64, device=dev)
-    esc_pos = torch.cat((esc_pos, torch.zeros(1, dtype=torch.int64, device=dev)))
+    ne_h = np.zeros(nf, dtype=np.int64) if num_escapes is None else \
+        np.asarray(num_escapes, dtype=np.int64)
+    n_total = int(ne_h.sum())
+    ne = torch.from_numpy(ne_h).to(dev)
+    ebase = torch.from_numpy(np.cumsum(ne_h) - ne_h).to(dev)
+    fill = np.repeat(2 * np.cumsum(plan.frame_symbols) - 1, ne_h)
+    esc_pos = torch.from_numpy(np.append(fill, 0)).to(dev)
     esc_count = torch.zeros(max(nf, 1), dtype=torch.int32, device=dev)
     if plan.num_chunks:
         w1 = torch.cumsum(chunk_words, 0)
@@ -262,7 +268,7 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor, tabl
                              ne, esc_pos, plan.num_chunks, plan.num_lanes,
                              plan.num_lanes % plan.d, plan.d, prob_bits, G=g,
                              BLOCK_L=block_l, num_warps=1)
-    esc_pos = torch.sort(esc_pos[:int(ne.sum())]).values
+    esc_pos = torch.sort(esc_pos[:n_total]).values
     return out[:total], status[:plan.num_chunks], esc_pos, esc_count[:nf]
 
 

@@ -107,7 +107,7 @@ def _split_kernel(sym_ptr, raw_ptr, rows_ptr, chain_ptr, out_row_ptr, out_ptr, s
     i1 = tl.load(chain_ptr + chain + 1)
     carry = tl.zeros([BC], tl.int64)
     bad = tl.zeros([BR, BC], tl.int32)
-    half = 1 << (WIDTH - 1)
+    half = ((tl.zeros([BC], tl.int64) + 1) << (WIDTH - 1))[None, :]   # int64: 2^31 fits
     for i in range(i0, i1, BR):
         ri = i + tl.arange(0, BR)
         rm = ri < i1

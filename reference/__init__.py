@@ -5,11 +5,15 @@ Public API (mirrors the ``tkb`` command line):
 * :func:`encode` (array or tensor -> bytes), :func:`encode_tracks`, :func:`encode_file`,
   :class:`StreamWriter` (streaming encode to a file object)
 * :func:`decode` (bytes -> :class:`DecodedStream`), :func:`decode_file`,
+  :func:`decode_tensors` (bytes -> torch tensors on a GPU),
   :func:`iter_frames` (streaming), :func:`read_frame` (random access by index)
 * :func:`to_array` (decoded frames of a track -> one array, as encoded)
 * :class:`TKBError` and its subclasses for every decoding failure.
 
 The normative text is ``spec/``; module docstrings name the clauses they implement.
+The codec modules never import the GPU kernels (``tokenbits.kernels``); the
+functions above reach them through ``tokenbits.kernels.dispatch`` when asked
+(``backend=``) or when a CUDA device is present.
 """
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from .canonical import canonical_bytes, canonical_sha256
-from .decoder import DecodedStream, Frame, decode, iter_frames
-from .encoder import StreamWriter, TrackOptions, encode, encode_tracks
+from . import decoder as _decoder
+from . import encoder as _encoder
+from .decoder import DecodedStream, Frame, iter_frames
+from .encoder import StreamWriter, TrackOptions
 from .errors import (TKBCRCError, TKBEncodeError, TKBEntropyError, TKBError, TKBFormatError,
                      TKBLevelError, TKBReferenceError, TKBTableError, TKBTruncatedError,
                      TKBUnsupportedError, TKBValueError)
@@ -27,12 +33,53 @@ from .errors import (TKBCRCError, TKBEncodeError, TKBEntropyError, TKBError, TKB
 __version__ = "1.0.0"
 
 __all__ = [
-    "encode", "encode_tracks", "encode_file", "decode", "decode_file", "iter_frames",
+    "encode", "encode_tracks", "encode_file", "decode", "decode_file", "decode_tensors",
+    "iter_frames",
     "read_frame", "to_array", "StreamWriter", "canonical_bytes", "canonical_sha256", "DecodedStream", "Frame",
     "TrackOptions", "TKBError", "TKBFormatError", "TKBTruncatedError", "TKBCRCError",
     "TKBUnsupportedError", "TKBLevelError", "TKBReferenceError", "TKBTableError",
     "TKBEntropyError", "TKBValueError", "TKBEncodeError",
 ]
+
+
+def encode(array, *, meta: dict | None = None, level_idc: int | None = None,
+           index: bool = True, progress=None, backend: str | None = None, device=None,
+           **options) -> bytes:
+    """Encode one track (see :class:`TrackOptions` for ``options``).  ``backend``:
+    "auto" (the GPU kernels when a CUDA device is present), "gpu" or "reference";
+    every backend writes the same bytes."""
+    return encode_tracks([(array, TrackOptions(**options))], meta=meta, level_idc=level_idc,
+                         index=index, progress=progress, backend=backend, device=device)
+
+
+def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None = None,
+                  index: bool = True, progress=None, backend: str | None = None,
+                  device=None) -> bytes:
+    """Encode several tracks, each (array, TrackOptions or dict), into one stream."""
+    kw = dict(meta=meta, level_idc=level_idc, index=index, progress=progress)
+    if backend == "reference":
+        return _encoder.encode_tracks(tracks, **kw)
+    from .kernels import dispatch   # the GPU path, when there is one (kernels/)
+    return dispatch.encode_tracks(tracks, backend=backend, device=device, **kw)
+
+
+def decode(data, strict: bool = True, progress=None, backend: str | None = None,
+           device=None) -> DecodedStream:
+    """Decode a stream held in memory; values are numpy arrays, identical whichever
+    ``backend`` ("auto", "gpu", "reference") decodes them."""
+    if backend == "reference":
+        return _decoder.decode(data, strict, progress)
+    from .kernels import dispatch
+    return dispatch.decode(data, strict, progress, backend=backend, device=device)
+
+
+def decode_tensors(data, strict: bool = True, device=None, dense: bool = False,
+                   backend: str | None = None) -> DecodedStream:
+    """Decode into torch tensors on ``device`` (default: the GPU when there is one),
+    through the GPU kernels when they can run.  ``dense``: each frame is
+    [num_tokens, D] with the kept tokens at their positions, zeros elsewhere."""
+    from .kernels import dispatch
+    return dispatch.decode_tensors(data, strict, device, dense, backend)
 
 
 def encode_file(array, path, **options) -> int:
@@ -42,8 +89,8 @@ def encode_file(array, path, **options) -> int:
     return len(data)
 
 
-def decode_file(path, strict: bool = True) -> DecodedStream:
-    return decode(Path(path).read_bytes(), strict=strict)
+def decode_file(path, strict: bool = True, backend: str | None = None) -> DecodedStream:
+    return decode(Path(path).read_bytes(), strict=strict, backend=backend)
 
 
 def to_array(stream: DecodedStream, track_id: int = 0, torch_device=None):

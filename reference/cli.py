@@ -227,6 +227,13 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
     return opts, track_meta
 
 
+def _backend_args(p) -> None:
+    p.add_argument("--backend", choices=("auto", "gpu", "reference"), default=None,
+                   help="GPU kernels or numpy reference (default: auto, i.e. the GPU when "
+                        "one is present; same bytes and values either way)")
+    p.add_argument("--device", metavar="DEV", help="torch device of the GPU backend (cuda)")
+
+
 def cmd_encode(a) -> int:
     out = _check_output(a.output)
     if out.exists() and out.resolve() == Path(a.input).resolve():
@@ -249,7 +256,8 @@ def cmd_encode(a) -> int:
     elif arr.dtype.kind in "iu" and not bf16 and arr.size and int(arr.max()) >= 1 << 32:
         raise CLIError("token ids must be < 2^32")
 
-    from .encoder import TrackOptions, encode_tracks
+    from . import encode_tracks
+    from .encoder import TrackOptions
     bar = None
     tty = not a.quiet and sys.stderr.isatty()
 
@@ -267,7 +275,7 @@ def cmd_encode(a) -> int:
         # encode_tracks rather than encode: the CLI's tkb.* keys go to track metadata
         data = encode_tracks([(arr, TrackOptions(**opts, meta=track_meta))],
                              meta=meta or None, level_idc=a.level, index=not a.no_index,
-                             progress=progress)
+                             progress=progress, backend=a.backend, device=a.device)
     finally:
         if bar is not None:
             bar.close()
@@ -297,11 +305,14 @@ def _encode_summary(data: bytes, arr: np.ndarray, dtype: str, out: Path) -> str:
 
 # -- decoding with recovery ----------------------------------------------------------
 
-def _decode(data: bytes, strict: bool, quiet: bool = True):
+def _decode(data: bytes, strict: bool, quiet: bool = True, backend: str = "reference",
+            device=None):
     """tokenbits.decode with a progress bar; returns (stream, framing error or None)."""
+    from . import decode
     bar = _bar(quiet, len(data), "B", "decode")
     try:
-        stream = d.decode(data, strict, progress=bar.update if bar is not None else None)
+        stream = decode(data, strict, progress=bar.update if bar is not None else None,
+                        backend=backend, device=device)
     finally:
         if bar is not None:
             bar.close()
@@ -340,7 +351,7 @@ def cmd_decode(a) -> int:
     if not 0 <= a.track <= 254:
         raise CLIError(f"--track {a.track}: must be in 0..254")
     data = _read_stream(a.input)
-    stream, _ = _decode(data, a.strict, a.quiet)
+    stream, _ = _decode(data, a.strict, a.quiet, a.backend, a.device)
     for e in stream.errors:
         _err(e)
     frames = stream.track_frames(a.track)
@@ -776,6 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-index", action="store_true", help="omit the random-access index")
     e.add_argument("--vocab-size", type=int, metavar="V", help="vocabulary size of token ids")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    _backend_args(e)
     e.set_defaults(func=cmd_encode)
 
     dd = sub.add_parser("decode", help="decode a .tkb stream to .npy or .safetensors",
@@ -788,6 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--strict", action="store_true",
                     help="stop at the first error (default: skip damaged units, exit 3)")
     dd.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    _backend_args(dd)
     dd.set_defaults(func=cmd_decode)
 
     i = sub.add_parser("inspect", help="show the structure of a .tkb stream")

@@ -1,0 +1,358 @@
+"""Every Triton kernel against its reference twin (like dav1d's checkasm): outputs and
+coder state compared with exact equality, on seeded random and boundary inputs.
+
+On CPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1);
+TKB_TEST_DEVICE=cuda runs the same tests on a GPU.  Sizes stay small: the
+interpreter costs about 0.1 ms per tl operation.
+"""
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from tokenbits import encoder as E  # noqa: E402
+from tokenbits import prediction, rans as R, reconstruction, symbols, tables  # noqa: E402
+from tokenbits.errors import TKBEntropyError  # noqa: E402
+from tokenbits.kernels import quant, rans, recon  # noqa: E402
+
+DEV = os.environ.get("TKB_TEST_DEVICE", "cpu")
+
+
+def T(a, dtype=None):
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if dtype is None else a.astype(dtype)).to(DEV)
+
+
+def N(t):
+    return t.cpu().numpy()
+
+
+# -- rANS ------------------------------------------------------------------------
+
+def _tables(rng, d, alphabets, prob_bits):
+    tabs = [tables.normalize(rng.integers(1, 60, a) * (rng.random(a) < 0.8) + (np.arange(a) == 0),
+                             prob_bits) for a in alphabets]
+    tmap = rng.integers(0, len(tabs), d)
+    return tabs, tmap
+
+
+def _frames(rng, sizes, d, tabs, tmap):
+    """Random symbols of frames of ``sizes`` symbols, drawn where the tables have mass."""
+    out = []
+    for n in sizes:
+        ch = np.arange(n) % d
+        s = np.empty(n, dtype=np.int64)
+        for c in range(d):
+            f = tabs[tmap[c]]
+            sel = ch == c
+            s[sel] = rng.choice(f.size, sel.sum(), p=f / f.sum())
+        out.append(s)
+    return out
+
+
+RANS_CASES = [
+    # (lanes, lane_steps, channels, prob_bits, alphabets, frame sizes)
+    (4, 8, 5, 10, [7, 5, 9], [5 * 30, 15, 0, 32, 33, 1]),     # empty, 1 symbol, full, one over
+    (1, 16, 1, 12, [300], [16, 17, 40]),                        # one lane
+    (3, 5, 7, 15, [2, 40], [7 * 11, 14, 3]),                    # lanes not a power of two
+    (64, 4, 6, 12, [20], [256, 257, 5 * 64 + 1]),               # wide chunks, partial lanes
+    (8, 32, 3, 11, [1, 30], [8 * 32 * 3 + 7]),                  # a table of one symbol
+]
+
+
+def _encode_ref(frames, tabs, tmap, lanes, steps, pb, d):
+    freq_all, cum_all = tables.encode_arrays(tabs, max(t.size for t in tabs))
+    words, cws = [], []
+    for s in frames:
+        ch = tmap[np.arange(s.size) % d]
+        w, cw = R.encode(s, freq_all[ch, s], cum_all[ch, s], lanes, steps, pb)
+        words.append(w)
+        cws.append(cw)
+    return words, cws, freq_all, cum_all
+
+
+@pytest.mark.parametrize("case", RANS_CASES)
+def test_rans_encode_matches_reference(case):
+    lanes, steps, d, pb, alph, sizes = case
+    rng = np.random.default_rng(sum(sizes) + lanes)
+    tabs, tmap = _tables(rng, d, alph, pb)
+    frames = _frames(rng, sizes, d, tabs, tmap)
+    words, cws, freq_all, cum_all = _encode_ref(frames, tabs, tmap, lanes, steps, pb, d)
+    plan = rans.ChunkPlan(sizes, lanes, steps, d, DEV)
+    a = freq_all.shape[1]
+    w, cw, status = rans.encode(plan, T(np.concatenate(frames), np.int16),
+                                rans.encode_table(freq_all, cum_all, DEV),
+                                T((tmap * a).astype(np.int32)), a, pb)
+    # the words hold each chunk's final coder states first, then its renormalisation words
+    assert np.array_equal(N(w).view(np.uint16), np.concatenate(words))
+    assert np.array_equal(N(cw), np.concatenate(cws).astype(np.int64))
+    assert not N(status).any()
+
+
+def _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d, escapes=True):
+    plan = rans.ChunkPlan([s.size for s in frames], lanes, steps, d, DEV)
+    alph = [t.size for t in tabs]
+    esc = np.array(alph)[tmap] - 1
+    n_esc = np.array([int((s == esc[np.arange(s.size) % d]).sum()) for s in frames])
+    return rans.decode(plan, T(np.concatenate(words).view(np.int16)),
+                       T(np.concatenate(cws), np.int64),
+                       rans.decode_table(tables.decode_lookup(tabs, pb), alph, escapes, DEV),
+                       T((tmap << pb).astype(np.int32)), pb, n_esc), esc, n_esc
+
+
+@pytest.mark.parametrize("case", RANS_CASES)
+def test_rans_decode_matches_reference(case):
+    lanes, steps, d, pb, alph, sizes = case
+    rng = np.random.default_rng(sum(sizes) * 7 + lanes)
+    tabs, tmap = _tables(rng, d, alph, pb)
+    frames = _frames(rng, sizes, d, tabs, tmap)
+    words, cws, _, _ = _encode_ref(frames, tabs, tmap, lanes, steps, pb, d)
+    lookup = tables.decode_lookup(tabs, pb)
+    for s, w, cw in zip(frames, words, cws):
+        assert np.array_equal(R.decode(w, cw, s.size, lanes, steps, lookup, pb,
+                                       tmap << pb, d), s)
+    (sym, status, esc_pos, esc_count), esc, n_esc = _decode(frames, words, cws, tabs, tmap,
+                                                            lanes, steps, pb, d)
+    allsym = np.concatenate(frames)
+    assert np.array_equal(N(sym).astype(np.int64), allsym)
+    assert not N(status).any()
+    # escape symbols: counted per frame, positions recorded as keys 2 * index
+    assert np.array_equal(N(esc_count), n_esc)
+    where = np.nonzero(allsym == esc[np.concatenate([np.arange(s.size) % d for s in frames])])[0]
+    assert np.array_equal(N(esc_pos), 2 * where)
+
+
+def test_rans_decode_rejects_what_the_reference_rejects():
+    """Corrupted words: the kernel's chunk status is non-zero exactly when the
+    reference raises TKBEntropyError (final state or word count check)."""
+    lanes, steps, d, pb = 4, 8, 3, 11
+    rng = np.random.default_rng(5)
+    tabs, tmap = _tables(rng, d, [9, 12], pb)
+    frames = _frames(rng, [96, 70], d, tabs, tmap)
+    words, cws, _, _ = _encode_ref(frames, tabs, tmap, lanes, steps, pb, d)
+    lookup = tables.decode_lookup(tabs, pb)
+    seen = set()
+    for trial in range(12):
+        w = [x.copy() for x in words]
+        i = int(rng.integers(0, w[0].size))
+        w[0][i] ^= np.uint16(1 << int(rng.integers(0, 16)))
+        try:
+            R.decode(w[0], cws[0], frames[0].size, lanes, steps, lookup, pb, tmap << pb, d)
+            ref_ok = True
+        except TKBEntropyError:
+            ref_ok = False
+        (sym, status, _, _), _, _ = _decode(frames, w, cws, tabs, tmap, lanes, steps, pb, d)
+        plan = rans.ChunkPlan([s.size for s in frames], lanes, steps, d, "cpu")
+        st = N(status)
+        assert bool(st[plan.frame == 0].any()) == (not ref_ok)
+        assert not st[plan.frame == 1].any()          # the other frame is untouched
+        seen.add(ref_ok)
+    assert seen == {True, False} or seen == {False}
+
+
+# -- quantization and symbols --------------------------------------------------
+
+def _inputs(rng, n, d, dtype):
+    x = rng.standard_normal((n, d)) * rng.uniform(0.01, 50, d)
+    x[0, : min(d, 4)] = [65504, -65504, 0, 6e-8][: min(d, 4)]       # extremes, subnormal
+    if dtype == "bfloat16":
+        bits = (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        return bits, (bits.astype(np.uint32) << 16).view(np.float32)
+    a = x.astype(dtype)
+    return a, a.astype(np.float32)
+
+
+def _to_torch(a, dtype):
+    t = T(a.view(np.int16) if dtype == "bfloat16" else a)
+    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
+
+
+@pytest.mark.parametrize("dtype,predictor,keep", [
+    ("float16", 2, 0.6), ("float16", 1, 1.0), ("bfloat16", 0, 1.0), ("float32", 1, 0.5)])
+def test_symbols_match_reference(dtype, predictor, keep):
+    rng = np.random.default_rng(hash((dtype, predictor)) % 2**32)
+    h, w, p, d = 5, 4, 2, 19
+    n = p + h * w
+    raw, xf = _inputs(rng, n, d, dtype)
+    pos = np.arange(n, dtype=np.uint32) if keep >= 1 else np.sort(
+        np.concatenate((np.arange(p), p + rng.choice(h * w, int(keep * h * w), replace=False)))
+    ).astype(np.uint32)
+    tps = dict(predictor=predictor, grid_present=1, num_prefix_tokens=p, grid_height=h,
+               grid_width=w)
+    codes = rng.integers(120, 170, d)
+    delta = rng.integers(-20, 20, pos.size)
+    # ties: values exactly halfway between two levels at their step
+    xk = xf[pos].copy()
+    step = reconstruction.STEP[codes[None, :] + delta[:, None]]
+    xk[1, :3] = (np.array([2.5, -3.5, 0.5]) * step[1, :3]).astype(np.float32)
+    raw = raw.copy()
+    if dtype == "bfloat16":    # ties of steps with a short mantissa stay exact in bfloat16
+        raw[pos[1], :3] = (xk[1, :3].view(np.uint32) >> 16).astype(np.uint16)
+        xk = (raw[pos].astype(np.uint32) << 16).view(np.float32)
+    else:
+        raw[pos[1], :3] = xk[1, :3].astype(raw.dtype)
+        xk = raw[pos].astype(np.float32)
+    lv = E.quantize_levels(xk, codes[None, :] + delta[:, None])
+    u = symbols.zigzag(prediction.residuals_from_levels(lv, pos, tps))
+    esc = rng.integers(2, 30, d)
+    ref_sym = np.minimum(u, esc[None, :]).ravel()
+    is_esc = (u >= esc[None, :]).ravel()
+    sym, esc_pos, esc_val = quant.symbols(_to_torch(raw, dtype), T(pos, np.int64), T(delta),
+                                          T(recon.predictor_rows(pos, tps)), T(codes),
+                                          T(E.INV_STEP), T(esc))
+    assert np.array_equal(N(sym), ref_sym)
+    assert np.array_equal(N(esc_pos), np.nonzero(is_esc)[0])
+    assert np.array_equal(N(esc_val), (u - esc[None, :]).ravel()[is_esc])
+
+
+def test_predictor_rows_match_reference_residuals():
+    """kernels' predictor rows reproduce prediction.residuals_from_levels for every
+    predictor on a pruned grid (the encoder kernel and the chains rely on them)."""
+    rng = np.random.default_rng(11)
+    h, w, p = 6, 5, 3
+    pos = np.sort(np.concatenate((np.arange(p), p + rng.choice(h * w, 17, replace=False))))
+    lv = rng.integers(-50, 50, (pos.size, 4))
+    for pred in (0, 1, 2):
+        tps = dict(predictor=pred, grid_present=1, num_prefix_tokens=p, grid_height=h,
+                   grid_width=w)
+        pr = recon.predictor_rows(pos, tps)
+        mine = lv - np.where(pr[:, None] >= 0, lv[np.maximum(pr, 0)], 0)
+        assert np.array_equal(mine, prediction.residuals_from_levels(lv, pos, tps))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16"])
+def test_norms_and_pruning_sums_match_reference(dtype):
+    rng = np.random.default_rng(3)
+    n, d, start = 21, 13, 2
+    raw, xf = _inputs(rng, n, d, dtype)
+    xf[5] = 0                                       # a zero token
+    raw[5] = 0
+    x = _to_torch(raw, dtype)
+    src = np.arange(n)
+    assert np.array_equal(np.sqrt(N(quant.squared_norms(x, T(src)))), E.token_norms(xf))
+    mean, sq, dot = quant.scores_parts(x, T(np.array([start])), T(np.array([n - start])))
+    m = N(mean)[0]
+    mnorm = np.sqrt(np.cumsum(m * m)[-1]) or 1.0
+    norms = np.sqrt(N(sq)) * mnorm
+    dist = 1.0 - N(dot) / np.where(norms > 0, norms, 1.0)
+    assert np.array_equal(dist, E.prune_scores(xf, start))
+
+
+def test_histograms_match_reference():
+    rng = np.random.default_rng(8)
+    d, a = 7, 23
+    sym = rng.integers(0, 40, 7 * 50)
+    h = quant.histograms(T(sym, np.int16), d, a)
+    ref = E._histograms(np.minimum(sym, a - 1), np.arange(sym.size) % d, d, a)
+    assert np.array_equal(N(h), ref)
+
+
+# -- reconstruction ---------------------------------------------------------------
+
+def _chains_of(pos_list, tps, kept):
+    row0 = np.cumsum(kept) - kept
+    pred = np.concatenate([np.where(p >= 0, p + r, -1) for p, r in
+                           zip((recon.predictor_rows(q, tps) for q in pos_list), row0)])
+    return recon.chains(pred, tps["predictor"])
+
+
+@pytest.mark.parametrize("out_dtype,predictor", [(1, 2), (0, 1), (2, 0), (1, 0)])
+def test_dequantize_matches_reference(out_dtype, predictor):
+    rng = np.random.default_rng(out_dtype * 3 + predictor)
+    h, w, p, d = 4, 5, 1, 9
+    tps = dict(predictor=predictor, grid_present=1, num_prefix_tokens=p, grid_height=h,
+               grid_width=w, output_dtype=out_dtype)
+    pos_list = [np.arange(p + h * w), np.sort(np.concatenate(
+        ([0], 1 + rng.choice(h * w, 9, replace=False))))]
+    kept = np.array([q.size for q in pos_list])
+    esc = rng.integers(3, 12, d)
+    codes = rng.integers(0, 250, d)                  # tiny to huge steps: subnormals, inf
+    ref_out, syms, escs, deltas = [], [], [], []
+    for q in pos_list:
+        u = rng.geometric(0.3, (q.size, d)) - 1
+        u[0, 0] = 2 ** 20                              # an escape far beyond ESC
+        s = np.minimum(u, esc[None, :])
+        e = (u - esc[None, :])[u >= esc[None, :]]
+        delta = rng.integers(-3, 5, q.size)
+        lv = prediction.reconstruct_levels(symbols.residuals(s, esc, e.astype(np.uint64)),
+                                           q, tps)
+        v32 = reconstruction.dequantize(np.clip(lv, -2**24 + 1, 2**24 - 1),
+                                        codes[None, :] + delta[:, None])
+        ref_out.append(reconstruction.to_output(v32, out_dtype))
+        syms.append(s.ravel())
+        escs.append(e)
+        deltas.append(delta)
+    sym = np.concatenate(syms)
+    flat_esc = np.nonzero(sym == np.tile(esc, kept.sum()))[0]
+    rows, offs = _chains_of(pos_list, tps, kept)
+    k = int(kept.sum())
+    out = torch.zeros((k, d), dtype={0: torch.float32, 1: torch.float16, 2: torch.int16}[out_dtype],
+                      device=DEV)
+    status = recon.dequantize(T(sym, np.int16), T(rows), T(offs), T(np.arange(k)),
+                              T(np.concatenate(deltas), np.int32), T(codes, np.int32),
+                              T(reconstruction.STEP), T(esc, np.int32), T(2 * flat_esc),
+                              T(np.concatenate(escs), np.int64), predictor, out, d)
+    got = N(out)
+    want = np.concatenate(ref_out)
+    assert got.tobytes() == want.astype(got.dtype).tobytes()
+    assert not N(status).any()
+
+
+def test_dequantize_flags_levels_beyond_the_limit():
+    d = 2
+    tps = dict(predictor=1, grid_present=0, num_prefix_tokens=0)
+    pos = np.arange(3)
+    esc = np.array([5, 5])
+    # three residuals of 2^23 in channel 0 sum to 3 * 2^23 > 2^24 - 1
+    u = np.array([[5, 0], [5, 0], [5, 0]])
+    e = np.full(3, 2 ** 24 - 5)                       # u = 2^24: residual 2^23
+    rows, offs = _chains_of([pos], tps, np.array([3]))
+    out = torch.zeros((3, d), dtype=torch.float32, device=DEV)
+    status = recon.dequantize(T(u.ravel(), np.int16), T(rows), T(offs), T(np.arange(3)),
+                              T(np.zeros(3), np.int32), T(np.array([144, 144]), np.int32),
+                              T(reconstruction.STEP), T(esc, np.int32),
+                              T(2 * np.array([0, 2, 4])), T(e, np.int64), 1, out, d)
+    assert N(status).any()
+    # the reference reaches the same levels, and rejects them (clause 7.5)
+    lv = prediction.reconstruct_levels(symbols.residuals(u, esc, e.astype(np.uint64)), pos, tps)
+    assert np.abs(lv).max() > reconstruction.MAX_LEVEL
+
+
+@pytest.mark.parametrize("width,predictor,ids", [(16, 2, False), (32, 1, False), (16, 0, False),
+                                                 (32, 0, True)])
+def test_split_matches_reference(width, predictor, ids):
+    rng = np.random.default_rng(width + predictor)
+    d = 1 if ids else 6
+    h, w, p = 3, 4, 1
+    tps = dict(predictor=0 if ids else predictor, grid_present=1, num_prefix_tokens=p,
+               grid_height=h, grid_width=w)
+    pos = np.arange(p + h * w)
+    if ids:
+        vals = rng.integers(0, 5000, (pos.size, 1)).astype(np.int64)
+        u = vals
+    else:
+        bits = rng.integers(0, 1 << width, (pos.size, d)).astype(np.int64)
+        bits[0, :2] = [0, (1 << width) - 1]
+        vals = bits
+        u = bits
+        if predictor:
+            m = symbols.bits_to_ordered(bits, width)
+            u = symbols.zigzag(prediction.residuals_from_levels(m, pos, tps))
+    rb = max(5, width + 1 - 12)      # symbols below 4096, as an encoder must choose
+    sym, raw = (u >> rb).ravel(), (u & ((1 << rb) - 1)).ravel()
+    rows, offs = _chains_of([pos], tps, np.array([pos.size]))
+    out = torch.zeros((pos.size, d), dtype=torch.int16 if width == 16 else torch.int32,
+                      device=DEV)
+    status = recon.split(T(sym, np.int16), T(raw, np.int64), T(rows), T(offs),
+                         T(np.arange(pos.size)), out, d, rb, width, tps["predictor"],
+                         5000 if ids else None)
+    assert not N(status).any()
+    mask = (1 << width) - 1
+    assert np.array_equal(N(out).astype(np.int64) & mask, vals & mask)
+    if ids:   # an id at or beyond vocab_size is reported (clause 7.4.2)
+        status = recon.split(T(sym, np.int16), T(raw, np.int64), T(rows), T(offs),
+                             T(np.arange(pos.size)), out, d, rb, width, 0, int(vals.max()))
+        assert N(status).any()
