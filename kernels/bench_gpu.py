@@ -1,0 +1,332 @@
+"""GPU benchmark of the TKB kernels against the baselines, in one run.
+
+    python -m tokenbits.kernels.bench_gpu --prepare DIR     # here: real ViT tokens
+    python -m tokenbits.kernels.bench_gpu --data DIR/vit_frames.npy --json OUT.json
+
+Data: 576 x 1024 float16 frames of real ViT-S/14 tokens (three layers side by
+side, as ``tkb bench``'s large frame), tiled to at least 256 MB.  The parameter
+set is fitted by the reference encoder on the distinct frames (target cosine
+0.99); everything timed then runs on the GPU:
+
+* copy bandwidth (read + write), our quantization kernel (levels, residuals,
+  symbols), torch eager / torch.compile quantization, nvCOMP ANS on the same
+  symbols, our rANS encode and decode; coded sizes against the entropy;
+* full encode (float16 in -> words) and full decode (words -> float16 out);
+* throughput against batch size (1 frame up to thousands);
+* bit-exactness on the device: a frame encoded on the GPU against the
+  reference encoder's bytes, and its GPU decode against the reference decode.
+
+Host work (parsing headers, writing them) is not in the GPU timings; the
+end-to-end bytes-to-tensor time of ``tokenbits.decode_tensors`` is reported
+beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from tokenbits import reconstruction, tables
+from tokenbits.encoder import INV_STEP
+
+from . import quant, rans, recon
+
+LAYERS = ((9, 10, "last"), (8, 9, 10), (7, 8, 9), (6, 7, 8))
+
+
+def prepare(out_dir: str) -> str:
+    """Write vit_frames.npy: distinct 576 x 1024 float16 frames of real tokens."""
+    from pathlib import Path
+
+    from tokenbits import realdata
+    from tokenbits.bench import VIT_IMAGES
+    frames = []
+    for layers in LAYERS:
+        parts = [realdata.vit_tokens(VIT_IMAGES, layer=layer)[:, 1:] for layer in layers]
+        frames.append(np.concatenate(parts, axis=2)[:, :, :1024].reshape(-1, 1024)[:576])
+    path = Path(out_dir) / "vit_frames.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.stack(frames).astype(np.float16))
+    return str(path)
+
+
+def _timer(device):
+    if device == "cuda":
+        from .baselines_gpu import bench_ms
+        return bench_ms
+
+    def host_ms(fn, warmup_ms=0, rep_ms=0):
+        fn()
+        t = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - t)
+    return host_ms
+
+
+def _entropy(sym: torch.Tensor, table_of_channel: torch.Tensor, d: int, alph: int):
+    """Order-0 entropy, and entropy under the table coding each symbol (bits)."""
+    def h(counts):
+        c = counts[counts > 0].to(torch.float64)
+        return float(-(c * torch.log2(c / c.sum())).sum())
+    s = sym.to(torch.int64)
+    order0 = h(torch.bincount(s, minlength=alph))
+    t = table_of_channel.to(torch.int64).repeat(s.numel() // d)
+    per_table = torch.bincount(t * alph + s).view(-1)
+    nt = int(table_of_channel.max()) + 1
+    per_table = torch.nn.functional.pad(per_table, (0, nt * alph - per_table.numel()))
+    cond = sum(h(row) for row in per_table.view(nt, alph))
+    return order0, cond
+
+
+class Setup:
+    """A fitted parameter set and a batch of frames on the device."""
+
+    def __init__(self, base: np.ndarray, frames: int, lanes: int, device: str):
+        from tokenbits import levels
+        from tokenbits.encoder import TrackEncoder, TrackOptions
+        self.device = device
+        self.te = TrackEncoder(list(base), TrackOptions(target_cos=0.99, num_lanes=lanes,
+                                                        predictor="left"),
+                               levels.LEVELS[30])
+        n, d = base.shape[1:]
+        self.n, self.d = n, d
+        # tiling: frame i is distinct frame i mod F rolled by i div F tokens (real tokens)
+        idx = np.arange(frames)
+        rolls = torch.from_numpy(base).to(device)
+        self.x = torch.empty((frames * n, d), dtype=torch.float16, device=device)
+        for i in idx:
+            self.x[i * n:(i + 1) * n] = torch.roll(rolls[i % len(base)], int(i // len(base)), 0)
+        self.frames = frames
+
+    def batch(self, b: int) -> "Batch":
+        return Batch(self, b)
+
+
+class Batch:
+    """The first ``b`` frames: device inputs of every stage, and their outputs once."""
+
+    def __init__(self, s: Setup, b: int):
+        te, dev, d, n = s.te, s.device, s.d, s.n
+        self.s, self.b = s, b
+        self.x = s.x[:b * n]
+        k = b * n
+        self.src = torch.arange(k, device=dev)
+        pred_h = np.concatenate([np.where(p >= 0, p + i * n, -1) for i, p in enumerate(
+            [recon.predictor_rows(np.arange(n), te.tps)] * b)])
+        self.pred = torch.from_numpy(pred_h).to(dev)
+        self.code = torch.from_numpy(te._step_codes(te.qp).astype(np.int32)).to(dev)
+        self.inv = torch.from_numpy(INV_STEP).to(dev)
+        self.esc = torch.from_numpy(te.chan_esc.astype(np.int32)).to(dev)
+        alph = te.freq_all.shape[1]
+        self.alph = alph
+        self.etab = rans.encode_table(te.freq_all, te.cum_all, dev)
+        self.chan_enc = torch.from_numpy((te.chan_table * alph).astype(np.int32)).to(dev)
+        self.plan = rans.ChunkPlan(np.full(b, n * d), te.tps["num_lanes"], te.tps["lane_steps"],
+                                   d, dev)
+        tabs = [np.asarray(t, dtype=np.int64) for t in te.freqs]
+        pb = te.tps["prob_bits"]
+        self.pb = pb
+        self.dtab = rans.decode_table(tables.decode_lookup(tabs, pb), [t.size for t in tabs],
+                                      True, dev)
+        self.chan_dec = torch.from_numpy((te.chan_table << pb).astype(np.int32)).to(dev)
+        self.step = torch.from_numpy(reconstruction.STEP).to(dev)
+        rows, offs = recon.chains(pred_h, te.tps["predictor"])
+        self.rows = torch.from_numpy(rows).to(dev)
+        self.offs = torch.from_numpy(offs).to(dev)
+        self.out_row = torch.arange(k, device=dev)
+        self.out = torch.empty((k, d), dtype=torch.float16, device=dev)
+        # one full encode, kept for the decode side
+        self.full_encode()
+        self.words, self.cw = self.enc_words, self.enc_cw
+        self.n_esc = np.bincount((self.esc_pos // (n * d)).cpu().numpy(), minlength=b)
+        self.esc_val = self.esc_vals
+
+    def deltas(self):
+        """token_step_delta: norms on the device, the log2 rounding on the host (Annex B.1)."""
+        sq = quant.squared_norms(self.x, self.src).cpu().numpy()
+        return torch.from_numpy(self.s.te.token_step_deltas(np.sqrt(sq), self.s.te.qp)
+                                .astype(np.int32)).to(self.s.device)
+
+    def quantize_only(self, delta):
+        """The fused quantization kernel alone (levels, residuals, symbols)."""
+        k, d = self.src.numel(), self.s.d
+        bc = min(256, d)
+        quant._symbols_kernel[(-(-k // 16), -(-d // bc))](
+            self.x, self.src, delta, self.pred, self.code, self.inv, self.esc, self.sym_buf,
+            self.u_buf, k, d, BR=16, BC=bc, num_warps=4, **quant.NO_FMA)
+
+    def full_encode(self):
+        delta = self.deltas()
+        sym, pos, vals = quant.symbols(self.x, self.src, delta, self.pred, self.code, self.inv,
+                                       self.esc)
+        words, cw, status = rans.encode(self.plan, sym, self.etab, self.chan_enc, self.alph,
+                                        self.pb)
+        self.sym, self.delta, self.esc_pos, self.esc_vals = sym, delta, pos, vals
+        self.enc_words, self.enc_cw = words, cw
+        self.sym_buf = torch.empty_like(sym)
+        self.u_buf = torch.empty(sym.numel(), dtype=torch.int32, device=sym.device)
+        return words
+
+    def rans_encode(self):
+        return rans.encode(self.plan, self.sym, self.etab, self.chan_enc, self.alph, self.pb)
+
+    def rans_decode(self):
+        return rans.decode(self.plan, self.words, self.cw, self.dtab, self.chan_dec, self.pb,
+                           self.n_esc)
+
+    def full_decode(self):
+        sym, status, pos, count = rans.decode(self.plan, self.words, self.cw, self.dtab,
+                                              self.chan_dec, self.pb, self.n_esc)
+        recon.dequantize(sym, self.rows, self.offs, self.out_row, self.delta, self.code,
+                         self.step, self.esc, pos, self.esc_val, self.s.te.tps["predictor"],
+                         self.out, self.s.d)
+        return self.out
+
+
+def check_exact(s: Setup, log) -> dict:
+    """Frames 0 and 1 of the batch: GPU stream bytes against the reference encoder,
+    GPU decode against the reference decoder (the same frames' reference values)."""
+    import tokenbits as tkb
+    from . import codec
+    frames = [s.x[i * s.n:(i + 1) * s.n].cpu().numpy() for i in range(2)]
+    ref = [s.te.encode_frame(f, i) for i, f in enumerate(frames)]
+    gpu = codec.encode_frames(s.te, frames, s.device)
+    enc_ok = gpu == ref
+    data = tkb.encode(np.stack(frames), target_cos=0.99, predictor="left", backend="reference")
+    want = tkb.decode(data, backend="reference")
+    got = codec.to_numpy(codec.decode(data, device=s.device))
+    dec_ok = tkb.canonical_sha256(want) == tkb.canonical_sha256(got)
+    log(f"bit-exact on {s.device}: encode bytes {'identical' if enc_ok else 'DIFFER'}, "
+        f"decode {'identical' if dec_ok else 'DIFFERS'}")
+    return dict(encode_identical=bool(enc_ok), decode_identical=bool(dec_ok))
+
+
+def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1024, 2048),
+        nvcomp=True, log=print) -> dict:
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    ms = _timer(dev)
+    base = np.load(data)
+    n, d = base.shape[1:]
+    frame_bytes = n * d * 2
+    frames = max(max(batches), -(-min_mb * 2**20 // frame_bytes))
+    res = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               device=torch.cuda.get_device_name() if dev == "cuda" else platform.processor(),
+               torch=torch.__version__, triton=__import__("triton").__version__,
+               data=f"{len(base)} distinct {n}x{d} float16 frames of real ViT-S/14 tokens, "
+                    f"tiled (rolled) to {frames} frames", runs={})
+    if dev == "cuda":
+        from .baselines_gpu import copy_bandwidth
+        res["copy"] = copy_bandwidth(frames * frame_bytes)
+        log(f"copy: {res['copy']['GBps']:.0f} GB/s (read + write)")
+    for ln in lanes:
+        t0 = time.time()
+        s = Setup(base, frames, ln, dev)
+        r = res["runs"][f"lanes{ln}"] = dict(tps=dict(num_lanes=s.te.tps["num_lanes"],
+                                                      lane_steps=s.te.tps["lane_steps"],
+                                                      num_tables=s.te.tps["num_tables"],
+                                                      prob_bits=s.te.tps["prob_bits"],
+                                                      qp=s.te.qp, predictor=s.te.tps["predictor"]))
+        log(f"fitted {r['tps']} in {time.time() - t0:.1f} s")
+        r["exact"] = check_exact(s, log)
+        big = s.batch(frames)
+        nsym = big.sym.numel()
+        in_bytes = big.x.numel() * 2
+        coded = int(big.words.numel()) * 2
+        o0, cond = _entropy(big.sym, torch.from_numpy(s.te.chan_table).to(dev), d, big.alph)
+        r["symbols"] = nsym
+        r["coded_bytes"] = coded
+        r["bits_per_symbol"] = 8 * coded / nsym
+        r["entropy_order0_bits"] = o0 / nsym
+        r["entropy_per_table_bits"] = cond / nsym
+        r["over_entropy"] = 8 * coded / cond - 1
+        delta = big.deltas()
+        t = ms(lambda: big.quantize_only(delta))
+        r["quantize"] = dict(ms=t, GBps=(in_bytes + nsym * 2) / t / 1e6,
+                             GBps_in=in_bytes / t / 1e6)
+        t = ms(big.rans_encode)
+        r["rans_encode"] = dict(ms=t, Gsym_s=nsym / t / 1e6, GBps_coded=coded / t / 1e6)
+        t = ms(big.rans_decode)
+        r["rans_decode"] = dict(ms=t, Gsym_s=nsym / t / 1e6, GBps_coded=coded / t / 1e6)
+        t = ms(big.full_encode)
+        r["full_encode"] = dict(ms=t, GBps_in=in_bytes / t / 1e6)
+        t = ms(big.full_decode)
+        r["full_decode"] = dict(ms=t, GBps_out=in_bytes / t / 1e6)
+        log(f"lanes {ln}: {r['bits_per_symbol']:.3f} bits/sym (entropy {r['entropy_per_table_bits']:.3f}"
+            f" per table, {r['entropy_order0_bits']:.3f} order-0), quantize "
+            f"{r['quantize']['GBps']:.0f} GB/s, rANS enc {r['rans_encode']['Gsym_s']:.0f} / dec "
+            f"{r['rans_decode']['Gsym_s']:.0f} Gsym/s, full enc {r['full_encode']['GBps_in']:.0f}"
+            f" / dec {r['full_decode']['GBps_out']:.0f} GB/s")
+        sweep = r["batch_sweep"] = []
+        for b in batches:
+            if b > frames:
+                continue
+            bb = s.batch(b)
+            te_ = ms(bb.full_encode)
+            td = ms(bb.full_decode)
+            trd = ms(bb.rans_decode)
+            sweep.append(dict(frames=b, full_encode_GBps=b * frame_bytes / te_ / 1e6,
+                              full_decode_GBps=b * frame_bytes / td / 1e6,
+                              rans_decode_Gsym_s=b * n * d / trd / 1e6,
+                              full_decode_ms=td))
+            log(f"  batch {b}: enc {sweep[-1]['full_encode_GBps']:.1f} GB/s, dec "
+                f"{sweep[-1]['full_decode_GBps']:.1f} GB/s ({td:.3f} ms), rANS dec "
+                f"{sweep[-1]['rans_decode_Gsym_s']:.1f} Gsym/s")
+        if ln == lanes[0]:
+            res["baselines"] = baselines(big, dev, nvcomp, log)
+        del big
+    return res
+
+
+def baselines(big: Batch, dev: str, nvcomp: bool, log) -> dict:
+    out = {}
+    if dev != "cuda":
+        return out
+    from . import baselines_gpu as bg
+    inv = big.inv[big.code.long()]
+    x = big.x
+    for compiled in (False, True):
+        r = bg.torch_quantize(x, inv, compiled)
+        r.pop("out", None)
+        out["torch_compile" if compiled else "torch_eager"] = r
+        log(f"torch {'compile' if compiled else 'eager'} quantize: {r}")
+    if nvcomp and int(big.sym.max()) < 256:
+        u8 = big.sym.to(torch.uint8)
+        for chunk in (1 << 16, 1 << 18):
+            r = bg.nvcomp_ans(u8, chunk_size=chunk)
+            out[f"nvcomp_ans_{chunk >> 10}k"] = r
+            log(f"nvCOMP ANS {chunk >> 10} KiB: {r}")
+    elif nvcomp:
+        out["nvcomp"] = {"error": "symbols beyond 255 do not fit nvCOMP's uint8 input"}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--prepare", metavar="DIR", help="write DIR/vit_frames.npy and stop")
+    p.add_argument("--data", metavar="NPY")
+    p.add_argument("--json", metavar="OUT")
+    p.add_argument("--min-mb", type=int, default=256)
+    p.add_argument("--lanes", default="32", help="comma-separated num_lanes to run")
+    p.add_argument("--batches", default="1,4,16,64,256,1024,2048")
+    p.add_argument("--no-nvcomp", action="store_true")
+    a = p.parse_args(argv)
+    if a.prepare:
+        print(prepare(a.prepare))
+        return 0
+    res = run(a.data, a.min_mb, tuple(int(v) for v in a.lanes.split(",")),
+              tuple(int(v) for v in a.batches.split(",")), not a.no_nvcomp,
+              log=lambda m: print(m, flush=True))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

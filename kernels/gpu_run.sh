@@ -1,0 +1,17 @@
+#!/bin/sh
+# One device run (see BENCHMARKS.md): install the carried wheels and this package,
+# run the kernel tests on the GPU, then the GPU benchmark.  Writes under $OUT.
+set -e
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/tkb .
+export PYTHONPATH=/tmp/tkb:/tmp/site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  TKB_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+      tests/test_gpu_codec.py > "$OUT/gpu_tests.txt" 2>&1 || true
+  tail -5 "$OUT/gpu_tests.txt"
+fi
+python3 -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy --json "$OUT/bench_gpu.json" \
+    ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_gpu.txt"
