@@ -87,12 +87,13 @@ def _entropy(sym: torch.Tensor, table_of_channel: torch.Tensor, d: int, alph: in
 class Setup:
     """A fitted parameter set and a batch of frames on the device."""
 
-    def __init__(self, base: np.ndarray, frames: int, lanes: int, device: str):
+    def __init__(self, base: np.ndarray, frames: int, lanes: int, device: str,
+                 num_tables=None):
         from tokenbits import levels
         from tokenbits.encoder import TrackEncoder, TrackOptions
         self.device = device
         self.te = TrackEncoder(list(base), TrackOptions(target_cos=0.99, num_lanes=lanes,
-                                                        predictor="left"),
+                                                        predictor="left", num_tables=num_tables),
                                levels.LEVELS[30])
         n, d = base.shape[1:]
         self.n, self.d = n, d
@@ -132,9 +133,10 @@ class Batch:
         tabs = [np.asarray(t, dtype=np.int64) for t in te.freqs]
         pb = te.tps["prob_bits"]
         self.pb = pb
-        self.dtab = rans.decode_table(tables.decode_lookup(tabs, pb), [t.size for t in tabs],
-                                      True, dev)
-        self.chan_dec = torch.from_numpy((te.chan_table << pb).astype(np.int32)).to(dev)
+        self.dtab = rans.DecodeTables(tables.decode_lookup(tabs, pb), [t.size for t in tabs],
+                                      True, te.chan_table, pb, dev)
+        self.dtab64 = rans.DecodeTables(tables.decode_lookup(tabs, pb), [t.size for t in tabs],
+                                        True, te.chan_table, pb, dev, pack32=False)
         self.step = torch.from_numpy(reconstruction.STEP).to(dev)
         rows, offs = recon.chains(pred_h, te.tps["predictor"])
         self.rows = torch.from_numpy(rows).to(dev)
@@ -153,13 +155,10 @@ class Batch:
         return torch.from_numpy(self.s.te.token_step_deltas(np.sqrt(sq), self.s.te.qp)
                                 .astype(np.int32)).to(self.s.device)
 
-    def quantize_only(self, delta):
+    def quantize_only(self, delta, variant=None):
         """The fused quantization kernel alone (levels, residuals, symbols)."""
-        k, d = self.src.numel(), self.s.d
-        bc = min(256, d)
-        quant._symbols_kernel[(-(-k // 16), -(-d // bc))](
-            self.x, self.src, delta, self.pred, self.code, self.inv, self.esc, self.sym_buf,
-            self.u_buf, k, d, BR=16, BC=bc, num_warps=4, **quant.NO_FMA)
+        quant.launch_symbols(self.x, self.src, delta, self.pred, self.code, self.inv, self.esc,
+                             self.sym_buf, self.u_buf, variant)
 
     def full_encode(self):
         delta = self.deltas()
@@ -176,13 +175,20 @@ class Batch:
     def rans_encode(self):
         return rans.encode(self.plan, self.sym, self.etab, self.chan_enc, self.alph, self.pb)
 
-    def rans_decode(self):
-        return rans.decode(self.plan, self.words, self.cw, self.dtab, self.chan_dec, self.pb,
-                           self.n_esc)
+    def rans_decode(self, variant=None):
+        v = dict(variant or {})
+        tabs = self.dtab64 if v.pop("table64", False) else self.dtab
+        return rans.decode(self.plan, self.words, self.cw, tabs, self.pb, self.n_esc, v)
+
+    def dequant_only(self):
+        recon.dequantize(self.sym, self.rows, self.offs, self.out_row, self.delta, self.code,
+                         self.step, self.esc, self.dec_pos, self.esc_val,
+                         self.s.te.tps["predictor"], self.out, self.s.d)
 
     def full_decode(self):
         sym, status, pos, count = rans.decode(self.plan, self.words, self.cw, self.dtab,
-                                              self.chan_dec, self.pb, self.n_esc)
+                                              self.pb, self.n_esc)
+        self.dec_pos = pos
         recon.dequantize(sym, self.rows, self.offs, self.out_row, self.delta, self.code,
                          self.step, self.esc, pos, self.esc_val, self.s.te.tps["predictor"],
                          self.out, self.s.d)
@@ -194,7 +200,7 @@ def check_exact(s: Setup, log) -> dict:
     GPU decode against the reference decoder (the same frames' reference values)."""
     import tokenbits as tkb
     from . import codec
-    frames = [s.x[i * s.n:(i + 1) * s.n].cpu().numpy() for i in range(2)]
+    frames = [s.x[i * s.n:(i + 1) * s.n].cpu().numpy() for i in range(min(2, s.frames))]
     ref = [s.te.encode_frame(f, i) for i, f in enumerate(frames)]
     gpu = codec.encode_frames(s.te, frames, s.device)
     enc_ok = gpu == ref
@@ -208,7 +214,7 @@ def check_exact(s: Setup, log) -> dict:
 
 
 def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1024, 2048),
-        nvcomp=True, log=print) -> dict:
+        nvcomp=True, log=print, variants: bool = False, num_tables=None) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ms = _timer(dev)
     base = np.load(data)
@@ -226,7 +232,7 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
         log(f"copy: {res['copy']['GBps']:.0f} GB/s (read + write)")
     for ln in lanes:
         t0 = time.time()
-        s = Setup(base, frames, ln, dev)
+        s = Setup(base, frames, ln, dev, num_tables)
         r = res["runs"][f"lanes{ln}"] = dict(tps=dict(num_lanes=s.te.tps["num_lanes"],
                                                       lane_steps=s.te.tps["lane_steps"],
                                                       num_tables=s.te.tps["num_tables"],
@@ -257,6 +263,11 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
         r["full_encode"] = dict(ms=t, GBps_in=in_bytes / t / 1e6)
         t = ms(big.full_decode)
         r["full_decode"] = dict(ms=t, GBps_out=in_bytes / t / 1e6)
+        big.full_decode()
+        t = ms(big.dequant_only)
+        r["dequantize"] = dict(ms=t, GBps_out=in_bytes / t / 1e6)
+        if variants:
+            r["variants"] = sweep_variants(big, delta, ms, nsym, in_bytes, log)
         log(f"lanes {ln}: {r['bits_per_symbol']:.3f} bits/sym (entropy {r['entropy_per_table_bits']:.3f}"
             f" per table, {r['entropy_order0_bits']:.3f} order-0), quantize "
             f"{r['quantize']['GBps']:.0f} GB/s, rANS enc {r['rans_encode']['Gsym_s']:.0f} / dec "
@@ -281,6 +292,33 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
             res["baselines"] = baselines(big, dev, nvcomp, log)
         del big
     return res
+
+
+QUANT_VARIANTS = [dict(BR=16, BC=256, num_warps=4), dict(BR=8, BC=512, num_warps=4),
+                  dict(BR=32, BC=256, num_warps=8), dict(BR=4, BC=1024, num_warps=4),
+                  dict(BR=64, BC=128, num_warps=8)]
+DECODE_VARIANTS = [dict(WINDOW=False, ESC_BRANCH=True, G=2, num_warps=1, table64=True),
+                   dict(WINDOW=True, ESC_BRANCH=True, G=2, num_warps=1, table64=True),
+                   dict(WINDOW=False, ESC_BRANCH=True, G=2, num_warps=1),
+                   dict(WINDOW=True, ESC_BRANCH=True, G=2, num_warps=1),
+                   dict(WINDOW=True, ESC_BRANCH=False, G=2, num_warps=1),
+                   dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1),
+                   dict(WINDOW=True, ESC_BRANCH=True, G=4, num_warps=1),
+                   dict(WINDOW=True, ESC_BRANCH=True, G=4, num_warps=2)]
+
+
+def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict:
+    """Launch variants of the quantization and rANS decode kernels on the same batch."""
+    out = dict(quantize=[], rans_decode=[])
+    for v in QUANT_VARIANTS:
+        t = ms(lambda: big.quantize_only(delta, v))
+        out["quantize"].append(dict(v, ms=t, GBps=(in_bytes + nsym * 2) / t / 1e6))
+        log(f"  quantize {v}: {out['quantize'][-1]['GBps']:.0f} GB/s")
+    for v in DECODE_VARIANTS:
+        t = ms(lambda: big.rans_decode(v))
+        out["rans_decode"].append(dict(v, ms=t, Gsym_s=nsym / t / 1e6))
+        log(f"  rANS decode {v}: {out['rans_decode'][-1]['Gsym_s']:.0f} Gsym/s")
+    return out
 
 
 def baselines(big: Batch, dev: str, nvcomp: bool, log) -> dict:
@@ -315,13 +353,15 @@ def main(argv=None) -> int:
     p.add_argument("--lanes", default="32", help="comma-separated num_lanes to run")
     p.add_argument("--batches", default="1,4,16,64,256,1024,2048")
     p.add_argument("--no-nvcomp", action="store_true")
+    p.add_argument("--variants", action="store_true", help="sweep kernel launch variants")
+    p.add_argument("--tables", type=int, help="num_tables of the fitted parameter set")
     a = p.parse_args(argv)
     if a.prepare:
         print(prepare(a.prepare))
         return 0
     res = run(a.data, a.min_mb, tuple(int(v) for v in a.lanes.split(",")),
               tuple(int(v) for v in a.batches.split(",")), not a.no_nvcomp,
-              log=lambda m: print(m, flush=True))
+              log=lambda m: print(m, flush=True), variants=a.variants, num_tables=a.tables)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1, default=str)

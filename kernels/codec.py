@@ -48,10 +48,9 @@ class _ParamSet:
         pb = tps["prob_bits"]
         alph = [int(t.size) for t in tps["tables"]]
         lookup = tables.decode_lookup(tps["tables"], pb)
-        self.table = rans.decode_table(lookup, alph, tps["coding_mode"] == 0, device)
         tmap = np.asarray(tps["channel_table"], dtype=np.int64) if tps["num_tables"] > 1 else \
             np.zeros(tps["num_channels"], dtype=np.int64)
-        self.chan_base = _t(tmap << pb, np.int32, device)
+        self.tables = rans.DecodeTables(lookup, alph, tps["coding_mode"] == 0, tmap, pb, device)
         if tps["coding_mode"] == 0:
             self.esc = _t(np.asarray(alph)[tmap] - 1, np.int32, device)
             self.code = np.broadcast_to(np.asarray(tps["step_code"], dtype=np.int64),
@@ -90,7 +89,7 @@ def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = F
     quantized = tps["coding_mode"] == 0
     n_esc = np.array([f["num_escapes"] for f in frames], dtype=np.int64) if quantized else None
     sym, status, esc_pos, esc_count = rans.decode(
-        plan, t_words, t_cw, ps.table, ps.chan_base, tps["prob_bits"],
+        plan, t_words, t_cw, ps.tables, tps["prob_bits"],
         n_esc)
     # chains of the whole batch (rows: kept tokens of all frames, in frame order)
     row0 = np.cumsum(kept) - kept

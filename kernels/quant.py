@@ -113,6 +113,22 @@ def _c(t, dtype):
     return t.to(dtype).contiguous()
 
 
+# tile of the quantization kernel, chosen by the GPU benchmark (BENCHMARKS.md)
+SYMBOLS_VARIANT = dict(BR=16, BC=256, num_warps=4)
+
+
+def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=None):
+    """The quantization kernel alone: symbols into ``sym``, u at escapes into ``u``."""
+    k, d = src.numel(), x.shape[1]
+    if not (k and d):
+        return
+    v = dict(SYMBOLS_VARIANT, **(variant or {}))
+    br, bc = v.pop("BR"), min(v.pop("BC"), triton.next_power_of_2(d))
+    grid = (triton.cdiv(k, br), triton.cdiv(d, bc))
+    _symbols_kernel[grid](x, src, delta, pred, code, inv_step, esc, sym, u, k, d, BR=br, BC=bc,
+                          **v, **NO_FMA)
+
+
 def symbols(x: torch.Tensor, src: torch.Tensor, delta: torch.Tensor, pred: torch.Tensor,
             code: torch.Tensor, inv_step: torch.Tensor, esc: torch.Tensor):
     """Symbols of kept tokens: x [N, D] input rows, src [K] the row of each kept token,
@@ -123,12 +139,9 @@ def symbols(x: torch.Tensor, src: torch.Tensor, delta: torch.Tensor, pred: torch
     dev = x.device
     sym = torch.empty(max(k * d, 1), dtype=torch.int16, device=dev)
     u = torch.empty(max(k * d, 1), dtype=torch.int32, device=dev)
-    if k and d:
-        br, bc = 16, min(256, triton.next_power_of_2(d))
-        grid = (triton.cdiv(k, br), triton.cdiv(d, bc))
-        _symbols_kernel[grid](x.contiguous(), _c(src, torch.int64), _c(delta, torch.int32),
-                              _c(pred, torch.int64), _c(code, torch.int32), inv_step, _c(esc, torch.int32),
-                              sym, u, k, d, BR=br, BC=bc, num_warps=4, **NO_FMA)
+    launch_symbols(x.contiguous(), _c(src, torch.int64), _c(delta, torch.int32),
+                   _c(pred, torch.int64), _c(code, torch.int32), inv_step, _c(esc, torch.int32),
+                   sym, u)
     sym = sym[:k * d]
     escv = esc.to(torch.int16).repeat(k) if k else sym
     pos = torch.nonzero(sym == escv).flatten()

@@ -48,7 +48,8 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                    c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
                    esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits,
-                   G: tl.constexpr, BLOCK_L: tl.constexpr):
+                   G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
+                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr):
     cid = tl.program_id(0) * G + tl.arange(0, G)                    # [G]
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]                              # [1, L]
@@ -69,30 +70,62 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
     pb = prob_bits.to(tl.uint32)
     mask = (tl.full([G, BLOCK_L], 1, tl.uint32) << pb) - 1
     steps = tl.max(tl.max((nsym + num_lanes - 1) // num_lanes, 1), 0)
+    cb = tl.load(chan_base_ptr + ch, mask=lane_ok, other=0)
     for t in range(0, steps):
         act = lane_ok & (t * num_lanes + lane < nsym)
-        slot = (x & mask).to(tl.int32) + tl.load(chan_base_ptr + ch, mask=act, other=0)
-        e = tl.load(table_ptr + slot, mask=act, other=0)
-        freq = (e & 0xFFFF).to(tl.uint32)
-        bias = ((e >> 16) & 0xFFFF).to(tl.uint32)
+        if PACK32:   # chan_base: table offset | ESC << 20
+            e = tl.load(table_ptr + (x & mask).to(tl.int32) + (cb & 0xFFFFF), mask=act, other=0)
+            esc_of_lane = cb >> 20
+        else:
+            e = tl.load(table_ptr + (x & mask).to(tl.int32) + cb, mask=act, other=0)
+        if WINDOW:   # the words this step may read, loaded beside the table entry
+            win = _word(words_ptr, ptr + lane, ptr + lane < w1)
+        # next step's channel and table, off the state's dependency chain
+        ch = ch + lane_inc
+        ch = tl.where(ch >= num_channels, ch - num_channels, ch)
+        cb = tl.load(chan_base_ptr + ch, mask=lane_ok, other=0)
+        if PACK32:   # (freq - 1) | bias << 12 | symbol << 24
+            freq = ((e & 0xFFF) + 1).to(tl.uint32)
+            bias = ((e >> 12) & 0xFFF).to(tl.uint32)
+            sym = (e >> 24) & 0xFF
+            is_esc = act & (sym == esc_of_lane)
+        else:
+            freq = (e & 0xFFFF).to(tl.uint32)
+            bias = ((e >> 16) & 0xFFFF).to(tl.uint32)
+            sym = (e >> 32) & 0xFFFF
+            is_esc = act & (((e >> 48) & 1) != 0)
         xn = freq * (x >> pb) + bias
         need = act & (xn < RANS_L)
         ni = need.to(tl.int32)
-        rd = ptr + (tl.cumsum(ni, 1) - ni)
-        w = _word(words_ptr, rd, need & (rd < w1))
+        pos = tl.cumsum(ni, 1) - ni
+        if WINDOW:
+            w = tl.gather(win, pos, 1)
+        else:
+            w = _word(words_ptr, ptr + pos, need & (ptr + pos < w1))
         x = tl.where(need, (xn << 16) | w, tl.where(act, xn, x))
         ptr += tl.sum(ni, 1)[:, None]
         sidx = out0 + t * num_lanes + lane
-        tl.store(out_ptr + sidx, ((e >> 32) & 0xFFFF).to(tl.int16), mask=act)
-        is_esc = act & (((e >> 48) & 1) != 0)
-        if tl.sum(tl.sum(is_esc.to(tl.int32), 1), 0) > 0:
+        tl.store(out_ptr + sidx, sym.to(tl.int16), mask=act)
+        if ESC_BRANCH:
+            if tl.sum(tl.sum(is_esc.to(tl.int32), 1), 0) > 0:
+                k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
+                tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
+        else:
             k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
             tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
-        ch = ch + lane_inc
-        ch = tl.where(ch >= num_channels, ch - num_channels, ch)
     status |= (ptr != w1).to(tl.int32) * BAD_WORD_COUNT
     status |= tl.max((lane_ok & (x != RANS_L)).to(tl.int32), 1)[:, None] * BAD_FINAL_STATE
     tl.store(status_ptr + cid[:, None], status, mask=cok[:, None])
+
+
+@triton.jit
+def _enc_entry(sym_ptr, idx, act, table_ptr, chan_base_ptr, ch, alphabet):
+    """Symbol at idx and its packed (freq | cum << 16) entry; 0 outside the alphabet."""
+    s = tl.load(sym_ptr + idx, mask=act, other=0).to(tl.int32)
+    inside = (s >= 0) & (s < alphabet)
+    e = tl.load(table_ptr + tl.load(chan_base_ptr + ch, mask=act, other=0) + s,
+                mask=act & inside, other=0)
+    return s, e
 
 
 @triton.jit
@@ -117,13 +150,19 @@ def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_ba
     count = tl.zeros([G], tl.int32)
     bad = tl.zeros([G, BLOCK_L], tl.int32)
     wbase = cid[:, None].to(tl.int64) * chunk_cap
+    # software pipeline: the symbol and table entry of step t - 1 load while step t codes
+    act = lane_ok & ((steps - 1) * num_lanes + lane < nsym)
+    s, e = _enc_entry(sym_ptr, in0 + (steps - 1) * num_lanes + lane, act, table_ptr,
+                      chan_base_ptr, ch, alphabet)
     for i in range(0, steps):
         t = steps - 1 - i
         act = lane_ok & (t * num_lanes + lane < nsym)
-        s = tl.load(sym_ptr + in0 + t * num_lanes + lane, mask=act, other=0).to(tl.int32)
-        inside = (s >= 0) & (s < alphabet)
-        e = tl.load(table_ptr + tl.load(chan_base_ptr + ch, mask=act, other=0) + s,
-                    mask=act & inside, other=0)
+        ch_n = ch - lane_inc
+        ch_n = tl.where(ch_n < 0, ch_n + num_channels, ch_n)
+        nxt = (t - 1) * num_lanes + lane            # below lane only when t = 0
+        act_n = lane_ok & (nxt >= lane) & (nxt < nsym)
+        s_n, e_n = _enc_entry(sym_ptr, in0 + (t - 1) * num_lanes + lane, act_n, table_ptr,
+                              chan_base_ptr, ch_n, alphabet)
         f = (e & 0xFFFF).to(tl.uint32)
         cum = ((e >> 16) & 0xFFFF).to(tl.uint32)
         bad |= (act & (f == 0)).to(tl.int32)
@@ -135,8 +174,7 @@ def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_ba
         q = x // f
         x = tl.where(act, (q << pb) + (x - q * f) + cum, x)
         count += tl.sum(need.to(tl.int32), 1)
-        ch = ch - lane_inc
-        ch = tl.where(ch < 0, ch + num_channels, ch)
+        s, e, ch = s_n, e_n, ch_n
     tl.store(state_ptr + cid[:, None].to(tl.int64) * num_lanes + lane, x.to(tl.int32, bitcast=True),
              mask=cok[:, None] & lane_ok)
     tl.store(count_ptr + cid, count, mask=cok)
@@ -169,6 +207,29 @@ def _compact_kernel(wbuf_ptr, state_ptr, c_nsym_ptr, c_word0_ptr, words_ptr,
 
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n - 1).bit_length())
+
+
+class DecodeTables:
+    """A parameter set's slot tables on the device, in the kernel's packed form:
+    32-bit entries (freq - 1) | bias << 12 | symbol << 24 when prob_bits <= 12 and
+    every alphabet has at most 256 symbols (chan_base then carries ESC << 20),
+    else 64-bit entries freq | bias << 16 | symbol << 32 | is_escape << 48."""
+
+    def __init__(self, lookup, alphabet_sizes, escapes: bool, table_of_channel, prob_bits: int,
+                 device, pack32: bool = True):
+        alph = np.asarray(alphabet_sizes, dtype=np.int64)
+        tmap = np.asarray(table_of_channel, dtype=np.int64)
+        self.pack32 = pack32 and prob_bits <= 12 and int(alph.max()) <= 256
+        if self.pack32:
+            freq, bias, sym = (np.asarray(a, dtype=np.int64) for a in lookup)
+            e = (freq - 1) | (bias << 12) | (sym << 24)
+            esc = (alph - 1)[tmap] if escapes else np.full(tmap.size, 0xFFF)   # 0xFFF: none
+            self.table = torch.from_numpy(e.astype(np.uint32).view(np.int32)).to(device)
+            self.chan_base = torch.from_numpy(((tmap << prob_bits) | (esc << 20))
+                                              .astype(np.int32)).to(device)
+        else:
+            self.table = decode_table(lookup, alphabet_sizes, escapes, device)
+            self.chan_base = torch.from_numpy((tmap << prob_bits).astype(np.int32)).to(device)
 
 
 def decode_table(lookup, alphabet_sizes, escapes: bool, device) -> torch.Tensor:
@@ -223,22 +284,27 @@ class ChunkPlan:
         self.device = dev
 
 
-def _launch_shape(num_lanes: int, num_chunks: int):
+def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None):
     """Lanes padded to a power of two; G chunks per program: 2 of 32 lanes on a GPU
     (one warp each, measured best), as many as fit 4096 lanes in the interpreter,
     which runs programs one after the other."""
     block_l = max(2, _pow2(num_lanes))
     most = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 64
-    g = max(1, min(_pow2(num_chunks) if most > 64 else 2, most // block_l))
+    if g is None or most > 64:
+        g = max(1, min(_pow2(num_chunks) if most > 64 else 2, most // block_l))
     return block_l, g, (triton.cdiv(max(num_chunks, 1), g),)
 
 
-def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor, table: torch.Tensor,
-           chan_base: torch.Tensor, prob_bits: int, num_escapes=None):
+# launch variants of the decoder, chosen by the GPU benchmark (BENCHMARKS.md)
+DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=None, num_warps=1)
+
+
+def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
+           tables: DecodeTables, prob_bits: int, num_escapes=None, variant=None):
     """Decode every chunk of ``plan`` (clause 7.3.2).
 
     ``words``: int16 [total words] of all frames; ``chunk_words``: int64 [chunks];
-    ``chan_base``: int32 [D] table offset (table << prob_bits) of each channel;
+    ``tables``: the parameter set's :class:`DecodeTables`;
     ``num_escapes``: escapes each frame declares, a host array (None: no escapes).
     Returns (symbols int16 [sum of frame symbols], status int32 [chunks],
     escape positions int64 [sum num_escapes] (sorted, batch symbol indices),
@@ -262,12 +328,14 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor, tabl
     if plan.num_chunks:
         w1 = torch.cumsum(chunk_words, 0)
         w0 = w1 - chunk_words
-        block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks)
+        v = dict(DECODE_VARIANT, **(variant or {}))
+        block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks, v.pop("G"))
         _decode_kernel[grid](words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan,
-                             plan.t_frame, table, chan_base, out, status, esc_count, ebase,
+                             plan.t_frame, tables.table, tables.chan_base, out, status,
+                             esc_count, ebase,
                              ne, esc_pos, plan.num_chunks, plan.num_lanes,
                              plan.num_lanes % plan.d, plan.d, prob_bits, G=g,
-                             BLOCK_L=block_l, num_warps=1)
+                             BLOCK_L=block_l, PACK32=tables.pack32, **v)
     esc_pos = torch.sort(esc_pos[:n_total]).values
     return out[:total], status[:plan.num_chunks], esc_pos, esc_count[:nf]
 

@@ -99,8 +99,8 @@ def _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d, escapes=True):
     n_esc = np.array([int((s == esc[np.arange(s.size) % d]).sum()) for s in frames])
     return rans.decode(plan, T(np.concatenate(words).view(np.int16)),
                        T(np.concatenate(cws), np.int64),
-                       rans.decode_table(tables.decode_lookup(tabs, pb), alph, escapes, DEV),
-                       T((tmap << pb).astype(np.int32)), pb, n_esc), esc, n_esc
+                       rans.DecodeTables(tables.decode_lookup(tabs, pb), alph, escapes, tmap, pb,
+                                         DEV), pb, n_esc), esc, n_esc
 
 
 @pytest.mark.parametrize("case", RANS_CASES)
