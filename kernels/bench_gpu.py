@@ -138,7 +138,8 @@ class Batch:
         self.dtab64 = rans.DecodeTables(tables.decode_lookup(tabs, pb), [t.size for t in tabs],
                                         True, te.chan_table, pb, dev, pack32=False)
         self.step = torch.from_numpy(reconstruction.STEP).to(dev)
-        rows, offs = recon.chains(pred_h, te.tps["predictor"])
+        rows, offs = recon.chains(pred_h, te.tps["predictor"], np.arange(b) * n)
+        self.contiguous = recon.is_contiguous(rows, offs)
         self.rows = torch.from_numpy(rows).to(dev)
         self.offs = torch.from_numpy(offs).to(dev)
         self.out_row = torch.arange(k, device=dev)
@@ -172,26 +173,29 @@ class Batch:
         self.u_buf = torch.empty(sym.numel(), dtype=torch.int32, device=sym.device)
         return words
 
-    def rans_encode(self):
-        return rans.encode(self.plan, self.sym, self.etab, self.chan_enc, self.alph, self.pb)
+    def rans_encode(self, variant=None):
+        return rans.encode(self.plan, self.sym, self.etab, self.chan_enc, self.alph, self.pb,
+                           variant)
 
     def rans_decode(self, variant=None):
         v = dict(variant or {})
         tabs = self.dtab64 if v.pop("table64", False) else self.dtab
         return rans.decode(self.plan, self.words, self.cw, tabs, self.pb, self.n_esc, v)
 
-    def dequant_only(self):
+    def dequant_only(self, variant=None, contiguous=None):
         recon.dequantize(self.sym, self.rows, self.offs, self.out_row, self.delta, self.code,
-                         self.step, self.esc, self.dec_pos, self.esc_val,
-                         self.s.te.tps["predictor"], self.out, self.s.d)
+                         self.step, self.esc, self.uext, self.s.te.tps["predictor"], self.out,
+                         self.s.d, self.contiguous if contiguous is None else contiguous,
+                         variant=variant)
 
     def full_decode(self):
         sym, status, pos, count = rans.decode(self.plan, self.words, self.cw, self.dtab,
                                               self.pb, self.n_esc)
-        self.dec_pos = pos
+        self.uext = recon.escape_values(sym.numel(), self.s.d, self.esc, pos, self.esc_val,
+                                        self.s.device)
         recon.dequantize(sym, self.rows, self.offs, self.out_row, self.delta, self.code,
-                         self.step, self.esc, pos, self.esc_val, self.s.te.tps["predictor"],
-                         self.out, self.s.d)
+                         self.step, self.esc, self.uext, self.s.te.tps["predictor"], self.out,
+                         self.s.d, self.contiguous)
         return self.out
 
 
@@ -297,14 +301,17 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
 QUANT_VARIANTS = [dict(BR=16, BC=256, num_warps=4), dict(BR=8, BC=512, num_warps=4),
                   dict(BR=32, BC=256, num_warps=8), dict(BR=4, BC=1024, num_warps=4),
                   dict(BR=64, BC=128, num_warps=8)]
-DECODE_VARIANTS = [dict(WINDOW=False, ESC_BRANCH=True, G=2, num_warps=1, table64=True),
-                   dict(WINDOW=True, ESC_BRANCH=True, G=2, num_warps=1, table64=True),
-                   dict(WINDOW=False, ESC_BRANCH=True, G=2, num_warps=1),
-                   dict(WINDOW=True, ESC_BRANCH=True, G=2, num_warps=1),
-                   dict(WINDOW=True, ESC_BRANCH=False, G=2, num_warps=1),
+DEQUANT_VARIANTS = [dict(contiguous=False), dict(BR=64, BC=64, num_warps=4),
+                    dict(BR=32, BC=128, num_warps=4), dict(BR=128, BC=64, num_warps=8),
+                    dict(BR=64, BC=128, num_warps=8), dict(BR=16, BC=256, num_warps=4)]
+ENCODE_VARIANTS = [dict(G=1, num_warps=1), dict(G=2, num_warps=1), dict(G=4, num_warps=1),
+                   dict(G=4, num_warps=2)]
+DECODE_VARIANTS = [dict(WINDOW=False, ESC_BRANCH=True, G=1, num_warps=1, table64=True),
+                   dict(WINDOW=False, ESC_BRANCH=True, G=1, num_warps=1),
+                   dict(WINDOW=False, ESC_BRANCH=False, G=1, num_warps=1),
                    dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1),
-                   dict(WINDOW=True, ESC_BRANCH=True, G=4, num_warps=1),
-                   dict(WINDOW=True, ESC_BRANCH=True, G=4, num_warps=2)]
+                   dict(WINDOW=False, ESC_BRANCH=True, G=2, num_warps=1),
+                   dict(WINDOW=False, ESC_BRANCH=True, G=2, num_warps=2)]
 
 
 def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict:
@@ -314,6 +321,24 @@ def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict
         t = ms(lambda: big.quantize_only(delta, v))
         out["quantize"].append(dict(v, ms=t, GBps=(in_bytes + nsym * 2) / t / 1e6))
         log(f"  quantize {v}: {out['quantize'][-1]['GBps']:.0f} GB/s")
+    keep = big.pred
+    big.pred = torch.full_like(keep, -1)          # no prediction: one row read per row
+    t = ms(lambda: big.quantize_only(delta))
+    big.pred = keep
+    out["quantize_no_prediction"] = dict(ms=t, GBps=(in_bytes + nsym * 2) / t / 1e6)
+    log(f"  quantize without prediction: {out['quantize_no_prediction']['GBps']:.0f} GB/s")
+    out["rans_encode"] = []
+    for v in ENCODE_VARIANTS:
+        t = ms(lambda: big.rans_encode(v))
+        out["rans_encode"].append(dict(v, ms=t, Gsym_s=nsym / t / 1e6))
+        log(f"  rANS encode {v}: {out['rans_encode'][-1]['Gsym_s']:.0f} Gsym/s")
+    out["dequantize"] = []
+    for v in DEQUANT_VARIANTS:
+        v = dict(v)
+        contig = v.pop("contiguous", None)
+        t = ms(lambda: big.dequant_only(v, contig))
+        out["dequantize"].append(dict(v, contiguous=contig, ms=t, GBps_out=in_bytes / t / 1e6))
+        log(f"  dequantize {v} contiguous={contig}: {out['dequantize'][-1]['GBps_out']:.0f} GB/s")
     for v in DECODE_VARIANTS:
         t = ms(lambda: big.rans_decode(v))
         out["rans_decode"].append(dict(v, ms=t, Gsym_s=nsym / t / 1e6))

@@ -98,7 +98,8 @@ def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = F
         p = recon.predictor_rows(f["positions"], tps)
         preds.append(np.where(p >= 0, p + r0, -1))
     pred = np.concatenate(preds + [np.zeros(0, np.int64)])
-    rows, offs = recon.chains(pred, tps.get("predictor", 0) or 0)
+    rows, offs = recon.chains(pred, tps.get("predictor", 0) or 0, row0)
+    contiguous = recon.is_contiguous(rows, offs)
     chain_frame = np.searchsorted(row0, rows[offs[:-1]], side="right") - 1 \
         if offs.size > 1 else np.zeros(0, np.int64)
     if dense:
@@ -120,10 +121,11 @@ def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = F
                                + [np.zeros(0, np.int64)])
         delta += np.repeat([f["frame_step_delta"] for f in frames], kept).astype(np.int64)
         out = torch.zeros(shape, dtype=_TORCH_OUT[tps["output_dtype"]], device=device)
+        uext = recon.escape_values(sym.numel(), d, ps.esc, esc_pos,
+                                   _t(esc_vals[:esc_pos.numel()], np.int64, device), device)
         vstatus = recon.dequantize(sym, t_rows, t_offs, t_out_row, _t(delta, np.int32, device),
-                                   ps.t_code, ps.step, ps.esc, esc_pos,
-                                   _t(esc_vals[:esc_pos.numel()], np.int64, device),
-                                   tps.get("predictor", 0) or 0, out, d)
+                                   ps.t_code, ps.step, ps.esc, uext,
+                                   tps.get("predictor", 0) or 0, out, d, contiguous, dense)
         # the clause 7.6.1 check needs only the codes' extremes (host)
         code_min = ps.code.min() if d else 0
         code_max = ps.code.max() if d else 0

@@ -296,7 +296,8 @@ def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None):
 
 
 # launch variants of the decoder, chosen by the GPU benchmark (BENCHMARKS.md)
-DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=None, num_warps=1)
+DECODE_VARIANT = dict(WINDOW=False, ESC_BRANCH=True, G=1, num_warps=1)
+ENCODE_VARIANT = dict(G=2, num_warps=1)
 
 
 def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
@@ -341,7 +342,7 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
 
 
 def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
-           chan_base: torch.Tensor, alphabet: int, prob_bits: int):
+           chan_base: torch.Tensor, alphabet: int, prob_bits: int, variant=None):
     """Encode every chunk of ``plan`` (inverse of :func:`decode`).
 
     ``symbols``: int16 [batch symbols]; ``table``: :func:`encode_table`;
@@ -358,11 +359,12 @@ def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
     count = torch.empty(nc, dtype=torch.int32, device=dev)
     states = torch.empty(nc * plan.num_lanes, dtype=torch.int32, device=dev)
     status = torch.empty(nc, dtype=torch.int32, device=dev)
-    block_l, g, grid = _launch_shape(plan.num_lanes, nc)
+    v = dict(ENCODE_VARIANT, **(variant or {}))
+    block_l, g, grid = _launch_shape(plan.num_lanes, nc, v.pop("G"))
     _encode_kernel[grid](symbols, plan.t_nsym, plan.t_sym0, plan.t_chan, table, chan_base,
                          alphabet, wbuf, count, states, status, nc, plan.num_lanes,
                          plan.num_lanes % plan.d, plan.d, prob_bits, cap, G=g,
-                         BLOCK_L=block_l, num_warps=1)
+                         BLOCK_L=block_l, **v)
     active = torch.from_numpy(2 * plan.active).to(dev)
     chunk_words = active + count.to(torch.int64)
     w0 = torch.cumsum(chunk_words, 0) - chunk_words

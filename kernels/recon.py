@@ -27,23 +27,6 @@ BAD_VALUE = tl.constexpr(2)       # lossless value outside its dtype / id >= voc
 
 
 @triton.jit
-def _escape_values(s, is_e, flat, esc_pos_ptr, esc_val_ptr, n_esc, search_steps):
-    """u of escape symbols: ESC + the escape value of rank k, found by binary search
-    of the symbol's key 2 * index among the sorted escape keys (kernels.rans)."""
-    key = 2 * flat
-    lo = tl.zeros(s.shape, tl.int64)
-    hi = tl.zeros(s.shape, tl.int64) + n_esc
-    for _ in range(0, search_steps):
-        go = is_e & (lo < hi)
-        mid = (lo + hi) // 2
-        v = tl.load(esc_pos_ptr + mid, mask=go, other=0)
-        lo = tl.where(go & (v < key), mid + 1, lo)
-        hi = tl.where(go & (v >= key), mid, hi)
-    ev = tl.load(esc_val_ptr + lo, mask=is_e & (lo < n_esc), other=0)
-    return tl.where(is_e, s + ev, s)
-
-
-@triton.jit
 def _store_out(out_ptr, idx, v, m, OUT: tl.constexpr):
     """Clause 7.6.2: binary32 -> output dtype, round to nearest even."""
     if OUT == 0:
@@ -58,9 +41,9 @@ def _store_out(out_ptr, idx, v, m, OUT: tl.constexpr):
 
 @triton.jit
 def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_ptr, step_ptr,
-                    esc_ptr, esc_pos_ptr, esc_val_ptr, n_esc, search_steps, out_ptr,
-                    status_ptr, num_channels, SCAN: tl.constexpr, OUT: tl.constexpr,
-                    BR: tl.constexpr, BC: tl.constexpr):
+                    esc_ptr, uext_ptr, out_ptr, status_ptr, num_channels,
+                    SCAN: tl.constexpr, CONTIG: tl.constexpr, DENSE: tl.constexpr,
+                    OUT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
     chain = tl.program_id(0)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     cm = c < num_channels
@@ -73,13 +56,16 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
     for i in range(i0, i1, BR):
         ri = i + tl.arange(0, BR)
         rm = ri < i1
-        row = tl.load(rows_ptr + ri, mask=rm, other=0)
+        if CONTIG:     # the chain is rows i0 .. i1 - 1 (left / none, kept order)
+            row = ri.to(tl.int64)
+        else:
+            row = tl.load(rows_ptr + ri, mask=rm, other=0)
         m = rm[:, None] & cm[None, :]
         flat = row[:, None] * num_channels + c[None, :]
         s = tl.load(sym_ptr + flat, mask=m, other=0).to(tl.int64)
         is_e = m & (s == esc)
-        if tl.sum(tl.sum(is_e.to(tl.int32), 1), 0) > 0:
-            s = _escape_values(s, is_e, flat, esc_pos_ptr, esc_val_ptr, n_esc, search_steps)
+        # escapes (rare): their u = ESC + escape value waits in uext at the same index
+        s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0).to(tl.int64), s)
         r = (s >> 1) ^ -(s & 1)
         if SCAN:
             lv = tl.cumsum(r, 0) + carry[None, :]
@@ -91,9 +77,12 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
         code = code_c + tl.load(delta_ptr + row, mask=rm, other=0)[:, None]
         code = tl.minimum(tl.maximum(code, 0), 255)
         v = lv.to(tl.int32).to(tl.float32) * tl.load(step_ptr + code, mask=m, other=0.0)
-        orow = tl.load(out_row_ptr + row, mask=rm, other=0)
+        if DENSE:
+            orow = tl.load(out_row_ptr + row, mask=rm, other=0)
+        else:
+            orow = row
         _store_out(out_ptr, orow[:, None] * num_channels + c[None, :], v, m, OUT)
-    tl.atomic_or(status_ptr, tl.max(tl.max(bad, 1), 0) * BAD_LEVEL)
+    tl.atomic_or(status_ptr + chain, tl.max(tl.max(bad, 1), 0) * BAD_LEVEL)
 
 
 @triton.jit
@@ -130,7 +119,7 @@ def _split_kernel(sym_ptr, raw_ptr, rows_ptr, chain_ptr, out_row_ptr, out_ptr, s
         else:
             tl.store(out_ptr + orow[:, None] * num_channels + c[None, :],
                      (u & 0xFFFFFFFF).to(tl.uint32).to(tl.int32, bitcast=True), mask=m)
-    tl.atomic_or(status_ptr, tl.max(tl.max(bad, 1), 0) * BAD_VALUE)
+    tl.atomic_or(status_ptr + chain, tl.max(tl.max(bad, 1), 0) * BAD_VALUE)
 
 
 # -- chains (host) -------------------------------------------------------------
@@ -155,12 +144,17 @@ def predictor_rows(positions, tps) -> np.ndarray:
     return pred
 
 
-def chains(pred: np.ndarray, predictor: int, max_rows: int = 16):
+def chains(pred: np.ndarray, predictor: int, frame_rows=None, max_rows: int = 64):
     """(rows, offsets) of the chains of a batch from its predictor rows (global row
-    numbers, -1: none).  Without prediction, blocks of up to ``max_rows`` rows."""
+    numbers, -1: none).  Without prediction, blocks of up to ``max_rows`` rows that do
+    not cross the frame starts ``frame_rows`` (so a chain's status is one frame's)."""
     k = pred.size
     if predictor == 0:
-        return np.arange(k, dtype=np.int64), np.append(np.arange(0, k, max_rows), k)
+        starts = np.arange(0, k, max_rows)
+        if frame_rows is not None:
+            starts = np.union1d(starts, np.asarray(frame_rows, dtype=np.int64)[
+                np.asarray(frame_rows) < k])
+        return np.arange(k, dtype=np.int64), np.append(starts, k).astype(np.int64)
     # follow each row's successor (the row it predicts): one at most for left and up
     succ = np.full(k + 1, -1, dtype=np.int64)
     has = pred >= 0
@@ -181,41 +175,69 @@ def chains(pred: np.ndarray, predictor: int, max_rows: int = 16):
     return rows, np.append(0, np.cumsum(lens))
 
 
-def _launch(num_chains, d):
-    bc = min(128, triton.next_power_of_2(max(d, 1)))
+def _launch(num_chains, d, bc=128):
+    bc = min(bc, triton.next_power_of_2(max(d, 1)))
     return bc, (num_chains, triton.cdiv(d, bc))
 
 
-def dequantize(sym, rows, offs, out_row, delta, code, step, esc, esc_pos, esc_val, predictor,
-               out, num_channels):
+def escape_values(num_symbols: int, num_channels: int, esc, keys, values, device):
+    """Dense int32 [num_symbols] holding u = ESC + escape value at each escape's index
+    (elsewhere uninitialised: only read where a symbol is ESC).  ``keys``: sorted
+    escape keys 2 * index from kernels.rans.decode (odd keys: unfilled slots);
+    ``values``: the escape values in the same order."""
+    uext = torch.empty(max(num_symbols, 1), dtype=torch.int32, device=device)
+    if keys.numel():
+        real = (keys & 1) == 0
+        idx = keys[real] >> 1
+        uext[idx] = (esc.to(torch.int64)[idx % num_channels] + values[real]).clamp(
+            max=2**31 - 1).to(torch.int32)
+    return uext
+
+
+def is_contiguous(rows, offs) -> bool:
+    """Chains that are runs of consecutive rows in order (left / none predictors)."""
+    return bool(np.array_equal(rows, np.arange(rows.size)))
+
+
+# tile of the reconstruction kernel, chosen by the GPU benchmark (BENCHMARKS.md)
+DEQUANT_VARIANT = dict(BR=64, BC=64, num_warps=4)
+
+
+def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor, out,
+               num_channels, contiguous: bool = False, dense: bool = False, variant=None):
     """Levels and output values of a batch (clauses 7.4.1, 7.5, 7.6) into ``out``
-    (float32, float16, or int16 holding bfloat16 bits).  Returns the status word."""
+    (float32, float16, or int16 holding bfloat16 bits).  Returns the status of each
+    chain.  ``contiguous``: every chain is a run of consecutive rows (is_contiguous);
+    ``dense``: rows are written at out_row instead of in kept order."""
     dev = sym.device
-    status = torch.zeros(1, dtype=torch.int32, device=dev)
     n = offs.numel() - 1
+    status = torch.zeros(max(n, 1), dtype=torch.int32, device=dev)
     if n <= 0 or num_channels == 0:
-        return status
+        return status[:max(n, 0)]
     kind = {torch.float32: 0, torch.float16: 1, torch.int16: 2, torch.bfloat16: 2}[out.dtype]
     if out.dtype == torch.bfloat16:
         out = out.view(torch.int16)
-    ne = esc_pos.numel()
-    bc, grid = _launch(n, num_channels)
-    _dequant_kernel[grid](sym, rows, offs, out_row, delta, code, step, esc, esc_pos,
-                          esc_val if ne else esc_pos, ne, max(1, int(ne).bit_length() + 1),
-                          out, status, num_channels, SCAN=predictor != 0, OUT=kind, BR=16,
-                          BC=bc, num_warps=4)
-    return status
+    v = dict(DEQUANT_VARIANT, **(variant or {}))
+    br, bc = v.pop("BR"), v.pop("BC")
+    if not contiguous:     # rows through an index: short tiles down a chain
+        br, bc = 16, 128
+    bc, grid = _launch(n, num_channels, bc)
+    _dequant_kernel[grid](sym, rows, offs, out_row, delta, code, step, esc, uext, out, status,
+                          num_channels, SCAN=predictor != 0, CONTIG=contiguous, DENSE=dense,
+                          OUT=kind, BR=br, BC=bc, **v)
+    return status[:n]
 
 
 def split(sym, raw, rows, offs, out_row, out, num_channels, raw_bits, width, predictor,
           vocab=None):
-    """Lossless values (clause 7.4.2) into ``out`` (int16 / int32 bit patterns)."""
-    status = torch.zeros(1, dtype=torch.int32, device=sym.device)
+    """Lossless values (clause 7.4.2) into ``out`` (int16 / int32 bit patterns).
+    Returns the status of each chain."""
     n = offs.numel() - 1
+    status = torch.zeros(max(n, 1), dtype=torch.int32, device=sym.device)
     if n <= 0 or num_channels == 0:
-        return status
+        return status[:max(n, 0)]
     bc, grid = _launch(n, num_channels)
     _split_kernel[grid](sym, raw, rows, offs, out_row, out, status, num_channels, raw_bits,
                         0 if vocab is None else vocab, WIDTH=width, PRED=predictor != 0,
                         IDS=vocab is not None, BR=16, BC=bc, num_warps=4)
-    return status
+    return status[:n]

@@ -256,7 +256,7 @@ def _chains_of(pos_list, tps, kept):
     row0 = np.cumsum(kept) - kept
     pred = np.concatenate([np.where(p >= 0, p + r, -1) for p, r in
                            zip((recon.predictor_rows(q, tps) for q in pos_list), row0)])
-    return recon.chains(pred, tps["predictor"])
+    return recon.chains(pred, tps["predictor"], row0)
 
 
 @pytest.mark.parametrize("out_dtype,predictor", [(1, 2), (0, 1), (2, 0), (1, 0)])
@@ -291,10 +291,12 @@ def test_dequantize_matches_reference(out_dtype, predictor):
     k = int(kept.sum())
     out = torch.zeros((k, d), dtype={0: torch.float32, 1: torch.float16, 2: torch.int16}[out_dtype],
                       device=DEV)
+    uext = recon.escape_values(sym.size, d, T(esc), T(2 * flat_esc),
+                               T(np.concatenate(escs), np.int64), DEV)
     status = recon.dequantize(T(sym, np.int16), T(rows), T(offs), T(np.arange(k)),
                               T(np.concatenate(deltas), np.int32), T(codes, np.int32),
-                              T(reconstruction.STEP), T(esc, np.int32), T(2 * flat_esc),
-                              T(np.concatenate(escs), np.int64), predictor, out, d)
+                              T(reconstruction.STEP), T(esc, np.int32), uext, predictor, out, d,
+                              recon.is_contiguous(rows, offs))
     got = N(out)
     want = np.concatenate(ref_out)
     assert got.tobytes() == want.astype(got.dtype).tobytes()
@@ -311,10 +313,10 @@ def test_dequantize_flags_levels_beyond_the_limit():
     e = np.full(3, 2 ** 24 - 5)                       # u = 2^24: residual 2^23
     rows, offs = _chains_of([pos], tps, np.array([3]))
     out = torch.zeros((3, d), dtype=torch.float32, device=DEV)
+    uext = recon.escape_values(6, d, T(esc), T(2 * np.array([0, 2, 4])), T(e, np.int64), DEV)
     status = recon.dequantize(T(u.ravel(), np.int16), T(rows), T(offs), T(np.arange(3)),
                               T(np.zeros(3), np.int32), T(np.array([144, 144]), np.int32),
-                              T(reconstruction.STEP), T(esc, np.int32),
-                              T(2 * np.array([0, 2, 4])), T(e, np.int64), 1, out, d)
+                              T(reconstruction.STEP), T(esc, np.int32), uext, 1, out, d)
     assert N(status).any()
     # the reference reaches the same levels, and rejects them (clause 7.5)
     lv = prediction.reconstruct_levels(symbols.residuals(u, esc, e.astype(np.uint64)), pos, tps)
