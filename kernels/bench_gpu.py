@@ -88,12 +88,13 @@ class Setup:
     """A fitted parameter set and a batch of frames on the device."""
 
     def __init__(self, base: np.ndarray, frames: int, lanes: int, device: str,
-                 num_tables=None):
+                 num_tables=None, prob_bits=None):
         from tokenbits import levels
         from tokenbits.encoder import TrackEncoder, TrackOptions
         self.device = device
         self.te = TrackEncoder(list(base), TrackOptions(target_cos=0.99, num_lanes=lanes,
-                                                        predictor="left", num_tables=num_tables),
+                                                        predictor="left", num_tables=num_tables,
+                                                        prob_bits=prob_bits),
                                levels.LEVELS[30])
         n, d = base.shape[1:]
         self.n, self.d = n, d
@@ -218,7 +219,8 @@ def check_exact(s: Setup, log) -> dict:
 
 
 def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1024, 2048),
-        nvcomp=True, log=print, variants: bool = False, num_tables=None) -> dict:
+        nvcomp=True, log=print, variants: bool = False, num_tables=None,
+        prob_bits=None) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ms = _timer(dev)
     base = np.load(data)
@@ -236,7 +238,7 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
         log(f"copy: {res['copy']['GBps']:.0f} GB/s (read + write)")
     for ln in lanes:
         t0 = time.time()
-        s = Setup(base, frames, ln, dev, num_tables)
+        s = Setup(base, frames, ln, dev, num_tables, prob_bits)
         r = res["runs"][f"lanes{ln}"] = dict(tps=dict(num_lanes=s.te.tps["num_lanes"],
                                                       lane_steps=s.te.tps["lane_steps"],
                                                       num_tables=s.te.tps["num_tables"],
@@ -298,12 +300,14 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
     return res
 
 
-QUANT_VARIANTS = [dict(BR=16, BC=256, num_warps=4), dict(BR=8, BC=512, num_warps=4),
+QUANT_VARIANTS = [dict(BR=16, BC=256, num_warps=4, ALU_STEP=False),
+                  dict(BR=16, BC=256, num_warps=4), dict(BR=8, BC=512, num_warps=4),
                   dict(BR=32, BC=256, num_warps=8), dict(BR=4, BC=1024, num_warps=4),
-                  dict(BR=64, BC=128, num_warps=8)]
-DEQUANT_VARIANTS = [dict(contiguous=False), dict(BR=64, BC=64, num_warps=4),
-                    dict(BR=32, BC=128, num_warps=4), dict(BR=128, BC=64, num_warps=8),
-                    dict(BR=64, BC=128, num_warps=8), dict(BR=16, BC=256, num_warps=4)]
+                  dict(BR=8, BC=256, num_warps=2)]
+DEQUANT_VARIANTS = [dict(contiguous=False), dict(BR=32, BC=128, num_warps=4, ALU_STEP=False),
+                    dict(BR=32, BC=128, num_warps=4), dict(BR=64, BC=64, num_warps=4),
+                    dict(BR=16, BC=256, num_warps=4), dict(BR=32, BC=256, num_warps=8),
+                    dict(BR=8, BC=512, num_warps=4)]
 ENCODE_VARIANTS = [dict(G=1, num_warps=1), dict(G=2, num_warps=1), dict(G=4, num_warps=1),
                    dict(G=4, num_warps=2)]
 DECODE_VARIANTS = [dict(WINDOW=False, ESC_BRANCH=True, G=1, num_warps=1, table64=True),
@@ -380,13 +384,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-nvcomp", action="store_true")
     p.add_argument("--variants", action="store_true", help="sweep kernel launch variants")
     p.add_argument("--tables", type=int, help="num_tables of the fitted parameter set")
+    p.add_argument("--prob-bits", type=int, help="prob_bits of the fitted parameter set")
     a = p.parse_args(argv)
     if a.prepare:
         print(prepare(a.prepare))
         return 0
     res = run(a.data, a.min_mb, tuple(int(v) for v in a.lanes.split(",")),
               tuple(int(v) for v in a.batches.split(",")), not a.no_nvcomp,
-              log=lambda m: print(m, flush=True), variants=a.variants, num_tables=a.tables)
+              log=lambda m: print(m, flush=True), variants=a.variants, num_tables=a.tables,
+              prob_bits=a.prob_bits)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1, default=str)

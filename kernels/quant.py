@@ -22,11 +22,33 @@ NO_FMA = {"enable_fp_fusion": False}
 
 
 @triton.jit
-def _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels):
+def step_value(code, INVERSE: tl.constexpr):
+    """step(code) (clause 7.6.1) or the encoder's inv_step (Annex B.1) of codes 0..255
+    without a table: the binary32 mantissa of code mod 6 times 2^(code div 6 - 24)
+    (or its inverse times 2^(24 - code div 6)); both products are exact, so the
+    values equal reconstruction.STEP and encoder.INV_STEP bit for bit."""
+    q = code // 6
+    m = code - 6 * q
+    if INVERSE:
+        mant = tl.where(m == 0, 1.0, tl.where(m == 1, 0.8908987045288086, tl.where(m == 2, 0.7937005162239075, tl.where(
+            m == 3, 0.7071067690849304, tl.where(m == 4, 0.6299605369567871, 0.5612310171127319)))))
+        e = 151 - q
+    else:
+        mant = tl.where(m == 0, 1.0, tl.where(m == 1, 1.1224620342254639, tl.where(m == 2, 1.2599210739135742, tl.where(
+            m == 3, 1.4142135381698608, tl.where(m == 4, 1.587401032447815, 1.7817974090576172)))))
+        e = 103 + q
+    return mant * (e << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP: tl.constexpr):
     """Levels [R, C] of input rows ``src`` [R] at step codes code[c] + delta[r]."""
     x = tl.load(x_ptr + src[:, None] * num_channels + c[None, :], mask=m, other=0).to(tl.float32)
     code = tl.load(code_ptr + c, mask=c < num_channels, other=0)[None, :] + delta[:, None]
-    y = x * tl.load(inv_ptr + code, mask=m, other=0.0)
+    if ALU_STEP:
+        y = x * step_value(code, True)
+    else:
+        y = x * tl.load(inv_ptr + code, mask=m, other=0.0)
     a = tl.abs(y)
     # round half to even: exact for |y| < 2^23; larger binary32 values are integers
     r = tl.minimum(tl.where(a < 8388608.0, (a + 8388608.0) - 8388608.0, a), 16777215.0)
@@ -37,20 +59,21 @@ def _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels):
 @triton.jit
 def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_ptr,
                     sym_ptr, u_ptr, num_rows, num_channels,
-                    BR: tl.constexpr, BC: tl.constexpr):
+                    BR: tl.constexpr, BC: tl.constexpr, ALU_STEP: tl.constexpr):
     r = tl.program_id(0) * BR + tl.arange(0, BR)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     rm = r < num_rows
     m = rm[:, None] & (c < num_channels)[None, :]
     src = tl.load(src_ptr + r, mask=rm, other=0)
     delta = tl.load(delta_ptr + r, mask=rm, other=0)
-    lv = _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels)
+    lv = _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP)
     p = tl.load(pred_ptr + r, mask=rm, other=-1)            # predicting row, -1: none
     has = p >= 0
     pp = tl.where(has, p, 0)
     psrc = tl.load(src_ptr + pp, mask=rm & has, other=0)
     pdelta = tl.load(delta_ptr + pp, mask=rm & has, other=0)
-    plv = _levels(x_ptr, psrc, pdelta, c, m & has[:, None], code_ptr, inv_ptr, num_channels)
+    plv = _levels(x_ptr, psrc, pdelta, c, m & has[:, None], code_ptr, inv_ptr, num_channels,
+                  ALU_STEP)
     res = lv - tl.where(has[:, None], plv, 0)
     u = (res << 1) ^ (res >> 31)                            # zigzag (clause 7.4.1)
     esc = tl.load(esc_ptr + c, mask=c < num_channels, other=0)[None, :]
@@ -114,7 +137,7 @@ def _c(t, dtype):
 
 
 # tile of the quantization kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-SYMBOLS_VARIANT = dict(BR=16, BC=256, num_warps=4)
+SYMBOLS_VARIANT = dict(BR=16, BC=256, num_warps=4, ALU_STEP=True)
 
 
 def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=None):

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .quant import step_value
+
 MAX_LEVEL = tl.constexpr((1 << 24) - 1)
 # status bits (reported as TKBValueError)
 BAD_LEVEL = tl.constexpr(1)       # |level| > 2^24 - 1 (clause 7.5)
@@ -43,7 +45,8 @@ def _store_out(out_ptr, idx, v, m, OUT: tl.constexpr):
 def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_ptr, step_ptr,
                     esc_ptr, uext_ptr, out_ptr, status_ptr, num_channels,
                     SCAN: tl.constexpr, CONTIG: tl.constexpr, DENSE: tl.constexpr,
-                    OUT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+                    OUT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
+                    ALU_STEP: tl.constexpr):
     chain = tl.program_id(0)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     cm = c < num_channels
@@ -76,7 +79,10 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
         lv = tl.minimum(tl.maximum(lv, -MAX_LEVEL), MAX_LEVEL)
         code = code_c + tl.load(delta_ptr + row, mask=rm, other=0)[:, None]
         code = tl.minimum(tl.maximum(code, 0), 255)
-        v = lv.to(tl.int32).to(tl.float32) * tl.load(step_ptr + code, mask=m, other=0.0)
+        if ALU_STEP:
+            v = lv.to(tl.int32).to(tl.float32) * step_value(code, False)
+        else:
+            v = lv.to(tl.int32).to(tl.float32) * tl.load(step_ptr + code, mask=m, other=0.0)
         if DENSE:
             orow = tl.load(out_row_ptr + row, mask=rm, other=0)
         else:
@@ -200,7 +206,7 @@ def is_contiguous(rows, offs) -> bool:
 
 
 # tile of the reconstruction kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-DEQUANT_VARIANT = dict(BR=64, BC=64, num_warps=4)
+DEQUANT_VARIANT = dict(BR=32, BC=128, num_warps=4, ALU_STEP=True)
 
 
 def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor, out,

@@ -215,6 +215,14 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
                 lossless=a.lossless, grid=_parse_grid(a.grid) if a.grid else None,
                 prefix_tokens=a.prefix, predictor=a.predictor, output_dtype=a.output_dtype,
                 vocab_size=a.vocab_size)
+    for flag, key, lo, hi in (("--tables", "num_tables", 1, 255), ("--lanes", "num_lanes", 1, 4096),
+                              ("--lane-steps", "lane_steps", 1, 1 << 16),
+                              ("--prob-bits", "prob_bits", 1, 15)):
+        v = getattr(a, key)
+        if v is not None:
+            if not lo <= v <= hi:
+                raise CLIError(f"{flag} {v}: must be in {lo}..{hi}")
+            opts[key] = v
     if bf16:
         opts["source_dtype"] = "bfloat16"
     track_meta = {}
@@ -788,6 +796,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--vocab-size", type=int, metavar="V", help="vocabulary size of token ids")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     _backend_args(e)
+    lay = e.add_argument_group("entropy-coder layout (default: chosen by the encoder)")
+    lay.add_argument("--tables", dest="num_tables", type=int, metavar="N",
+                     help="frequency tables (fewer and smaller tables decode faster on GPUs)")
+    lay.add_argument("--prob-bits", dest="prob_bits", type=int, metavar="B",
+                     help="probability precision of the tables")
+    lay.add_argument("--lanes", dest="num_lanes", type=int, metavar="L",
+                     help="interleaved rANS lanes per chunk")
+    lay.add_argument("--lane-steps", dest="lane_steps", type=int, metavar="S",
+                     help="symbols per lane in a chunk")
     e.set_defaults(func=cmd_encode)
 
     dd = sub.add_parser("decode", help="decode a .tkb stream to .npy or .safetensors",

@@ -101,6 +101,7 @@ class TrackOptions:
     token_scale: bool = True
     output_dtype: str | None = None    # lossy: float32 | float16 | bfloat16 (default: source)
     num_tables: int | None = None      # None: chosen by size
+    prob_bits: int | None = None       # None: chosen from the alphabet (Annex B.3)
     num_lanes: int = 32
     lane_steps: int | None = None
     vocab_size: int | None = None      # ids tracks
@@ -124,6 +125,8 @@ class TrackOptions:
             bad("target_cos must be in (0, 1]")
         if sum(v is not None for v in (self.qp, self.bpv, self.target_cos)) > 1:
             bad("give at most one of qp, bpv, target_cos")
+        if self.prob_bits is not None and not 1 <= self.prob_bits <= tables.MAX_PROB_BITS:
+            bad(f"prob_bits {self.prob_bits} not in 1..{tables.MAX_PROB_BITS}")
         if self.num_lanes < 1 or (self.lane_steps is not None and self.lane_steps < 1):
             bad("num_lanes and lane_steps must be at least 1")
         if self.vocab_size is not None and not 1 <= self.vocab_size <= levels.LEVELS[30].max_vocab:
@@ -436,7 +439,7 @@ class TrackEncoder:
                               for k, pos in zip(kept, self.positions)]).ravel()
         channel = np.tile(np.arange(self.d), sym.size // self.d)
         alphabet = int(sym.max()) + 1 if sym.size else 1
-        pb = self.tps["prob_bits"] = _choose_prob_bits(alphabet)
+        pb = self.tps["prob_bits"] = self._prob_bits(alphabet)
         hist = _histograms(sym, channel, self.d, alphabet)
         key = np.zeros(self.d) if self.ids else \
             (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
@@ -446,6 +449,16 @@ class TrackEncoder:
                     min(MAX_ALPHABET, 1 << (width - rb + (1 if p else 0))))
             freqs = _with_pseudo_counts(freqs, hist, tmap, full, pb)
         self._set_tables(tmap, freqs)
+
+    def _prob_bits(self, alphabet: int) -> int:
+        """The option, if given and large enough for the alphabet, else Annex B.3's."""
+        pb = self.opts.prob_bits
+        if pb is None:
+            return _choose_prob_bits(alphabet)
+        if alphabet > 1 << pb:
+            raise TKBEncodeError(f"prob_bits {pb} gives {1 << pb} slots, fewer than the "
+                                 f"{alphabet} symbols of the alphabet")
+        return pb
 
     # quantized coding
     def token_step_deltas(self, norms: np.ndarray, qp: int) -> np.ndarray:
@@ -518,7 +531,7 @@ class TrackEncoder:
         channel = np.tile(np.arange(self.d), u.size // self.d)
         sym = np.minimum(u, alphabet - 1)
         hist = _histograms(sym, channel, self.d, alphabet)
-        pb = _choose_prob_bits(alphabet)
+        pb = self._prob_bits(alphabet)
         self.tps["prob_bits"] = pb
         key = (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
         tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb, o.num_tables)

@@ -65,3 +65,16 @@ def test_stream_writer_rejections():
     w.write(lossy, X[1])
     with pytest.raises(tb.TKBEncodeError):          # tracks come before frames
         w.add_track(X[0], qp=-10)
+
+
+def test_prob_bits_option():
+    import numpy as np
+    import tokenbits as tkb
+    from tokenbits.errors import TKBEncodeError
+    x = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float16)
+    data = tkb.encode(x, qp=0, prob_bits=10, backend="reference")
+    assert tkb.decode(data).tracks[0][0]["prob_bits"] == 10
+    with pytest.raises(TKBEncodeError):
+        tkb.TrackOptions(prob_bits=16)
+    with pytest.raises(TKBEncodeError):      # 4 slots cannot hold the alphabet
+        tkb.encode(x, qp=-30, prob_bits=2, backend="reference")

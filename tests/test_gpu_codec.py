@@ -143,7 +143,7 @@ def test_backend_choice():
 def test_cli_gpu_backend_writes_the_same_file(tmp_path):
     x, opts = CASES["float16 up, token scale"]
     np.save(tmp_path / "x.npy", x)
-    args = ["--grid", "6x6", "--prefix", "1", "--qp", "-6", "-q"]
+    args = ["--grid", "6x6", "--prefix", "1", "--qp", "-6", "-q", "--lane-steps", "16"]
     assert cli.main(["encode", str(tmp_path / "x.npy"), "-o", str(tmp_path / "r.tkb"),
                      "--backend", "reference"] + args) == 0
     assert cli.main(["encode", str(tmp_path / "x.npy"), "-o", str(tmp_path / "g.tkb"),

@@ -358,3 +358,24 @@ def test_split_matches_reference(width, predictor, ids):
         status = recon.split(T(sym, np.int16), T(raw, np.int64), T(rows), T(offs),
                              T(np.arange(pos.size)), out, d, rb, width, 0, int(vals.max()))
         assert N(status).any()
+
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+
+@triton.jit
+def _steps_kernel(out_ptr, inv_ptr):
+    code = tl.arange(0, 256)
+    tl.store(out_ptr + code, quant.step_value(code, False))
+    tl.store(inv_ptr + code, quant.step_value(code, True))
+
+
+def test_step_values_without_a_table_equal_the_tables():
+    """The kernels' table-free step(code) and inv_step(code), all 256 codes, equal
+    reconstruction.STEP (clause 7.6.1) and encoder.INV_STEP (Annex B.1) bit for bit."""
+    out = torch.empty(256, dtype=torch.float32, device=DEV)
+    inv = torch.empty(256, dtype=torch.float32, device=DEV)
+    _steps_kernel[(1,)](out, inv)
+    assert N(out).view(np.uint32).tolist() == reconstruction.STEP.view(np.uint32).tolist()
+    assert N(inv).view(np.uint32).tolist() == E.INV_STEP.view(np.uint32).tolist()
