@@ -301,12 +301,14 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
 
 
 QUANT_VARIANTS = [dict(BR=16, BC=256, num_warps=4, ALU_STEP=False),
-                  dict(BR=16, BC=256, num_warps=4), dict(BR=8, BC=512, num_warps=4),
-                  dict(BR=32, BC=256, num_warps=8), dict(BR=4, BC=1024, num_warps=4),
-                  dict(BR=8, BC=256, num_warps=2)]
+                  dict(BR=16, BC=256, num_warps=4), dict(BR=4, BC=256, num_warps=4),
+                  dict(BR=2, BC=512, num_warps=4), dict(BR=8, BC=128, num_warps=4),
+                  dict(BR=4, BC=128, num_warps=2), dict(BR=1, BC=1024, num_warps=4),
+                  dict(BR=2, BC=256, num_warps=2)]
 DEQUANT_VARIANTS = [dict(contiguous=False), dict(BR=32, BC=128, num_warps=4, ALU_STEP=False),
-                    dict(BR=32, BC=128, num_warps=4), dict(BR=64, BC=64, num_warps=4),
-                    dict(BR=16, BC=256, num_warps=4), dict(BR=32, BC=256, num_warps=8),
+                    dict(BR=32, BC=128, num_warps=4), dict(BR=8, BC=128, num_warps=4),
+                    dict(BR=4, BC=256, num_warps=4), dict(BR=16, BC=64, num_warps=4),
+                    dict(BR=8, BC=256, num_warps=8), dict(BR=4, BC=128, num_warps=2),
                     dict(BR=8, BC=512, num_warps=4)]
 ENCODE_VARIANTS = [dict(G=1, num_warps=1), dict(G=2, num_warps=1), dict(G=4, num_warps=1),
                    dict(G=4, num_warps=2)]
@@ -331,6 +333,11 @@ def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict
     big.pred = keep
     out["quantize_no_prediction"] = dict(ms=t, GBps=(in_bytes + nsym * 2) / t / 1e6)
     log(f"  quantize without prediction: {out['quantize_no_prediction']['GBps']:.0f} GB/s")
+    t = ms(lambda: rans.encode(big.plan, big.sym, big.etab, big.chan_enc, big.alph, big.pb,
+                               compact=False))
+    out["rans_encode_kernel_only"] = dict(ms=t, Gsym_s=nsym / t / 1e6)
+    log(f"  rANS encode kernel without compaction: {out['rans_encode_kernel_only']['Gsym_s']:.0f}"
+        " Gsym/s")
     out["rans_encode"] = []
     for v in ENCODE_VARIANTS:
         t = ms(lambda: big.rans_encode(v))

@@ -65,16 +65,16 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
             row = tl.load(rows_ptr + ri, mask=rm, other=0)
         m = rm[:, None] & cm[None, :]
         flat = row[:, None] * num_channels + c[None, :]
-        s = tl.load(sym_ptr + flat, mask=m, other=0).to(tl.int64)
+        s = tl.load(sym_ptr + flat, mask=m, other=0).to(tl.int32)
         is_e = m & (s == esc)
-        # escapes (rare): their u = ESC + escape value waits in uext at the same index
-        s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0).to(tl.int64), s)
-        r = (s >> 1) ^ -(s & 1)
+        # escapes (rare): their u = ESC + escape value (< 2^27) waits in uext, same index
+        s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
+        r = (s >> 1) ^ -(s & 1)                 # |r| < 2^26: BR rows sum within int32
         if SCAN:
-            lv = tl.cumsum(r, 0) + carry[None, :]
-            carry += tl.sum(r, 0)
+            lv = tl.cumsum(r, 0).to(tl.int64) + carry[None, :]
+            carry += tl.sum(r, 0).to(tl.int64)
         else:
-            lv = r
+            lv = r.to(tl.int64)
         bad |= (m & ((lv > MAX_LEVEL) | (lv < -MAX_LEVEL))).to(tl.int32)
         lv = tl.minimum(tl.maximum(lv, -MAX_LEVEL), MAX_LEVEL)
         code = code_c + tl.load(delta_ptr + row, mask=rm, other=0)[:, None]
