@@ -122,6 +122,7 @@ class Batch:
         pred_h = np.concatenate([np.where(p >= 0, p + i * n, -1) for i, p in enumerate(
             [recon.predictor_rows(np.arange(n), te.tps)] * b)])
         self.pred = torch.from_numpy(pred_h).to(dev)
+        self.prev_row = quant.prev_rows_only(pred_h)
         self.code = torch.from_numpy(te._step_codes(te.qp).astype(np.int32)).to(dev)
         self.inv = torch.from_numpy(INV_STEP).to(dev)
         self.esc = torch.from_numpy(te.chan_esc.astype(np.int32)).to(dev)
@@ -159,13 +160,15 @@ class Batch:
 
     def quantize_only(self, delta, variant=None):
         """The fused quantization kernel alone (levels, residuals, symbols)."""
+        v = dict(variant or {})
+        prev = v.pop("prev_row", self.prev_row)
         quant.launch_symbols(self.x, self.src, delta, self.pred, self.code, self.inv, self.esc,
-                             self.sym_buf, self.u_buf, variant)
+                             self.sym_buf, self.u_buf, v, prev)
 
     def full_encode(self):
         delta = self.deltas()
         sym, pos, vals = quant.symbols(self.x, self.src, delta, self.pred, self.code, self.inv,
-                                       self.esc)
+                                       self.esc, self.prev_row)
         words, cw, status = rans.encode(self.plan, sym, self.etab, self.chan_enc, self.alph,
                                         self.pb)
         self.sym, self.delta, self.esc_pos, self.esc_vals = sym, delta, pos, vals
@@ -300,16 +303,15 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
     return res
 
 
-QUANT_VARIANTS = [dict(BR=16, BC=256, num_warps=4, ALU_STEP=False),
-                  dict(BR=16, BC=256, num_warps=4), dict(BR=4, BC=256, num_warps=4),
-                  dict(BR=2, BC=512, num_warps=4), dict(BR=8, BC=128, num_warps=4),
-                  dict(BR=4, BC=128, num_warps=2), dict(BR=1, BC=1024, num_warps=4),
-                  dict(BR=2, BC=256, num_warps=2)]
-DEQUANT_VARIANTS = [dict(contiguous=False), dict(BR=32, BC=128, num_warps=4, ALU_STEP=False),
-                    dict(BR=32, BC=128, num_warps=4), dict(BR=8, BC=128, num_warps=4),
-                    dict(BR=4, BC=256, num_warps=4), dict(BR=16, BC=64, num_warps=4),
-                    dict(BR=8, BC=256, num_warps=8), dict(BR=4, BC=128, num_warps=2),
-                    dict(BR=8, BC=512, num_warps=4)]
+QUANT_VARIANTS = [dict(BR=16, BC=256, num_warps=4, prev_row=False),
+                  dict(BR=16, BC=256, num_warps=4, ALU_STEP=False),
+                  dict(BR=16, BC=256, num_warps=4), dict(BR=32, BC=128, num_warps=4),
+                  dict(BR=8, BC=256, num_warps=4), dict(BR=16, BC=128, num_warps=2),
+                  dict(BR=64, BC=64, num_warps=4)]
+DEQUANT_VARIANTS = [dict(contiguous=False), dict(BR=4, BC=128, num_warps=2, ALU_STEP=False),
+                    dict(BR=4, BC=128, num_warps=2), dict(BR=2, BC=256, num_warps=2),
+                    dict(BR=4, BC=64, num_warps=1), dict(BR=8, BC=64, num_warps=2),
+                    dict(BR=2, BC=128, num_warps=1), dict(BR=8, BC=128, num_warps=4)]
 ENCODE_VARIANTS = [dict(G=1, num_warps=1), dict(G=2, num_warps=1), dict(G=4, num_warps=1),
                    dict(G=4, num_warps=2)]
 DECODE_VARIANTS = [dict(WINDOW=False, ESC_BRANCH=True, G=1, num_warps=1, table64=True),

@@ -412,7 +412,7 @@ def encode_frames(te: TrackEncoder, frames: list, device=None) -> list:
                 np.zeros(src_h.size)
             delta_h = te.token_step_deltas(np.sqrt(sq), te.qp)
             sym, esc_pos, esc_val = quant.symbols(x, src, _t(delta_h, np.int32, device), pred,
-                                                  code, inv, esc)
+                                                  code, inv, esc, quant.prev_rows_only(pred_h))
             esc_pos, esc_val = esc_pos.cpu().numpy(), esc_val.cpu().numpy()
         plan = rans.ChunkPlan(kept * d, tps["num_lanes"], tps["lane_steps"], d, device)
         words, cw, status = rans.encode(plan, sym, etab, chan_base, alph, tps["prob_bits"])

@@ -13,6 +13,7 @@ finds the reference's levels exactly.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -59,7 +60,8 @@ def _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP: 
 @triton.jit
 def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_ptr,
                     sym_ptr, u_ptr, num_rows, num_channels,
-                    BR: tl.constexpr, BC: tl.constexpr, ALU_STEP: tl.constexpr):
+                    BR: tl.constexpr, BC: tl.constexpr, ALU_STEP: tl.constexpr,
+                    PREV_ROW: tl.constexpr):
     r = tl.program_id(0) * BR + tl.arange(0, BR)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     rm = r < num_rows
@@ -69,11 +71,23 @@ def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_
     lv = _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP)
     p = tl.load(pred_ptr + r, mask=rm, other=-1)            # predicting row, -1: none
     has = p >= 0
-    pp = tl.where(has, p, 0)
-    psrc = tl.load(src_ptr + pp, mask=rm & has, other=0)
-    pdelta = tl.load(delta_ptr + pp, mask=rm & has, other=0)
-    plv = _levels(x_ptr, psrc, pdelta, c, m & has[:, None], code_ptr, inv_ptr, num_channels,
-                  ALU_STEP)
+    if PREV_ROW:
+        # every predicting row is the row before (left prediction): shift the tile's
+        # levels down one row, and quantize only the row above the tile again
+        above = tl.program_id(0) * BR - 1 + tl.zeros([1], tl.int32)
+        am = above >= 0
+        asrc = tl.load(src_ptr + above, mask=am, other=0)
+        adelta = tl.load(delta_ptr + above, mask=am, other=0)
+        alv = _levels(x_ptr, asrc, adelta, c, am[:, None] & (c < num_channels)[None, :],
+                      code_ptr, inv_ptr, num_channels, ALU_STEP)
+        i = tl.arange(0, BR)[:, None] + 0 * c[None, :]
+        plv = tl.where(i == 0, alv, tl.gather(lv, tl.maximum(i - 1, 0), 0))
+    else:
+        pp = tl.where(has, p, 0)
+        psrc = tl.load(src_ptr + pp, mask=rm & has, other=0)
+        pdelta = tl.load(delta_ptr + pp, mask=rm & has, other=0)
+        plv = _levels(x_ptr, psrc, pdelta, c, m & has[:, None], code_ptr, inv_ptr,
+                      num_channels, ALU_STEP)
     res = lv - tl.where(has[:, None], plv, 0)
     u = (res << 1) ^ (res >> 31)                            # zigzag (clause 7.4.1)
     esc = tl.load(esc_ptr + c, mask=c < num_channels, other=0)[None, :]
@@ -140,8 +154,10 @@ def _c(t, dtype):
 SYMBOLS_VARIANT = dict(BR=16, BC=256, num_warps=4, ALU_STEP=True)
 
 
-def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=None):
-    """The quantization kernel alone: symbols into ``sym``, u at escapes into ``u``."""
+def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=None,
+                   prev_row: bool = False):
+    """The quantization kernel alone: symbols into ``sym``, u at escapes into ``u``.
+    ``prev_row``: every row's predicting row is -1 or the row before (prev_rows_only)."""
     k, d = src.numel(), x.shape[1]
     if not (k and d):
         return
@@ -149,11 +165,18 @@ def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=Non
     br, bc = v.pop("BR"), min(v.pop("BC"), triton.next_power_of_2(d))
     grid = (triton.cdiv(k, br), triton.cdiv(d, bc))
     _symbols_kernel[grid](x, src, delta, pred, code, inv_step, esc, sym, u, k, d, BR=br, BC=bc,
-                          **v, **NO_FMA)
+                          PREV_ROW=prev_row and br > 1, **v, **NO_FMA)
+
+
+def prev_rows_only(pred) -> bool:
+    """True when each row is predicted by the row before it or not at all (host array)."""
+    pred = np.asarray(pred)
+    return bool(np.all((pred < 0) | (pred == np.arange(pred.size) - 1)))
 
 
 def symbols(x: torch.Tensor, src: torch.Tensor, delta: torch.Tensor, pred: torch.Tensor,
-            code: torch.Tensor, inv_step: torch.Tensor, esc: torch.Tensor):
+            code: torch.Tensor, inv_step: torch.Tensor, esc: torch.Tensor,
+            prev_row: bool = False):
     """Symbols of kept tokens: x [N, D] input rows, src [K] the row of each kept token,
     delta [K] token step deltas, pred [K] the predicting kept token (-1: none),
     code [D] channel step codes, inv_step [256] float32, esc [D] ESC per channel.
@@ -164,7 +187,7 @@ def symbols(x: torch.Tensor, src: torch.Tensor, delta: torch.Tensor, pred: torch
     u = torch.empty(max(k * d, 1), dtype=torch.int32, device=dev)
     launch_symbols(x.contiguous(), _c(src, torch.int64), _c(delta, torch.int32),
                    _c(pred, torch.int64), _c(code, torch.int32), inv_step, _c(esc, torch.int32),
-                   sym, u)
+                   sym, u, prev_row=prev_row)
     sym = sym[:k * d]
     escv = esc.to(torch.int16).repeat(k) if k else sym
     pos = torch.nonzero(sym == escv).flatten()

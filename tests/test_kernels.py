@@ -379,3 +379,26 @@ def test_step_values_without_a_table_equal_the_tables():
     _steps_kernel[(1,)](out, inv)
     assert N(out).view(np.uint32).tolist() == reconstruction.STEP.view(np.uint32).tolist()
     assert N(inv).view(np.uint32).tolist() == E.INV_STEP.view(np.uint32).tolist()
+
+
+def test_symbols_prev_row_path_matches_the_general_path():
+    """Left prediction in kept order: the kernel's row-shift path (PREV_ROW) gives the
+    general path's symbols, across tile boundaries and frame starts."""
+    rng = np.random.default_rng(21)
+    n, d = 37, 10
+    x = (rng.standard_normal((n, d)) * 30).astype(np.float16)
+    tps = dict(predictor=1, grid_present=0, num_prefix_tokens=0)
+    kept = [np.arange(20), np.arange(17)]
+    pred = np.concatenate([recon.predictor_rows(kept[0], tps),
+                           np.where(recon.predictor_rows(kept[1], tps) >= 0,
+                                    recon.predictor_rows(kept[1], tps) + 20, -1)])
+    assert quant.prev_rows_only(pred)
+    args = (T(x), T(np.arange(n)), T(rng.integers(-5, 5, n)), T(pred),
+            T(rng.integers(130, 160, d)), T(E.INV_STEP), T(rng.integers(5, 40, d)))
+    general = quant.symbols(*args, prev_row=False)
+    shifted = quant.symbols(*args, prev_row=True)
+    for a, b in zip(general, shifted):
+        assert np.array_equal(N(a), N(b))
+    lv = E.quantize_levels(x.astype(np.float32), N(args[4])[None, :] + N(args[2])[:, None])
+    u = symbols.zigzag(lv - np.where(pred[:, None] >= 0, lv[np.maximum(pred, 0)], 0))
+    assert np.array_equal(N(general[0]), np.minimum(u, N(args[6])[None, :]).ravel())
