@@ -151,7 +151,7 @@ def _c(t, dtype):
 
 
 # tile of the quantization kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-SYMBOLS_VARIANT = dict(BR=16, BC=256, num_warps=4, ALU_STEP=True)
+SYMBOLS_VARIANT = dict(BR=16, BC=128, num_warps=2, ALU_STEP=False)
 
 
 def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=None,

@@ -296,7 +296,7 @@ def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None):
 
 
 # launch variants of the decoder, chosen by the GPU benchmark (BENCHMARKS.md)
-DECODE_VARIANT = dict(WINDOW=False, ESC_BRANCH=True, G=1, num_warps=1)
+DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1)
 ENCODE_VARIANT = dict(G=2, num_warps=1)
 
 

@@ -206,7 +206,7 @@ def is_contiguous(rows, offs) -> bool:
 
 
 # tile of the reconstruction kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-DEQUANT_VARIANT = dict(BR=4, BC=128, num_warps=2, ALU_STEP=True)
+DEQUANT_VARIANT = dict(BR=2, BC=128, num_warps=1, ALU_STEP=True)
 
 
 def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor, out,
