@@ -8,9 +8,10 @@ BIN := $(VENV)/bin
 $(BIN)/tkb: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# the CPU build of torch first: an unpinned torch would pull the CUDA packages
+	# the CPU build of torch first: an unpinned torch would pull the CUDA packages;
+	# triton (the gpu extra) runs the kernel tests in its interpreter on the CPU
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[realdata,test,io]'
+	$(BIN)/pip install -q -e '.[realdata,test,io,gpu]'
 	touch $@
 
 demo: $(BIN)/tkb          ## encode real ViT tokens at a few qualities, compare with float16/int8/int4
