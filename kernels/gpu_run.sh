@@ -13,5 +13,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
       tests/test_gpu_codec.py > "$OUT/gpu_tests.txt" 2>&1 || true
   tail -5 "$OUT/gpu_tests.txt"
 fi
-python3 -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy --json "$OUT/bench_gpu.json" \
-    ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_gpu.txt"
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  python3 -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy \
+      --json "$OUT/bench_gpu.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_gpu.txt"
+fi

@@ -52,6 +52,14 @@ CASES = {
     "lossless float32 none": (X16.astype(np.float32)[:1], dict(lossless=True,
                                                                predictor="none")),
     "token ids": (RNG.integers(0, 3000, (3, 50)), dict()),
+    # boundaries: nothing kept, empty frames, very fine steps (long escapes), coarse steps
+    "nothing kept": (X16[:, 1:], dict(grid=(6, 6), keep=0.0, qp=0)),
+    "empty frames": (X16[:, :0], dict(qp=0, max_tokens=5)),
+    "empty id frames": (np.zeros((2, 0), dtype=np.int64), dict(vocab_size=10)),
+    "lossless pruned": (X16, dict(lossless=True, keep=0.3, grid=(6, 6), prefix_tokens=1)),
+    "float32 finest steps, up": (X16.astype(np.float32), dict(qp=-80, predictor="up",
+                                                              grid=(6, 6), prefix_tokens=1)),
+    "coarsest steps": (X16, dict(qp=80)),
 }
 
 
