@@ -59,12 +59,6 @@ class _ParamSet:
             self.step = _t(reconstruction.STEP, np.float32, device)
 
 
-def _frame_error(kind: str, detail: str):
-    if kind == "entropy":
-        return TKBEntropyError(detail, clause="7.3.2", element="rans_data")
-    return TKBValueError(detail, clause=kind, element="rans_data")
-
-
 def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = False):
     """Values of parsed frames ``frames`` (parse_frame dicts) of one parameter set.
     Returns a list with, per frame, a tensor or the TKBError the reference raises."""
@@ -153,8 +147,9 @@ def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = F
         if results[i] is not None:
             continue
         if chunk_bad[i]:
-            results[i] = _frame_error("entropy", "rANS chunk inconsistent: bad initial "
-                                      "state, word count or final state")
+            results[i] = TKBEntropyError("a rANS chunk is inconsistent: an initial state "
+                                         "below RANS_L, a word count or a final state that "
+                                         "does not match", clause="7.3.2", element="rans_data")
         elif quantized and ec[i] != n_esc[i]:
             results[i] = TKBEntropyError(f"{int(ec[i])} escape symbols decoded but "
                                          f"num_escapes = {int(n_esc[i])}", clause="7.4.1",
@@ -171,10 +166,10 @@ def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = F
                 results[i] = TKBValueError("a step code is outside 0..255", clause="7.6.1",
                                            element="token_step_delta" if f["token_scale_present"]
                                            else "frame_step_delta")
-    ranges = (np.cumsum(n_tok) - n_tok, n_tok) if dense else (row0, kept)
+    first, count = (np.cumsum(n_tok) - n_tok, n_tok) if dense else (row0, kept)
     for i in range(len(frames)):
         if results[i] is None:
-            v = out[int(ranges[0][i]):int(ranges[0][i] + ranges[1][i])]
+            v = out[int(first[i]):int(first[i] + count[i])]
             if not quantized:
                 v = v.view({0: torch.float32, 1: torch.float16, 2: torch.bfloat16,
                             3: torch.int32}[tps["source_dtype"]])
