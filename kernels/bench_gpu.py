@@ -299,6 +299,12 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
                 f"{sweep[-1]['rans_decode_Gsym_s']:.1f} Gsym/s")
         if ln == lanes[0]:
             res["baselines"] = baselines(big, dev, nvcomp, log)
+        if dev == "cuda":
+            try:
+                r["kernels"] = kernel_resources(log)
+            except Exception as e:          # the cache layout differs between Triton versions
+                r["kernels"] = {"error": repr(e)}
+                log(f"  kernel resources unavailable: {e!r}")
         del big
     return res
 
@@ -348,6 +354,30 @@ def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict
         t = ms(lambda: big.rans_decode(v))
         out["rans_decode"].append(dict(v, ms=t, Gsym_s=nsym / t / 1e6))
         log(f"  rANS decode {v}: {out['rans_decode'][-1]['Gsym_s']:.0f} Gsym/s")
+    return out
+
+
+def kernel_resources(log) -> dict:
+    """Registers, spills and SASS instruction count of each compiled kernel variant
+    (the static part of a profile: Nsight Compute cannot run on these machines)."""
+    out = {}
+    for mod in (rans, quant, recon):
+        for name in dir(mod):
+            k = getattr(mod, name)
+            cache = getattr(k, "device_caches", None)
+            if cache is None or not name.startswith("_") or not name.endswith("_kernel"):
+                continue
+            for dev_cache in cache.values():
+                for key, ck in dev_cache[0].items():
+                    sass = ck.asm.get("sass", "") if hasattr(ck, "asm") else ""
+                    n_instr = sum(1 for line in sass.splitlines() if "/*" in line and ";" in line)
+                    r = dict(kernel=name, n_regs=getattr(ck, "n_regs", None),
+                             n_spills=getattr(ck, "n_spills", None), sass_instructions=n_instr,
+                             shared=getattr(ck.metadata, "shared", None)
+                             if hasattr(ck, "metadata") else None)
+                    out.setdefault(name, []).append(r)
+                    log(f"  {name}: {r['n_regs']} registers, {r['n_spills']} spills, "
+                        f"{n_instr} SASS instructions, {r['shared']} B shared")
     return out
 
 

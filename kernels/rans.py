@@ -147,7 +147,7 @@ def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_ba
     ch = top.to(tl.int32)
     x = tl.full([G, BLOCK_L], RANS_L, tl.uint32)
     pb = prob_bits.to(tl.uint32)
-    count = tl.zeros([G], tl.int32)
+    count = tl.zeros([G, BLOCK_L], tl.int32)     # per lane; summed once at the end
     bad = tl.zeros([G, BLOCK_L], tl.int32)
     wbase = cid[:, None].to(tl.int64) * chunk_cap
     # software pipeline: the symbol and table entry of step t - 1 load while step t codes
@@ -173,11 +173,11 @@ def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_ba
         x = tl.where(need, x >> 16, x)
         q = x // f
         x = tl.where(act, (q << pb) + (x - q * f) + cum, x)
-        count += tl.sum(need.to(tl.int32), 1)
+        count += need.to(tl.int32)
         s, e, ch = s_n, e_n, ch_n
     tl.store(state_ptr + cid[:, None].to(tl.int64) * num_lanes + lane, x.to(tl.int32, bitcast=True),
              mask=cok[:, None] & lane_ok)
-    tl.store(count_ptr + cid, count, mask=cok)
+    tl.store(count_ptr + cid, tl.sum(count, 1), mask=cok)
     tl.store(status_ptr + cid, tl.max(bad, 1) * BAD_SYMBOL, mask=cok)
 
 
