@@ -176,7 +176,7 @@ def prev_rows_only(pred) -> bool:
 
 def symbols(x: torch.Tensor, src: torch.Tensor, delta: torch.Tensor, pred: torch.Tensor,
             code: torch.Tensor, inv_step: torch.Tensor, esc: torch.Tensor,
-            prev_row: bool = False):
+            prev_row: bool = False, variant=None):
     """Symbols of kept tokens: x [N, D] input rows, src [K] the row of each kept token,
     delta [K] token step deltas, pred [K] the predicting kept token (-1: none),
     code [D] channel step codes, inv_step [256] float32, esc [D] ESC per channel.
@@ -187,7 +187,7 @@ def symbols(x: torch.Tensor, src: torch.Tensor, delta: torch.Tensor, pred: torch
     u = torch.empty(max(k * d, 1), dtype=torch.int32, device=dev)
     launch_symbols(x.contiguous(), _c(src, torch.int64), _c(delta, torch.int32),
                    _c(pred, torch.int64), _c(code, torch.int32), inv_step, _c(esc, torch.int32),
-                   sym, u, prev_row=prev_row)
+                   sym, u, variant, prev_row=prev_row)
     sym = sym[:k * d]
     escv = esc.to(torch.int16).repeat(k) if k else sym
     pos = torch.nonzero(sym == escv).flatten()

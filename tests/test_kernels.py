@@ -92,7 +92,8 @@ def test_rans_encode_matches_reference(case):
     assert not N(status).any()
 
 
-def _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d, escapes=True):
+def _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d, escapes=True, variant=None,
+            pack32=True):
     plan = rans.ChunkPlan([s.size for s in frames], lanes, steps, d, DEV)
     alph = [t.size for t in tabs]
     esc = np.array(alph)[tmap] - 1
@@ -100,7 +101,7 @@ def _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d, escapes=True):
     return rans.decode(plan, T(np.concatenate(words).view(np.int16)),
                        T(np.concatenate(cws), np.int64),
                        rans.DecodeTables(tables.decode_lookup(tabs, pb), alph, escapes, tmap, pb,
-                                         DEV), pb, n_esc), esc, n_esc
+                                         DEV, pack32), pb, n_esc, variant), esc, n_esc
 
 
 @pytest.mark.parametrize("case", RANS_CASES)
@@ -114,15 +115,20 @@ def test_rans_decode_matches_reference(case):
     for s, w, cw in zip(frames, words, cws):
         assert np.array_equal(R.decode(w, cw, s.size, lanes, steps, lookup, pb,
                                        tmap << pb, d), s)
-    (sym, status, esc_pos, esc_count), esc, n_esc = _decode(frames, words, cws, tabs, tmap,
-                                                            lanes, steps, pb, d)
     allsym = np.concatenate(frames)
-    assert np.array_equal(N(sym).astype(np.int64), allsym)
-    assert not N(status).any()
-    # escape symbols: counted per frame, positions recorded as keys 2 * index
-    assert np.array_equal(N(esc_count), n_esc)
-    where = np.nonzero(allsym == esc[np.concatenate([np.arange(s.size) % d for s in frames])])[0]
-    assert np.array_equal(N(esc_pos), 2 * where)
+    # every launch variant the benchmark may pick decodes the same symbols
+    for variant, pack32 in [(None, True), (None, False), (dict(I32=False), True),
+                            (dict(WINDOW=False), True), (dict(ESC_BRANCH=False), True)]:
+        (sym, status, esc_pos, esc_count), esc, n_esc = _decode(
+            frames, words, cws, tabs, tmap, lanes, steps, pb, d, variant=variant,
+            pack32=pack32)
+        assert np.array_equal(N(sym).astype(np.int64), allsym)
+        assert not N(status).any()
+        # escape symbols: counted per frame, positions recorded as keys 2 * index
+        assert np.array_equal(N(esc_count), n_esc)
+        where = np.nonzero(allsym == esc[np.concatenate([np.arange(s.size) % d
+                                                         for s in frames])])[0]
+        assert np.array_equal(N(esc_pos), 2 * where)
 
 
 def test_rans_decode_rejects_what_the_reference_rejects():
@@ -200,12 +206,13 @@ def test_symbols_match_reference(dtype, predictor, keep):
     esc = rng.integers(2, 30, d)
     ref_sym = np.minimum(u, esc[None, :]).ravel()
     is_esc = (u >= esc[None, :]).ravel()
-    sym, esc_pos, esc_val = quant.symbols(_to_torch(raw, dtype), T(pos, np.int64), T(delta),
-                                          T(recon.predictor_rows(pos, tps)), T(codes),
-                                          T(E.INV_STEP), T(esc))
-    assert np.array_equal(N(sym), ref_sym)
-    assert np.array_equal(N(esc_pos), np.nonzero(is_esc)[0])
-    assert np.array_equal(N(esc_val), (u - esc[None, :]).ravel()[is_esc])
+    for variant in (None, dict(ALU_STEP=True)):     # inv_step from the table or computed
+        sym, esc_pos, esc_val = quant.symbols(_to_torch(raw, dtype), T(pos, np.int64),
+                                              T(delta), T(recon.predictor_rows(pos, tps)),
+                                              T(codes), T(E.INV_STEP), T(esc), variant=variant)
+        assert np.array_equal(N(sym), ref_sym)
+        assert np.array_equal(N(esc_pos), np.nonzero(is_esc)[0])
+        assert np.array_equal(N(esc_val), (u - esc[None, :]).ravel()[is_esc])
 
 
 def test_predictor_rows_match_reference_residuals():
@@ -293,14 +300,16 @@ def test_dequantize_matches_reference(out_dtype, predictor):
                       device=DEV)
     uext = recon.escape_values(sym.size, d, T(esc), T(2 * flat_esc),
                                T(np.concatenate(escs), np.int64), DEV)
-    status = recon.dequantize(T(sym, np.int16), T(rows), T(offs), T(np.arange(k)),
-                              T(np.concatenate(deltas), np.int32), T(codes, np.int32),
-                              T(reconstruction.STEP), T(esc, np.int32), uext, predictor, out, d,
-                              recon.is_contiguous(rows, offs))
-    got = N(out)
     want = np.concatenate(ref_out)
-    assert got.tobytes() == want.astype(got.dtype).tobytes()
-    assert not N(status).any()
+    for variant in (None, dict(ALU_STEP=False)):    # step computed or read from the table
+        out.fill_(0)
+        status = recon.dequantize(T(sym, np.int16), T(rows), T(offs), T(np.arange(k)),
+                                  T(np.concatenate(deltas), np.int32), T(codes, np.int32),
+                                  T(reconstruction.STEP), T(esc, np.int32), uext, predictor,
+                                  out, d, recon.is_contiguous(rows, offs), variant=variant)
+        got = N(out)
+        assert got.tobytes() == want.astype(got.dtype).tobytes()
+        assert not N(status).any()
 
 
 def test_dequantize_flags_levels_beyond_the_limit():
