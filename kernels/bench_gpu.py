@@ -317,7 +317,7 @@ DEQUANT_VARIANTS = [dict(contiguous=False), dict(ALU_STEP=False),
 ENCODE_VARIANTS = [dict(G=1, num_warps=1), dict(G=2, num_warps=1), dict(G=4, num_warps=1),
                    dict(G=4, num_warps=2)]
 DECODE_VARIANTS = [dict(table64=True), dict(WINDOW=False), dict(ESC_BRANCH=False),
-                   dict(G=2), dict(G=2, num_warps=2), dict(I32=False)]
+                   dict(G=2), dict(G=2, num_warps=2)]
 
 
 def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict:

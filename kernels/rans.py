@@ -49,7 +49,7 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                    esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
-                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, I32: tl.constexpr):
+                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr):
     cid = tl.program_id(0) * G + tl.arange(0, G)                    # [G]
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]                              # [1, L]
@@ -57,8 +57,6 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
     w1 = tl.load(c_word1_ptr + cid, mask=cok, other=0)[:, None]
     nsym = tl.load(c_nsym_ptr + cid, mask=cok, other=0)[:, None]       # int32
     out0 = tl.load(c_out_ptr + cid, mask=cok, other=0)[:, None]        # int64
-    if I32:   # the batch's words and symbols index in int32: fewer instructions per step
-        w0, w1, out0 = w0.to(tl.int32), w1.to(tl.int32), out0.to(tl.int32)
     frame = tl.load(c_frame_ptr + cid, mask=cok, other=0)[:, None]
     ebase = tl.load(esc_base_ptr + frame)
     ecap = tl.load(esc_cap_ptr + frame)
@@ -298,7 +296,7 @@ def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None):
 
 
 # launch variants of the decoder, chosen by the GPU benchmark (BENCHMARKS.md)
-DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1)   # I32: from the sizes
+DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1)
 ENCODE_VARIANT = dict(G=2, num_warps=1)
 
 
@@ -332,14 +330,13 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         w1 = torch.cumsum(chunk_words, 0)
         w0 = w1 - chunk_words
         v = dict(DECODE_VARIANT, **(variant or {}))
-        i32 = v.pop("I32", max(total, words.numel()) < 2**31 - 2**20)
         block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks, v.pop("G"))
         _decode_kernel[grid](words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan,
                              plan.t_frame, tables.table, tables.chan_base, out, status,
                              esc_count, ebase,
                              ne, esc_pos, plan.num_chunks, plan.num_lanes,
                              plan.num_lanes % plan.d, plan.d, prob_bits, G=g,
-                             BLOCK_L=block_l, PACK32=tables.pack32, I32=i32, **v)
+                             BLOCK_L=block_l, PACK32=tables.pack32, **v)
     esc_pos = torch.sort(esc_pos[:n_total]).values
     return out[:total], status[:plan.num_chunks], esc_pos, esc_count[:nf]
 
