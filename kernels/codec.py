@@ -318,7 +318,22 @@ def _batches(sizes, limit):
         yield start, len(sizes)
 
 
-def _input_tensor(frames, te: TrackEncoder, device):
+def _device_rows(source, te: TrackEncoder, device):
+    """A track's input as [rows, D] on ``device`` when it already lies there (a torch
+    tensor [N, D] or [F, N, D] of frames of one size), else None."""
+    if not isinstance(source, torch.Tensor) or source.device.type != torch.device(device).type \
+            or te.ids or source.ndim not in (2, 3):
+        return None
+    x = source.reshape(-1, source.shape[-1])
+    if x.dtype == torch.float64:          # coded from float32, as the reference does
+        x = x.to(torch.float32)
+    return x.contiguous()
+
+
+def _input_tensor(frames, te: TrackEncoder, device, rows=None, first_row: int = 0):
+    if rows is not None:                  # the input is on the device already: no copy
+        n = sum(f.shape[0] for f in frames)
+        return rows[first_row:first_row + n]
     x = np.concatenate(frames) if frames else np.zeros((0, te.d))
     t = torch.from_numpy(np.ascontiguousarray(x))
     if te.src == "bfloat16":
@@ -372,11 +387,15 @@ def _split_symbols(te: TrackEncoder, x: torch.Tensor, src: torch.Tensor, pred: t
     return u >> rb, u & ((1 << rb) - 1)
 
 
-def encode_frames(te: TrackEncoder, frames: list, device=None) -> list:
+def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> list:
     """Frame unit payloads of ``frames`` against the fitted parameter set of ``te``,
-    computed on the GPU; byte-identical to ``te.encode_frame``."""
+    computed on the GPU; byte-identical to ``te.encode_frame``.  ``source``: the same
+    frames as a torch tensor; when it lies on ``device`` the kernels read it there
+    instead of uploading ``frames`` again."""
     device = device or default_device()
     frames = [te.check_frame(a) for a in frames]
+    rows = _device_rows(source, te, device)
+    row_start = np.cumsum([0] + [f.shape[0] for f in frames])
     tps, d = te.tps, te.d
     alph = te.freq_all.shape[1]
     etab = rans.encode_table(te.freq_all, te.cum_all, device)
@@ -387,7 +406,7 @@ def encode_frames(te: TrackEncoder, frames: list, device=None) -> list:
     payloads = []
     for a, b in _batches([f.size for f in frames], BATCH_SYMBOLS):
         batch = frames[a:b]
-        x = _input_tensor(batch, te, device)
+        x = _input_tensor(batch, te, device, rows, int(row_start[a]))
         pos = kept_positions(te, x, batch)
         n = np.array([f.shape[0] for f in batch], dtype=np.int64)
         kept = np.array([p.size for p in pos], dtype=np.int64)

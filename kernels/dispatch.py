@@ -57,7 +57,11 @@ def encode_tracks(tracks, backend=None, device=None, **kwargs) -> bytes:
         return ref(tracks, **kwargs)
     from . import codec
     dev = _device(device)
-    return ref(tracks, frame_coder=lambda te, fr: codec.encode_frames(te, fr, dev), **kwargs)
+    sources = iter([arr for arr, _ in tracks])    # frame_coder is called track by track
+
+    def frame_coder(te, frames):
+        return codec.encode_frames(te, frames, dev, source=next(sources))
+    return ref(tracks, frame_coder=frame_coder, **kwargs)
 
 
 def decode(data, strict: bool = True, progress=None, backend=None, device=None):

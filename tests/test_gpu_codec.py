@@ -162,3 +162,16 @@ def test_cli_gpu_backend_writes_the_same_file(tmp_path):
     assert cli.main(["decode", str(tmp_path / "r.tkb"), "-o", str(tmp_path / "g.npy"), "-q",
                      "--backend", "gpu", "--device", DEV]) == 0
     assert np.load(tmp_path / "r.npy").tobytes() == np.load(tmp_path / "g.npy").tobytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_tensor_on_the_device_is_coded_in_place(dtype):
+    """A torch tensor on the kernels' device is read there (no second upload) and gives
+    the reference's bytes, bfloat16 included."""
+    x = torch.from_numpy(X16.astype(np.float32)).to(dtype).to(DEV)
+    opts = dict(grid=(6, 6), prefix_tokens=1, qp=-6, lane_steps=16)
+    ref = tkb.encode(x.cpu(), backend="reference", **opts)
+    assert tkb.encode(x, backend="gpu", device=DEV, **opts) == ref
+    lossless = dict(opts, qp=None, lossless=True)
+    assert tkb.encode(x, backend="gpu", device=DEV, **lossless) == \
+        tkb.encode(x.cpu(), backend="reference", **lossless)
