@@ -175,3 +175,28 @@ def test_tensor_on_the_device_is_coded_in_place(dtype):
     lossless = dict(opts, qp=None, lossless=True)
     assert tkb.encode(x, backend="gpu", device=DEV, **lossless) == \
         tkb.encode(x.cpu(), backend="reference", **lossless)
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+_SMALL = tkb.encode(_vit_like(2, (3, 3), 1, 6), backend="reference", grid=(3, 3),
+                    prefix_tokens=1, qp=-20, lane_steps=4)
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_SMALL) - 1), st.integers(1, 255)),
+                min_size=1, max_size=4), st.booleans(), st.booleans())
+def test_any_mutation_decodes_the_same_on_both_backends(edits, strict, fix_crc):
+    """Property: whatever bytes are changed (with the unit CRCs recomputed or not), the
+    GPU decoder's outcome (values and errors, or the exception class and offset) is the
+    reference decoder's."""
+    b = bytearray(_SMALL)
+    for i, x in edits:
+        b[i] ^= x
+    b = bytes(b)
+    if fix_crc:
+        try:
+            head, units = split(b)
+            b = join(head, units)
+        except TKBError:
+            pass
+    assert _outcome(b, strict, "gpu") == _outcome(b, strict, "reference")
