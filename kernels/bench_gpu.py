@@ -311,9 +311,10 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
 
 QUANT_VARIANTS = [dict(prev_row=False), dict(ALU_STEP=True), dict(BR=16, BC=256, num_warps=4),
                   dict(BR=32, BC=128, num_warps=2), dict(BR=8, BC=128, num_warps=1)]
-DEQUANT_VARIANTS = [dict(contiguous=False), dict(ALU_STEP=False),
-                    dict(BR=4, BC=128, num_warps=2), dict(BR=2, BC=64, num_warps=1),
-                    dict(BR=1, BC=128, num_warps=1), dict(BR=4, BC=64, num_warps=1)]
+DEQUANT_VARIANTS = [dict(contiguous=False), dict(STAGES=2), dict(STAGES=3), dict(STAGES=4),
+                    dict(BR=1, BC=128, STAGES=3), dict(BR=4, BC=128, num_warps=2, STAGES=3),
+                    dict(BR=2, BC=256, num_warps=2, STAGES=3), dict(BR=8, BC=64, STAGES=3),
+                    dict(BR=1, BC=256, num_warps=2, STAGES=4)]
 ENCODE_VARIANTS = [dict(G=1, num_warps=1), dict(G=2, num_warps=1), dict(G=4, num_warps=1),
                    dict(G=4, num_warps=2)]
 DECODE_VARIANTS = [dict(table64=True), dict(WINDOW=False), dict(ESC_BRANCH=False),

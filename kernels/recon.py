@@ -46,7 +46,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
                     esc_ptr, uext_ptr, out_ptr, status_ptr, num_channels,
                     SCAN: tl.constexpr, CONTIG: tl.constexpr, DENSE: tl.constexpr,
                     OUT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
-                    ALU_STEP: tl.constexpr):
+                    ALU_STEP: tl.constexpr, STAGES: tl.constexpr):
     chain = tl.program_id(0)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     cm = c < num_channels
@@ -56,7 +56,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
     code_c = tl.load(code_ptr + c, mask=cm, other=0)[None, :]
     carry = tl.zeros([BC], tl.int64)
     bad = tl.zeros([BR, BC], tl.int32)
-    for i in range(i0, i1, BR):
+    for i in tl.range(i0, i1, BR, num_stages=STAGES):     # STAGES > 1: loads run ahead
         ri = i + tl.arange(0, BR)
         rm = ri < i1
         if CONTIG:     # the chain is rows i0 .. i1 - 1 (left / none, kept order)
@@ -206,7 +206,7 @@ def is_contiguous(rows, offs) -> bool:
 
 
 # tile of the reconstruction kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-DEQUANT_VARIANT = dict(BR=2, BC=128, num_warps=1, ALU_STEP=True)
+DEQUANT_VARIANT = dict(BR=2, BC=128, num_warps=1, ALU_STEP=True, STAGES=1)
 
 
 def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor, out,
