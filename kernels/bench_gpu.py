@@ -315,6 +315,9 @@ DEQUANT_VARIANTS = [dict(contiguous=False), dict(STAGES=2), dict(STAGES=3), dict
                     dict(BR=1, BC=128, STAGES=3), dict(BR=4, BC=128, num_warps=2, STAGES=3),
                     dict(BR=2, BC=256, num_warps=2, STAGES=3), dict(BR=8, BC=64, STAGES=3),
                     dict(BR=1, BC=256, num_warps=2, STAGES=4)]
+COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4),
+                    dict(BLOCK=4096, num_warps=8), dict(BLOCK=2048, num_warps=2),
+                    dict(BLOCK=8192, num_warps=8)]
 ENCODE_VARIANTS = [dict(G=1, num_warps=1), dict(G=2, num_warps=1), dict(G=4, num_warps=1),
                    dict(G=4, num_warps=2)]
 DECODE_VARIANTS = [dict(table64=True), dict(WINDOW=False), dict(ESC_BRANCH=False),
@@ -339,6 +342,12 @@ def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict
     out["rans_encode_kernel_only"] = dict(ms=t, Gsym_s=nsym / t / 1e6)
     log(f"  rANS encode kernel without compaction: {out['rans_encode_kernel_only']['Gsym_s']:.0f}"
         " Gsym/s")
+    out["compaction"] = []
+    for cv in COMPACT_VARIANTS:
+        t = ms(lambda: rans.encode(big.plan, big.sym, big.etab, big.chan_enc, big.alph, big.pb,
+                                   compact_variant=cv))
+        out["compaction"].append(dict(cv, ms=t, Gsym_s=nsym / t / 1e6))
+        log(f"  rANS encode with compaction {cv}: {out['compaction'][-1]['Gsym_s']:.0f} Gsym/s")
     out["rans_encode"] = []
     for v in ENCODE_VARIANTS:
         t = ms(lambda: big.rans_encode(v))

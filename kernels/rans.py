@@ -298,6 +298,7 @@ def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None):
 # launch variants of the decoder, chosen by the GPU benchmark (BENCHMARKS.md)
 DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1)
 ENCODE_VARIANT = dict(G=2, num_warps=1)
+COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
 
 
 def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
@@ -343,7 +344,7 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
 
 def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
            chan_base: torch.Tensor, alphabet: int, prob_bits: int, variant=None,
-           compact: bool = True):
+           compact: bool = True, compact_variant=None):
     """Encode every chunk of ``plan`` (inverse of :func:`decode`).
 
     ``symbols``: int16 [batch symbols]; ``table``: :func:`encode_table`;
@@ -372,6 +373,8 @@ def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
     chunk_words = active + count.to(torch.int64)
     w0 = torch.cumsum(chunk_words, 0) - chunk_words
     words = torch.empty(max(int(chunk_words.sum()), 1), dtype=torch.int16, device=dev)
+    cv = dict(COMPACT_VARIANT, **(compact_variant or {}))
+    block = min(cv.pop("BLOCK"), _pow2(cap))
     _compact_kernel[(nc,)](wbuf, states, plan.t_nsym, w0, words, plan.num_lanes, cap,
-                           BLOCK_L=block_l, BLOCK=min(1024, _pow2(cap)), num_warps=4)
+                           BLOCK_L=block_l, BLOCK=block, **cv)
     return words[:int(chunk_words.sum())], chunk_words, status

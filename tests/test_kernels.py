@@ -83,13 +83,15 @@ def test_rans_encode_matches_reference(case):
     words, cws, freq_all, cum_all = _encode_ref(frames, tabs, tmap, lanes, steps, pb, d)
     plan = rans.ChunkPlan(sizes, lanes, steps, d, DEV)
     a = freq_all.shape[1]
-    w, cw, status = rans.encode(plan, T(np.concatenate(frames), np.int16),
-                                rans.encode_table(freq_all, cum_all, DEV),
-                                T((tmap * a).astype(np.int32)), a, pb)
-    # the words hold each chunk's final coder states first, then its renormalisation words
-    assert np.array_equal(N(w).view(np.uint16), np.concatenate(words))
-    assert np.array_equal(N(cw), np.concatenate(cws).astype(np.int64))
-    assert not N(status).any()
+    # compaction in one block per chunk (default) and in blocks of 4 words
+    for cv in (None, dict(BLOCK=4, num_warps=1)):
+        w, cw, status = rans.encode(plan, T(np.concatenate(frames), np.int16),
+                                    rans.encode_table(freq_all, cum_all, DEV),
+                                    T((tmap * a).astype(np.int32)), a, pb, compact_variant=cv)
+        # the words: each chunk's final coder states first, then its renormalisation words
+        assert np.array_equal(N(w).view(np.uint16), np.concatenate(words))
+        assert np.array_equal(N(cw), np.concatenate(cws).astype(np.int64))
+        assert not N(status).any()
 
 
 def _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d, escapes=True, variant=None,
