@@ -368,8 +368,9 @@ def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict
 
 
 def kernel_resources(log) -> dict:
-    """Registers, spills and SASS instruction count of each compiled kernel variant
-    (the static part of a profile: Nsight Compute cannot run on these machines)."""
+    """Registers, spills, shared memory (and the SASS instruction count where the
+    Triton build exposes SASS) of each compiled kernel variant: the static part of a
+    profile, since Nsight Compute cannot run on these machines."""
     out = {}
     for mod in (rans, quant, recon):
         for name in dir(mod):
@@ -386,8 +387,9 @@ def kernel_resources(log) -> dict:
                              shared=getattr(ck.metadata, "shared", None)
                              if hasattr(ck, "metadata") else None)
                     out.setdefault(name, []).append(r)
-                    log(f"  {name}: {r['n_regs']} registers, {r['n_spills']} spills, "
-                        f"{n_instr} SASS instructions, {r['shared']} B shared")
+                    sass_note = f", {n_instr} SASS instructions" if n_instr else ""
+                    log(f"  {name}: {r['n_regs']} registers, {r['n_spills']} spills"
+                        f"{sass_note}, {r['shared']} B shared")
     return out
 
 
