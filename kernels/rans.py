@@ -103,14 +103,18 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
         else:
             w = _word(words_ptr, ptr + pos, need & (ptr + pos < w1))
         x = tl.where(need, (xn << 16) | w, tl.where(act, xn, x))
-        ptr += tl.sum(ni, 1)[:, None]
         sidx = out0 + t * num_lanes + lane
         tl.store(out_ptr + sidx, sym.to(tl.int16), mask=act)
         if ESC_BRANCH:
-            if tl.sum(tl.sum(is_esc.to(tl.int32), 1), 0) > 0:
+            # one reduction counts the words read (low 16 bits: at most 4096 lanes, the
+            # level limit) and the escape symbols (high bits)
+            both = tl.sum(ni + (is_esc.to(tl.int32) << 16), 1)[:, None]
+            ptr += both & 0xFFFF
+            if tl.sum(tl.sum(both >> 16, 1), 0) > 0:
                 k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
                 tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
         else:
+            ptr += tl.sum(ni, 1)[:, None]
             k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
             tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
     status |= (ptr != w1).to(tl.int32) * BAD_WORD_COUNT
