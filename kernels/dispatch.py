@@ -12,15 +12,11 @@ from __future__ import annotations
 import glob
 import os
 
-from tokenbits.errors import TKBError
+from tokenbits.errors import TKBBackendError
 
 from . import available
 
 BACKENDS = ("auto", "gpu", "reference")
-
-
-class TKBBackendError(TKBError):
-    """The requested backend cannot run here."""
 
 
 def choose(backend: str | None = None) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 from . import decoder as d
 from . import levels, prediction, reconstruction
 from .encoder import QP_MAX, QP_MIN
-from .errors import TKBEncodeError, TKBError
+from .errors import TKBBackendError, TKBEncodeError, TKBError
 
 EXIT_OK, EXIT_DECODE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -850,6 +850,9 @@ def main(argv=None) -> int:
     except CLIError as e:
         _err(e)
         return e.code
+    except TKBBackendError as e:
+        _err(e)
+        return EXIT_USAGE
     except TKBEncodeError as e:
         _err(e)
         return EXIT_USAGE

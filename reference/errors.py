@@ -92,3 +92,8 @@ class TKBEncodeError(TKBError):
 ERROR_CLASSES = (TKBFormatError, TKBTruncatedError, TKBCRCError, TKBUnsupportedError,
                  TKBLevelError, TKBReferenceError, TKBTableError, TKBEntropyError,
                  TKBValueError)
+
+
+class TKBBackendError(RuntimeError):
+    """The requested implementation (backend="gpu") cannot run on this machine.  Not a
+    stream error, so not a TKBError."""

@@ -140,12 +140,20 @@ def test_corrupted_streams_fail_the_same_way():
     assert ("raise" in kinds) and any(isinstance(k, tuple) and k[1] for k in kinds)
 
 
-def test_backend_choice():
+def test_backend_choice(monkeypatch, tmp_path):
+    from tokenbits.errors import TKBBackendError
     assert dispatch.choose("reference") == "reference"
-    with pytest.raises(TKBError):
+    with pytest.raises(TKBBackendError):
         dispatch.choose("fast")
     if not torch.cuda.is_available():
         assert dispatch.choose("auto") == "reference"
+        # without the interpreter and without a GPU, insisting on the GPU is a usage error
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(TKBBackendError, match="no CUDA device"):
+            dispatch.choose("gpu")
+        np.save(tmp_path / "x.npy", X16[0])
+        assert cli.main(["encode", str(tmp_path / "x.npy"), "-o", str(tmp_path / "x.tkb"),
+                         "-q", "--backend", "gpu"]) == cli.EXIT_USAGE
 
 
 def test_cli_gpu_backend_writes_the_same_file(tmp_path):
