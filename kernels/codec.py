@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from tokenbits import reconstruction, tables
-from tokenbits.decoder import Decoder, Frame, parse_frame, parse_stream_header, iter_units
-from tokenbits.encoder import INV_STEP, SYMBOL_NOT_IN_TABLE, TrackEncoder, encode_tracks, \
-    select_kept
+from tokenbits.decoder import Decoder, Frame, parse_frame
+from tokenbits.decoder import decode as ref_decode
+from tokenbits.encoder import INV_STEP, SYMBOL_NOT_IN_TABLE, TrackEncoder, select_kept
 from tokenbits.errors import TKBEncodeError, TKBEntropyError, TKBError, TKBValueError
 
 from . import quant, rans, recon
@@ -246,6 +246,10 @@ class GPUDecoder(Decoder):
                                             tps["tps_id"], u.offset))
         self.stream.errors.extend(errors)
 
+    def finish(self) -> None:
+        self.flush()
+        _order(self.stream)
+
     def _mark(self, u, status: str) -> None:
         for i, (v, _) in enumerate(self.stream.units):
             if v is u:
@@ -257,34 +261,15 @@ def decode(data, strict: bool = True, device=None, dense: bool = False, progress
     Frame values are torch tensors on ``device``: float32/float16/bfloat16 values, or
     uint32 ids as int32.  ``dense``: each frame's values are [num_tokens, D] with the
     kept tokens scattered to their positions and zeros elsewhere."""
-    header = parse_stream_header(data)
-    dec = GPUDecoder(header, strict, device, dense)
-    try:
-        for u in iter_units(data, dec.level):
-            dec.add_unit(u)
-            if progress:
-                progress(u.size)
-    except TKBError as e:
-        if strict:
-            raise
-        dec.flush()
-        dec.stream.errors.append(e)
-        dec.stream.framing_error = e
-        _order(dec.stream)
-        return dec.stream
-    dec.flush()
-    _order(dec.stream)
-    dec.check_index()
-    return dec.stream
+    return ref_decode(data, strict, progress,
+                      decoder=lambda header: GPUDecoder(header, strict, device, dense))
 
 
 def _order(stream) -> None:
-    """Frames and errors in stream order, as the reference records them."""
+    """Frames and errors in stream order, as the reference records them (a framing
+    error, if any, is appended after this)."""
     stream.frames.sort(key=lambda f: f.offset)
-    framing = [e for e in stream.errors if e is stream.framing_error]
-    rest = [e for e in stream.errors if e is not stream.framing_error]
-    rest.sort(key=lambda e: e.offset if e.offset is not None else -1)
-    stream.errors[:] = rest + framing
+    stream.errors.sort(key=lambda e: e.offset if e.offset is not None else -1)
 
 
 def to_numpy(stream):
@@ -453,19 +438,3 @@ def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> l
                                                  tdelta=delta_h[row0[i]:row0[i] + kept[i]],
                                                  escapes=esc_val[j0:j1]))
     return payloads
-
-
-def encode(array, *, device=None, **kwargs) -> bytes:
-    """``tokenbits.encode`` with the frames coded on the GPU."""
-    return encode_tracks([(array, _options(kwargs))], frame_coder=lambda te, fr: encode_frames(
-        te, fr, device), **kwargs)
-
-
-def _options(kwargs: dict) -> dict:
-    """Split ``tokenbits.encode`` keyword arguments into track options (returned) and
-    stream arguments (left in kwargs)."""
-    stream_keys = ("meta", "level_idc", "index", "progress")
-    opts = {k: v for k, v in kwargs.items() if k not in stream_keys}
-    for k in opts:
-        kwargs.pop(k)
-    return opts

@@ -40,19 +40,12 @@ def choose(backend: str | None = None) -> str:
     return "gpu"
 
 
-def _device(device):
-    if device is not None:
-        return device
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def encode_tracks(tracks, backend=None, device=None, **kwargs) -> bytes:
     from tokenbits.encoder import encode_tracks as ref
     if choose(backend) == "reference":
         return ref(tracks, **kwargs)
     from . import codec
-    dev = _device(device)
+    dev = device or codec.default_device()
     sources = iter([arr for arr, _ in tracks])    # frame_coder is called track by track
 
     def frame_coder(te, frames):
@@ -66,7 +59,8 @@ def decode(data, strict: bool = True, progress=None, backend=None, device=None):
     if choose(backend) == "reference":
         return ref(data, strict, progress)
     from . import codec
-    return codec.to_numpy(codec.decode(data, strict, _device(device), progress=progress))
+    return codec.to_numpy(codec.decode(data, strict, device or codec.default_device(),
+                                       progress=progress))
 
 
 def decode_tensors(data, strict: bool = True, device=None, dense: bool = False, backend=None):
@@ -76,7 +70,7 @@ def decode_tensors(data, strict: bool = True, device=None, dense: bool = False, 
     import numpy as np
     import torch
     from . import codec
-    dev = _device(device)
+    dev = device or codec.default_device()
     if choose(backend) == "gpu":
         return codec.decode(data, strict, dev, dense)
     import dataclasses

@@ -512,6 +512,9 @@ class Decoder:
             self.stream.frames.append(frame)
         return frame
 
+    def finish(self) -> None:
+        """The end of the units: a decoder that defers frame work completes it here."""
+
     def check_index(self) -> None:
         """Clause 6.6: every index entry points at a frame unit of its track."""
         frames = {(f.track_id, f.offset): f.frame_number for f in self.stream.frames}
@@ -531,11 +534,12 @@ class Decoder:
                     self.stream.errors.append(err)
 
 
-def decode(data, strict: bool = True, progress=None) -> DecodedStream:
+def decode(data, strict: bool = True, progress=None, decoder=None) -> DecodedStream:
     """Decode a whole stream held in memory (bytes-like).  ``progress(nbytes)`` is
-    called after each unit with its size."""
+    called after each unit with its size.  ``decoder(header)``: makes the Decoder
+    (a subclass that defers frame work, such as the GPU one); default Decoder."""
     header = parse_stream_header(data)
-    dec = Decoder(header, strict)
+    dec = decoder(header) if decoder is not None else Decoder(header, strict)
     try:
         for u in iter_units(data, dec.level):
             dec.add_unit(u)
@@ -545,9 +549,11 @@ def decode(data, strict: bool = True, progress=None) -> DecodedStream:
         # a framing error: the next unit cannot be found (clause 9.10)
         if strict:
             raise
+        dec.finish()
         dec.stream.errors.append(e)
         dec.stream.framing_error = e
         return dec.stream
+    dec.finish()
     dec.check_index()
     return dec.stream
 
