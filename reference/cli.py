@@ -6,6 +6,8 @@ Subcommands::
     tkb decode IN.tkb -o OUT             TKB stream -> .npy / .safetensors
     tkb inspect IN.tkb [--json]          header, tracks, frames, metadata, index, units
     tkb trace IN.tkb [--limit N]         every syntax element with its bit offset
+    tkb validate IN.tkb... [--json]      every constraint, profile and level; the clauses
+    tkb conformance list|run|matrix|reference ...   the conformance suite (clause 11)
     tkb bench ... / tkb demo ...         delegated to tokenbits.bench / tokenbits.demo
 
 Exit status: 0 success; 1 the stream cannot be decoded (a TKB error); 2 bad usage or
@@ -354,7 +356,30 @@ def _numbers(ns: list, most: int = 20) -> str:
     return ", ".join(map(str, ns[:most])) + (", ..." if len(ns) > most else "")
 
 
+def cmd_decode_canonical(a) -> int:
+    """``tkb decode --canonical``: the canonical output (clause 10) of every decoded frame,
+    and one line per error naming its class: the command-line decoder contract of the
+    conformance harness (conformance/README.md)."""
+    from .canonical import canonical_bytes
+    out = _check_output(a.output)
+    data = _read_stream(a.input)
+    fatal = False
+    try:
+        stream, framing = _decode(data, a.strict, a.quiet, a.backend, a.device)
+        errs, canon, fatal = stream.errors, canonical_bytes(stream), framing is not None
+    except TKBError as e:                  # stream header, or --strict
+        errs, canon, fatal = [e], b"", True
+    _write_atomic(out, lambda p: p.write_bytes(canon))
+    for e in errs:
+        _err(f"{type(e).__name__}: {e}")
+    if not errs:
+        return EXIT_OK
+    return EXIT_DECODE if fatal and not canon else EXIT_PARTIAL
+
+
 def cmd_decode(a) -> int:
+    if a.canonical:
+        return cmd_decode_canonical(a)
     out = _check_output(a.output, OUTPUT_SUFFIXES)
     if not 0 <= a.track <= 254:
         raise CLIError(f"--track {a.track}: must be in 0..254")
@@ -622,131 +647,42 @@ def cmd_inspect(a) -> int:
 
 # -- trace ---------------------------------------------------------------------------
 
-class _Limit(Exception):
-    pass
-
-
-class _Lines:
-    def __init__(self, limit):
-        self.limit = limit
-        self.n = 0
-
-    def __call__(self, text: str) -> None:
-        if self.limit is not None and self.n >= self.limit:
-            raise _Limit
-        print(text)
-        self.n += 1
-
-
-def _fmt_value(name: str, value, data: bytes, bit_off: int, bit_len: int) -> str:
-    leaf = name.rsplit(".", 1)[-1]
-    if isinstance(value, np.ndarray):
-        shown = ", ".join(str(v) for v in value[:8].tolist())
-        return f"[{shown}{', ...' if value.size > 8 else ''}] (len {value.size})"
-    if isinstance(value, str):
-        if value.startswith("<") and value.endswith(" bytes>") and leaf != "unit_payload" \
-                and bit_off % 8 == 0:
-            raw = data[bit_off // 8: bit_off // 8 + min(bit_len // 8, 48)]
-            more = "..." if bit_len // 8 > 48 else ""
-            try:
-                text = raw.decode("utf-8")
-                if text.isprintable():
-                    return f"{text!r}{more} {value}"
-            except UnicodeDecodeError:
-                pass
-            return f"0x{raw.hex()}{more} {value}"
-        return value
-    if isinstance(value, (int, np.integer)) and (leaf == "magic" or leaf.endswith("crc32c")):
-        return f"0x{int(value):08x}"
-    return str(value)
-
-
 def cmd_trace(a) -> int:
     if a.limit is not None and a.limit < 0:
         raise CLIError(f"--limit {a.limit}: must be >= 0")
+    from . import tracing
     data = _read_stream(a.input)
-    emit = _Lines(a.limit)
-    bad = False
+    status = EXIT_OK
+    for n, ev in enumerate(tracing.walk(data)):
+        if a.limit is not None and n >= a.limit:
+            break
+        print(tracing.line(ev, data))
+        if isinstance(ev, tracing.Problem):
+            status = EXIT_DECODE if ev.unit is None else EXIT_PARTIAL
+    return status
 
-    def line(bit_off, bit_len, name, value):
-        emit(f"bit {bit_off:<8d} len {bit_len:<6d} {name} = "
-             f"{_fmt_value(name, value, data, bit_off, bit_len)}")
 
-    try:
-        tr: list = []
-        try:
-            header = d.parse_stream_header(data, trace=tr)
-        except TKBError as e:
-            for name, off, ln, v in tr:
-                line(off, ln, f"stream_header.{name}", v)
-            emit(f"stream_header: error: {e}")
-            return EXIT_DECODE
-        for name, off, ln, v in tr:
-            line(off, ln, f"stream_header.{name}", v)
-        level = levels.get_level(header.level_idc)
-        parameter_sets: dict = {}
-        pos, i = d.STREAM_HEADER_SIZE, 0
-        while pos < len(data):
-            tr = []
-            try:
-                u = d.read_unit(data, pos, level, trace=tr)
-            except TKBError as e:
-                for name, off, ln, v in tr:
-                    line(off, ln, f"unit[{i}].{name}", v)
-                emit(f"unit[{i}]: error: {e} (the units after it cannot be found)")
-                bad = True
-                break
-            items = list(tr)
-            payload_trace: list = []
-            err = None
-            try:
-                if u.unit_type == d.UNIT_TPS:
-                    tps = d.parse_tps(u.payload, level, header.profile_idc, trace=payload_trace)
-                    parameter_sets[(u.track_id, tps["tps_id"])] = tps
-                elif u.unit_type == d.UNIT_FRAME:
-                    tps = parameter_sets.get((u.track_id, u.payload[0])) if u.payload else None
-                    if tps is None:
-                        err = (f"frame refers to tps_id {u.payload[0] if u.payload else '?'} "
-                               f"of track {u.track_id}, which has not been received")
-                    else:
-                        d.parse_frame(u.payload, tps, level, trace=payload_trace)
-                elif u.unit_type == d.UNIT_METADATA:
-                    d.parse_metadata(u.payload, trace=payload_trace)
-                elif u.unit_type == d.UNIT_INDEX:
-                    d.parse_index(u.payload, trace=payload_trace)
-            except TKBError as e:
-                err = str(e)
-            base = (u.offset + d.UNIT_HEADER_SIZE) * 8
-            items += [(name, off + base, ln, v) for name, off, ln, v in payload_trace]
-            items.sort(key=lambda t: (t[1], -t[2]))
-            body_end = u.offset + d.UNIT_HEADER_SIZE + len(u.payload)
-            for name, off, ln, v in items:
-                if name == "unit_type":
-                    v = f"{v} ({d.UNIT_TYPES.get(v, 'unknown')})"
-                elif name == "track_id" and off < base and v == d.STREAM_TRACK:
-                    v = f"{v} (stream)"
-                elif name == "unit_crc32c" and not u.crc_ok:
-                    from .crc32c import crc32c
-                    v = (f"0x{v:08x} (mismatch: computed "
-                         f"0x{crc32c(data[u.offset:body_end]):08x})")
-                line(off, ln, f"unit[{i}].{name}", v)
-            if err or not u.crc_ok:
-                bad = True
-            if err:
-                emit(f"unit[{i}]: error: {err}")
-            pos += u.size
-            i += 1
-    except _Limit:
-        pass
-    return EXIT_PARTIAL if bad else EXIT_OK
+def cmd_validate(a) -> int:
+    from .validate import render, validate
+    reports = []
+    for path in a.input:
+        rep = validate(_read_stream(path))
+        reports.append((path, rep))
+        if not a.json:
+            print(render(rep, path))
+    if a.json:
+        print(json.dumps([dict(file=p, **r.to_dict()) for p, r in reports], indent=1,
+                         default=_json_default))
+    return EXIT_OK if all(r.valid for _, r in reports) else EXIT_DECODE
 
 
 # -- bench, demo ---------------------------------------------------------------------
 
 def _delegate(name: str, args: list) -> int:
     import importlib
+    module = {"conformance": "conformance.cli"}.get(name, name)
     try:
-        mod = importlib.import_module(f".{name}", __package__ or "tokenbits")
+        mod = importlib.import_module(f".{module}", __package__ or "tokenbits")
     except ImportError as e:
         raise CLIError(f"'tkb {name}' is not available: tokenbits.{name} cannot be imported "
                        f"({e})", EXIT_DECODE) from None
@@ -817,6 +753,10 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--strict", action="store_true",
                     help="stop at the first error (default: skip damaged units, exit 3)")
     dd.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    dd.add_argument("--canonical", action="store_true",
+                    help="write the canonical decoded output of all tracks (spec clause 10) "
+                         "to OUT, errors with their class on stderr (the conformance "
+                         "decoder contract)")
     _backend_args(dd)
     dd.set_defaults(func=cmd_decode)
 
@@ -830,8 +770,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, metavar="N", help="print at most N lines")
     t.set_defaults(func=cmd_trace)
 
+    v = sub.add_parser("validate", help="check a stream against every constraint of the spec",
+                       description="Check every syntax and semantic constraint, and the "
+                                   "claimed profile and level; name the clause of each "
+                                   "violation.  Exit 0: valid, 1: invalid.")
+    v.add_argument("input", metavar="IN.tkb", nargs="+")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
+    v.set_defaults(func=cmd_validate)
+
     for name, what in (("bench", "benchmarks (tokenbits.bench)"),
-                       ("demo", "demonstration (tokenbits.demo)")):
+                       ("demo", "demonstration (tokenbits.demo)"),
+                       ("conformance", "conformance suite: list, run, matrix, reference "
+                                       "(tokenbits.conformance)")):
         s = sub.add_parser(name, help=what, add_help=False)
         s.add_argument("args", nargs=argparse.REMAINDER)
         s.set_defaults(func=None, delegate=name)
@@ -841,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in ("bench", "demo"):  # their options are their own
+        if argv and argv[0] in ("bench", "demo", "conformance"):  # options of their own
             return _delegate(argv[0], argv[1:])
         args = build_parser().parse_args(argv)
         if getattr(args, "delegate", None):

@@ -104,6 +104,7 @@ class TrackOptions:
     prob_bits: int | None = None       # None: chosen from the alphabet (Annex B.3)
     num_lanes: int = 32
     lane_steps: int | None = None
+    exact_lanes: bool = False          # num_lanes as given, not capped by the size (B.5)
     vocab_size: int | None = None      # ids tracks
     source_dtype: str | None = None    # "bfloat16": the input holds bfloat16 bit patterns
     max_tokens: int | None = None      # tracks without grid: the largest frame (default: seen)
@@ -582,7 +583,8 @@ class TrackEncoder:
         n_sym = max((p.size for p in self.positions), default=0) * self.d
         # about 2048 symbols per lane: each lane's final state costs ~16-20 bits, which
         # is ~0.5 % of ~2 bits x 2048 symbols (Annex B.5); fewer steps decode faster
-        lanes = max(1, min(o.num_lanes, n_sym // 2048 or 1))
+        lanes = o.num_lanes if o.exact_lanes else max(1, min(o.num_lanes, n_sym // 2048 or 1))
+        lanes = min(lanes, self.level.max_lanes)
         steps = o.lane_steps or max(1, min(2048, -(-n_sym // lanes)))
         steps = max(1, min(steps, self.level.max_chunk // lanes, self.level.max_lane_steps))
         self.tps.update(num_lanes=lanes, lane_steps=steps)

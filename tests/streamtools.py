@@ -2,6 +2,7 @@
 so that tests can craft streams violating one rule at a time."""
 from tokenbits import decoder, encoder, levels, syntax
 from tokenbits.bitio import BitWriter
+from tokenbits.conformance.generate import tps_payload, tps_values  # noqa: F401
 
 
 def split(data: bytes):
@@ -24,21 +25,6 @@ def header(profile=2, level=10, major=1, reserved=0, magic=syntax.MAGIC) -> byte
     from tokenbits.crc32c import crc32c
     b = w.getvalue()[:12]
     return b + crc32c(b).to_bytes(4, "little")
-
-
-def tps_values(payload: bytes) -> dict:
-    """A parameter set's syntax values as a mutable dict (level 30 to parse anything)."""
-    t = decoder.parse_tps(payload, levels.LEVELS[30], 2)
-    keys = [e.name for e in syntax.SYNTAX["track_parameter_set"]]
-    v = {k: t[k] for k in keys if k in t}
-    v["freq_table"] = [dict(ft) for ft in t["freq_table"]]
-    return v
-
-
-def tps_payload(values: dict) -> bytes:
-    w = BitWriter()
-    syntax.write(w, "track_parameter_set", values)
-    return w.getvalue()
 
 
 def unit_offset(data: bytes, index: int) -> int:
