@@ -25,11 +25,14 @@ def crc32c(d):
 
 LEVELS = {
     10: dict(max_tracks=4, max_tokens=4096, max_channels=4096, max_values=1 << 20, max_vocab=1 << 20,
-             max_tables=16, max_alphabet=4096, max_lanes=256, max_chunk=1 << 17, max_unit_size=1 << 23),
+             max_tables=16, max_alphabet=4096, max_lanes=256, max_chunk=1 << 17, max_unit_size=1 << 23,
+             max_lane_steps=4096),
     20: dict(max_tracks=16, max_tokens=65536, max_channels=16384, max_values=1 << 24, max_vocab=1 << 24,
-             max_tables=64, max_alphabet=4096, max_lanes=1024, max_chunk=1 << 20, max_unit_size=1 << 27),
+             max_tables=64, max_alphabet=4096, max_lanes=1024, max_chunk=1 << 20, max_unit_size=1 << 27,
+             max_lane_steps=8192),
     30: dict(max_tracks=255, max_tokens=1 << 20, max_channels=65536, max_values=1 << 28, max_vocab=1 << 31,
-             max_tables=255, max_alphabet=4096, max_lanes=4096, max_chunk=1 << 22, max_unit_size=1 << 31),
+             max_tables=255, max_alphabet=4096, max_lanes=4096, max_chunk=1 << 22, max_unit_size=1 << 31,
+             max_lane_steps=65536),
 }
 WIDTH = {0: 32, 1: 16, 2: 16, 3: 32}
 STEP_MANTISSA_BITS = (0x3F800000, 0x3F8FACD6, 0x3FA14518, 0x3FB504F3, 0x3FCB2FF5, 0x3FE411F0)
@@ -344,6 +347,8 @@ class Decoder:
         t["lane_steps"] = ls = r.u(4)
         if ls < 1:
             raise E("Format", "6.3")
+        if ls > L["max_lane_steps"]:
+            raise E("Level", "8.2")
         if nl * ls > L["max_chunk"]:
             raise E("Level", "8.2")
         t["chunk_size"] = nl * ls
@@ -367,7 +372,9 @@ class Decoder:
         tabs = []
         for _ in range(nt):
             a = r.u(2)
-            if not 1 <= a <= L["max_alphabet"]:
+            if a == 0:
+                raise E("Table", "6.3.5")
+            if a > L["max_alphabet"]:
                 raise E("Level", "8.2")
             if cm == 1:
                 H = WIDTH[sd] - t["raw_bits"] + (1 if t["predictor"] else 0)
@@ -421,8 +428,10 @@ class Decoder:
         r = R(payload, "6.4")
         r.u(1)
         ra = r.u(1)
-        if ra != 1:
+        if ra == 0:
             raise E("Unsupported", "6.4")
+        if ra > 1:
+            raise E("Format", "6.4")
         fn = r.u(4)
         nt = r.u(4)
         if t["grid_present"] and nt != t["max_tokens"]:
