@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench fuzz syntax clean
+.PHONY: demo test bench fuzz syntax conformance clean
 
 $(BIN)/tkb: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ bench: $(BIN)/tkb         ## size, fidelity and speed on real tokens (BENCHMARKS
 
 fuzz: $(BIN)/tkb          ## 100 000 stream mutations against the decoder
 	$(BIN)/python tests/fuzzing.py --n 100000
+
+conformance: $(BIN)/tkb   ## regenerate the conformance suite, then run the reference decoder on it
+	$(BIN)/tkb conformance reference
+	$(BIN)/tkb conformance run --decoder reference --coverage
 
 syntax: $(BIN)/tkb        ## print the syntax tables that spec/5-syntax.md must contain
 	$(BIN)/python -m tokenbits.syntax

@@ -10,6 +10,7 @@ from tokenbits import errors, syntax
 SPEC = Path(__file__).resolve().parent.parent / "spec"
 REFERENCE = Path(__file__).resolve().parent.parent / "reference"
 KERNELS = REFERENCE.parent / "kernels"
+CONFORMANCE = REFERENCE.parent / "conformance"
 
 
 def spec_text() -> str:
@@ -36,12 +37,12 @@ def headings() -> set:
 
 def test_every_cited_clause_exists():
     cited = set()
-    for path in [*REFERENCE.glob("*.py"), *KERNELS.glob("*.py")]:
+    for path in [*REFERENCE.glob("*.py"), *KERNELS.glob("*.py"), *CONFORMANCE.glob("*.py")]:
         text = path.read_text()
         cited |= set(re.findall(r'clause="([0-9A-B.]+)"', text))
         for group in re.findall(r"\(spec clauses? ([0-9., and]+)", text):
             cited |= set(re.findall(r"[0-9]+(?:\.[0-9]+)*", group))
-        if path.parent == KERNELS:   # kernels cite "(clause 7.3.2)", "clauses 7.4 - 7.6"
+        if path.parent in (KERNELS, CONFORMANCE):   # they cite "(clause 7.3.2)", "clauses 7.4 - 7.6"
             for group in re.findall(r"[Cc]lauses? ([0-9][0-9., and-]*[0-9])", text):
                 cited |= set(re.findall(r"[0-9]+(?:\.[0-9]+)+", group))
     for cls in errors.ERROR_CLASSES:
