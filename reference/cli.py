@@ -225,6 +225,10 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
             if not lo <= v <= hi:
                 raise CLIError(f"{flag} {v}: must be in {lo}..{hi}")
             opts[key] = v
+    if a.exact_lanes:
+        if a.num_lanes is None:
+            raise CLIError("--exact-lanes needs --lanes")
+        opts["exact_lanes"] = True
     if bf16:
         opts["source_dtype"] = "bfloat16"
     track_meta = {}
@@ -739,6 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="probability precision of the tables")
     lay.add_argument("--lanes", dest="num_lanes", type=int, metavar="L",
                      help="interleaved rANS lanes per chunk")
+    lay.add_argument("--exact-lanes", dest="exact_lanes", action="store_true",
+                     help="use --lanes as given (default: at most --lanes, fewer for small "
+                          "frames, Annex B.5)")
     lay.add_argument("--lane-steps", dest="lane_steps", type=int, metavar="S",
                      help="symbols per lane in a chunk")
     e.set_defaults(func=cmd_encode)
