@@ -43,7 +43,7 @@ def _word(words_ptr, idx, mask):
     return (w.to(tl.int32) & 0xFFFF).to(tl.uint32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["prob_bits"])   # prob_bits 1 must stay a tensor
 def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c_chan_ptr,
                    c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
                    esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
@@ -132,7 +132,7 @@ def _enc_entry(sym_ptr, idx, act, table_ptr, chan_base_ptr, ch, alphabet):
     return s, e
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["prob_bits"])
 def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_base_ptr,
                    alphabet, wbuf_ptr, count_ptr, state_ptr, status_ptr,
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits, chunk_cap,
