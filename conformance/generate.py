@@ -21,7 +21,6 @@ import json
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,7 +151,12 @@ def poke(data: bytes, name: str, value: int, unit: int | None = None, nth: int =
     """``data`` with one element set to ``value`` (entry ``index`` of an array
     element), CRC recomputed.  Byte-aligned whole-byte elements are little-endian
     integers (clause 3.3); others are bit strings, most significant bit first."""
-    e = find(data, name, unit, nth)
+    return poke_element(data, find(data, name, unit, nth), value, fix_crc, index)
+
+
+def poke_element(data: bytes, e: tracing.Element, value: int, fix_crc: bool = True,
+                 index: int = 0) -> bytes:
+    """:func:`poke` of an element already found in ``data``'s trace."""
     b = bytearray(data)
     if e.bit_offset % 8 == 0 and e.bit_length % 8 == 0 and not e.leaf.endswith("_present") \
             and e.leaf not in ("freq", "alignment_zero_bits"):
@@ -234,13 +238,6 @@ def rewrite_frame(data: bytes, i: int, **changes) -> bytes:
     tps, v = frame_values(data, i)
     v.update(changes)
     return with_payload(data, i, lambda p: frame_payload(tps, v))
-
-
-def lane_slices(v: dict, tps: dict) -> list:
-    """(first word, word count) of every chunk of a frame's rans_data."""
-    cw = np.asarray(v["chunk_words"], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(cw)[:-1]])
-    return list(zip(starts.tolist(), cw.tolist()))
 
 
 # -- writing tracks from explicit values --------------------------------------------
@@ -708,20 +705,13 @@ def declare_negative() -> None:
     N("eg_33_leading_zeros", "an eg(k) code of a frequency with 40 leading zero bits",
       "9.1-1", "TKBFormatError", "3.3",
       with_payload(L, TPS, lambda p: p[:at] + bytes(5) + b"\xff" * (len(p) - at)))
-    for nm, base, unit in (("freq_table", L, TPS), ("presence_map", PR, 1),
-                           ("raw_data", LL, 1), ("escape_data", PR, 1)):
-        try:
-            el = [x for x in tracing.walk(base) if isinstance(x, tracing.Element)
-                  and x.unit == unit and x.leaf == "alignment_zero_bits"]
-            which = {"freq_table": 0, "presence_map": 0, "raw_data": -1, "escape_data": -1}[nm]
-            el = el[which]
-        except IndexError:
-            continue
-        N(f"alignment_bit_{nm}", f"an alignment_zero_bits bit set to 1 after {nm}",
-          "9.1-2", "TKBFormatError", "3.3",
-          poke(base, el.name, 1, unit, nth=0 if which == 0 else
-               sum(1 for x in tracing.walk(base) if isinstance(x, tracing.Element)
-                   and x.unit == unit and x.name == el.name) - 1))
+    for nm, base, unit, which in (("freq_table", L, TPS, 0), ("presence_map", PR, 1, 0),
+                                  ("raw_data", LL, 1, -1), ("escape_data", PR, 1, -1)):
+        els = [x for x in tracing.walk(base) if isinstance(x, tracing.Element)
+               and x.unit == unit and x.leaf == "alignment_zero_bits"]
+        if els:
+            N(f"alignment_bit_{nm}", f"an alignment_zero_bits bit set to 1 after {nm}",
+              "9.1-2", "TKBFormatError", "3.3", poke_element(base, els[which], 1))
     N("magic_wrong", "a ZIP signature instead of the TKB magic", "9.1-3", "TKBFormatError",
       "6.1", b"PK\x03\x04" + L[4:])
     N("reserved_zero_32bits", "reserved_zero_32bits = 1 (header CRC valid)", "9.1-4",
