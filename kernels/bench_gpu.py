@@ -23,6 +23,7 @@ beside them.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import sys
@@ -98,12 +99,13 @@ class Setup:
                                levels.LEVELS[30])
         n, d = base.shape[1:]
         self.n, self.d = n, d
-        # tiling: frame i is distinct frame i mod F rolled by i div F tokens (real tokens)
-        idx = np.arange(frames)
-        rolls = torch.from_numpy(base).to(device)
+        # tiling: frame i is distinct frame i mod F.  (Rolling the tokens of the copies
+        # made them distinct but created level residuals that the parameter set, fitted
+        # on the F frames, cannot code: a table without that symbol.)
+        base_t = torch.from_numpy(base).to(device)
         self.x = torch.empty((frames * n, d), dtype=torch.float16, device=device)
-        for i in idx:
-            self.x[i * n:(i + 1) * n] = torch.roll(rolls[i % len(base)], int(i // len(base)), 0)
+        for i in range(frames):
+            self.x[i * n:(i + 1) * n] = base_t[i % len(base)]
         self.frames = frames
 
     def batch(self, b: int) -> "Batch":
@@ -172,7 +174,7 @@ class Batch:
         words, cw, status = rans.encode(self.plan, sym, self.etab, self.chan_enc, self.alph,
                                         self.pb)
         self.sym, self.delta, self.esc_pos, self.esc_vals = sym, delta, pos, vals
-        self.enc_words, self.enc_cw = words, cw
+        self.enc_words, self.enc_cw, self.enc_status = words, cw, status
         self.sym_buf = torch.empty_like(sym)
         self.u_buf = torch.empty(sym.numel(), dtype=torch.int32, device=sym.device)
         return words
@@ -223,18 +225,18 @@ def check_exact(s: Setup, log) -> dict:
 
 def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1024, 2048),
         nvcomp=True, log=print, variants: bool = False, num_tables=None,
-        prob_bits=None) -> dict:
+        prob_bits=None, baselines_: bool = True) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ms = _timer(dev)
     base = np.load(data)
     n, d = base.shape[1:]
     frame_bytes = n * d * 2
-    frames = max(max(batches), -(-min_mb * 2**20 // frame_bytes))
+    frames = max(max(batches, default=1), -(-min_mb * 2**20 // frame_bytes))
     res = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                device=torch.cuda.get_device_name() if dev == "cuda" else platform.processor(),
                torch=torch.__version__, triton=__import__("triton").__version__,
                data=f"{len(base)} distinct {n}x{d} float16 frames of real ViT-S/14 tokens, "
-                    f"tiled (rolled) to {frames} frames", runs={})
+                    f"tiled to {frames} frames", runs={})
     if dev == "cuda":
         from .baselines_gpu import copy_bandwidth
         res["copy"] = copy_bandwidth(frames * frame_bytes)
@@ -255,6 +257,9 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
         coded = int(big.words.numel()) * 2
         o0, cond = _entropy(big.sym, torch.from_numpy(s.te.chan_table).to(dev), d, big.alph)
         r["symbols"] = nsym
+        # chunks holding a symbol without frequency in its table (none expected)
+        r["chunks_with_uncodable_symbols"] = int((big.enc_status != 0).sum())
+        log(f"chunks with uncodable symbols: {r['chunks_with_uncodable_symbols']}")
         r["coded_bytes"] = coded
         r["bits_per_symbol"] = 8 * coded / nsym
         r["entropy_order0_bits"] = o0 / nsym
@@ -297,7 +302,7 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
             log(f"  batch {b}: enc {sweep[-1]['full_encode_GBps']:.1f} GB/s, dec "
                 f"{sweep[-1]['full_decode_GBps']:.1f} GB/s ({td:.3f} ms), rANS dec "
                 f"{sweep[-1]['rans_decode_Gsym_s']:.1f} Gsym/s")
-        if ln == lanes[0]:
+        if ln == lanes[0] and baselines_:
             res["baselines"] = baselines(big, dev, nvcomp, log)
         if dev == "cuda":
             try:
@@ -311,26 +316,41 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
 
 QUANT_VARIANTS = [dict(prev_row=False), dict(ALU_STEP=True), dict(BR=16, BC=256, num_warps=4),
                   dict(BR=32, BC=128, num_warps=2), dict(BR=8, BC=128, num_warps=1)]
-DEQUANT_VARIANTS = [dict(contiguous=False), dict(STAGES=2), dict(STAGES=3), dict(STAGES=4),
-                    dict(BR=1, BC=128, STAGES=3), dict(BR=4, BC=128, num_warps=2, STAGES=3),
-                    dict(BR=2, BC=256, num_warps=2, STAGES=3), dict(BR=8, BC=64, STAGES=3),
-                    dict(BR=1, BC=256, num_warps=2, STAGES=4)]
+# each changes the default (recon.DEQUANT_VARIANT) in the settings it names
+DEQUANT_VARIANTS = [dict(contiguous=False), dict(I32=False, BR=2), dict(I32=False, BR=1),
+                    dict(BR=2), dict(STAGES=2), dict(STAGES=3), dict(BC=256, num_warps=2),
+                    dict(BR=4, BC=256, num_warps=2), dict(BC=64)]
 COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4),
                     dict(BLOCK=4096, num_warps=8), dict(BLOCK=2048, num_warps=2),
                     dict(BLOCK=8192, num_warps=8)]
-ENCODE_VARIANTS = [dict(G=1, num_warps=1), dict(G=2, num_warps=1), dict(G=4, num_warps=1),
-                   dict(G=4, num_warps=2)]
-DECODE_VARIANTS = [dict(table64=True), dict(WINDOW=False), dict(ESC_BRANCH=False),
-                   dict(G=2), dict(G=2, num_warps=2)]
+# each encode / decode variant changes the default launch (rans.ENCODE_VARIANT,
+# rans.DECODE_VARIANT) in the settings it names
+ENCODE_VARIANTS = [dict(DENSE=False, RCP=False, BITS=False, G=2),
+                   dict(DENSE=False, RCP=False, BITS=False, G=1),
+                   dict(DENSE=False), dict(RCP=False), dict(BITS=False), dict(G=2),
+                   dict(G=4), dict(ASM=False)]
+DECODE_VARIANTS = [dict(BITS=False), dict(table64=True), dict(WINDOW=False),
+                   dict(ESC_BRANCH=False, BITS=False), dict(G=2), dict(G=4), dict(ASM=False),
+                   dict(FAST=True), dict(FAST=True, ASM=False), dict(FAST=True, BITS=False)]
 
 
 def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict:
     """Launch variants of the quantization and rANS decode kernels on the same batch."""
     out = dict(quantize=[], rans_decode=[])
+    sym_want = big.sym.clone()
+    words_want = big.words.clone()
+    big.full_decode()
+    out_want = big.out.clone()
+
+    def same(a, b) -> bool:
+        return a.shape == b.shape and bool(torch.equal(a, b))
+
     for v in QUANT_VARIANTS:
+        big.sym_buf.zero_()
         t = ms(lambda: big.quantize_only(delta, v))
-        out["quantize"].append(dict(v, ms=t, GBps=(in_bytes + nsym * 2) / t / 1e6))
-        log(f"  quantize {v}: {out['quantize'][-1]['GBps']:.0f} GB/s")
+        ok = same(big.sym_buf, sym_want)
+        out["quantize"].append(dict(v, ms=t, GBps=(in_bytes + nsym * 2) / t / 1e6, exact=ok))
+        log(f"  quantize {v}: {out['quantize'][-1]['GBps']:.0f} GB/s, exact {ok}")
     keep = big.pred
     big.pred = torch.full_like(keep, -1)          # no prediction: one row read per row
     t = ms(lambda: big.quantize_only(delta))
@@ -351,20 +371,43 @@ def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict
     out["rans_encode"] = []
     for v in ENCODE_VARIANTS:
         t = ms(lambda: big.rans_encode(v))
-        out["rans_encode"].append(dict(v, ms=t, Gsym_s=nsym / t / 1e6))
-        log(f"  rANS encode {v}: {out['rans_encode'][-1]['Gsym_s']:.0f} Gsym/s")
+        ok = same(big.rans_encode(v)[0], words_want)
+        out["rans_encode"].append(dict(v, ms=t, Gsym_s=nsym / t / 1e6, exact=ok))
+        log(f"  rANS encode {v}: {out['rans_encode'][-1]['Gsym_s']:.0f} Gsym/s, exact {ok}")
     out["dequantize"] = []
     for v in DEQUANT_VARIANTS:
         v = dict(v)
         contig = v.pop("contiguous", None)
+        big.out.zero_()
         t = ms(lambda: big.dequant_only(v, contig))
-        out["dequantize"].append(dict(v, contiguous=contig, ms=t, GBps_out=in_bytes / t / 1e6))
-        log(f"  dequantize {v} contiguous={contig}: {out['dequantize'][-1]['GBps_out']:.0f} GB/s")
+        ok = same(big.out, out_want)
+        out["dequantize"].append(dict(v, contiguous=contig, ms=t, GBps_out=in_bytes / t / 1e6,
+                                      exact=ok))
+        log(f"  dequantize {v} contiguous={contig}: {out['dequantize'][-1]['GBps_out']:.0f} GB/s"
+            f", exact {ok}")
     for v in DECODE_VARIANTS:
         t = ms(lambda: big.rans_decode(v))
-        out["rans_decode"].append(dict(v, ms=t, Gsym_s=nsym / t / 1e6))
-        log(f"  rANS decode {v}: {out['rans_decode'][-1]['Gsym_s']:.0f} Gsym/s")
+        ok = same(big.rans_decode(v)[0], sym_want)
+        out["rans_decode"].append(dict(v, ms=t, Gsym_s=nsym / t / 1e6, exact=ok))
+        log(f"  rANS decode {v}: {out['rans_decode'][-1]['Gsym_s']:.0f} Gsym/s, exact {ok}")
     return out
+
+
+def dump_kernels(out_dir: str) -> None:
+    """The PTX (and SASS where the build has it) of every compiled kernel variant."""
+    os.makedirs(out_dir, exist_ok=True)
+    for mod in (rans, quant, recon):
+        for name in dir(mod):
+            cache = getattr(getattr(mod, name), "device_caches", None)
+            if cache is None:
+                continue
+            for dev_cache in cache.values():
+                for i, ck in enumerate(dev_cache[0].values()):
+                    for kind in ("ptx", "sass"):
+                        text = ck.asm.get(kind) if hasattr(ck, "asm") else None
+                        if text:
+                            with open(os.path.join(out_dir, f"{name}.{i}.{kind}"), "w") as f:
+                                f.write(text if isinstance(text, str) else text.decode())
 
 
 def kernel_resources(log) -> dict:
@@ -425,6 +468,9 @@ def main(argv=None) -> int:
     p.add_argument("--lanes", default="32", help="comma-separated num_lanes to run")
     p.add_argument("--batches", default="1,4,16,64,256,1024,2048")
     p.add_argument("--no-nvcomp", action="store_true")
+    p.add_argument("--dump", metavar="DIR", help="write each compiled kernel's PTX there")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip torch and nvCOMP baselines (exploratory runs only)")
     p.add_argument("--variants", action="store_true", help="sweep kernel launch variants")
     p.add_argument("--tables", type=int, help="num_tables of the fitted parameter set")
     p.add_argument("--prob-bits", type=int, help="prob_bits of the fitted parameter set")
@@ -433,12 +479,14 @@ def main(argv=None) -> int:
         print(prepare(a.prepare))
         return 0
     res = run(a.data, a.min_mb, tuple(int(v) for v in a.lanes.split(",")),
-              tuple(int(v) for v in a.batches.split(",")), not a.no_nvcomp,
+              tuple(int(v) for v in a.batches.split(",") if v), not a.no_nvcomp,
               log=lambda m: print(m, flush=True), variants=a.variants, num_tables=a.tables,
-              prob_bits=a.prob_bits)
+              prob_bits=a.prob_bits, baselines_=not a.no_baselines)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1, default=str)
+    if a.dump:
+        dump_kernels(a.dump)
     return 0
 
 

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 RANS_L = tl.constexpr(1 << 16)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # status bits of a decoded chunk (reported as TKBEntropyError, clause 7.3.2)
 BAD_INITIAL_STATE = tl.constexpr(1)
@@ -43,16 +44,46 @@ def _word(words_ptr, idx, mask):
     return (w.to(tl.int32) & 0xFFFF).to(tl.uint32)
 
 
+@triton.jit
+def _popc(v, ASM: tl.constexpr):
+    """Set bits of each uint32 element, as int32 (``popc`` on a GPU; the same count
+    by bit halving where inline assembly cannot run: the interpreter)."""
+    if ASM:
+        return tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [v], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:
+        v = v - ((v >> 1) & 0x55555555)
+        v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
+        v = (v + (v >> 4)) & 0x0F0F0F0F
+        return ((v * 0x01010101) >> 24).to(tl.int32)
+
+
+@triton.jit
+def _lane_scan(need, lane, below, BITS: tl.constexpr, ASM: tl.constexpr):
+    """Exclusive prefix count of ``need`` [G, L] along the lanes, and its row total
+    [G, 1]: the word order of clause 7.3.2 (lanes that renormalise, in lane order).
+    BITS (at most 32 lanes): one warp-wide xor of distinct lane bits (a vote) and two
+    popcounts with ``below`` = the bits of the lanes below each lane; else a scan."""
+    ni = need.to(tl.int32)
+    if BITS:
+        bits = tl.xor_sum(ni << lane, 1)[:, None].to(tl.uint32, bitcast=True)
+        return _popc(bits & below, ASM), _popc(bits, ASM)
+    else:
+        return tl.cumsum(ni, 1) - ni, tl.sum(ni, 1)[:, None]
+
+
 @triton.jit(do_not_specialize=["prob_bits"])   # prob_bits 1 must stay a tensor
 def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c_chan_ptr,
                    c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
                    esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
-                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr):
+                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
+                   ASM: tl.constexpr):
     cid = tl.program_id(0) * G + tl.arange(0, G)                    # [G]
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]                              # [1, L]
+    below = (tl.full([1, BLOCK_L], 1, tl.uint32) << lane.to(tl.uint32)) - 1
     w0 = tl.load(c_word0_ptr + cid, mask=cok, other=0)[:, None]        # int64
     w1 = tl.load(c_word1_ptr + cid, mask=cok, other=0)[:, None]
     nsym = tl.load(c_nsym_ptr + cid, mask=cok, other=0)[:, None]       # int32
@@ -96,8 +127,11 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
             is_esc = act & (((e >> 48) & 1) != 0)
         xn = freq * (x >> pb) + bias
         need = act & (xn < RANS_L)
-        ni = need.to(tl.int32)
-        pos = tl.cumsum(ni, 1) - ni
+        if BITS:
+            pos, nread = _lane_scan(need, lane, below, BITS, ASM)
+        else:
+            ni = need.to(tl.int32)
+            pos = tl.cumsum(ni, 1) - ni
         if WINDOW:
             w = tl.gather(win, pos, 1)
         else:
@@ -105,7 +139,12 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
         x = tl.where(need, (xn << 16) | w, tl.where(act, xn, x))
         sidx = out0 + t * num_lanes + lane
         tl.store(out_ptr + sidx, sym.to(tl.int16), mask=act)
-        if ESC_BRANCH:
+        if BITS:
+            ptr += nread
+            if tl.max(tl.max(is_esc.to(tl.int32), 1), 0) > 0:
+                k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
+                tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
+        elif ESC_BRANCH:
             # one reduction counts the words read (low 16 bits: at most 4096 lanes, the
             # level limit) and the escape symbols (high bits)
             both = tl.sum(ni + (is_esc.to(tl.int32) << 16), 1)[:, None]
@@ -123,8 +162,123 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
 
 
 @triton.jit
+def _fast_step(x, ptr, cb, act, words_ptr, w1, table_ptr, mask, pb, lane, below,
+               BITS: tl.constexpr, ASM: tl.constexpr, MASKED: tl.constexpr):
+    """One decoding step of a chunk's lanes (clause 7.3.2) with 32-bit slot entries:
+    (symbol, escape flag, next x, next ptr).  MASKED: some lanes are past the chunk's
+    last symbol (its final step); otherwise no lane mask is evaluated."""
+    if MASKED:
+        e = tl.load(table_ptr + (x & mask).to(tl.int32) + (cb & 0xFFFFF), mask=act, other=0)
+    else:
+        e = tl.load(table_ptr + (x & mask).to(tl.int32) + (cb & 0xFFFFF))
+    win = _word(words_ptr, ptr + lane, ptr + lane < w1)
+    freq = ((e & 0xFFF) + 1).to(tl.uint32)
+    bias = ((e >> 12) & 0xFFF).to(tl.uint32)
+    sym = (e >> 24) & 0xFF
+    xn = freq * (x >> pb) + bias
+    if MASKED:
+        is_esc = act & (sym == (cb >> 20))
+        need = act & (xn < RANS_L)
+    else:
+        is_esc = sym == (cb >> 20)
+        need = xn < RANS_L
+    ni = need.to(tl.int32)
+    if BITS:    # as _lane_scan, for one chunk
+        bits = tl.xor_sum(ni << lane, 0).to(tl.uint32, bitcast=True)
+        pos = _popc(bits & below, ASM)
+        nread = _popc(bits, ASM)
+    else:
+        pos = tl.cumsum(ni, 0) - ni
+        nread = tl.sum(ni, 0)
+    w = tl.gather(win, pos, 0)
+    if MASKED:
+        x = tl.where(need, (xn << 16) | w, tl.where(act, xn, x))
+    else:
+        x = tl.where(need, (xn << 16) | w, xn)
+    return sym, is_esc, x, ptr + nread
+
+
+@triton.jit(do_not_specialize=["prob_bits"])
+def _decode_fast_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c_chan_ptr,
+                        table_ptr, chan_base_ptr, out_ptr, status_ptr, c_esc_ptr,
+                        num_lanes, lane_inc, num_channels, prob_bits,
+                        BLOCK_L: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """The decoder of :func:`_decode_kernel` for one chunk per program whose lanes fill
+    the block (num_lanes a power of two) with 32-bit slot entries: every step but the
+    last runs without lane masks, and escape symbols are only counted (per chunk, in
+    ``c_esc``); :func:`_escape_scan_kernel` finds their positions afterwards."""
+    cid = tl.program_id(0)
+    w0 = tl.load(c_word0_ptr + cid)
+    w1 = tl.load(c_word1_ptr + cid)
+    nsym = tl.load(c_nsym_ptr + cid)
+    lane = tl.arange(0, BLOCK_L)
+    below = (tl.full([BLOCK_L], 1, tl.uint32) << lane.to(tl.uint32)) - 1
+    na = tl.minimum(nsym, num_lanes)
+    lane_ok = lane < na
+    x = _word(words_ptr, w0 + 2 * lane, lane_ok) | (_word(words_ptr, w0 + 2 * lane + 1,
+                                                          lane_ok) << 16)
+    status = tl.max((lane_ok & (x < RANS_L)).to(tl.int32), 0) * BAD_INITIAL_STATE
+    ptr = w0 + 2 * na
+    pb = prob_bits.to(tl.uint32)
+    mask = (tl.full([BLOCK_L], 1, tl.uint32) << pb) - 1
+    ch = (tl.load(c_chan_ptr + cid) + lane) % num_channels
+    cb = tl.load(chan_base_ptr + ch)
+    outp = out_ptr + tl.load(c_out_ptr + cid) + lane
+    nesc = tl.zeros([BLOCK_L], tl.int32)
+    full = nsym // num_lanes
+    for t in range(0, full):
+        sym, is_esc, x, ptr = _fast_step(x, ptr, cb, lane_ok, words_ptr, w1, table_ptr, mask,
+                                         pb, lane, below, BITS, ASM, False)
+        ch = ch + lane_inc
+        ch = tl.where(ch >= num_channels, ch - num_channels, ch)
+        cb = tl.load(chan_base_ptr + ch)
+        tl.store(outp, sym.to(tl.int16))
+        outp += num_lanes
+        nesc += is_esc.to(tl.int32)
+    if full * num_lanes < nsym:           # the last, partial step
+        act = lane < nsym - full * num_lanes
+        sym, is_esc, x, ptr = _fast_step(x, ptr, cb, act, words_ptr, w1, table_ptr, mask,
+                                         pb, lane, below, BITS, ASM, True)
+        tl.store(outp, sym.to(tl.int16), mask=act)
+        nesc += is_esc.to(tl.int32)
+    status |= (ptr != w1).to(tl.int32) * BAD_WORD_COUNT
+    status |= tl.max((lane_ok & (x != RANS_L)).to(tl.int32), 0) * BAD_FINAL_STATE
+    tl.store(status_ptr + cid, status)
+    tl.store(c_esc_ptr + cid, tl.sum(nesc, 0))
+
+
+@triton.jit
+def _escape_scan_kernel(sym_ptr, c_nsym_ptr, c_out_ptr, c_chan_ptr, c_frame_ptr, c_esc_ptr,
+                        c_ebase_ptr, chan_base_ptr, esc_cap_ptr, esc_base_ptr, esc_pos_ptr,
+                        num_channels, BLOCK: tl.constexpr):
+    """Positions of the escape symbols of one chunk (symbol == ESC of its channel, from
+    the packed chan_base), in order, as keys 2 * index at the chunk's place in its
+    frame's escape list (``c_ebase``: escapes of the frame's earlier chunks)."""
+    cid = tl.program_id(0)
+    nsym = tl.load(c_nsym_ptr + cid)
+    if tl.load(c_esc_ptr + cid) > 0:
+        out0 = tl.load(c_out_ptr + cid)
+        c0 = tl.load(c_chan_ptr + cid)
+        frame = tl.load(c_frame_ptr + cid)
+        k0 = tl.load(c_ebase_ptr + cid)
+        cap = tl.load(esc_cap_ptr + frame)
+        base = tl.load(esc_base_ptr + frame)
+        idx = tl.arange(0, BLOCK)
+        for b in range(0, nsym, BLOCK):
+            m = b + idx < nsym
+            s = tl.load(sym_ptr + out0 + b + idx, mask=m, other=0).to(tl.int32)
+            ch = ((c0 + b) % num_channels + idx) % num_channels
+            esc = tl.load(chan_base_ptr + ch, mask=m, other=0) >> 20
+            e = (m & (s == esc)).to(tl.int32)
+            if tl.max(e, 0) > 0:       # most blocks hold no escape
+                k = k0 + tl.cumsum(e, 0) - e
+                tl.store(esc_pos_ptr + base + k, 2 * (out0 + b + idx), mask=(e != 0) & (k < cap))
+                k0 += tl.sum(e, 0)
+
+
+@triton.jit
 def _enc_entry(sym_ptr, idx, act, table_ptr, chan_base_ptr, ch, alphabet):
-    """Symbol at idx and its packed (freq | cum << 16) entry; 0 outside the alphabet."""
+    """Symbol at idx and its packed entry (:func:`encode_table`); 0 outside the alphabet."""
     s = tl.load(sym_ptr + idx, mask=act, other=0).to(tl.int32)
     inside = (s >= 0) & (s < alphabet)
     e = tl.load(table_ptr + tl.load(chan_base_ptr + ch, mask=act, other=0) + s,
@@ -136,10 +290,16 @@ def _enc_entry(sym_ptr, idx, act, table_ptr, chan_base_ptr, ch, alphabet):
 def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_base_ptr,
                    alphabet, wbuf_ptr, count_ptr, state_ptr, status_ptr,
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits, chunk_cap,
-                   G: tl.constexpr, BLOCK_L: tl.constexpr):
+                   G: tl.constexpr, BLOCK_L: tl.constexpr, DENSE: tl.constexpr,
+                   RCP: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+    """DENSE: each chunk's words are placed at once, packed at the end of its
+    worst-case region (int16 words); else every step writes one int32 slot per lane
+    (-1: no word) and the compaction kernel drops the empty slots.
+    RCP: x // freq by a multiply with the entry's reciprocal (:func:`encode_table`)."""
     cid = tl.program_id(0) * G + tl.arange(0, G)
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]
+    below = (tl.full([1, BLOCK_L], 1, tl.uint32) << lane.to(tl.uint32)) - 1
     nsym = tl.load(c_nsym_ptr + cid, mask=cok, other=0)[:, None]
     in0 = tl.load(c_in_ptr + cid, mask=cok, other=0)[:, None]
     na = tl.minimum(nsym, num_lanes)
@@ -151,7 +311,8 @@ def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_ba
     ch = top.to(tl.int32)
     x = tl.full([G, BLOCK_L], RANS_L, tl.uint32)
     pb = prob_bits.to(tl.uint32)
-    count = tl.zeros([G, BLOCK_L], tl.int32)     # per lane; summed once at the end
+    # words so far: per lane, summed once at the end; DENSE: per chunk (all lanes)
+    count = tl.zeros([G, BLOCK_L], tl.int32)
     bad = tl.zeros([G, BLOCK_L], tl.int32)
     wbase = cid[:, None].to(tl.int64) * chunk_cap
     # software pipeline: the symbol and table entry of step t - 1 load while step t codes
@@ -172,17 +333,45 @@ def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_ba
         bad |= (act & (f == 0)).to(tl.int32)
         f = tl.where(f == 0, 1, f)
         need = act & ((x >> (32 - pb)) >= f)
-        tl.store(wbuf_ptr + wbase + t * num_lanes + lane,
-                 tl.where(need, (x & 0xFFFF).to(tl.int32), -1), mask=act)
+        if DENSE:
+            pos, n = _lane_scan(need, lane, below, BITS, ASM)
+            count += n
+            tl.store(wbuf_ptr + wbase + chunk_cap - count + pos, (x & 0xFFFF).to(tl.int16),
+                     mask=need)
+        else:
+            tl.store(wbuf_ptr + wbase + t * num_lanes + lane,
+                     tl.where(need, (x & 0xFFFF).to(tl.int32), -1), mask=act)
+            count += need.to(tl.int32)
         x = tl.where(need, x >> 16, x)
-        q = x // f
+        if RCP:
+            # Granlund-Montgomery: q = (t + ((x - t) >> sh1)) >> sh2, t = umulhi(x, m),
+            # sh1 = min(l, 1), sh2 = max(l - 1, 0), l = ceil(log2 f); exact for all x
+            m = ((e >> 32) & 0xFFFFFFFF).to(tl.uint32)
+            fb = (f - 1).to(tl.float32).to(tl.uint32, bitcast=True)
+            l2 = tl.where(f > 1, (fb >> 23) - 126, 0)
+            hi = tl.umulhi(x, m)
+            q = (hi + ((x - hi) >> tl.minimum(l2, 1))) >> tl.where(l2 > 0, l2 - 1, 0)
+        else:
+            q = x // f
         x = tl.where(act, (q << pb) + (x - q * f) + cum, x)
-        count += need.to(tl.int32)
         s, e, ch = s_n, e_n, ch_n
     tl.store(state_ptr + cid[:, None].to(tl.int64) * num_lanes + lane, x.to(tl.int32, bitcast=True),
              mask=cok[:, None] & lane_ok)
-    tl.store(count_ptr + cid, tl.sum(count, 1), mask=cok)
+    if DENSE:
+        tl.store(count_ptr + cid, tl.max(count, 1), mask=cok)
+    else:
+        tl.store(count_ptr + cid, tl.sum(count, 1), mask=cok)
     tl.store(status_ptr + cid, tl.max(bad, 1) * BAD_SYMBOL, mask=cok)
+
+
+@triton.jit
+def _write_states(state_ptr, words_ptr, cid, w0, na, num_lanes, BLOCK_L: tl.constexpr):
+    """A chunk's final encoder states = the decoder's initial states: two words per
+    active lane, low half first (clause 7.3.2)."""
+    lane = tl.arange(0, BLOCK_L)
+    st = tl.load(state_ptr + cid.to(tl.int64) * num_lanes + lane, mask=lane < na, other=0)
+    tl.store(words_ptr + w0 + 2 * lane, (st & 0xFFFF).to(tl.int16), mask=lane < na)
+    tl.store(words_ptr + w0 + 2 * lane + 1, ((st >> 16) & 0xFFFF).to(tl.int16), mask=lane < na)
 
 
 @triton.jit
@@ -191,11 +380,8 @@ def _compact_kernel(wbuf_ptr, state_ptr, c_nsym_ptr, c_word0_ptr, words_ptr,
     cid = tl.program_id(0)
     nsym = tl.load(c_nsym_ptr + cid)
     w0 = tl.load(c_word0_ptr + cid)
-    lane = tl.arange(0, BLOCK_L)
     na = tl.minimum(nsym, num_lanes)
-    st = tl.load(state_ptr + cid.to(tl.int64) * num_lanes + lane, mask=lane < na, other=0)
-    tl.store(words_ptr + w0 + 2 * lane, (st & 0xFFFF).to(tl.int16), mask=lane < na)
-    tl.store(words_ptr + w0 + 2 * lane + 1, ((st >> 16) & 0xFFFF).to(tl.int16), mask=lane < na)
+    _write_states(state_ptr, words_ptr, cid, w0, na, num_lanes, BLOCK_L)
     run = w0 + 2 * na
     idx = tl.arange(0, BLOCK)
     base = cid.to(tl.int64) * chunk_cap
@@ -205,6 +391,25 @@ def _compact_kernel(wbuf_ptr, state_ptr, c_nsym_ptr, c_word0_ptr, words_ptr,
         f = (w >= 0).to(tl.int32)
         tl.store(words_ptr + run + tl.cumsum(f, 0) - f, w.to(tl.int16), mask=w >= 0)
         run += tl.sum(f, 0)
+
+
+@triton.jit
+def _compact_dense_kernel(wbuf_ptr, state_ptr, count_ptr, c_nsym_ptr, c_word0_ptr, words_ptr,
+                          num_lanes, chunk_cap, BLOCK_L: tl.constexpr, BLOCK: tl.constexpr):
+    """Chunk words of a DENSE encode: initial states, then the count words packed at
+    the end of the chunk's region of ``wbuf``."""
+    cid = tl.program_id(0)
+    nsym = tl.load(c_nsym_ptr + cid)
+    w0 = tl.load(c_word0_ptr + cid)
+    count = tl.load(count_ptr + cid)
+    na = tl.minimum(nsym, num_lanes)
+    _write_states(state_ptr, words_ptr, cid, w0, na, num_lanes, BLOCK_L)
+    src = wbuf_ptr + cid.to(tl.int64) * chunk_cap + chunk_cap - count
+    dst = words_ptr + w0 + 2 * na
+    idx = tl.arange(0, BLOCK)
+    for b in range(0, count, BLOCK):
+        m = b + idx < count
+        tl.store(dst + b + idx, tl.load(src + b + idx, mask=m, other=0), mask=m)
 
 
 # -- host side -------------------------------------------------------------------
@@ -248,9 +453,21 @@ def decode_table(lookup, alphabet_sizes, escapes: bool, device) -> torch.Tensor:
     return torch.from_numpy(e).to(device)
 
 
+def reciprocals(freq) -> np.ndarray:
+    """Granlund-Montgomery multipliers m of divisors f (1 <= f <= 2^16): with
+    l = ceil(log2 f), m = floor(2^32 (2^l - f) / f) + 1 (0 for f = 1), so that
+    floor(x / f) = (t + ((x - t) >> min(l, 1))) >> max(l - 1, 0), t = (x m) >> 32,
+    for every 32-bit x.  Entries with f = 0 (no symbol) get 0."""
+    fc = np.maximum(np.asarray(freq, dtype=np.int64), 1)
+    lg = np.frexp((fc - 1).astype(np.float64))[1].astype(np.int64)    # bit length of f - 1
+    return np.where(fc > 1, ((1 << 32) * ((1 << lg) - fc)) // fc + 1, 0)
+
+
 def encode_table(freq_all: np.ndarray, cum_all: np.ndarray, device) -> torch.Tensor:
-    """Packed 32-bit entries freq | cum << 16 of [num_tables, alphabet] arrays."""
-    e = (np.asarray(freq_all, np.int64) | (np.asarray(cum_all, np.int64) << 16)).astype(np.int32)
+    """Packed 64-bit entries freq | cum << 16 | reciprocal(freq) << 32 of
+    [num_tables, alphabet] arrays (prob_bits <= 15: freq <= 2^15, cum < 2^15)."""
+    f = np.asarray(freq_all, np.int64)
+    e = f | (np.asarray(cum_all, np.int64) << 16) | (reciprocals(f) << 32)
     return torch.from_numpy(np.ascontiguousarray(e).ravel()).to(device)
 
 
@@ -293,16 +510,25 @@ def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None):
     (one warp each, measured best), as many as fit 4096 lanes in the interpreter,
     which runs programs one after the other."""
     block_l = max(2, _pow2(num_lanes))
-    most = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 64
+    most = 4096 if INTERPRET else 64
     if g is None or most > 64:
         g = max(1, min(_pow2(num_chunks) if most > 64 else 2, most // block_l))
     return block_l, g, (triton.cdiv(max(num_chunks, 1), g),)
 
 
-# launch variants of the decoder, chosen by the GPU benchmark (BENCHMARKS.md)
-DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1)
-ENCODE_VARIANT = dict(G=2, num_warps=1)
+# launch variants, chosen by the GPU benchmark (BENCHMARKS.md).  BITS (the lane scan
+# as a vote and popcounts) applies where a chunk has at most 32 lanes; ASM (popc in
+# inline assembly) wherever the kernels are compiled (not in the interpreter).
+DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True, FAST=False)
+ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True)
 COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
+ASM = not INTERPRET
+
+
+def _scan_flags(v: dict, block_l: int) -> dict:
+    v["BITS"] = bool(v.get("BITS")) and block_l <= 32
+    v.setdefault("ASM", ASM)
+    return v
 
 
 def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
@@ -331,11 +557,44 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
     fill = np.repeat(2 * np.cumsum(plan.frame_symbols) - 1, ne_h)
     esc_pos = torch.from_numpy(np.append(fill, 0)).to(dev)
     esc_count = torch.zeros(max(nf, 1), dtype=torch.int32, device=dev)
+    v = dict(DECODE_VARIANT, **(variant or {}))
+    block_l = max(2, _pow2(plan.num_lanes))
+    if plan.num_chunks and v.pop("FAST") and tables.pack32 and block_l == plan.num_lanes \
+            and block_l <= 128:
+        w1 = torch.cumsum(chunk_words, 0)
+        w0 = w1 - chunk_words
+        c_esc = torch.empty(plan.num_chunks, dtype=torch.int32, device=dev)
+        _decode_fast_kernel[(plan.num_chunks,)](
+            words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan, tables.table,
+            tables.chan_base, out, status, c_esc, plan.num_lanes, plan.num_lanes % plan.d,
+            plan.d, prob_bits, BLOCK_L=block_l, BITS=block_l <= 32 and v["BITS"],
+            ASM=v.get("ASM", ASM), num_warps=v["num_warps"])
+        if n_total:
+            # each chunk's first escape: the escapes of its frame's earlier chunks
+            f = plan.t_frame.long()
+            cum = torch.cumsum(c_esc.long(), 0)
+            before = cum - c_esc.long()
+            first = torch.from_numpy(np.cumsum(plan.frame_chunks) - plan.frame_chunks).to(dev)
+            c_ebase = before - before[first[f]]
+            _escape_scan_kernel[(plan.num_chunks,)](
+                out, plan.t_nsym, plan.t_sym0, plan.t_chan, plan.t_frame, c_esc, c_ebase,
+                tables.chan_base, ne, ebase, esc_pos, plan.d, BLOCK=v.get("ESC_BLOCK", 1024),
+                num_warps=4)
+            esc_count.index_add_(0, f, c_esc)
+        else:
+            esc_count.index_add_(0, plan.t_frame.long(), c_esc)
+        return out[:total], status[:plan.num_chunks], esc_pos[:n_total], esc_count[:nf]
+    v.pop("FAST", None)
     if plan.num_chunks:
         w1 = torch.cumsum(chunk_words, 0)
         w0 = w1 - chunk_words
-        v = dict(DECODE_VARIANT, **(variant or {}))
         block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks, v.pop("G"))
+        v = _scan_flags(v, block_l)
+        if block_l > 128 and not INTERPRET:
+            # wide chunks (up to 4096 lanes, level 30): a warp-local gather of a word
+            # window costs (lanes / 32)^2 shuffles a step; read the words directly,
+            # with a warp per 128 lanes
+            v.update(WINDOW=False, num_warps=min(8, block_l // 128))
         _decode_kernel[grid](words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan,
                              plan.t_frame, tables.table, tables.chan_base, out, status,
                              esc_count, ebase,
@@ -361,12 +620,14 @@ def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
         z = torch.zeros(0, dtype=torch.int64, device=dev)
         return torch.zeros(0, dtype=torch.int16, device=dev), z, z.to(torch.int32)
     cap = plan.chunk
-    wbuf = torch.empty(nc * cap, dtype=torch.int32, device=dev)
+    v = dict(ENCODE_VARIANT, **(variant or {}))
+    block_l, g, grid = _launch_shape(plan.num_lanes, nc, v.pop("G"))
+    v = _scan_flags(v, block_l)
+    dense = v["DENSE"]
+    wbuf = torch.empty(nc * cap, dtype=torch.int16 if dense else torch.int32, device=dev)
     count = torch.empty(nc, dtype=torch.int32, device=dev)
     states = torch.empty(nc * plan.num_lanes, dtype=torch.int32, device=dev)
     status = torch.empty(nc, dtype=torch.int32, device=dev)
-    v = dict(ENCODE_VARIANT, **(variant or {}))
-    block_l, g, grid = _launch_shape(plan.num_lanes, nc, v.pop("G"))
     _encode_kernel[grid](symbols, plan.t_nsym, plan.t_sym0, plan.t_chan, table, chan_base,
                          alphabet, wbuf, count, states, status, nc, plan.num_lanes,
                          plan.num_lanes % plan.d, plan.d, prob_bits, cap, G=g,
@@ -379,6 +640,10 @@ def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
     words = torch.empty(max(int(chunk_words.sum()), 1), dtype=torch.int16, device=dev)
     cv = dict(COMPACT_VARIANT, **(compact_variant or {}))
     block = min(cv.pop("BLOCK"), _pow2(cap))
-    _compact_kernel[(nc,)](wbuf, states, plan.t_nsym, w0, words, plan.num_lanes, cap,
-                           BLOCK_L=block_l, BLOCK=block, **cv)
+    if dense:
+        _compact_dense_kernel[(nc,)](wbuf, states, count, plan.t_nsym, w0, words,
+                                     plan.num_lanes, cap, BLOCK_L=block_l, BLOCK=block, **cv)
+    else:
+        _compact_kernel[(nc,)](wbuf, states, plan.t_nsym, w0, words, plan.num_lanes, cap,
+                               BLOCK_L=block_l, BLOCK=block, **cv)
     return words[:int(chunk_words.sum())], chunk_words, status

@@ -46,7 +46,10 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
                     esc_ptr, uext_ptr, out_ptr, status_ptr, num_channels,
                     SCAN: tl.constexpr, CONTIG: tl.constexpr, DENSE: tl.constexpr,
                     OUT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
-                    ALU_STEP: tl.constexpr, STAGES: tl.constexpr):
+                    ALU_STEP: tl.constexpr, STAGES: tl.constexpr, I32: tl.constexpr):
+    """I32: levels in int32 with the carry saturated at +-2^27: exact until the first
+    level beyond MAX_LEVEL, which makes the frame an error (clause 7.5) whatever the
+    values after it (|r| < 2^26 and BR <= 16 keep every sum inside int32)."""
     chain = tl.program_id(0)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     cm = c < num_channels
@@ -55,6 +58,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
     esc = tl.load(esc_ptr + c, mask=cm, other=-1)[None, :]
     code_c = tl.load(code_ptr + c, mask=cm, other=0)[None, :]
     carry = tl.zeros([BC], tl.int64)
+    carry32 = tl.zeros([BC], tl.int32)
     bad = tl.zeros([BR, BC], tl.int32)
     for i in tl.range(i0, i1, BR, num_stages=STAGES):     # STAGES > 1: loads run ahead
         ri = i + tl.arange(0, BR)
@@ -70,7 +74,13 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
         # escapes (rare): their u = ESC + escape value (< 2^27) waits in uext, same index
         s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
         r = (s >> 1) ^ -(s & 1)                 # |r| < 2^26: BR rows sum within int32
-        if SCAN:
+        if I32:
+            if SCAN:
+                lv = tl.cumsum(r, 0) + carry32[None, :]
+                carry32 = tl.minimum(tl.maximum(carry32 + tl.sum(r, 0), -(1 << 27)), 1 << 27)
+            else:
+                lv = r
+        elif SCAN:
             lv = tl.cumsum(r, 0).to(tl.int64) + carry[None, :]
             carry += tl.sum(r, 0).to(tl.int64)
         else:
@@ -206,7 +216,7 @@ def is_contiguous(rows, offs) -> bool:
 
 
 # tile of the reconstruction kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-DEQUANT_VARIANT = dict(BR=2, BC=128, num_warps=1, ALU_STEP=True, STAGES=1)
+DEQUANT_VARIANT = dict(BR=1, BC=128, num_warps=1, ALU_STEP=True, STAGES=1, I32=True)
 
 
 def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor, out,
@@ -227,6 +237,7 @@ def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor
     br, bc = v.pop("BR"), v.pop("BC")
     if not contiguous:     # rows through an index: short tiles down a chain
         br, bc = 16, 128
+    v["I32"] = v["I32"] and br <= 16
     bc, grid = _launch(n, num_channels, bc)
     _dequant_kernel[grid](sym, rows, offs, out_row, delta, code, step, esc, uext, out, status,
                           num_channels, SCAN=predictor != 0, CONTIG=contiguous, DENSE=dense,

@@ -60,6 +60,7 @@ RANS_CASES = [
     (3, 5, 7, 15, [2, 40], [7 * 11, 14, 3]),                    # lanes not a power of two
     (64, 4, 6, 12, [20], [256, 257, 5 * 64 + 1]),               # wide chunks, partial lanes
     (8, 32, 3, 11, [1, 30], [8 * 32 * 3 + 7]),                  # a table of one symbol
+    (32, 6, 10, 9, [50, 3], [32 * 6 * 2 + 5, 31]),             # 32 lanes: lane bit 31
 ]
 
 
@@ -83,11 +84,16 @@ def test_rans_encode_matches_reference(case):
     words, cws, freq_all, cum_all = _encode_ref(frames, tabs, tmap, lanes, steps, pb, d)
     plan = rans.ChunkPlan(sizes, lanes, steps, d, DEV)
     a = freq_all.shape[1]
-    # compaction in one block per chunk (default) and in blocks of 4 words
-    for cv in (None, dict(BLOCK=4, num_warps=1)):
+    # compaction in one block per chunk (default) and in blocks of 4 words; words
+    # placed by the coding kernel (DENSE, lane scan by vote or by cumsum); division
+    # by reciprocal (RCP)
+    for v, cv in [(None, None), (None, dict(BLOCK=4, num_warps=1)),
+                  (dict(DENSE=True, RCP=True, BITS=True), dict(BLOCK=4, num_warps=1)),
+                  (dict(DENSE=True, BITS=False), None), (dict(RCP=True, DENSE=False), None)]:
         w, cw, status = rans.encode(plan, T(np.concatenate(frames), np.int16),
                                     rans.encode_table(freq_all, cum_all, DEV),
-                                    T((tmap * a).astype(np.int32)), a, pb, compact_variant=cv)
+                                    T((tmap * a).astype(np.int32)), a, pb, variant=v,
+                                    compact_variant=cv)
         # the words: each chunk's final coder states first, then its renormalisation words
         assert np.array_equal(N(w).view(np.uint16), np.concatenate(words))
         assert np.array_equal(N(cw), np.concatenate(cws).astype(np.int64))
@@ -120,7 +126,11 @@ def test_rans_decode_matches_reference(case):
     allsym = np.concatenate(frames)
     # every launch variant the benchmark may pick decodes the same symbols
     for variant, pack32 in [(None, True), (None, False), (dict(WINDOW=False), True),
-                            (dict(ESC_BRANCH=False), True)]:
+                            (dict(ESC_BRANCH=False), True), (dict(BITS=True), True),
+                            (dict(BITS=True, WINDOW=False), False),
+                            (dict(BITS=False), True), (dict(FAST=True, BITS=True), True),
+                            (dict(FAST=True, BITS=False), True),
+                            (dict(FAST=True), False), (dict(FAST=True, ESC_BLOCK=4), True)]:
         (sym, status, esc_pos, esc_count), esc, n_esc = _decode(
             frames, words, cws, tabs, tmap, lanes, steps, pb, d, variant=variant,
             pack32=pack32)
@@ -152,11 +162,13 @@ def test_rans_decode_rejects_what_the_reference_rejects():
             ref_ok = True
         except TKBEntropyError:
             ref_ok = False
-        (sym, status, _, _), _, _ = _decode(frames, w, cws, tabs, tmap, lanes, steps, pb, d)
         plan = rans.ChunkPlan([s.size for s in frames], lanes, steps, d, "cpu")
-        st = N(status)
-        assert bool(st[plan.frame == 0].any()) == (not ref_ok)
-        assert not st[plan.frame == 1].any()          # the other frame is untouched
+        for variant in (None, dict(FAST=True)):
+            (sym, status, _, _), _, _ = _decode(frames, w, cws, tabs, tmap, lanes, steps, pb,
+                                                d, variant=variant)
+            st = N(status)
+            assert bool(st[plan.frame == 0].any()) == (not ref_ok)
+            assert not st[plan.frame == 1].any()          # the other frame is untouched
         seen.add(ref_ok)
     assert seen == {True, False} or seen == {False}
 
@@ -303,7 +315,8 @@ def test_dequantize_matches_reference(out_dtype, predictor):
     uext = recon.escape_values(sym.size, d, T(esc), T(2 * flat_esc),
                                T(np.concatenate(escs), np.int64), DEV)
     want = np.concatenate(ref_out)
-    for variant in (None, dict(ALU_STEP=False)):    # step computed or read from the table
+    # step computed or read from the table; levels in int64 or in saturated int32
+    for variant in (None, dict(ALU_STEP=False), dict(I32=True, BR=2), dict(I32=False, BR=16)):
         out.fill_(0)
         status = recon.dequantize(T(sym, np.int16), T(rows), T(offs), T(np.arange(k)),
                                   T(np.concatenate(deltas), np.int32), T(codes, np.int32),
@@ -325,10 +338,12 @@ def test_dequantize_flags_levels_beyond_the_limit():
     rows, offs = _chains_of([pos], tps, np.array([3]))
     out = torch.zeros((3, d), dtype=torch.float32, device=DEV)
     uext = recon.escape_values(6, d, T(esc), T(2 * np.array([0, 2, 4])), T(e, np.int64), DEV)
-    status = recon.dequantize(T(u.ravel(), np.int16), T(rows), T(offs), T(np.arange(3)),
-                              T(np.zeros(3), np.int32), T(np.array([144, 144]), np.int32),
-                              T(reconstruction.STEP), T(esc, np.int32), uext, 1, out, d)
-    assert N(status).any()
+    for contig, variant in [(False, None), (True, dict(I32=True, BR=2)), (True, dict(I32=False))]:
+        status = recon.dequantize(T(u.ravel(), np.int16), T(rows), T(offs), T(np.arange(3)),
+                                  T(np.zeros(3), np.int32), T(np.array([144, 144]), np.int32),
+                                  T(reconstruction.STEP), T(esc, np.int32), uext, 1, out, d,
+                                  contig, variant=variant)
+        assert N(status).any()
     # the reference reaches the same levels, and rejects them (clause 7.5)
     lv = prediction.reconstruct_levels(symbols.residuals(u, esc, e.astype(np.uint64)), pos, tps)
     assert np.abs(lv).max() > reconstruction.MAX_LEVEL
