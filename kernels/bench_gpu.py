@@ -315,11 +315,17 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
 
 
 QUANT_VARIANTS = [dict(prev_row=False), dict(ALU_STEP=True), dict(BR=16, BC=256, num_warps=4),
-                  dict(BR=32, BC=128, num_warps=2), dict(BR=8, BC=128, num_warps=1)]
+                  dict(BR=32, BC=128, num_warps=2), dict(BR=8, BC=128, num_warps=1),
+                  dict(ROWS=64, BC=1024, num_warps=4), dict(ROWS=64, BC=512, num_warps=2),
+                  dict(ROWS=32, BC=256, num_warps=1), dict(ROWS=144, BC=1024, num_warps=8),
+                  dict(ROWS=64, BC=1024, num_warps=4, ALU_STEP=True)]
 # each changes the default (recon.DEQUANT_VARIANT) in the settings it names
 DEQUANT_VARIANTS = [dict(contiguous=False), dict(I32=False, BR=2), dict(I32=False, BR=1),
                     dict(BR=2), dict(STAGES=2), dict(STAGES=3), dict(BC=256, num_warps=2),
-                    dict(BR=4, BC=256, num_warps=2), dict(BC=64)]
+                    dict(BR=4, BC=256, num_warps=2), dict(BC=64), dict(PREFETCH=True),
+                    dict(PREFETCH=True, BR=2), dict(PREFETCH=True, BC=256, num_warps=2),
+                    dict(PREFETCH=True, BR=4, BC=256, num_warps=2),
+                    dict(PREFETCH=True, BR=2, BC=512, num_warps=4)]
 COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4),
                     dict(BLOCK=4096, num_warps=8), dict(BLOCK=2048, num_warps=2),
                     dict(BLOCK=8192, num_warps=8)]
@@ -328,10 +334,9 @@ COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4)
 ENCODE_VARIANTS = [dict(DENSE=False, RCP=False, BITS=False, G=2),
                    dict(DENSE=False, RCP=False, BITS=False, G=1),
                    dict(DENSE=False), dict(RCP=False), dict(BITS=False), dict(G=2),
-                   dict(G=4), dict(ASM=False)]
+                   dict(G=4)]
 DECODE_VARIANTS = [dict(BITS=False), dict(table64=True), dict(WINDOW=False),
-                   dict(ESC_BRANCH=False, BITS=False), dict(G=2), dict(G=4), dict(ASM=False),
-                   dict(FAST=True), dict(FAST=True, ASM=False), dict(FAST=True, BITS=False)]
+                   dict(ESC_BRANCH=False, BITS=False), dict(G=2), dict(G=4)]
 
 
 def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict:

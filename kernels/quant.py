@@ -50,6 +50,12 @@ def _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP: 
         y = x * step_value(code, True)
     else:
         y = x * tl.load(inv_ptr + code, mask=m, other=0.0)
+    return _round_level(y)
+
+
+@triton.jit
+def _round_level(y):
+    """Annex B.1: round half to even, clip to MAX_LEVEL, as int32."""
     a = tl.abs(y)
     # round half to even: exact for |y| < 2^23; larger binary32 values are integers
     r = tl.minimum(tl.where(a < 8388608.0, (a + 8388608.0) - 8388608.0, a), 16777215.0)
@@ -94,6 +100,49 @@ def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_
     flat = r[:, None].to(tl.int64) * num_channels + c[None, :]
     tl.store(sym_ptr + flat, tl.minimum(u, esc).to(tl.int16), mask=m)
     tl.store(u_ptr + flat, u, mask=m & (u >= esc))
+
+
+@triton.jit
+def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_ptr,
+                         sym_ptr, u_ptr, num_rows, num_channels, RB: tl.constexpr,
+                         BC: tl.constexpr, ALU_STEP: tl.constexpr):
+    """The symbols of :func:`_symbols_kernel` when every predicting row is the row
+    before (left prediction, or none): one program runs down RB rows of a column
+    block carrying the row above's levels, the next row's input loading while this
+    one is quantized (the block's first row quantizes the row above it again)."""
+    r0 = tl.program_id(0) * RB
+    r1 = tl.minimum(r0 + RB, num_rows)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    cm = c < num_channels
+    one = tl.zeros([1], tl.int32)
+    esc = tl.load(esc_ptr + c, mask=cm, other=0)[None, :]
+    code_c = tl.load(code_ptr + c, mask=cm, other=0)[None, :]
+    above = r0 - 1 + one
+    am = above >= 0
+    prev = _levels(x_ptr, tl.load(src_ptr + above, mask=am, other=0),
+                   tl.load(delta_ptr + above, mask=am, other=0), c, am[:, None] & cm[None, :],
+                   code_ptr, inv_ptr, num_channels, ALU_STEP)
+    src = tl.load(src_ptr + r0 + one)
+    x_next = tl.load(x_ptr + src[:, None] * num_channels + c[None, :], mask=cm[None, :], other=0)
+    for r in range(r0, r1):
+        ri = r + one
+        x = x_next.to(tl.float32)
+        nm = ri + 1 < r1
+        src = tl.load(src_ptr + ri + 1, mask=nm, other=0)
+        x_next = tl.load(x_ptr + src[:, None] * num_channels + c[None, :],
+                         mask=nm[:, None] & cm[None, :], other=0)
+        code = code_c + tl.load(delta_ptr + ri)[:, None]
+        if ALU_STEP:
+            y = x * step_value(code, True)
+        else:
+            y = x * tl.load(inv_ptr + code, mask=cm[None, :], other=0.0)
+        lv = _round_level(y)
+        res = lv - tl.where((tl.load(pred_ptr + ri) >= 0)[:, None], prev, 0)
+        prev = lv
+        u = (res << 1) ^ (res >> 31)                        # zigzag (clause 7.4.1)
+        flat = ri[:, None].to(tl.int64) * num_channels + c[None, :]
+        tl.store(sym_ptr + flat, tl.minimum(u, esc).to(tl.int16), mask=cm[None, :])
+        tl.store(u_ptr + flat, u, mask=cm[None, :] & (u >= esc))
 
 
 @triton.jit
@@ -151,7 +200,8 @@ def _c(t, dtype):
 
 
 # tile of the quantization kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-SYMBOLS_VARIANT = dict(BR=16, BC=128, num_warps=2, ALU_STEP=False)
+# ROWS > 0: the row-loop kernel (left / no prediction), ROWS rows per program
+SYMBOLS_VARIANT = dict(BR=16, BC=128, num_warps=2, ALU_STEP=False, ROWS=0)
 
 
 def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=None,
@@ -162,6 +212,14 @@ def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=Non
     if not (k and d):
         return
     v = dict(SYMBOLS_VARIANT, **(variant or {}))
+    rows = v.pop("ROWS")
+    if prev_row and rows:       # run down ROWS rows, the row above's levels carried
+        bc = min(v.pop("BC"), triton.next_power_of_2(d))
+        v.pop("BR")
+        _symbols_rows_kernel[(triton.cdiv(k, rows), triton.cdiv(d, bc))](
+            x, src, delta, pred, code, inv_step, esc, sym, u, k, d, RB=rows, BC=bc, **v,
+            **NO_FMA)
+        return
     br, bc = v.pop("BR"), min(v.pop("BC"), triton.next_power_of_2(d))
     grid = (triton.cdiv(k, br), triton.cdiv(d, bc))
     _symbols_kernel[grid](x, src, delta, pred, code, inv_step, esc, sym, u, k, d, BR=br, BC=bc,

@@ -45,21 +45,18 @@ def _word(words_ptr, idx, mask):
 
 
 @triton.jit
-def _popc(v, ASM: tl.constexpr):
-    """Set bits of each uint32 element, as int32 (``popc`` on a GPU; the same count
-    by bit halving where inline assembly cannot run: the interpreter)."""
-    if ASM:
-        return tl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [v], dtype=tl.int32,
-                                         is_pure=True, pack=1)
-    else:
-        v = v - ((v >> 1) & 0x55555555)
-        v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
-        v = (v + (v >> 4)) & 0x0F0F0F0F
-        return ((v * 0x01010101) >> 24).to(tl.int32)
+def _popc(v):
+    """Set bits of each uint32 element, as int32 (bit halving: on the H200 this ran as
+    fast as the popc instruction through inline assembly, and it runs in the
+    interpreter)."""
+    v = v - ((v >> 1) & 0x55555555)
+    v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
+    v = (v + (v >> 4)) & 0x0F0F0F0F
+    return ((v * 0x01010101) >> 24).to(tl.int32)
 
 
 @triton.jit
-def _lane_scan(need, lane, below, BITS: tl.constexpr, ASM: tl.constexpr):
+def _lane_scan(need, lane, below, BITS: tl.constexpr):
     """Exclusive prefix count of ``need`` [G, L] along the lanes, and its row total
     [G, 1]: the word order of clause 7.3.2 (lanes that renormalise, in lane order).
     BITS (at most 32 lanes): one warp-wide xor of distinct lane bits (a vote) and two
@@ -67,7 +64,7 @@ def _lane_scan(need, lane, below, BITS: tl.constexpr, ASM: tl.constexpr):
     ni = need.to(tl.int32)
     if BITS:
         bits = tl.xor_sum(ni << lane, 1)[:, None].to(tl.uint32, bitcast=True)
-        return _popc(bits & below, ASM), _popc(bits, ASM)
+        return _popc(bits & below), _popc(bits)
     else:
         return tl.cumsum(ni, 1) - ni, tl.sum(ni, 1)[:, None]
 
@@ -78,8 +75,7 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                    esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
-                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
-                   ASM: tl.constexpr):
+                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr):
     cid = tl.program_id(0) * G + tl.arange(0, G)                    # [G]
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]                              # [1, L]
@@ -128,7 +124,7 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
         xn = freq * (x >> pb) + bias
         need = act & (xn < RANS_L)
         if BITS:
-            pos, nread = _lane_scan(need, lane, below, BITS, ASM)
+            pos, nread = _lane_scan(need, lane, below, BITS)
         else:
             ni = need.to(tl.int32)
             pos = tl.cumsum(ni, 1) - ni
@@ -162,121 +158,6 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
 
 
 @triton.jit
-def _fast_step(x, ptr, cb, act, words_ptr, w1, table_ptr, mask, pb, lane, below,
-               BITS: tl.constexpr, ASM: tl.constexpr, MASKED: tl.constexpr):
-    """One decoding step of a chunk's lanes (clause 7.3.2) with 32-bit slot entries:
-    (symbol, escape flag, next x, next ptr).  MASKED: some lanes are past the chunk's
-    last symbol (its final step); otherwise no lane mask is evaluated."""
-    if MASKED:
-        e = tl.load(table_ptr + (x & mask).to(tl.int32) + (cb & 0xFFFFF), mask=act, other=0)
-    else:
-        e = tl.load(table_ptr + (x & mask).to(tl.int32) + (cb & 0xFFFFF))
-    win = _word(words_ptr, ptr + lane, ptr + lane < w1)
-    freq = ((e & 0xFFF) + 1).to(tl.uint32)
-    bias = ((e >> 12) & 0xFFF).to(tl.uint32)
-    sym = (e >> 24) & 0xFF
-    xn = freq * (x >> pb) + bias
-    if MASKED:
-        is_esc = act & (sym == (cb >> 20))
-        need = act & (xn < RANS_L)
-    else:
-        is_esc = sym == (cb >> 20)
-        need = xn < RANS_L
-    ni = need.to(tl.int32)
-    if BITS:    # as _lane_scan, for one chunk
-        bits = tl.xor_sum(ni << lane, 0).to(tl.uint32, bitcast=True)
-        pos = _popc(bits & below, ASM)
-        nread = _popc(bits, ASM)
-    else:
-        pos = tl.cumsum(ni, 0) - ni
-        nread = tl.sum(ni, 0)
-    w = tl.gather(win, pos, 0)
-    if MASKED:
-        x = tl.where(need, (xn << 16) | w, tl.where(act, xn, x))
-    else:
-        x = tl.where(need, (xn << 16) | w, xn)
-    return sym, is_esc, x, ptr + nread
-
-
-@triton.jit(do_not_specialize=["prob_bits"])
-def _decode_fast_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c_chan_ptr,
-                        table_ptr, chan_base_ptr, out_ptr, status_ptr, c_esc_ptr,
-                        num_lanes, lane_inc, num_channels, prob_bits,
-                        BLOCK_L: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
-    """The decoder of :func:`_decode_kernel` for one chunk per program whose lanes fill
-    the block (num_lanes a power of two) with 32-bit slot entries: every step but the
-    last runs without lane masks, and escape symbols are only counted (per chunk, in
-    ``c_esc``); :func:`_escape_scan_kernel` finds their positions afterwards."""
-    cid = tl.program_id(0)
-    w0 = tl.load(c_word0_ptr + cid)
-    w1 = tl.load(c_word1_ptr + cid)
-    nsym = tl.load(c_nsym_ptr + cid)
-    lane = tl.arange(0, BLOCK_L)
-    below = (tl.full([BLOCK_L], 1, tl.uint32) << lane.to(tl.uint32)) - 1
-    na = tl.minimum(nsym, num_lanes)
-    lane_ok = lane < na
-    x = _word(words_ptr, w0 + 2 * lane, lane_ok) | (_word(words_ptr, w0 + 2 * lane + 1,
-                                                          lane_ok) << 16)
-    status = tl.max((lane_ok & (x < RANS_L)).to(tl.int32), 0) * BAD_INITIAL_STATE
-    ptr = w0 + 2 * na
-    pb = prob_bits.to(tl.uint32)
-    mask = (tl.full([BLOCK_L], 1, tl.uint32) << pb) - 1
-    ch = (tl.load(c_chan_ptr + cid) + lane) % num_channels
-    cb = tl.load(chan_base_ptr + ch)
-    outp = out_ptr + tl.load(c_out_ptr + cid) + lane
-    nesc = tl.zeros([BLOCK_L], tl.int32)
-    full = nsym // num_lanes
-    for t in range(0, full):
-        sym, is_esc, x, ptr = _fast_step(x, ptr, cb, lane_ok, words_ptr, w1, table_ptr, mask,
-                                         pb, lane, below, BITS, ASM, False)
-        ch = ch + lane_inc
-        ch = tl.where(ch >= num_channels, ch - num_channels, ch)
-        cb = tl.load(chan_base_ptr + ch)
-        tl.store(outp, sym.to(tl.int16))
-        outp += num_lanes
-        nesc += is_esc.to(tl.int32)
-    if full * num_lanes < nsym:           # the last, partial step
-        act = lane < nsym - full * num_lanes
-        sym, is_esc, x, ptr = _fast_step(x, ptr, cb, act, words_ptr, w1, table_ptr, mask,
-                                         pb, lane, below, BITS, ASM, True)
-        tl.store(outp, sym.to(tl.int16), mask=act)
-        nesc += is_esc.to(tl.int32)
-    status |= (ptr != w1).to(tl.int32) * BAD_WORD_COUNT
-    status |= tl.max((lane_ok & (x != RANS_L)).to(tl.int32), 0) * BAD_FINAL_STATE
-    tl.store(status_ptr + cid, status)
-    tl.store(c_esc_ptr + cid, tl.sum(nesc, 0))
-
-
-@triton.jit
-def _escape_scan_kernel(sym_ptr, c_nsym_ptr, c_out_ptr, c_chan_ptr, c_frame_ptr, c_esc_ptr,
-                        c_ebase_ptr, chan_base_ptr, esc_cap_ptr, esc_base_ptr, esc_pos_ptr,
-                        num_channels, BLOCK: tl.constexpr):
-    """Positions of the escape symbols of one chunk (symbol == ESC of its channel, from
-    the packed chan_base), in order, as keys 2 * index at the chunk's place in its
-    frame's escape list (``c_ebase``: escapes of the frame's earlier chunks)."""
-    cid = tl.program_id(0)
-    nsym = tl.load(c_nsym_ptr + cid)
-    if tl.load(c_esc_ptr + cid) > 0:
-        out0 = tl.load(c_out_ptr + cid)
-        c0 = tl.load(c_chan_ptr + cid)
-        frame = tl.load(c_frame_ptr + cid)
-        k0 = tl.load(c_ebase_ptr + cid)
-        cap = tl.load(esc_cap_ptr + frame)
-        base = tl.load(esc_base_ptr + frame)
-        idx = tl.arange(0, BLOCK)
-        for b in range(0, nsym, BLOCK):
-            m = b + idx < nsym
-            s = tl.load(sym_ptr + out0 + b + idx, mask=m, other=0).to(tl.int32)
-            ch = ((c0 + b) % num_channels + idx) % num_channels
-            esc = tl.load(chan_base_ptr + ch, mask=m, other=0) >> 20
-            e = (m & (s == esc)).to(tl.int32)
-            if tl.max(e, 0) > 0:       # most blocks hold no escape
-                k = k0 + tl.cumsum(e, 0) - e
-                tl.store(esc_pos_ptr + base + k, 2 * (out0 + b + idx), mask=(e != 0) & (k < cap))
-                k0 += tl.sum(e, 0)
-
-
-@triton.jit
 def _enc_entry(sym_ptr, idx, act, table_ptr, chan_base_ptr, ch, alphabet):
     """Symbol at idx and its packed entry (:func:`encode_table`); 0 outside the alphabet."""
     s = tl.load(sym_ptr + idx, mask=act, other=0).to(tl.int32)
@@ -291,7 +172,7 @@ def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_ba
                    alphabet, wbuf_ptr, count_ptr, state_ptr, status_ptr,
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits, chunk_cap,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, DENSE: tl.constexpr,
-                   RCP: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
+                   RCP: tl.constexpr, BITS: tl.constexpr):
     """DENSE: each chunk's words are placed at once, packed at the end of its
     worst-case region (int16 words); else every step writes one int32 slot per lane
     (-1: no word) and the compaction kernel drops the empty slots.
@@ -334,7 +215,7 @@ def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_ba
         f = tl.where(f == 0, 1, f)
         need = act & ((x >> (32 - pb)) >= f)
         if DENSE:
-            pos, n = _lane_scan(need, lane, below, BITS, ASM)
+            pos, n = _lane_scan(need, lane, below, BITS)
             count += n
             tl.store(wbuf_ptr + wbase + chunk_cap - count + pos, (x & 0xFFFF).to(tl.int16),
                      mask=need)
@@ -517,17 +398,12 @@ def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None):
 
 
 # launch variants, chosen by the GPU benchmark (BENCHMARKS.md).  BITS (the lane scan
-# as a vote and popcounts) applies where a chunk has at most 32 lanes; ASM (popc in
-# inline assembly) wherever the kernels are compiled (not in the interpreter).
-DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True, FAST=False)
+# as a vote and popcounts) applies where a chunk has at most 32 lanes.
+DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True)
 ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True)
 COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
-ASM = not INTERPRET
-
-
 def _scan_flags(v: dict, block_l: int) -> dict:
     v["BITS"] = bool(v.get("BITS")) and block_l <= 32
-    v.setdefault("ASM", ASM)
     return v
 
 
@@ -557,37 +433,10 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
     fill = np.repeat(2 * np.cumsum(plan.frame_symbols) - 1, ne_h)
     esc_pos = torch.from_numpy(np.append(fill, 0)).to(dev)
     esc_count = torch.zeros(max(nf, 1), dtype=torch.int32, device=dev)
-    v = dict(DECODE_VARIANT, **(variant or {}))
-    block_l = max(2, _pow2(plan.num_lanes))
-    if plan.num_chunks and v.pop("FAST") and tables.pack32 and block_l == plan.num_lanes \
-            and block_l <= 128:
-        w1 = torch.cumsum(chunk_words, 0)
-        w0 = w1 - chunk_words
-        c_esc = torch.empty(plan.num_chunks, dtype=torch.int32, device=dev)
-        _decode_fast_kernel[(plan.num_chunks,)](
-            words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan, tables.table,
-            tables.chan_base, out, status, c_esc, plan.num_lanes, plan.num_lanes % plan.d,
-            plan.d, prob_bits, BLOCK_L=block_l, BITS=block_l <= 32 and v["BITS"],
-            ASM=v.get("ASM", ASM), num_warps=v["num_warps"])
-        if n_total:
-            # each chunk's first escape: the escapes of its frame's earlier chunks
-            f = plan.t_frame.long()
-            cum = torch.cumsum(c_esc.long(), 0)
-            before = cum - c_esc.long()
-            first = torch.from_numpy(np.cumsum(plan.frame_chunks) - plan.frame_chunks).to(dev)
-            c_ebase = before - before[first[f]]
-            _escape_scan_kernel[(plan.num_chunks,)](
-                out, plan.t_nsym, plan.t_sym0, plan.t_chan, plan.t_frame, c_esc, c_ebase,
-                tables.chan_base, ne, ebase, esc_pos, plan.d, BLOCK=v.get("ESC_BLOCK", 1024),
-                num_warps=4)
-            esc_count.index_add_(0, f, c_esc)
-        else:
-            esc_count.index_add_(0, plan.t_frame.long(), c_esc)
-        return out[:total], status[:plan.num_chunks], esc_pos[:n_total], esc_count[:nf]
-    v.pop("FAST", None)
     if plan.num_chunks:
         w1 = torch.cumsum(chunk_words, 0)
         w0 = w1 - chunk_words
+        v = dict(DECODE_VARIANT, **(variant or {}))
         block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks, v.pop("G"))
         v = _scan_flags(v, block_l)
         if block_l > 128 and not INTERPRET:

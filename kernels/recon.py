@@ -46,10 +46,12 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
                     esc_ptr, uext_ptr, out_ptr, status_ptr, num_channels,
                     SCAN: tl.constexpr, CONTIG: tl.constexpr, DENSE: tl.constexpr,
                     OUT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
-                    ALU_STEP: tl.constexpr, STAGES: tl.constexpr, I32: tl.constexpr):
+                    ALU_STEP: tl.constexpr, STAGES: tl.constexpr, I32: tl.constexpr,
+                    PREFETCH: tl.constexpr):
     """I32: levels in int32 with the carry saturated at +-2^27: exact until the first
     level beyond MAX_LEVEL, which makes the frame an error (clause 7.5) whatever the
-    values after it (|r| < 2^26 and BR <= 16 keep every sum inside int32)."""
+    values after it (|r| < 2^26 and BR <= 16 keep every sum inside int32).
+    PREFETCH (CONTIG only): the next rows' symbols load while these are reconstructed."""
     chain = tl.program_id(0)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     cm = c < num_channels
@@ -60,6 +62,10 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
     carry = tl.zeros([BC], tl.int64)
     carry32 = tl.zeros([BC], tl.int32)
     bad = tl.zeros([BR, BC], tl.int32)
+    if PREFETCH:
+        rn = i0 + tl.arange(0, BR)
+        s_next = tl.load(sym_ptr + rn[:, None].to(tl.int64) * num_channels + c[None, :],
+                         mask=(rn < i1)[:, None] & cm[None, :], other=0)
     for i in tl.range(i0, i1, BR, num_stages=STAGES):     # STAGES > 1: loads run ahead
         ri = i + tl.arange(0, BR)
         rm = ri < i1
@@ -69,7 +75,12 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
             row = tl.load(rows_ptr + ri, mask=rm, other=0)
         m = rm[:, None] & cm[None, :]
         flat = row[:, None] * num_channels + c[None, :]
-        s = tl.load(sym_ptr + flat, mask=m, other=0).to(tl.int32)
+        if PREFETCH:
+            s = s_next.to(tl.int32)
+            s_next = tl.load(sym_ptr + flat + BR * num_channels,
+                             mask=(ri + BR < i1)[:, None] & cm[None, :], other=0)
+        else:
+            s = tl.load(sym_ptr + flat, mask=m, other=0).to(tl.int32)
         is_e = m & (s == esc)
         # escapes (rare): their u = ESC + escape value (< 2^27) waits in uext, same index
         s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
@@ -216,7 +227,8 @@ def is_contiguous(rows, offs) -> bool:
 
 
 # tile of the reconstruction kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-DEQUANT_VARIANT = dict(BR=1, BC=128, num_warps=1, ALU_STEP=True, STAGES=1, I32=True)
+DEQUANT_VARIANT = dict(BR=1, BC=128, num_warps=1, ALU_STEP=True, STAGES=1, I32=True,
+                       PREFETCH=False)
 
 
 def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor, out,
@@ -238,6 +250,7 @@ def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor
     if not contiguous:     # rows through an index: short tiles down a chain
         br, bc = 16, 128
     v["I32"] = v["I32"] and br <= 16
+    v["PREFETCH"] = v["PREFETCH"] and contiguous
     bc, grid = _launch(n, num_channels, bc)
     _dequant_kernel[grid](sym, rows, offs, out_row, delta, code, step, esc, uext, out, status,
                           num_channels, SCAN=predictor != 0, CONTIG=contiguous, DENSE=dense,
