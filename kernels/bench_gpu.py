@@ -314,18 +314,18 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
     return res
 
 
-QUANT_VARIANTS = [dict(prev_row=False), dict(ALU_STEP=True), dict(BR=16, BC=256, num_warps=4),
-                  dict(BR=32, BC=128, num_warps=2), dict(BR=8, BC=128, num_warps=1),
-                  dict(ROWS=64, BC=1024, num_warps=4), dict(ROWS=64, BC=512, num_warps=2),
-                  dict(ROWS=32, BC=256, num_warps=1), dict(ROWS=144, BC=1024, num_warps=8),
-                  dict(ROWS=64, BC=1024, num_warps=4, ALU_STEP=True)]
+# each changes the default (quant.SYMBOLS_VARIANT: the row loop) in the settings it
+# names; ROWS=0 is the tile kernel with its row shift
+QUANT_VARIANTS = [dict(prev_row=False), dict(ROWS=0, BR=16, BC=128, num_warps=2),
+                  dict(ROWS=0, BR=16, BC=256, num_warps=4), dict(ALU_STEP=True),
+                  dict(ROWS=16), dict(ROWS=64), dict(BC=128), dict(BC=512, num_warps=2),
+                  dict(BC=128, ROWS=64), dict(BC=512, num_warps=2, ALU_STEP=True),
+                  dict(ROWS=64, BC=1024, num_warps=4)]
 # each changes the default (recon.DEQUANT_VARIANT) in the settings it names
 DEQUANT_VARIANTS = [dict(contiguous=False), dict(I32=False, BR=2), dict(I32=False, BR=1),
                     dict(BR=2), dict(STAGES=2), dict(STAGES=3), dict(BC=256, num_warps=2),
-                    dict(BR=4, BC=256, num_warps=2), dict(BC=64), dict(PREFETCH=True),
-                    dict(PREFETCH=True, BR=2), dict(PREFETCH=True, BC=256, num_warps=2),
-                    dict(PREFETCH=True, BR=4, BC=256, num_warps=2),
-                    dict(PREFETCH=True, BR=2, BC=512, num_warps=4)]
+                    dict(BR=4, BC=256, num_warps=2), dict(BC=64), dict(ALU_STEP=False),
+                    dict(BC=512, num_warps=4), dict(BR=2, BC=256, num_warps=2)]
 COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4),
                     dict(BLOCK=4096, num_warps=8), dict(BLOCK=2048, num_warps=2),
                     dict(BLOCK=8192, num_warps=8)]

@@ -117,6 +117,13 @@ def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr,
     one = tl.zeros([1], tl.int32)
     esc = tl.load(esc_ptr + c, mask=cm, other=0)[None, :]
     code_c = tl.load(code_ptr + c, mask=cm, other=0)[None, :]
+    if ALU_STEP:   # inv_step(code_c + b), b = 0..5; a row scales by 2^-(delta div 6)
+        iv0 = step_value(code_c, True)
+        iv1 = step_value(code_c + 1, True)
+        iv2 = step_value(code_c + 2, True)
+        iv3 = step_value(code_c + 3, True)
+        iv4 = step_value(code_c + 4, True)
+        iv5 = step_value(code_c + 5, True)
     above = r0 - 1 + one
     am = above >= 0
     prev = _levels(x_ptr, tl.load(src_ptr + above, mask=am, other=0),
@@ -131,11 +138,17 @@ def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr,
         src = tl.load(src_ptr + ri + 1, mask=nm, other=0)
         x_next = tl.load(x_ptr + src[:, None] * num_channels + c[None, :],
                          mask=nm[:, None] & cm[None, :], other=0)
-        code = code_c + tl.load(delta_ptr + ri)[:, None]
-        if ALU_STEP:
-            y = x * step_value(code, True)
+        dl = tl.load(delta_ptr + ri)[:, None]
+        if ALU_STEP:    # exact: inv_step(code + 6) = inv_step(code) / 2 (Annex B.1)
+            b = ((dl % 6) + 6) % 6
+            a = (dl - b) // 6
+            iv = tl.where(b == 0, iv0, tl.where(b == 1, iv1, tl.where(b == 2, iv2, tl.where(
+                b == 3, iv3, tl.where(b == 4, iv4, iv5)))))
+            pw = ((127 - tl.minimum(tl.maximum(a, -126), 127)) << 23).to(tl.float32,
+                                                                          bitcast=True)
+            y = x * (iv * pw)
         else:
-            y = x * tl.load(inv_ptr + code, mask=cm[None, :], other=0.0)
+            y = x * tl.load(inv_ptr + code_c + dl, mask=cm[None, :], other=0.0)
         lv = _round_level(y)
         res = lv - tl.where((tl.load(pred_ptr + ri) >= 0)[:, None], prev, 0)
         prev = lv
@@ -201,7 +214,7 @@ def _c(t, dtype):
 
 # tile of the quantization kernel, chosen by the GPU benchmark (BENCHMARKS.md)
 # ROWS > 0: the row-loop kernel (left / no prediction), ROWS rows per program
-SYMBOLS_VARIANT = dict(BR=16, BC=128, num_warps=2, ALU_STEP=False, ROWS=0)
+SYMBOLS_VARIANT = dict(BR=16, BC=256, num_warps=1, ALU_STEP=False, ROWS=32)
 
 
 def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=None,

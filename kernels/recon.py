@@ -46,12 +46,15 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
                     esc_ptr, uext_ptr, out_ptr, status_ptr, num_channels,
                     SCAN: tl.constexpr, CONTIG: tl.constexpr, DENSE: tl.constexpr,
                     OUT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
-                    ALU_STEP: tl.constexpr, STAGES: tl.constexpr, I32: tl.constexpr,
-                    PREFETCH: tl.constexpr):
+                    ALU_STEP: tl.constexpr, STAGES: tl.constexpr, I32: tl.constexpr):
     """I32: levels in int32 with the carry saturated at +-2^27: exact until the first
     level beyond MAX_LEVEL, which makes the frame an error (clause 7.5) whatever the
     values after it (|r| < 2^26 and BR <= 16 keep every sum inside int32).
-    PREFETCH (CONTIG only): the next rows' symbols load while these are reconstructed."""
+    ALU_STEP: step(code_c + b) for b = 0..5 is computed once per program, and a row
+    scales it by 2^(delta div 6), exactly (clause 7.6.1: step(code + 6) = 2 step(code));
+    else steps are read from the 256-entry table.  Levels beyond MAX_LEVEL and codes
+    outside 0..255 are not clamped: they make the frame an error (the status here, the
+    codes on the host), whatever its values."""
     chain = tl.program_id(0)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     cm = c < num_channels
@@ -62,10 +65,13 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
     carry = tl.zeros([BC], tl.int64)
     carry32 = tl.zeros([BC], tl.int32)
     bad = tl.zeros([BR, BC], tl.int32)
-    if PREFETCH:
-        rn = i0 + tl.arange(0, BR)
-        s_next = tl.load(sym_ptr + rn[:, None].to(tl.int64) * num_channels + c[None, :],
-                         mask=(rn < i1)[:, None] & cm[None, :], other=0)
+    if ALU_STEP:
+        st0 = step_value(code_c, False)
+        st1 = step_value(code_c + 1, False)
+        st2 = step_value(code_c + 2, False)
+        st3 = step_value(code_c + 3, False)
+        st4 = step_value(code_c + 4, False)
+        st5 = step_value(code_c + 5, False)
     for i in tl.range(i0, i1, BR, num_stages=STAGES):     # STAGES > 1: loads run ahead
         ri = i + tl.arange(0, BR)
         rm = ri < i1
@@ -75,15 +81,11 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
             row = tl.load(rows_ptr + ri, mask=rm, other=0)
         m = rm[:, None] & cm[None, :]
         flat = row[:, None] * num_channels + c[None, :]
-        if PREFETCH:
-            s = s_next.to(tl.int32)
-            s_next = tl.load(sym_ptr + flat + BR * num_channels,
-                             mask=(ri + BR < i1)[:, None] & cm[None, :], other=0)
-        else:
-            s = tl.load(sym_ptr + flat, mask=m, other=0).to(tl.int32)
+        s = tl.load(sym_ptr + flat, mask=m, other=0).to(tl.int32)
         is_e = m & (s == esc)
-        # escapes (rare): their u = ESC + escape value (< 2^27) waits in uext, same index
-        s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
+        if tl.max(tl.max(is_e.to(tl.int32), 1), 0) > 0:
+            # escapes (rare): their u = ESC + escape value (< 2^27) waits in uext, same index
+            s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
         r = (s >> 1) ^ -(s & 1)                 # |r| < 2^26: BR rows sum within int32
         if I32:
             if SCAN:
@@ -97,12 +99,18 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
         else:
             lv = r.to(tl.int64)
         bad |= (m & ((lv > MAX_LEVEL) | (lv < -MAX_LEVEL))).to(tl.int32)
-        lv = tl.minimum(tl.maximum(lv, -MAX_LEVEL), MAX_LEVEL)
-        code = code_c + tl.load(delta_ptr + row, mask=rm, other=0)[:, None]
-        code = tl.minimum(tl.maximum(code, 0), 255)
+        dl = tl.load(delta_ptr + row, mask=rm, other=0)[:, None]
         if ALU_STEP:
-            v = lv.to(tl.int32).to(tl.float32) * step_value(code, False)
+            b = ((dl % 6) + 6) % 6                  # delta = 6 a + b, 0 <= b < 6
+            a = (dl - b) // 6
+            st = tl.where(b == 0, st0, tl.where(b == 1, st1, tl.where(b == 2, st2, tl.where(
+                b == 3, st3, tl.where(b == 4, st4, st5)))))
+            # 2^a as a binary32 (normal for every valid code); invalid frames: any value
+            pw = ((tl.minimum(tl.maximum(a, -126), 127) + 127) << 23).to(tl.float32,
+                                                                          bitcast=True)
+            v = lv.to(tl.int32).to(tl.float32) * (st * pw)
         else:
+            code = tl.minimum(tl.maximum(code_c + dl, 0), 255)
             v = lv.to(tl.int32).to(tl.float32) * tl.load(step_ptr + code, mask=m, other=0.0)
         if DENSE:
             orow = tl.load(out_row_ptr + row, mask=rm, other=0)
@@ -227,8 +235,7 @@ def is_contiguous(rows, offs) -> bool:
 
 
 # tile of the reconstruction kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-DEQUANT_VARIANT = dict(BR=1, BC=128, num_warps=1, ALU_STEP=True, STAGES=1, I32=True,
-                       PREFETCH=False)
+DEQUANT_VARIANT = dict(BR=1, BC=128, num_warps=1, ALU_STEP=True, STAGES=1, I32=True)
 
 
 def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor, out,
@@ -250,7 +257,6 @@ def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor
     if not contiguous:     # rows through an index: short tiles down a chain
         br, bc = 16, 128
     v["I32"] = v["I32"] and br <= 16
-    v["PREFETCH"] = v["PREFETCH"] and contiguous
     bc, grid = _launch(n, num_channels, bc)
     _dequant_kernel[grid](sym, rows, offs, out_row, delta, code, step, esc, uext, out, status,
                           num_channels, SCAN=predictor != 0, CONTIG=contiguous, DENSE=dense,

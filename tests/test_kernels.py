@@ -218,10 +218,16 @@ def test_symbols_match_reference(dtype, predictor, keep):
     esc = rng.integers(2, 30, d)
     ref_sym = np.minimum(u, esc[None, :]).ravel()
     is_esc = (u >= esc[None, :]).ravel()
-    for variant in (None, dict(ALU_STEP=True)):     # inv_step from the table or computed
+    pred = recon.predictor_rows(pos, tps)
+    # inv_step from the table or computed; the tile kernel, and the row loop where every
+    # predicting row is the row before
+    runs = [(False, None), (False, dict(ALU_STEP=True))]
+    if quant.prev_rows_only(pred):
+        runs += [(True, dict(ROWS=4)), (True, dict(ROWS=8, ALU_STEP=True))]
+    for prev_row, variant in runs:
         sym, esc_pos, esc_val = quant.symbols(_to_torch(raw, dtype), T(pos, np.int64),
-                                              T(delta), T(recon.predictor_rows(pos, tps)),
-                                              T(codes), T(E.INV_STEP), T(esc), variant=variant)
+                                              T(delta), T(pred), T(codes), T(E.INV_STEP),
+                                              T(esc), prev_row=prev_row, variant=variant)
         assert np.array_equal(N(sym), ref_sym)
         assert np.array_equal(N(esc_pos), np.nonzero(is_esc)[0])
         assert np.array_equal(N(esc_val), (u - esc[None, :]).ravel()[is_esc])
@@ -288,14 +294,14 @@ def test_dequantize_matches_reference(out_dtype, predictor):
         ([0], 1 + rng.choice(h * w, 9, replace=False))))]
     kept = np.array([q.size for q in pos_list])
     esc = rng.integers(3, 12, d)
-    codes = rng.integers(0, 250, d)                  # tiny to huge steps: subnormals, inf
+    codes = rng.integers(20, 226, d)                 # tiny to huge steps: subnormals, inf
     ref_out, syms, escs, deltas = [], [], [], []
     for q in pos_list:
         u = rng.geometric(0.3, (q.size, d)) - 1
         u[0, 0] = 2 ** 20                              # an escape far beyond ESC
         s = np.minimum(u, esc[None, :])
         e = (u - esc[None, :])[u >= esc[None, :]]
-        delta = rng.integers(-3, 5, q.size)
+        delta = rng.integers(-20, 30, q.size)        # codes 0..255: steps scaled by 2^-4..2^4
         lv = prediction.reconstruct_levels(symbols.residuals(s, esc, e.astype(np.uint64)),
                                            q, tps)
         v32 = reconstruction.dequantize(np.clip(lv, -2**24 + 1, 2**24 - 1),
@@ -315,7 +321,7 @@ def test_dequantize_matches_reference(out_dtype, predictor):
     want = np.concatenate(ref_out)
     # step computed or read from the table; levels in int64 or in saturated int32
     for variant in (None, dict(ALU_STEP=False), dict(I32=True, BR=2), dict(I32=False, BR=16),
-                    dict(PREFETCH=True), dict(PREFETCH=True, BR=4)):
+                    dict(BR=4, ALU_STEP=True)):
         out.fill_(0)
         status = recon.dequantize(T(sym, np.int16), T(rows), T(offs), T(np.arange(k)),
                                   T(np.concatenate(deltas), np.int32), T(codes, np.int32),
@@ -422,7 +428,7 @@ def test_symbols_prev_row_path_matches_the_general_path():
             T(rng.integers(130, 160, d)), T(E.INV_STEP), T(rng.integers(5, 40, d)))
     general = quant.symbols(*args, prev_row=False)
     # the row shift inside a tile, and the row loop (8 or 64 rows per program)
-    for v in (None, dict(ROWS=8, BC=8), dict(ROWS=64, BC=16, ALU_STEP=True)):
+    for v in (dict(ROWS=0, BR=16, BC=8), dict(ROWS=8, BC=8), dict(ROWS=64, BC=16, ALU_STEP=True)):
         shifted = quant.symbols(*args, prev_row=True, variant=v)
         for a, b in zip(general, shifted):
             assert np.array_equal(N(a), N(b))
