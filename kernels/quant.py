@@ -42,6 +42,30 @@ def step_value(code, INVERSE: tl.constexpr):
 
 
 @triton.jit
+def step_residues(code, INVERSE: tl.constexpr):
+    """step_value(code + b) for b = 0..5 (the six residues of a row's code delta)."""
+    return (step_value(code, INVERSE), step_value(code + 1, INVERSE),
+            step_value(code + 2, INVERSE), step_value(code + 3, INVERSE),
+            step_value(code + 4, INVERSE), step_value(code + 5, INVERSE))
+
+
+@triton.jit
+def scaled_step(res, delta, INVERSE: tl.constexpr):
+    """step_value(code + delta) from ``res`` = step_residues(code), exactly: with
+    delta = 6 a + b (0 <= b < 6), step(code + delta) = step(code + b) * 2^a and
+    inv_step(code + delta) = inv_step(code + b) * 2^-a (clause 7.6.1, Annex B.1), both
+    products exact for codes 0..255.  Other codes give some value (their frames are
+    errors)."""
+    b = ((delta % 6) + 6) % 6
+    a = tl.minimum(tl.maximum((delta - b) // 6, -126), 126)
+    s = tl.where(b == 0, res[0], tl.where(b == 1, res[1], tl.where(b == 2, res[2], tl.where(
+        b == 3, res[3], tl.where(b == 4, res[4], res[5])))))
+    if INVERSE:
+        a = -a
+    return s * ((a + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP: tl.constexpr):
     """Levels [R, C] of input rows ``src`` [R] at step codes code[c] + delta[r]."""
     x = tl.load(x_ptr + src[:, None] * num_channels + c[None, :], mask=m, other=0).to(tl.float32)
@@ -118,12 +142,7 @@ def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr,
     esc = tl.load(esc_ptr + c, mask=cm, other=0)[None, :]
     code_c = tl.load(code_ptr + c, mask=cm, other=0)[None, :]
     if ALU_STEP:   # inv_step(code_c + b), b = 0..5; a row scales by 2^-(delta div 6)
-        iv0 = step_value(code_c, True)
-        iv1 = step_value(code_c + 1, True)
-        iv2 = step_value(code_c + 2, True)
-        iv3 = step_value(code_c + 3, True)
-        iv4 = step_value(code_c + 4, True)
-        iv5 = step_value(code_c + 5, True)
+        ivs = step_residues(code_c, True)
     above = r0 - 1 + one
     am = above >= 0
     prev = _levels(x_ptr, tl.load(src_ptr + above, mask=am, other=0),
@@ -139,14 +158,8 @@ def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr,
         x_next = tl.load(x_ptr + src[:, None] * num_channels + c[None, :],
                          mask=nm[:, None] & cm[None, :], other=0)
         dl = tl.load(delta_ptr + ri)[:, None]
-        if ALU_STEP:    # exact: inv_step(code + 6) = inv_step(code) / 2 (Annex B.1)
-            b = ((dl % 6) + 6) % 6
-            a = (dl - b) // 6
-            iv = tl.where(b == 0, iv0, tl.where(b == 1, iv1, tl.where(b == 2, iv2, tl.where(
-                b == 3, iv3, tl.where(b == 4, iv4, iv5)))))
-            pw = ((127 - tl.minimum(tl.maximum(a, -126), 127)) << 23).to(tl.float32,
-                                                                          bitcast=True)
-            y = x * (iv * pw)
+        if ALU_STEP:
+            y = x * scaled_step(ivs, dl, True)
         else:
             y = x * tl.load(inv_ptr + code_c + dl, mask=cm[None, :], other=0.0)
         lv = _round_level(y)

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .quant import step_value
+from .quant import scaled_step, step_residues
 
 MAX_LEVEL = tl.constexpr((1 << 24) - 1)
 # status bits (reported as TKBValueError)
@@ -66,12 +66,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
     carry32 = tl.zeros([BC], tl.int32)
     bad = tl.zeros([BR, BC], tl.int32)
     if ALU_STEP:
-        st0 = step_value(code_c, False)
-        st1 = step_value(code_c + 1, False)
-        st2 = step_value(code_c + 2, False)
-        st3 = step_value(code_c + 3, False)
-        st4 = step_value(code_c + 4, False)
-        st5 = step_value(code_c + 5, False)
+        steps = step_residues(code_c, False)
     for i in tl.range(i0, i1, BR, num_stages=STAGES):     # STAGES > 1: loads run ahead
         ri = i + tl.arange(0, BR)
         rm = ri < i1
@@ -101,14 +96,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
         bad |= (m & ((lv > MAX_LEVEL) | (lv < -MAX_LEVEL))).to(tl.int32)
         dl = tl.load(delta_ptr + row, mask=rm, other=0)[:, None]
         if ALU_STEP:
-            b = ((dl % 6) + 6) % 6                  # delta = 6 a + b, 0 <= b < 6
-            a = (dl - b) // 6
-            st = tl.where(b == 0, st0, tl.where(b == 1, st1, tl.where(b == 2, st2, tl.where(
-                b == 3, st3, tl.where(b == 4, st4, st5)))))
-            # 2^a as a binary32 (normal for every valid code); invalid frames: any value
-            pw = ((tl.minimum(tl.maximum(a, -126), 127) + 127) << 23).to(tl.float32,
-                                                                          bitcast=True)
-            v = lv.to(tl.int32).to(tl.float32) * (st * pw)
+            v = lv.to(tl.int32).to(tl.float32) * scaled_step(steps, dl, False)
         else:
             code = tl.minimum(tl.maximum(code_c + dl, 0), 255)
             v = lv.to(tl.int32).to(tl.float32) * tl.load(step_ptr + code, mask=m, other=0.0)
