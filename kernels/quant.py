@@ -168,7 +168,9 @@ def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr,
         u = (res << 1) ^ (res >> 31)                        # zigzag (clause 7.4.1)
         flat = ri[:, None].to(tl.int64) * num_channels + c[None, :]
         tl.store(sym_ptr + flat, tl.minimum(u, esc).to(tl.int16), mask=cm[None, :])
-        tl.store(u_ptr + flat, u, mask=cm[None, :] & (u >= esc))
+        is_esc = cm[None, :] & (u >= esc)
+        if tl.max(tl.max(is_esc.to(tl.int32), 1), 0) > 0:      # escapes are rare
+            tl.store(u_ptr + flat, u, mask=is_esc)
 
 
 @triton.jit
