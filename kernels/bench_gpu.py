@@ -314,13 +314,11 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
     return res
 
 
-# each changes the default (quant.SYMBOLS_VARIANT: the row loop) in the settings it
-# names; ROWS=0 is the tile kernel with its row shift
-QUANT_VARIANTS = [dict(prev_row=False), dict(ROWS=0, BR=16, BC=128, num_warps=2),
-                  dict(ROWS=0, BR=16, BC=256, num_warps=4), dict(ALU_STEP=True),
-                  dict(ROWS=16), dict(ROWS=64), dict(BC=128), dict(BC=512, num_warps=2),
-                  dict(BC=128, ROWS=64), dict(BC=512, num_warps=2, ALU_STEP=True),
-                  dict(ROWS=64, BC=1024, num_warps=4)]
+# each changes the default launch in the settings it names: quant.ROWS_VARIANT (the
+# row loop) or, with ROWS=0 or prev_row=False, quant.SYMBOLS_VARIANT (the tile kernel)
+QUANT_VARIANTS = [dict(prev_row=False), dict(ROWS=0), dict(ROWS=0, BR=16, BC=256, num_warps=4),
+                  dict(ALU_STEP=True), dict(ROWS=16), dict(ROWS=32), dict(ROWS=128),
+                  dict(BC=128), dict(BC=512, num_warps=2), dict(ROWS=64, BC=1024, num_warps=4)]
 # each changes the default (recon.DEQUANT_VARIANT) in the settings it names
 DEQUANT_VARIANTS = [dict(contiguous=False), dict(I32=False, BR=2), dict(I32=False, BR=1),
                     dict(BR=2), dict(STAGES=2), dict(STAGES=3), dict(BC=256, num_warps=2),

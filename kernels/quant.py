@@ -228,8 +228,10 @@ def _c(t, dtype):
 
 
 # tile of the quantization kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-# ROWS > 0: the row-loop kernel (left / no prediction), ROWS rows per program
-SYMBOLS_VARIANT = dict(BR=16, BC=256, num_warps=1, ALU_STEP=False, ROWS=32)
+# launches chosen by the GPU benchmark (BENCHMARKS.md): the row loop where every
+# predicting row is the row before (left / none), else the tile kernel
+ROWS_VARIANT = dict(ROWS=64, BC=256, num_warps=1, ALU_STEP=False)
+SYMBOLS_VARIANT = dict(BR=16, BC=128, num_warps=2, ALU_STEP=False)
 
 
 def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=None,
@@ -239,15 +241,17 @@ def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=Non
     k, d = src.numel(), x.shape[1]
     if not (k and d):
         return
-    v = dict(SYMBOLS_VARIANT, **(variant or {}))
-    rows = v.pop("ROWS")
-    if prev_row and rows:       # run down ROWS rows, the row above's levels carried
-        bc = min(v.pop("BC"), triton.next_power_of_2(d))
-        v.pop("BR")
+    variant = dict(variant or {})
+    if prev_row and variant.get("ROWS", ROWS_VARIANT["ROWS"]):
+        # run down ROWS rows, the row above's levels carried
+        v = dict(ROWS_VARIANT, **variant)
+        rows, bc = v.pop("ROWS"), min(v.pop("BC"), triton.next_power_of_2(d))
         _symbols_rows_kernel[(triton.cdiv(k, rows), triton.cdiv(d, bc))](
             x, src, delta, pred, code, inv_step, esc, sym, u, k, d, RB=rows, BC=bc, **v,
             **NO_FMA)
         return
+    variant.pop("ROWS", None)
+    v = dict(SYMBOLS_VARIANT, **variant)
     br, bc = v.pop("BR"), min(v.pop("BC"), triton.next_power_of_2(d))
     grid = (triton.cdiv(k, br), triton.cdiv(d, bc))
     _symbols_kernel[grid](x, src, delta, pred, code, inv_step, esc, sym, u, k, d, BR=br, BC=bc,
