@@ -4,18 +4,21 @@ coded in parallel, the lanes of a chunk in lockstep.
 Twin of ``tokenbits.rans`` (the numpy reference): same state, same words, same
 order.  One program codes G chunks; its block is [G, BLOCK_L] (chunks x lanes).
 
-Decoding (clause 7.3.2): each step looks up one packed 64-bit slot entry
-(freq | bias << 16 | symbol << 32 | is_escape << 48), updates the state, and
-the lanes that fall below RANS_L read their words at ptr + (exclusive prefix
-sum of the "needs a word" mask).  Escape symbols (clause 7.4.1) are counted
-per frame and their positions recorded, so the escape values can be matched
-without another pass over the symbols.
+Decoding (clause 7.3.2): each step looks up one packed slot entry (32-bit:
+(freq - 1) | bias << 12 | symbol << 24, or 64-bit), updates the state, and the
+lanes that fall below RANS_L read their words at ptr + (the number of lanes
+below them that read one): a vote of the lanes' bits and popcounts for chunks of
+at most 32 lanes (BITS), a cumsum otherwise.  Escape symbols (clause 7.4.1) are
+counted per frame and their positions recorded, so the escape values can be
+matched without another pass over the symbols.
 
-Encoding (Annex B, informative): steps last to first; a lane that must
-renormalise writes its word into a worst-case slot (one per symbol, in the
-decoder's reading order: step, then lane); a compaction kernel then writes
-each chunk's initial states and its words, at offsets from a prefix sum of the
-per-chunk word counts.
+Encoding (Annex B, informative): steps last to first, x // freq by a reciprocal
+multiply (RCP).  With DENSE (the default) each step's renormalisation words are
+placed at once in the decoder's reading order (step, then lane), packed at the
+end of the chunk's worst-case region, and a copy kernel writes each chunk's
+initial states and words at offsets from a prefix sum of the per-chunk word
+counts; otherwise every step writes one int32 slot per lane and a compaction
+kernel drops the empty ones.
 """
 from __future__ import annotations
 

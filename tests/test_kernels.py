@@ -100,6 +100,27 @@ def test_rans_encode_matches_reference(case):
         assert not N(status).any()
 
 
+def test_reciprocals_divide_exactly():
+    """The encoder table's multipliers give floor(x / f) for every f of a table
+    (1 .. 2^15) at the 32-bit states that matter: 0, f - 1, f, multiples and their
+    neighbours, and the top of the range."""
+    f = np.arange(1, 2 ** 15 + 1, dtype=np.uint64)
+    m = rans.reciprocals(f).astype(np.uint64)
+    lg = np.frexp((f.astype(np.int64) - 1).astype(np.float64))[1].astype(np.uint64)
+    sh1, sh2 = np.minimum(lg, 1), np.where(lg > 0, lg - 1, 0).astype(np.uint64)
+    top = np.uint64(2 ** 32 - 1)
+    rng = np.random.default_rng(3)
+    for k in [0, 1, 2, 3, 1000, 65535, 65536, 131071]:
+        for dx in (-1, 0, 1):
+            x = np.clip(f.astype(np.int64) * k + dx, 0, 2 ** 32 - 1).astype(np.uint64)
+            t = (x * m) >> np.uint64(32)
+            assert np.array_equal((t + ((x - t) >> sh1)) >> sh2, x // f)
+    for x in [top, top - np.uint64(1), np.uint64(2 ** 31)] + list(
+            rng.integers(0, 2 ** 32, 4, dtype=np.uint64)):
+        t = (x * m) >> np.uint64(32)
+        assert np.array_equal((t + ((x - t) >> sh1)) >> sh2, x // f)
+
+
 def _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d, escapes=True, variant=None,
             pack32=True):
     plan = rans.ChunkPlan([s.size for s in frames], lanes, steps, d, DEV)
