@@ -78,7 +78,10 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                    esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
-                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr):
+                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
+                   POSITIONS: tl.constexpr):
+    """POSITIONS: record each escape symbol's position (the batch declares escapes);
+    otherwise escapes are only counted, per lane in registers, since any is an error."""
     cid = tl.program_id(0) * G + tl.arange(0, G)                    # [G]
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]                              # [1, L]
@@ -101,6 +104,7 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
     mask = (tl.full([G, BLOCK_L], 1, tl.uint32) << pb) - 1
     steps = tl.max(tl.max((nsym + num_lanes - 1) // num_lanes, 1), 0)
     cb = tl.load(chan_base_ptr + ch, mask=lane_ok, other=0)
+    nesc = tl.zeros([G, BLOCK_L], tl.int32)
     for t in range(0, steps):
         act = lane_ok & (t * num_lanes + lane < nsym)
         if PACK32:   # chan_base: table offset | ESC << 20
@@ -138,7 +142,13 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
         x = tl.where(need, (xn << 16) | w, tl.where(act, xn, x))
         sidx = out0 + t * num_lanes + lane
         tl.store(out_ptr + sidx, sym.to(tl.int16), mask=act)
-        if BITS:
+        if not POSITIONS:
+            nesc += is_esc.to(tl.int32)
+            if BITS:
+                ptr += nread
+            else:
+                ptr += tl.sum(need.to(tl.int32), 1)[:, None]
+        elif BITS:
             ptr += nread
             if tl.max(tl.max(is_esc.to(tl.int32), 1), 0) > 0:
                 k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
@@ -155,6 +165,8 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
             ptr += tl.sum(ni, 1)[:, None]
             k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
             tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
+    if not POSITIONS:
+        tl.atomic_add(esc_count_ptr + frame, tl.sum(nesc, 1)[:, None], mask=cok[:, None])
     status |= (ptr != w1).to(tl.int32) * BAD_WORD_COUNT
     status |= tl.max((lane_ok & (x != RANS_L)).to(tl.int32), 1)[:, None] * BAD_FINAL_STATE
     tl.store(status_ptr + cid[:, None], status, mask=cok[:, None])
@@ -452,7 +464,8 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
                              esc_count, ebase,
                              ne, esc_pos, plan.num_chunks, plan.num_lanes,
                              plan.num_lanes % plan.d, plan.d, prob_bits, G=g,
-                             BLOCK_L=block_l, PACK32=tables.pack32, **v)
+                             BLOCK_L=block_l, PACK32=tables.pack32, POSITIONS=n_total > 0,
+                             **v)
     esc_pos = torch.sort(esc_pos[:n_total]).values
     return out[:total], status[:plan.num_chunks], esc_pos, esc_count[:nf]
 

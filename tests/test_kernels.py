@@ -122,7 +122,8 @@ def test_reciprocals_divide_exactly():
 
 
 def _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d, escapes=True, variant=None,
-            pack32=True):
+            pack32=True, declare=True):
+    """declare: pass the frames' true escape counts as declared (else none declared)."""
     plan = rans.ChunkPlan([s.size for s in frames], lanes, steps, d, DEV)
     alph = [t.size for t in tabs]
     esc = np.array(alph)[tmap] - 1
@@ -130,7 +131,8 @@ def _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d, escapes=True, v
     return rans.decode(plan, T(np.concatenate(words).view(np.int16)),
                        T(np.concatenate(cws), np.int64),
                        rans.DecodeTables(tables.decode_lookup(tabs, pb), alph, escapes, tmap, pb,
-                                         DEV, pack32), pb, n_esc, variant), esc, n_esc
+                                         DEV, pack32), pb, n_esc if declare else None,
+                       variant), esc, n_esc
 
 
 @pytest.mark.parametrize("case", RANS_CASES)
@@ -160,6 +162,15 @@ def test_rans_decode_matches_reference(case):
         where = np.nonzero(allsym == esc[np.concatenate([np.arange(s.size) % d
                                                          for s in frames])])[0]
         assert np.array_equal(N(esc_pos), 2 * where)
+    # no escape declared: the escape symbols are still counted (the caller's error check),
+    # without positions
+    for variant in (None, dict(BITS=False)):
+        (sym, status, esc_pos, esc_count), esc, n_esc = _decode(
+            frames, words, cws, tabs, tmap, lanes, steps, pb, d, variant=variant,
+            declare=False)
+        assert np.array_equal(N(sym).astype(np.int64), allsym)
+        assert np.array_equal(N(esc_count), n_esc) and N(esc_pos).size == 0
+        assert not N(status).any()
 
 
 def test_rans_decode_rejects_what_the_reference_rejects():
