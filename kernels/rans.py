@@ -79,13 +79,9 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                    ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
-                   POSITIONS: tl.constexpr, blk_count_ptr, nblk, ESC_STEPS: tl.constexpr):
-    """Escape symbols (clause 7.4.1), by POSITIONS:
-    0 (the batch declares none): only counted, per lane in registers (any is an error);
-    1: each step that holds one records their positions (a reduction and a branch);
-    2 (32-bit entries): counted per lane, the count of each block of ESC_STEPS steps
-    stored in blk_count [chunks, blocks]; :func:`_escape_scan_kernel` then finds the
-    positions in the blocks that hold escapes."""
+                   POSITIONS: tl.constexpr):
+    """POSITIONS: record each escape symbol's position (the batch declares escapes);
+    otherwise escapes are only counted, per lane in registers, since any is an error."""
     cid = tl.program_id(0) * G + tl.arange(0, G)                    # [G]
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]                              # [1, L]
@@ -146,17 +142,12 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
         x = tl.where(need, (xn << 16) | w, tl.where(act, xn, x))
         sidx = out0 + t * num_lanes + lane
         tl.store(out_ptr + sidx, sym.to(tl.int16), mask=act)
-        if POSITIONS != 1:
+        if not POSITIONS:
             nesc += is_esc.to(tl.int32)
             if BITS:
                 ptr += nread
             else:
                 ptr += tl.sum(need.to(tl.int32), 1)[:, None]
-            if POSITIONS == 2:
-                if ((t + 1) % ESC_STEPS == 0) | (t + 1 == steps):
-                    tl.store(blk_count_ptr + cid[:, None].to(tl.int64) * nblk + t // ESC_STEPS,
-                             tl.sum(nesc, 1)[:, None], mask=cok[:, None])
-                    nesc = tl.zeros([G, BLOCK_L], tl.int32)
         elif BITS:
             ptr += nread
             if tl.max(tl.max(is_esc.to(tl.int32), 1), 0) > 0:
@@ -174,36 +165,11 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
             ptr += tl.sum(ni, 1)[:, None]
             k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
             tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
-    if POSITIONS == 0:
+    if not POSITIONS:
         tl.atomic_add(esc_count_ptr + frame, tl.sum(nesc, 1)[:, None], mask=cok[:, None])
     status |= (ptr != w1).to(tl.int32) * BAD_WORD_COUNT
     status |= tl.max((lane_ok & (x != RANS_L)).to(tl.int32), 1)[:, None] * BAD_FINAL_STATE
     tl.store(status_ptr + cid[:, None], status, mask=cok[:, None])
-
-
-@triton.jit
-def _escape_scan_kernel(sym_ptr, blk_count_ptr, blk_base_ptr, c_nsym_ptr, c_out_ptr, c_chan_ptr,
-                        c_frame_ptr, chan_base_ptr, esc_cap_ptr, esc_base_ptr, esc_pos_ptr,
-                        nblk, num_lanes, num_channels, ESC_STEPS: tl.constexpr,
-                        BLOCK: tl.constexpr):
-    """Positions, in order, of the escape symbols of one block of ESC_STEPS steps of a
-    chunk (symbol == the ESC of its channel, from the packed chan_base), stored as keys
-    2 * index from the block's place in its frame's escape list (``blk_base``)."""
-    bid = tl.program_id(0)
-    if tl.load(blk_count_ptr + bid) > 0:
-        cid = bid // nblk
-        first = (bid - cid * nblk) * ESC_STEPS * num_lanes       # symbol of the chunk
-        n = tl.minimum(tl.load(c_nsym_ptr + cid) - first, ESC_STEPS * num_lanes)
-        out0 = tl.load(c_out_ptr + cid) + first
-        frame = tl.load(c_frame_ptr + cid)
-        idx = tl.arange(0, BLOCK)
-        m = idx < n
-        s = tl.load(sym_ptr + out0 + idx, mask=m, other=0).to(tl.int32)
-        ch = ((tl.load(c_chan_ptr + cid) + first) % num_channels + idx) % num_channels
-        e = (m & (s == (tl.load(chan_base_ptr + ch, mask=m, other=0) >> 20))).to(tl.int32)
-        k = tl.load(blk_base_ptr + bid) + tl.cumsum(e, 0) - e
-        tl.store(esc_pos_ptr + tl.load(esc_base_ptr + frame) + k, 2 * (out0 + idx),
-                 mask=(e != 0) & (k < tl.load(esc_cap_ptr + frame)))
 
 
 @triton.jit
@@ -448,8 +414,7 @@ def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None):
 
 # launch variants, chosen by the GPU benchmark (BENCHMARKS.md).  BITS (the lane scan
 # as a vote and popcounts) applies where a chunk has at most 32 lanes.
-DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True,
-                      ESC_STEPS=64)
+DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True)
 ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True)
 COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
 def _scan_flags(v: dict, block_l: int) -> dict:
@@ -494,33 +459,13 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
             # window costs (lanes / 32)^2 shuffles a step; read the words directly,
             # with a warp per 128 lanes
             v.update(WINDOW=False, num_warps=min(8, block_l // 128))
-        esc_steps = v.pop("ESC_STEPS")
-        mode = 0 if n_total == 0 else 2 if esc_steps and tables.pack32 and block_l <= 32 \
-            else 1
-        nblk = -(-plan.lane_steps // esc_steps) if mode == 2 else 1
-        blk = torch.zeros(plan.num_chunks * nblk if mode == 2 else 1, dtype=torch.int32,
-                          device=dev)
         _decode_kernel[grid](words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan,
                              plan.t_frame, tables.table, tables.chan_base, out, status,
                              esc_count, ebase,
                              ne, esc_pos, plan.num_chunks, plan.num_lanes,
                              plan.num_lanes % plan.d, plan.d, prob_bits, G=g,
-                             BLOCK_L=block_l, PACK32=tables.pack32, POSITIONS=mode,
-                             blk_count_ptr=blk, nblk=nblk, ESC_STEPS=max(esc_steps, 1), **v)
-        if mode == 2:
-            # each block's first escape: the escapes of its frame's earlier blocks
-            blk64 = blk.to(torch.int64)
-            before = torch.cumsum(blk64, 0) - blk64
-            first = torch.from_numpy((np.cumsum(plan.frame_chunks) - plan.frame_chunks)
-                                     [plan.frame] * nblk).to(dev)
-            blk_base = before - before[first.repeat_interleave(nblk)]
-            esc_count.index_add_(0, plan.t_frame.long(), blk.view(-1, nblk).sum(1,
-                                                                               dtype=torch.int32))
-            _escape_scan_kernel[(plan.num_chunks * nblk,)](
-                out, blk, blk_base, plan.t_nsym, plan.t_sym0, plan.t_chan, plan.t_frame,
-                tables.chan_base, ne, ebase, esc_pos, nblk, plan.num_lanes, plan.d,
-                ESC_STEPS=esc_steps, BLOCK=_pow2(esc_steps * plan.num_lanes), num_warps=4)
-            return out[:total], status[:plan.num_chunks], esc_pos[:n_total], esc_count[:nf]
+                             BLOCK_L=block_l, PACK32=tables.pack32, POSITIONS=n_total > 0,
+                             **v)
     esc_pos = torch.sort(esc_pos[:n_total]).values
     return out[:total], status[:plan.num_chunks], esc_pos, esc_count[:nf]
 
