@@ -333,9 +333,8 @@ ENCODE_VARIANTS = [dict(DENSE=False, RCP=False, BITS=False, G=2),
                    dict(DENSE=False, RCP=False, BITS=False, G=1),
                    dict(DENSE=False), dict(RCP=False), dict(BITS=False), dict(G=2),
                    dict(G=4)]
-DECODE_VARIANTS = [dict(ESC_STEPS=0), dict(ESC_STEPS=16), dict(ESC_STEPS=256),
-                   dict(BITS=False), dict(table64=True), dict(WINDOW=False),
-                   dict(ESC_STEPS=0, ESC_BRANCH=False, BITS=False), dict(G=2), dict(G=4)]
+DECODE_VARIANTS = [dict(BITS=False), dict(table64=True), dict(WINDOW=False),
+                   dict(ESC_BRANCH=False, BITS=False), dict(G=2), dict(G=4)]
 
 
 def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict:

@@ -79,12 +79,9 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                    ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
-                   POSITIONS: tl.constexpr, ESC_STEPS: tl.constexpr):
-    """Escape symbols (clause 7.4.1), by POSITIONS:
-    0 (the batch declares none): only counted, per lane in registers (any is an error);
-    1: each step that holds one records their positions (a reduction and a branch);
-    2 (32-bit entries): counted per lane; after each block of ESC_STEPS steps whose
-    count is not 0, the block's symbols are read back to record their positions."""
+                   POSITIONS: tl.constexpr):
+    """POSITIONS: record each escape symbol's position (the batch declares escapes);
+    otherwise escapes are only counted, per lane in registers, since any is an error."""
     cid = tl.program_id(0) * G + tl.arange(0, G)                    # [G]
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]                              # [1, L]
@@ -97,7 +94,6 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
     ebase = tl.load(esc_base_ptr + frame)
     ecap = tl.load(esc_cap_ptr + frame)
     ch = (tl.load(c_chan_ptr + cid, mask=cok, other=0)[:, None] + lane) % num_channels
-    ch0 = ch.to(tl.int64)
     na = tl.minimum(nsym, num_lanes)
     lane_ok = lane < na
     x = _word(words_ptr, w0 + 2 * lane, lane_ok) | (_word(words_ptr, w0 + 2 * lane + 1,
@@ -146,28 +142,12 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
         x = tl.where(need, (xn << 16) | w, tl.where(act, xn, x))
         sidx = out0 + t * num_lanes + lane
         tl.store(out_ptr + sidx, sym.to(tl.int16), mask=act)
-        if POSITIONS != 1:
+        if not POSITIONS:
             nesc += is_esc.to(tl.int32)
             if BITS:
                 ptr += nread
             else:
                 ptr += tl.sum(need.to(tl.int32), 1)[:, None]
-            if POSITIONS == 2:
-                if ((t + 1) % ESC_STEPS == 0) | (t + 1 == steps):
-                    if tl.max(tl.max(nesc, 1), 0) > 0:
-                        tl.debug_barrier()      # the block's symbols, as stored
-                        for u in range(t - t % ESC_STEPS, t + 1):
-                            act_u = lane_ok & (u * num_lanes + lane < nsym)
-                            s_u = tl.load(out_ptr + out0 + u * num_lanes + lane, mask=act_u,
-                                          other=0).to(tl.int32)
-                            ch_u = (ch0 + (ch0 * 0 + u) * lane_inc) % num_channels   # int64
-                            cb_u = tl.load(chan_base_ptr + ch_u, mask=act_u, other=0)
-                            e_u = act_u & (s_u == (cb_u >> 20))
-                            k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane,
-                                              mask=e_u)
-                            tl.store(esc_pos_ptr + ebase + k,
-                                     2 * (out0 + u * num_lanes + lane), mask=e_u & (k < ecap))
-                        nesc = tl.zeros([G, BLOCK_L], tl.int32)
         elif BITS:
             ptr += nread
             if tl.max(tl.max(is_esc.to(tl.int32), 1), 0) > 0:
@@ -185,7 +165,7 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
             ptr += tl.sum(ni, 1)[:, None]
             k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
             tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
-    if POSITIONS == 0:
+    if not POSITIONS:
         tl.atomic_add(esc_count_ptr + frame, tl.sum(nesc, 1)[:, None], mask=cok[:, None])
     status |= (ptr != w1).to(tl.int32) * BAD_WORD_COUNT
     status |= tl.max((lane_ok & (x != RANS_L)).to(tl.int32), 1)[:, None] * BAD_FINAL_STATE
@@ -434,8 +414,7 @@ def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None):
 
 # launch variants, chosen by the GPU benchmark (BENCHMARKS.md).  BITS (the lane scan
 # as a vote and popcounts) applies where a chunk has at most 32 lanes.
-DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True,
-                      ESC_STEPS=64)
+DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True)
 ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True)
 COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
 def _scan_flags(v: dict, block_l: int) -> dict:
@@ -475,8 +454,6 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         v = dict(DECODE_VARIANT, **(variant or {}))
         block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks, v.pop("G"))
         v = _scan_flags(v, block_l)
-        esc_steps = v.pop("ESC_STEPS")
-        mode = 0 if n_total == 0 else 2 if esc_steps and tables.pack32 else 1
         if block_l > 128 and not INTERPRET:
             # wide chunks (up to 4096 lanes, level 30): a warp-local gather of a word
             # window costs (lanes / 32)^2 shuffles a step; read the words directly,
@@ -487,8 +464,8 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
                              esc_count, ebase,
                              ne, esc_pos, plan.num_chunks, plan.num_lanes,
                              plan.num_lanes % plan.d, plan.d, prob_bits, G=g,
-                             BLOCK_L=block_l, PACK32=tables.pack32, POSITIONS=mode,
-                             ESC_STEPS=max(esc_steps, 1), **v)
+                             BLOCK_L=block_l, PACK32=tables.pack32, POSITIONS=n_total > 0,
+                             **v)
     esc_pos = torch.sort(esc_pos[:n_total]).values
     return out[:total], status[:plan.num_chunks], esc_pos, esc_count[:nf]
 
