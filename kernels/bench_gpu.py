@@ -333,8 +333,7 @@ ENCODE_VARIANTS = [dict(DENSE=False, RCP=False, BITS=False, G=2),
                    dict(DENSE=False, RCP=False, BITS=False, G=1),
                    dict(DENSE=False), dict(RCP=False), dict(BITS=False), dict(G=2),
                    dict(G=4)]
-DECODE_VARIANTS = [dict(ESC_DELAY=False), dict(BITS=False), dict(table64=True),
-                   dict(WINDOW=False),
+DECODE_VARIANTS = [dict(BITS=False), dict(table64=True), dict(WINDOW=False),
                    dict(ESC_BRANCH=False, BITS=False), dict(G=2), dict(G=4)]
 
 

@@ -79,10 +79,9 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                    ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
-                   POSITIONS: tl.constexpr, ESC_DELAY: tl.constexpr):
+                   POSITIONS: tl.constexpr):
     """POSITIONS: record each escape symbol's position (the batch declares escapes);
-    otherwise escapes are only counted, per lane in registers, since any is an error.
-    ESC_DELAY (with BITS): a step's escapes are recorded at the end of the next step."""
+    otherwise escapes are only counted, per lane in registers, since any is an error."""
     cid = tl.program_id(0) * G + tl.arange(0, G)                    # [G]
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]                              # [1, L]
@@ -106,9 +105,6 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
     steps = tl.max(tl.max((nsym + num_lanes - 1) // num_lanes, 1), 0)
     cb = tl.load(chan_base_ptr + ch, mask=lane_ok, other=0)
     nesc = tl.zeros([G, BLOCK_L], tl.int32)
-    any_prev = tl.max(tl.max(nesc, 1), 0)
-    esc_prev = lane_ok & (lane < 0)
-    sidx_prev = out0 + 0 * lane
     for t in range(0, steps):
         act = lane_ok & (t * num_lanes + lane < nsym)
         if PACK32:   # chan_base: table offset | ESC << 20
@@ -154,17 +150,7 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                 ptr += tl.sum(need.to(tl.int32), 1)[:, None]
         elif BITS:
             ptr += nread
-            if ESC_DELAY:
-                # the previous step's escapes: the check of a step waits one step, so its
-                # reduction is off this step's path
-                if any_prev > 0:
-                    k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane,
-                                      mask=esc_prev)
-                    tl.store(esc_pos_ptr + ebase + k, 2 * sidx_prev, mask=esc_prev & (k < ecap))
-                any_prev = tl.max(tl.max(is_esc.to(tl.int32), 1), 0)
-                esc_prev = is_esc
-                sidx_prev = sidx
-            elif tl.max(tl.max(is_esc.to(tl.int32), 1), 0) > 0:
+            if tl.max(tl.max(is_esc.to(tl.int32), 1), 0) > 0:
                 k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
                 tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
         elif ESC_BRANCH:
@@ -181,10 +167,6 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
             tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
     if not POSITIONS:
         tl.atomic_add(esc_count_ptr + frame, tl.sum(nesc, 1)[:, None], mask=cok[:, None])
-    elif BITS and ESC_DELAY:
-        if any_prev > 0:
-            k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=esc_prev)
-            tl.store(esc_pos_ptr + ebase + k, 2 * sidx_prev, mask=esc_prev & (k < ecap))
     status |= (ptr != w1).to(tl.int32) * BAD_WORD_COUNT
     status |= tl.max((lane_ok & (x != RANS_L)).to(tl.int32), 1)[:, None] * BAD_FINAL_STATE
     tl.store(status_ptr + cid[:, None], status, mask=cok[:, None])
@@ -432,8 +414,7 @@ def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None):
 
 # launch variants, chosen by the GPU benchmark (BENCHMARKS.md).  BITS (the lane scan
 # as a vote and popcounts) applies where a chunk has at most 32 lanes.
-DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True,
-                      ESC_DELAY=True)
+DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True)
 ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True)
 COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
 def _scan_flags(v: dict, block_l: int) -> dict:

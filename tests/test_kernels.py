@@ -151,8 +151,7 @@ def test_rans_decode_matches_reference(case):
     for variant, pack32 in [(None, True), (None, False), (dict(WINDOW=False), True),
                             (dict(ESC_BRANCH=False), True), (dict(BITS=True), True),
                             (dict(BITS=True, WINDOW=False), False),
-                            (dict(BITS=False), True), (dict(BITS=True, G=2), True),
-                            (dict(ESC_DELAY=False), True)]:
+                            (dict(BITS=False), True), (dict(BITS=True, G=2), True)]:
         (sym, status, esc_pos, esc_count), esc, n_esc = _decode(
             frames, words, cws, tabs, tmap, lanes, steps, pb, d, variant=variant,
             pack32=pack32)
