@@ -5,12 +5,12 @@ nor triton; the kernel modules do.  Every kernel has a twin in the numpy
 reference (``tokenbits``) and tests that compare them output for output:
 
 * :mod:`.rans`   - interleaved rANS decode and encode of all chunks of a batch
-  of frames (clause 7.3), with the compaction of the encoder's words;
+  of frames (clause 7.3), the encoder's words placed in stream order;
 * :mod:`.quant`  - quantization, prediction residuals and symbol mapping
-  (Annex B.1, clauses 7.4-7.5 in reverse), token norms, histograms;
+  (Annex B.1, clauses 7.4-7.5 in reverse), token norms, pruning sums (Annex B.2),
+  histograms;
 * :mod:`.recon`  - escapes, inverse prediction, dequantization and the lossless
   split path (clauses 7.4-7.6);
-* :mod:`.prune`  - pruning scores (Annex B.2);
 * :mod:`.codec`  - frames of a stream encoded and decoded through them;
 * :mod:`.dispatch` - picks the GPU path or the reference.
 """

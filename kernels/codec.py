@@ -11,7 +11,7 @@ same unit, errors in stream order.
 Encoding: the parameter set is fitted by the reference encoder on the host
 (Annex B: rate control, tables); the frames are then coded on the GPU in
 batches: pruning scores, token norms, quantization with the presence-map
-gather, residuals and symbols, rANS encode and compaction.  The host writes
+gather, residuals and symbols, rANS encode (words in stream order).  The host writes
 the frame headers.
 """
 from __future__ import annotations
