@@ -318,7 +318,8 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
 # row loop) or, with ROWS=0 or prev_row=False, quant.SYMBOLS_VARIANT (the tile kernel)
 QUANT_VARIANTS = [dict(prev_row=False), dict(ROWS=0), dict(ROWS=0, BR=16, BC=256, num_warps=4),
                   dict(ALU_STEP=True), dict(ROWS=16), dict(ROWS=32), dict(ROWS=128),
-                  dict(BC=128), dict(BC=512, num_warps=2), dict(ROWS=64, BC=1024, num_warps=4)]
+                  dict(BC=128), dict(BC=512, num_warps=2), dict(ROWS=64, BC=1024, num_warps=4),
+                  dict(RNI=False), dict(ROWS=0, RNI=False)]
 # each changes the default (recon.DEQUANT_VARIANT) in the settings it names
 DEQUANT_VARIANTS = [dict(contiguous=False), dict(I32=False, BR=2), dict(I32=False, BR=1),
                     dict(BR=2), dict(STAGES=2), dict(STAGES=3), dict(BC=256, num_warps=2),

@@ -13,6 +13,8 @@ finds the reference's levels exactly.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import triton
@@ -66,7 +68,8 @@ def scaled_step(res, delta, INVERSE: tl.constexpr):
 
 
 @triton.jit
-def _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP: tl.constexpr):
+def _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP: tl.constexpr,
+            RNI: tl.constexpr):
     """Levels [R, C] of input rows ``src`` [R] at step codes code[c] + delta[r]."""
     x = tl.load(x_ptr + src[:, None] * num_channels + c[None, :], mask=m, other=0).to(tl.float32)
     code = tl.load(code_ptr + c, mask=c < num_channels, other=0)[None, :] + delta[:, None]
@@ -74,12 +77,18 @@ def _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP: 
         y = x * step_value(code, True)
     else:
         y = x * tl.load(inv_ptr + code, mask=m, other=0.0)
-    return _round_level(y)
+    return _round_level(y, RNI)
 
 
 @triton.jit
-def _round_level(y):
-    """Annex B.1: round half to even, clip to MAX_LEVEL, as int32."""
+def _round_level(y, RNI: tl.constexpr):
+    """Annex B.1: round half to even, clip to MAX_LEVEL, as int32.  RNI: one
+    cvt.rni.s32.f32 (saturating) and the clip, where inline assembly runs (a GPU; the
+    encoder rejects non-finite input, so NaN never reaches it); else in float32."""
+    if RNI:
+        li = tl.inline_asm_elementwise("cvt.rni.s32.f32 $0, $1;", "=r,r", [y], dtype=tl.int32,
+                                       is_pure=True, pack=1)
+        return tl.minimum(tl.maximum(li, -MAX_LEVEL), MAX_LEVEL)
     a = tl.abs(y)
     # round half to even: exact for |y| < 2^23; larger binary32 values are integers
     r = tl.minimum(tl.where(a < 8388608.0, (a + 8388608.0) - 8388608.0, a), 16777215.0)
@@ -91,6 +100,7 @@ def _round_level(y):
 def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_ptr,
                     sym_ptr, u_ptr, num_rows, num_channels,
                     BR: tl.constexpr, BC: tl.constexpr, ALU_STEP: tl.constexpr,
+                    RNI: tl.constexpr,
                     PREV_ROW: tl.constexpr):
     r = tl.program_id(0) * BR + tl.arange(0, BR)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -98,7 +108,7 @@ def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_
     m = rm[:, None] & (c < num_channels)[None, :]
     src = tl.load(src_ptr + r, mask=rm, other=0)
     delta = tl.load(delta_ptr + r, mask=rm, other=0)
-    lv = _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP)
+    lv = _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP, RNI)
     p = tl.load(pred_ptr + r, mask=rm, other=-1)            # predicting row, -1: none
     has = p >= 0
     if PREV_ROW:
@@ -109,7 +119,7 @@ def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_
         asrc = tl.load(src_ptr + above, mask=am, other=0)
         adelta = tl.load(delta_ptr + above, mask=am, other=0)
         alv = _levels(x_ptr, asrc, adelta, c, am[:, None] & (c < num_channels)[None, :],
-                      code_ptr, inv_ptr, num_channels, ALU_STEP)
+                      code_ptr, inv_ptr, num_channels, ALU_STEP, RNI)
         i = tl.arange(0, BR)[:, None] + 0 * c[None, :]
         plv = tl.where(i == 0, alv, tl.gather(lv, tl.maximum(i - 1, 0), 0))
     else:
@@ -117,7 +127,7 @@ def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_
         psrc = tl.load(src_ptr + pp, mask=rm & has, other=0)
         pdelta = tl.load(delta_ptr + pp, mask=rm & has, other=0)
         plv = _levels(x_ptr, psrc, pdelta, c, m & has[:, None], code_ptr, inv_ptr,
-                      num_channels, ALU_STEP)
+                      num_channels, ALU_STEP, RNI)
     res = lv - tl.where(has[:, None], plv, 0)
     u = (res << 1) ^ (res >> 31)                            # zigzag (clause 7.4.1)
     esc = tl.load(esc_ptr + c, mask=c < num_channels, other=0)[None, :]
@@ -129,7 +139,7 @@ def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_
 @triton.jit
 def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_ptr,
                          sym_ptr, u_ptr, num_rows, num_channels, RB: tl.constexpr,
-                         BC: tl.constexpr, ALU_STEP: tl.constexpr):
+                         BC: tl.constexpr, ALU_STEP: tl.constexpr, RNI: tl.constexpr):
     """The symbols of :func:`_symbols_kernel` when every predicting row is the row
     before (left prediction, or none): one program runs down RB rows of a column
     block carrying the row above's levels, the next row's input loading while this
@@ -147,7 +157,7 @@ def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr,
     am = above >= 0
     prev = _levels(x_ptr, tl.load(src_ptr + above, mask=am, other=0),
                    tl.load(delta_ptr + above, mask=am, other=0), c, am[:, None] & cm[None, :],
-                   code_ptr, inv_ptr, num_channels, ALU_STEP)
+                   code_ptr, inv_ptr, num_channels, ALU_STEP, RNI)
     src = tl.load(src_ptr + r0 + one)
     x_next = tl.load(x_ptr + src[:, None] * num_channels + c[None, :], mask=cm[None, :], other=0)
     for r in range(r0, r1):
@@ -162,7 +172,7 @@ def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr,
             y = x * scaled_step(ivs, dl, True)
         else:
             y = x * tl.load(inv_ptr + code_c + dl, mask=cm[None, :], other=0.0)
-        lv = _round_level(y)
+        lv = _round_level(y, RNI)
         res = lv - tl.where((tl.load(pred_ptr + ri) >= 0)[:, None], prev, 0)
         prev = lv
         u = (res << 1) ^ (res >> 31)                        # zigzag (clause 7.4.1)
@@ -230,6 +240,7 @@ def _c(t, dtype):
 # tile of the quantization kernel, chosen by the GPU benchmark (BENCHMARKS.md)
 # launches chosen by the GPU benchmark (BENCHMARKS.md): the row loop where every
 # predicting row is the row before (left / none), else the tile kernel
+RNI = os.environ.get("TRITON_INTERPRET") != "1"   # inline assembly: compiled kernels only
 ROWS_VARIANT = dict(ROWS=64, BC=256, num_warps=1, ALU_STEP=False)
 SYMBOLS_VARIANT = dict(BR=16, BC=128, num_warps=2, ALU_STEP=False)
 
@@ -242,6 +253,7 @@ def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=Non
     if not (k and d):
         return
     variant = dict(variant or {})
+    variant.setdefault("RNI", RNI)
     if prev_row and variant.get("ROWS", ROWS_VARIANT["ROWS"]):
         # run down ROWS rows, the row above's levels carried
         v = dict(ROWS_VARIANT, **variant)
