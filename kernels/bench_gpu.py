@@ -224,7 +224,7 @@ def check_exact(s: Setup, log) -> dict:
 
 
 def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1024, 2048),
-        nvcomp=True, log=print, variants: bool = False, num_tables=None,
+        nvcomp=True, log=print, variants=(), num_tables=None,
         prob_bits=None, baselines_: bool = True) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ms = _timer(dev)
@@ -281,7 +281,7 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
         t = ms(big.dequant_only)
         r["dequantize"] = dict(ms=t, GBps_out=in_bytes / t / 1e6)
         if variants:
-            r["variants"] = sweep_variants(big, delta, ms, nsym, in_bytes, log)
+            r["variants"] = sweep_variants(big, delta, ms, nsym, in_bytes, log, variants)
         log(f"lanes {ln}: {r['bits_per_symbol']:.3f} bits/sym (entropy {r['entropy_per_table_bits']:.3f}"
             f" per table, {r['entropy_order0_bits']:.3f} order-0), quantize "
             f"{r['quantize']['GBps']:.0f} GB/s, rANS enc {r['rans_encode']['Gsym_s']:.0f} / dec "
@@ -334,13 +334,19 @@ ENCODE_VARIANTS = [dict(DENSE=False, RCP=False, BITS=False, G=2),
                    dict(DENSE=False, RCP=False, BITS=False, G=1),
                    dict(DENSE=False), dict(RCP=False), dict(BITS=False), dict(G=2),
                    dict(G=4)]
-DECODE_VARIANTS = [dict(BITS=False), dict(table64=True), dict(WINDOW=False),
-                   dict(ESC_BRANCH=False, BITS=False), dict(G=2), dict(G=4)]
+DECODE_VARIANTS = [dict(SMEM=False), dict(SMEM=False, BITS=False), dict(table64=True),
+                   dict(SMEM=False, WINDOW=False), dict(SMEM=False, ESC_BRANCH=False),
+                   dict(SMEM_G=4), dict(SMEM_G=16), dict(PER_SM=5), dict(WINDOW=False)]
 
 
-def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict:
-    """Launch variants of the quantization and rANS decode kernels on the same batch."""
-    out = dict(quantize=[], rans_decode=[])
+SWEEPS = ("quantize", "encode", "dequantize", "decode")
+
+
+def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log,
+                   which=SWEEPS) -> dict:
+    """Launch variants of the kernels named in ``which`` (of SWEEPS) on the same batch,
+    each checked bit for bit against the default launch's output."""
+    out = dict(quantize=[], rans_decode=[], rans_encode=[], dequantize=[])
     sym_want = big.sym.clone()
     words_want = big.words.clone()
     big.full_decode()
@@ -349,57 +355,59 @@ def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log) -> dict
     def same(a, b) -> bool:
         return a.shape == b.shape and bool(torch.equal(a, b))
 
-    for v in QUANT_VARIANTS:
-        big.sym_buf.zero_()
-        t = ms(lambda: big.quantize_only(delta, v))
-        ok = same(big.sym_buf, sym_want)
-        out["quantize"].append(dict(v, ms=t, GBps=(in_bytes + nsym * 2) / t / 1e6, exact=ok))
-        log(f"  quantize {v}: {out['quantize'][-1]['GBps']:.0f} GB/s, exact {ok}")
-    keep = big.pred
-    big.pred = torch.full_like(keep, -1)          # no prediction: one row read per row
-    t = ms(lambda: big.quantize_only(delta))
-    big.pred = keep
-    out["quantize_no_prediction"] = dict(ms=t, GBps=(in_bytes + nsym * 2) / t / 1e6)
-    log(f"  quantize without prediction: {out['quantize_no_prediction']['GBps']:.0f} GB/s")
-    t = ms(lambda: rans.encode(big.plan, big.sym, big.etab, big.chan_enc, big.alph, big.pb,
-                               compact=False))
-    out["rans_encode_kernel_only"] = dict(ms=t, Gsym_s=nsym / t / 1e6)
-    log(f"  rANS encode kernel without compaction: {out['rans_encode_kernel_only']['Gsym_s']:.0f}"
-        " Gsym/s")
-    out["compaction"] = []
-    for cv in COMPACT_VARIANTS:
+    def record(kind, v, t, ok, **rates):
+        out[kind].append(dict(v, ms=t, exact=ok, **rates))
+        log(f"  {kind} {v}: " + ", ".join(f"{k} {r:.0f}" for k, r in rates.items())
+            + f", exact {ok}")
+
+    if "quantize" in which:
+        for v in QUANT_VARIANTS:
+            big.sym_buf.zero_()
+            t = ms(lambda: big.quantize_only(delta, v))
+            record("quantize", v, t, same(big.sym_buf, sym_want),
+                   GBps=(in_bytes + nsym * 2) / t / 1e6)
+        keep = big.pred
+        big.pred = torch.full_like(keep, -1)          # no prediction: one row read per row
+        t = ms(lambda: big.quantize_only(delta))
+        big.pred = keep
+        out["quantize_no_prediction"] = dict(ms=t, GBps=(in_bytes + nsym * 2) / t / 1e6)
+        log(f"  quantize without prediction: {out['quantize_no_prediction']['GBps']:.0f} GB/s")
+    if "encode" in which:
         t = ms(lambda: rans.encode(big.plan, big.sym, big.etab, big.chan_enc, big.alph, big.pb,
-                                   compact_variant=cv))
-        out["compaction"].append(dict(cv, ms=t, Gsym_s=nsym / t / 1e6))
-        log(f"  rANS encode with compaction {cv}: {out['compaction'][-1]['Gsym_s']:.0f} Gsym/s")
-    out["rans_encode"] = []
-    for v in ENCODE_VARIANTS:
-        t = ms(lambda: big.rans_encode(v))
-        ok = same(big.rans_encode(v)[0], words_want)
-        out["rans_encode"].append(dict(v, ms=t, Gsym_s=nsym / t / 1e6, exact=ok))
-        log(f"  rANS encode {v}: {out['rans_encode'][-1]['Gsym_s']:.0f} Gsym/s, exact {ok}")
-    out["dequantize"] = []
-    for v in DEQUANT_VARIANTS:
-        v = dict(v)
-        contig = v.pop("contiguous", None)
-        big.out.zero_()
-        t = ms(lambda: big.dequant_only(v, contig))
-        ok = same(big.out, out_want)
-        out["dequantize"].append(dict(v, contiguous=contig, ms=t, GBps_out=in_bytes / t / 1e6,
-                                      exact=ok))
-        log(f"  dequantize {v} contiguous={contig}: {out['dequantize'][-1]['GBps_out']:.0f} GB/s"
-            f", exact {ok}")
-    # diagnostic: the per-step escape check and position recording, measured by
-    # decoding as if the batch declared no escapes (escapes then only counted per lane)
-    t = ms(lambda: rans.decode(big.plan, big.words, big.cw, big.dtab, big.pb, None))
-    ok = same(rans.decode(big.plan, big.words, big.cw, big.dtab, big.pb, None)[0], sym_want)
-    out["rans_decode_no_positions"] = dict(ms=t, Gsym_s=nsym / t / 1e6, exact=ok)
-    log(f"  rANS decode counting escapes only: {nsym / t / 1e6:.0f} Gsym/s, exact {ok}")
-    for v in DECODE_VARIANTS:
-        t = ms(lambda: big.rans_decode(v))
-        ok = same(big.rans_decode(v)[0], sym_want)
-        out["rans_decode"].append(dict(v, ms=t, Gsym_s=nsym / t / 1e6, exact=ok))
-        log(f"  rANS decode {v}: {out['rans_decode'][-1]['Gsym_s']:.0f} Gsym/s, exact {ok}")
+                                   compact=False))
+        out["rans_encode_kernel_only"] = dict(ms=t, Gsym_s=nsym / t / 1e6)
+        log(f"  rANS encode kernel without compaction: "
+            f"{out['rans_encode_kernel_only']['Gsym_s']:.0f} Gsym/s")
+        out["compaction"] = []
+        for cv in COMPACT_VARIANTS:
+            t = ms(lambda: rans.encode(big.plan, big.sym, big.etab, big.chan_enc, big.alph,
+                                       big.pb, compact_variant=cv))
+            out["compaction"].append(dict(cv, ms=t, Gsym_s=nsym / t / 1e6))
+            log(f"  rANS encode with compaction {cv}: {nsym / t / 1e6:.0f} Gsym/s")
+        for v in ENCODE_VARIANTS:
+            t = ms(lambda: big.rans_encode(v))
+            record("rans_encode", v, t, same(big.rans_encode(v)[0], words_want),
+                   Gsym_s=nsym / t / 1e6)
+    if "dequantize" in which:
+        for v in DEQUANT_VARIANTS:
+            v = dict(v)
+            contig = v.pop("contiguous", None)
+            big.out.zero_()
+            t = ms(lambda: big.dequant_only(v, contig))
+            record("dequantize", dict(v, contiguous=contig), t, same(big.out, out_want),
+                   GBps_out=in_bytes / t / 1e6)
+    if "decode" in which:
+        log(f"  slot tables fit shared memory (SMEM variants): {big.dtab.smem is not None}")
+        # diagnostic: the per-step escape check and position recording, measured by
+        # decoding as if the batch declared no escapes (escapes then only counted per lane)
+        t = ms(lambda: rans.decode(big.plan, big.words, big.cw, big.dtab, big.pb, None))
+        ok = same(rans.decode(big.plan, big.words, big.cw, big.dtab, big.pb, None)[0], sym_want)
+        out["rans_decode_no_positions"] = dict(ms=t, Gsym_s=nsym / t / 1e6, exact=ok)
+        log(f"  rANS decode counting escapes only: {nsym / t / 1e6:.0f} Gsym/s, exact {ok}")
+        for v in DECODE_VARIANTS:
+            t = ms(lambda: big.rans_decode(v))
+            record("rans_decode", v, t, same(big.rans_decode(v)[0], sym_want),
+                   Gsym_s=nsym / t / 1e6)
     return out
 
 
@@ -481,7 +489,9 @@ def main(argv=None) -> int:
     p.add_argument("--dump", metavar="DIR", help="write each compiled kernel's PTX there")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip torch and nvCOMP baselines (exploratory runs only)")
-    p.add_argument("--variants", action="store_true", help="sweep kernel launch variants")
+    p.add_argument("--variants", nargs="?", const=",".join(SWEEPS), default="",
+                   help="sweep kernel launch variants: all, or a comma-separated subset of "
+                        + ", ".join(SWEEPS))
     p.add_argument("--tables", type=int, help="num_tables of the fitted parameter set")
     p.add_argument("--prob-bits", type=int, help="prob_bits of the fitted parameter set")
     a = p.parse_args(argv)
@@ -490,7 +500,8 @@ def main(argv=None) -> int:
         return 0
     res = run(a.data, a.min_mb, tuple(int(v) for v in a.lanes.split(",")),
               tuple(int(v) for v in a.batches.split(",") if v), not a.no_nvcomp,
-              log=lambda m: print(m, flush=True), variants=a.variants, num_tables=a.tables,
+              log=lambda m: print(m, flush=True),
+              variants=tuple(v for v in a.variants.split(",") if v), num_tables=a.tables,
               prob_bits=a.prob_bits, baselines_=not a.no_baselines)
     if a.json:
         with open(a.json, "w") as f:

@@ -5,7 +5,7 @@ set -e
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/tkb .
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/tkb .
 export PYTHONPATH=/tmp/tkb:/tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then

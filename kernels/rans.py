@@ -10,7 +10,12 @@ lanes that fall below RANS_L read their words at ptr + (the number of lanes
 below them that read one): a vote of the lanes' bits and popcounts for chunks of
 at most 32 lanes (BITS), a cumsum otherwise.  Escape symbols (clause 7.4.1) are
 counted per frame and their positions recorded, so the escape values can be
-matched without another pass over the symbols.
+matched without another pass over the symbols.  Where the 32-bit tables of a
+parameter set fit SMEM_ENTRIES (32 KiB) and chunks have 32 lanes, a compiled
+kernel (SMEM) copies them once per program into shared memory and decodes
+SMEM_G chunks per program, a warp each, with the table reads and the escape
+recording in inline PTX (Triton has no gather from shared memory): same
+outputs, tested against the global-memory path.
 
 Encoding (Annex B, informative): steps last to first, x // freq by a reciprocal
 multiply (RCP).  With DENSE (the default) each step's renormalisation words are
@@ -72,17 +77,129 @@ def _lane_scan(need, lane, below, BITS: tl.constexpr):
         return tl.cumsum(ni, 1) - ni, tl.sum(ni, 1)[:, None]
 
 
+# the static shared array of the SMEM decode path: 32-bit slot entries of all tables
+SMEM_ENTRIES = tl.constexpr(8192)
+_SMEM_DECL = tl.constexpr(f".shared .align 16 .b32 tkb_slot_table[{SMEM_ENTRIES.value}];\n\t"
+                          "mov.u32 $0, tkb_slot_table;")
+_SMEM_FILL = tl.constexpr(1024)
+
+
+@triton.jit
+def _smem_table(table_ptr):
+    """Declare the static shared array (inline PTX, once per kernel: Triton has no
+    gather from shared memory), copy SMEM_ENTRIES int32 entries of ``table_ptr`` into
+    it, wait for the copy, and return the array's shared-window address."""
+    base = tl.inline_asm_elementwise(_SMEM_DECL, "=r,r", [tl.program_id(0)], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+    ar = tl.arange(0, _SMEM_FILL)
+    for i in range(0, SMEM_ENTRIES, _SMEM_FILL):
+        v = tl.load(table_ptr + i + ar)
+        tl.inline_asm_elementwise("st.shared.u32 [$1], $2;\n\tmov.u32 $0, 0;", "=r,r,r",
+                                  [base + 4 * (i + ar), v], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+    tl.inline_asm_elementwise("bar.sync 0;\n\tmov.u32 $0, 0;", "=r,r", [base],
+                              dtype=tl.int32, is_pure=False, pack=1)
+    return base
+
+
+@triton.jit
+def _smem_entry(base, idx):
+    """Entries ``idx`` of the shared slot table at ``base``."""
+    return tl.inline_asm_elementwise("ld.shared.u32 $0, [$1];", "=r,r", [base + 4 * idx],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _flat(v, G: tl.constexpr, BLOCK_L: tl.constexpr):
+    """A [G, BLOCK_L] block as one row.  Gathers and atomics take their pointers flat:
+    a 2-D pointer block with no known contiguity gets a chunk-major layout from Triton's
+    coalescing (as of 3.6), and converting to it and back costs a trip through shared
+    memory, with barriers, every step once a program holds several chunks."""
+    return tl.reshape(v, [G * BLOCK_L])
+
+
+@triton.jit
+def _gather(ptrs, mask, G: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Masked load of a [G, BLOCK_L] block of scattered pointers (0 where masked)."""
+    v = tl.load(_flat(ptrs, G, BLOCK_L), mask=_flat(mask, G, BLOCK_L), other=0)
+    return tl.reshape(v, [G, BLOCK_L])
+
+
+@triton.jit
+def _record_escapes(esc_count_ptr, esc_pos_ptr, frame, ebase, ecap, sidx, is_esc, lane,
+                    G: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Append the positions (keys 2 * index) of this step's escape symbols to their
+    frames' lists (in any order: the caller sorts)."""
+    m = _flat(is_esc, G, BLOCK_L)
+    k = tl.atomic_add(_flat(esc_count_ptr + frame + 0 * lane, G, BLOCK_L),
+                      _flat(1 + 0 * lane + 0 * frame, G, BLOCK_L), mask=m, sem="relaxed")
+    tl.store(_flat(esc_pos_ptr + ebase + 0 * lane, G, BLOCK_L) + k,
+             _flat(2 * sidx, G, BLOCK_L), mask=m & (k < _flat(ecap + 0 * lane, G, BLOCK_L)))
+
+
+# appends this step's escape positions (keys: byte offsets of the symbols in the
+# output, 2 * index) where a lane of the warp decoded an escape: a vote, then a branch
+# the warp takes together, then an atomic slot (ptxas aggregates it per warp) and a store
+_ESC_PTX = tl.constexpr(
+    "{ .reg .pred p, q; .reg .u32 k; .reg .u64 kk, a, v;\n\t"
+    "mov.u32 $0, 0;\n\t"
+    "setp.ne.s32 p, $1, 0;\n\t"
+    "vote.sync.any.pred q, p, -1;\n\t"
+    "@!q bra.uni TKB_NO_ESC${:uid};\n\t"
+    "@p atom.global.add.u32 k, [$2], 1;\n\t"
+    "cvt.u64.u32 kk, k;\n\t"
+    "setp.lt.u64 q, kk, $4;\n\t"
+    "and.pred q, q, p;\n\t"
+    "sub.s64 v, $5, $6;\n\t"
+    "@q mad.wide.u32 a, k, 8, $3;\n\t"
+    "@q st.global.u64 [a], v;\n"
+    "TKB_NO_ESC${:uid}:\n\t}")
+
+
+@triton.jit
+def _record_escapes_ptx(is_esc, cnt_addr, pos_addr, cap, sym_addr, out_addr):
+    """:func:`_record_escapes` in inline PTX, for the SMEM path (one warp per chunk):
+    count at cnt_addr, slots from pos_addr (cap of them), keys sym_addr - out_addr."""
+    return tl.inline_asm_elementwise(_ESC_PTX, "=r,r,l,l,l,l,l",
+                                     [is_esc.to(tl.int32), cnt_addr, pos_addr, cap, sym_addr,
+                                      out_addr], dtype=tl.int32, is_pure=False, pack=1)
+
+
 @triton.jit(do_not_specialize=["prob_bits"])   # prob_bits 1 must stay a tensor
 def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c_chan_ptr,
                    c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
                    esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
-                   num_chunks, num_lanes, lane_inc, num_channels, prob_bits,
+                   num_chunks, num_lanes, lane_inc, num_channels, prob_bits, num_groups,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                    ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
-                   POSITIONS: tl.constexpr):
-    """POSITIONS: record each escape symbol's position (the batch declares escapes);
-    otherwise escapes are only counted, per lane in registers, since any is an error."""
-    cid = tl.program_id(0) * G + tl.arange(0, G)                    # [G]
+                   POSITIONS: tl.constexpr, SMEM: tl.constexpr):
+    """Each program decodes the groups of G chunks pid, pid + programs, ...
+    POSITIONS: record each escape symbol's position (the batch declares escapes);
+    otherwise escapes are only counted, per lane in registers, since any is an error.
+    SMEM: the slot table (PACK32, at most SMEM_ENTRIES entries) is read from a copy in
+    shared memory, once per program (compiled kernels only)."""
+    sbase = 0
+    if SMEM:
+        sbase = _smem_table(table_ptr)
+    for grp in range(tl.program_id(0), num_groups, tl.num_programs(0)):
+        _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr,
+                      c_chan_ptr, c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
+                      esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr, num_chunks,
+                      num_lanes, lane_inc, num_channels, prob_bits,
+                      sbase, G, BLOCK_L, WINDOW, ESC_BRANCH, PACK32, BITS,
+                      POSITIONS, SMEM)
+
+
+@triton.jit
+def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr,
+                  c_chan_ptr, c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
+                  esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr, num_chunks,
+                  num_lanes, lane_inc, num_channels, prob_bits, sbase,
+                  G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
+                  ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
+                  POSITIONS: tl.constexpr, SMEM: tl.constexpr):
+    """Decode chunks grp * G ... grp * G + G - 1 (clause 7.3.2)."""
+    cid = grp * G + tl.arange(0, G)                                    # [G]
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]                              # [1, L]
     below = (tl.full([1, BLOCK_L], 1, tl.uint32) << lane.to(tl.uint32)) - 1
@@ -96,29 +213,41 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
     ch = (tl.load(c_chan_ptr + cid, mask=cok, other=0)[:, None] + lane) % num_channels
     na = tl.minimum(nsym, num_lanes)
     lane_ok = lane < na
-    x = _word(words_ptr, w0 + 2 * lane, lane_ok) | (_word(words_ptr, w0 + 2 * lane + 1,
-                                                          lane_ok) << 16)
+    wbase = words_ptr + w0                                             # [G, 1] pointers
+    x = _word(wbase, 2 * lane, lane_ok) | (_word(wbase, 2 * lane + 1, lane_ok) << 16)
     status = tl.max((lane_ok & (x < RANS_L)).to(tl.int32), 1)[:, None] * BAD_INITIAL_STATE
-    ptr = w0 + 2 * na
+    # words read so far and the chunk's word count, relative to w0 (a chunk holds far
+    # fewer than 2^30 words; a larger count cannot be matched and is reported)
+    rel = 2 * na + 0 * lane                                             # [G, L], equal
+    nw = tl.minimum(w1 - w0, 1 << 30).to(tl.int32)
     pb = prob_bits.to(tl.uint32)
     mask = (tl.full([G, BLOCK_L], 1, tl.uint32) << pb) - 1
     steps = tl.max(tl.max((nsym + num_lanes - 1) // num_lanes, 1), 0)
-    cb = tl.load(chan_base_ptr + ch, mask=lane_ok, other=0)
+    cb = _gather(chan_base_ptr + ch, lane_ok, G, BLOCK_L)
     nesc = tl.zeros([G, BLOCK_L], tl.int32)
+    optr = out_ptr + out0 + lane                                       # this step's symbols
+    if SMEM:   # escape bookkeeping addresses for the inline PTX
+        cnt_addr = (esc_count_ptr + frame + 0 * lane).to(tl.int64)
+        pos_addr = (esc_pos_ptr + ebase + 0 * lane).to(tl.int64)
+        out_addr = (out_ptr + 0 * lane + 0 * frame).to(tl.int64)
+        ecap2 = ecap + 0 * lane
     for t in range(0, steps):
         act = lane_ok & (t * num_lanes + lane < nsym)
-        if PACK32:   # chan_base: table offset | ESC << 20
-            e = tl.load(table_ptr + (x & mask).to(tl.int32) + (cb & 0xFFFFF), mask=act, other=0)
+        if SMEM:
+            e = _smem_entry(sbase, (x & mask).to(tl.int32) + (cb & 0xFFFFF))
+            esc_of_lane = cb >> 20
+        elif PACK32:   # chan_base: table offset | ESC << 20
+            e = _gather(table_ptr + (x & mask).to(tl.int32) + (cb & 0xFFFFF), act, G, BLOCK_L)
             esc_of_lane = cb >> 20
         else:
-            e = tl.load(table_ptr + (x & mask).to(tl.int32) + cb, mask=act, other=0)
+            e = _gather(table_ptr + (x & mask).to(tl.int32) + cb, act, G, BLOCK_L)
         if WINDOW:   # the words this step may read, loaded beside the table entry
-            win = _word(words_ptr, ptr + lane, ptr + lane < w1)
+            win = _word(wbase, rel + lane, rel + lane < nw)
         # next step's channel and table, off the state's dependency chain
         ch = ch + lane_inc
         ch = tl.where(ch >= num_channels, ch - num_channels, ch)
-        cb = tl.load(chan_base_ptr + ch, mask=lane_ok, other=0)
-        if PACK32:   # (freq - 1) | bias << 12 | symbol << 24
+        cb = _gather(chan_base_ptr + ch, lane_ok, G, BLOCK_L)
+        if PACK32 or SMEM:   # (freq - 1) | bias << 12 | symbol << 24
             freq = ((e & 0xFFF) + 1).to(tl.uint32)
             bias = ((e >> 12) & 0xFFF).to(tl.uint32)
             sym = (e >> 24) & 0xFF
@@ -138,36 +267,38 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
         if WINDOW:
             w = tl.gather(win, pos, 1)
         else:
-            w = _word(words_ptr, ptr + pos, need & (ptr + pos < w1))
+            w = _word(wbase, rel + pos, need & (rel + pos < nw))
         x = tl.where(need, (xn << 16) | w, tl.where(act, xn, x))
-        sidx = out0 + t * num_lanes + lane
-        tl.store(out_ptr + sidx, sym.to(tl.int16), mask=act)
-        if not POSITIONS:
-            nesc += is_esc.to(tl.int32)
-            if BITS:
-                ptr += nread
-            else:
-                ptr += tl.sum(need.to(tl.int32), 1)[:, None]
-        elif BITS:
-            ptr += nread
-            if tl.max(tl.max(is_esc.to(tl.int32), 1), 0) > 0:
-                k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
-                tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
-        elif ESC_BRANCH:
+        tl.store(optr, sym.to(tl.int16), mask=act)
+        if BITS:
+            rel += nread
+        elif POSITIONS and ESC_BRANCH:
             # one reduction counts the words read (low 16 bits: at most 4096 lanes, the
             # level limit) and the escape symbols (high bits)
             both = tl.sum(ni + (is_esc.to(tl.int32) << 16), 1)[:, None]
-            ptr += both & 0xFFFF
-            if tl.sum(tl.sum(both >> 16, 1), 0) > 0:
-                k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
-                tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
+            rel += both & 0xFFFF
         else:
-            ptr += tl.sum(ni, 1)[:, None]
-            k = tl.atomic_add(esc_count_ptr + frame + 0 * lane, 1 + 0 * lane, mask=is_esc)
-            tl.store(esc_pos_ptr + ebase + k, 2 * sidx, mask=is_esc & (k < ecap))
+            rel += tl.sum(ni, 1)[:, None]
+        if not POSITIONS:
+            nesc += is_esc.to(tl.int32)
+        elif SMEM:   # a branch per warp, in inline PTX
+            _record_escapes_ptx(is_esc, cnt_addr, pos_addr, ecap2, optr.to(tl.int64), out_addr)
+        elif ESC_BRANCH:   # escapes are rare: record them behind a uniform branch
+            if BITS:
+                any_esc = tl.max(tl.max(is_esc.to(tl.int32), 1), 0)
+            else:
+                any_esc = tl.sum(tl.sum(both >> 16, 1), 0)
+            if any_esc > 0:
+                _record_escapes(esc_count_ptr, esc_pos_ptr, frame, ebase, ecap,
+                                out0 + t * num_lanes + lane, is_esc, lane, G, BLOCK_L)
+        else:
+            _record_escapes(esc_count_ptr, esc_pos_ptr, frame, ebase, ecap,
+                            out0 + t * num_lanes + lane, is_esc, lane, G, BLOCK_L)
+        optr += num_lanes
     if not POSITIONS:
-        tl.atomic_add(esc_count_ptr + frame, tl.sum(nesc, 1)[:, None], mask=cok[:, None])
-    status |= (ptr != w1).to(tl.int32) * BAD_WORD_COUNT
+        tl.atomic_add(esc_count_ptr + frame, tl.sum(nesc, 1)[:, None], mask=cok[:, None],
+                      sem="relaxed")
+    status |= tl.max((rel != nw).to(tl.int32), 1)[:, None] * BAD_WORD_COUNT
     status |= tl.max((lane_ok & (x != RANS_L)).to(tl.int32), 1)[:, None] * BAD_FINAL_STATE
     tl.store(status_ptr + cid[:, None], status, mask=cok[:, None])
 
@@ -332,7 +463,12 @@ class DecodeTables:
             self.table = torch.from_numpy(e.astype(np.uint32).view(np.int32)).to(device)
             self.chan_base = torch.from_numpy(((tmap << prob_bits) | (esc << 20))
                                               .astype(np.int32)).to(device)
+            # the table padded to the SMEM decode path's shared array, where it fits
+            n = self.table.numel()
+            self.smem = None if n > SMEM_ENTRIES.value else torch.cat(
+                [self.table, self.table.new_zeros(SMEM_ENTRIES.value - n)])
         else:
+            self.smem = None
             self.table = decode_table(lookup, alphabet_sizes, escapes, device)
             self.chan_base = torch.from_numpy((tmap << prob_bits).astype(np.int32)).to(device)
 
@@ -401,20 +537,33 @@ class ChunkPlan:
         self.device = dev
 
 
-def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None):
-    """Lanes padded to a power of two; G chunks per program: 2 of 32 lanes on a GPU
-    (one warp each, measured best), as many as fit 4096 lanes in the interpreter,
-    which runs programs one after the other."""
+def _launch_shape(num_lanes: int, num_chunks: int, g: int | None = None,
+                  explicit: bool = False):
+    """Lanes padded to a power of two; G chunks per program: the launch variant's on a
+    GPU, as many as fit 4096 lanes in the interpreter, which runs programs one after the
+    other (unless ``explicit``: a test of the variant's own G)."""
     block_l = max(2, _pow2(num_lanes))
     most = 4096 if INTERPRET else 64
-    if g is None or most > 64:
+    if g is None or (most > 64 and not explicit):
         g = max(1, min(_pow2(num_chunks) if most > 64 else 2, most // block_l))
     return block_l, g, (triton.cdiv(max(num_chunks, 1), g),)
 
 
+def _programs(groups: int, v: dict, device) -> int:
+    """Programs of a launch over ``groups`` groups of chunks: all of them, or at most
+    PROGRAMS, or PER_SM per multiprocessor (each program then loops over groups)."""
+    most = v.pop("PROGRAMS", None)
+    per_sm = v.pop("PER_SM", None)
+    if per_sm and not INTERPRET:
+        most = per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(groups, most or groups))
+
+
 # launch variants, chosen by the GPU benchmark (BENCHMARKS.md).  BITS (the lane scan
 # as a vote and popcounts) applies where a chunk has at most 32 lanes.
-DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True)
+# SMEM (where the tables fit, on a GPU, 32 lanes): SMEM_G chunks per program, a warp each
+DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True, SMEM=True,
+                      SMEM_G=8)
 ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True)
 COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
 def _scan_flags(v: dict, block_l: int) -> dict:
@@ -452,20 +601,34 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         w1 = torch.cumsum(chunk_words, 0)
         w0 = w1 - chunk_words
         v = dict(DECODE_VARIANT, **(variant or {}))
-        block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks, v.pop("G"))
+        block_l = max(2, _pow2(plan.num_lanes))
+        # shared-memory tables and escape recording in inline PTX: compiled kernels only,
+        # one warp per chunk of 32 lanes (the PTX must see each element exactly once)
+        smem = bool(v.pop("SMEM", False)) and tables.smem is not None and not INTERPRET \
+            and block_l == 32
+        smem_g = v.pop("SMEM_G", 8)
+        g = v.pop("G")
+        if smem and "G" not in (variant or {}):
+            g = smem_g
+        block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks, g,
+                                         "G" in (variant or {}))
         v = _scan_flags(v, block_l)
+        if smem:
+            v["num_warps"] = g
         if block_l > 128 and not INTERPRET:
             # wide chunks (up to 4096 lanes, level 30): a warp-local gather of a word
             # window costs (lanes / 32)^2 shuffles a step; read the words directly,
             # with a warp per 128 lanes
             v.update(WINDOW=False, num_warps=min(8, block_l // 128))
+        grid = (_programs(grid[0], v, dev),)
         _decode_kernel[grid](words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan,
-                             plan.t_frame, tables.table, tables.chan_base, out, status,
-                             esc_count, ebase,
+                             plan.t_frame, tables.smem if smem else tables.table,
+                             tables.chan_base, out, status, esc_count, ebase,
                              ne, esc_pos, plan.num_chunks, plan.num_lanes,
-                             plan.num_lanes % plan.d, plan.d, prob_bits, G=g,
+                             plan.num_lanes % plan.d, plan.d, prob_bits,
+                             triton.cdiv(plan.num_chunks, g), G=g,
                              BLOCK_L=block_l, PACK32=tables.pack32, POSITIONS=n_total > 0,
-                             **v)
+                             SMEM=smem, **v)
     esc_pos = torch.sort(esc_pos[:n_total]).values
     return out[:total], status[:plan.num_chunks], esc_pos, esc_count[:nf]
 

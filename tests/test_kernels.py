@@ -61,6 +61,7 @@ RANS_CASES = [
     (64, 4, 6, 12, [20], [256, 257, 5 * 64 + 1]),               # wide chunks, partial lanes
     (8, 32, 3, 11, [1, 30], [8 * 32 * 3 + 7]),                  # a table of one symbol
     (32, 6, 10, 9, [50, 3], [32 * 6 * 2 + 5, 31]),             # 32 lanes: lane bit 31
+    (32, 8, 12, 10, [30] * 8, [32 * 8 * 3 + 9, 0, 1, 32 * 8]),  # tables fill SMEM_ENTRIES
 ]
 
 
@@ -135,6 +136,11 @@ def _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d, escapes=True, v
                        variant), esc, n_esc
 
 
+# slot tables in shared memory (on a GPU; the interpreter decodes the same launch from
+# global memory): G chunks per program, one warp each, programs looping over groups
+SMEM_VARIANT = (dict(SMEM=True, G=4, num_warps=4, PROGRAMS=2), True)
+
+
 @pytest.mark.parametrize("case", RANS_CASES)
 def test_rans_decode_matches_reference(case):
     lanes, steps, d, pb, alph, sizes = case
@@ -151,7 +157,11 @@ def test_rans_decode_matches_reference(case):
     for variant, pack32 in [(None, True), (None, False), (dict(WINDOW=False), True),
                             (dict(ESC_BRANCH=False), True), (dict(BITS=True), True),
                             (dict(BITS=True, WINDOW=False), False),
-                            (dict(BITS=False), True), (dict(BITS=True, G=2), True)]:
+                            (dict(BITS=False), True), (dict(BITS=True, G=2), True),
+                            (dict(G=2, PROGRAMS=2), True),      # programs loop over groups
+                            (dict(ESC_BRANCH=False, BITS=False, G=2, PROGRAMS=3), True),
+                            SMEM_VARIANT, (dict(SMEM_VARIANT[0], PER_SM=1), True),
+                            (dict(SMEM=False), True)]:
         (sym, status, esc_pos, esc_count), esc, n_esc = _decode(
             frames, words, cws, tabs, tmap, lanes, steps, pb, d, variant=variant,
             pack32=pack32)
@@ -164,7 +174,7 @@ def test_rans_decode_matches_reference(case):
         assert np.array_equal(N(esc_pos), 2 * where)
     # no escape declared: the escape symbols are still counted (the caller's error check),
     # without positions
-    for variant in (None, dict(BITS=False)):
+    for variant in (None, dict(BITS=False), SMEM_VARIANT[0], dict(SMEM=False)):
         (sym, status, esc_pos, esc_count), esc, n_esc = _decode(
             frames, words, cws, tabs, tmap, lanes, steps, pb, d, variant=variant,
             declare=False)
@@ -173,13 +183,14 @@ def test_rans_decode_matches_reference(case):
         assert not N(status).any()
 
 
-def test_rans_decode_rejects_what_the_reference_rejects():
+@pytest.mark.parametrize("lanes", [4, 32])      # 32: the SMEM path on a GPU
+def test_rans_decode_rejects_what_the_reference_rejects(lanes):
     """Corrupted words: the kernel's chunk status is non-zero exactly when the
     reference raises TKBEntropyError (final state or word count check)."""
-    lanes, steps, d, pb = 4, 8, 3, 11
-    rng = np.random.default_rng(5)
+    steps, d, pb = 8, 3, 11
+    rng = np.random.default_rng(5 + lanes)
     tabs, tmap = _tables(rng, d, [9, 12], pb)
-    frames = _frames(rng, [96, 70], d, tabs, tmap)
+    frames = _frames(rng, [12 * lanes, 9 * lanes - 2], d, tabs, tmap)
     words, cws, _, _ = _encode_ref(frames, tabs, tmap, lanes, steps, pb, d)
     lookup = tables.decode_lookup(tabs, pb)
     seen = set()
@@ -193,7 +204,7 @@ def test_rans_decode_rejects_what_the_reference_rejects():
         except TKBEntropyError:
             ref_ok = False
         plan = rans.ChunkPlan([s.size for s in frames], lanes, steps, d, "cpu")
-        for variant in (None, dict(BITS=False)):
+        for variant in (None, dict(BITS=False), SMEM_VARIANT[0], dict(SMEM=False)):
             (sym, status, _, _), _, _ = _decode(frames, w, cws, tabs, tmap, lanes, steps, pb,
                                                 d, variant=variant)
             st = N(status)
