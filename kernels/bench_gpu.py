@@ -321,10 +321,11 @@ QUANT_VARIANTS = [dict(prev_row=False), dict(ROWS=0), dict(ROWS=0, BR=16, BC=256
                   dict(BC=128), dict(BC=512, num_warps=2), dict(ROWS=64, BC=1024, num_warps=4),
                   dict(RNI=False), dict(ROWS=0, RNI=False)]
 # each changes the default (recon.DEQUANT_VARIANT) in the settings it names
-DEQUANT_VARIANTS = [dict(contiguous=False), dict(I32=False, BR=2), dict(I32=False, BR=1),
-                    dict(BR=2), dict(STAGES=2), dict(STAGES=3), dict(BC=256, num_warps=2),
-                    dict(BR=4, BC=256, num_warps=2), dict(BC=64), dict(ALU_STEP=False),
-                    dict(BC=512, num_warps=4), dict(BR=2, BC=256, num_warps=2)]
+DEQUANT_VARIANTS = [dict(PREFETCH=0, SMEM_STEP=False), dict(PREFETCH=0), dict(SMEM_STEP=False),
+                    dict(PREFETCH=2), dict(num_warps=2, BC=256),
+                    dict(contiguous=False), dict(I32=False, BR=2), dict(I32=False, BR=1),
+                    dict(BR=2), dict(STAGES=2), dict(BC=256, num_warps=2), dict(BC=64),
+                    dict(ALU_STEP=False), dict(BC=512, num_warps=4)]
 COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4),
                     dict(BLOCK=4096, num_warps=8), dict(BLOCK=2048, num_warps=2),
                     dict(BLOCK=8192, num_warps=8)]
@@ -412,7 +413,8 @@ def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log,
 
 
 def dump_kernels(out_dir: str) -> None:
-    """The PTX (and SASS where the build has it) of every compiled kernel variant."""
+    """The PTX, cubin (and SASS where the build has it) of every compiled kernel variant,
+    with its cache key (the specialization) beside it."""
     os.makedirs(out_dir, exist_ok=True)
     for mod in (rans, quant, recon):
         for name in dir(mod):
@@ -420,12 +422,15 @@ def dump_kernels(out_dir: str) -> None:
             if cache is None:
                 continue
             for dev_cache in cache.values():
-                for i, ck in enumerate(dev_cache[0].values()):
-                    for kind in ("ptx", "sass"):
+                for i, (key, ck) in enumerate(dev_cache[0].items()):
+                    with open(os.path.join(out_dir, f"{name}.{i}.key"), "w") as f:
+                        f.write(str(key))         # the specialization: constexprs, options
+                    for kind in ("ptx", "sass", "cubin"):
                         text = ck.asm.get(kind) if hasattr(ck, "asm") else None
                         if text:
-                            with open(os.path.join(out_dir, f"{name}.{i}.{kind}"), "w") as f:
-                                f.write(text if isinstance(text, str) else text.decode())
+                            with open(os.path.join(out_dir, f"{name}.{i}.{kind}"),
+                                      "w" if isinstance(text, str) else "wb") as f:
+                                f.write(text)
 
 
 def kernel_resources(log) -> dict:

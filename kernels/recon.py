@@ -11,7 +11,9 @@ whose levels accumulate from 0 (one chain per frame's sequence tokens for
 "up"; a single row for a prefix token or an unpredicted token).  One program
 scans one chain for a block of channels, BR rows at a time with tl.cumsum.
 Rows are written at ``out_row`` (the kept tokens' scatter: dense output puts
-token k at its position).
+token k at its position).  For a contiguous chain the next row's symbols are
+loaded while a row is reconstructed (PREFETCH), and compiled kernels read each
+row's step vector from shared memory (SMEM_STEP, inline PTX).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .quant import scaled_step, step_residues
+from .rans import INTERPRET
 
 MAX_LEVEL = tl.constexpr((1 << 24) - 1)
 # status bits (reported as TKBValueError)
@@ -41,13 +44,61 @@ def _store_out(out_ptr, idx, v, m, OUT: tl.constexpr):
         tl.store(out_ptr + idx, r.to(tl.int32).to(tl.int16), mask=m)
 
 
+# the SMEM_STEP path's static shared array: six step vectors of 128 channels
+_STEP_SMEM_DECL = tl.constexpr(".shared .align 16 .b32 tkb_step_rows[768];\n\t"
+                               "mov.u32 $0, tkb_step_rows;")
+
+
+@triton.jit
+def _step_rows_smem(steps):
+    """Write the six [1, 128] step vectors to shared memory (declared here, once per
+    kernel), wait, and return each channel's address in the first vector."""
+    base = tl.inline_asm_elementwise(_STEP_SMEM_DECL, "=r,r", [tl.program_id(0)],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+    addr = base + 4 * tl.arange(0, 128)[None, :]
+    for k in tl.static_range(6):
+        tl.inline_asm_elementwise("st.shared.b32 [$1], $2;\n\tmov.u32 $0, 0;", "=r,r,r",
+                                  [addr + k * 512, steps[k].to(tl.int32, bitcast=True)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    tl.inline_asm_elementwise("bar.sync 0;\n\tmov.u32 $0, 0;", "=r,r", [base],
+                              dtype=tl.int32, is_pure=False, pack=1)
+    return addr
+
+
+@triton.jit
+def _smem_f32(addr):
+    """float32 at shared addresses ``addr`` (pure: so that Triton may give it the layout
+    of the values it multiplies, instead of converting through shared memory each row;
+    the address depends on the row, so the read stays after the barrier)."""
+    return tl.inline_asm_elementwise("ld.shared.b32 $0, [$1];", "=r,r", [addr],
+                                     dtype=tl.int32, is_pure=True,
+                                     pack=1).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _contig_tile(sym_ptr, delta_ptr, i, i1, c, cm, num_channels, BR: tl.constexpr):
+    """Symbols [BR, BC] (int32) and step deltas [BR, 1] of rows i .. i + BR - 1 (< i1) of a
+    contiguous chain (masked rows: no memory access)."""
+    ri = i + tl.arange(0, BR)
+    rm = ri < i1
+    flat = ri.to(tl.int64)[:, None] * num_channels + c[None, :]
+    s = tl.load(sym_ptr + flat, mask=rm[:, None] & cm[None, :], other=0).to(tl.int32)
+    return s, tl.load(delta_ptr + ri, mask=rm, other=0)[:, None]
+
+
 @triton.jit
 def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_ptr, step_ptr,
                     esc_ptr, uext_ptr, out_ptr, status_ptr, num_channels,
                     SCAN: tl.constexpr, CONTIG: tl.constexpr, DENSE: tl.constexpr,
                     OUT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
-                    ALU_STEP: tl.constexpr, STAGES: tl.constexpr, I32: tl.constexpr):
-    """I32: levels in int32 with the carry saturated at +-2^27: exact until the first
+                    ALU_STEP: tl.constexpr, STAGES: tl.constexpr, I32: tl.constexpr,
+                    PREFETCH: tl.constexpr, SMEM_STEP: tl.constexpr):
+    """SMEM_STEP (with ALU_STEP, BC = 128; compiled kernels only): the six step vectors
+    wait in shared memory and a row reads the one its delta selects (inline PTX), in
+    place of a five-way select per element.
+    PREFETCH (CONTIG only, 0 to 2): the symbols and deltas of the next PREFETCH row
+    tiles are loaded ahead, so that a program keeps several tiles' loads in flight.
+    I32: levels in int32 with the carry saturated at +-2^27: exact until the first
     level beyond MAX_LEVEL, which makes the frame an error (clause 7.5) whatever the
     values after it (|r| < 2^26 and BR <= 16 keep every sum inside int32).
     ALU_STEP: step(code_c + b) for b = 0..5 is computed once per program, and a row
@@ -64,9 +115,16 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
     code_c = tl.load(code_ptr + c, mask=cm, other=0)[None, :]
     carry = tl.zeros([BC], tl.int64)
     carry32 = tl.zeros([BC], tl.int32)
-    bad = tl.zeros([BR, BC], tl.int32)
+    hi = tl.zeros([BR, BC], tl.int32)        # extremes of the levels (masked ones are 0
+    lo = tl.zeros([BR, BC], tl.int32)        # or repeat a row above): the clause 7.5 check
     if ALU_STEP:
         steps = step_residues(code_c, False)
+        if SMEM_STEP:
+            saddr = _step_rows_smem(steps)
+    if PREFETCH >= 1:
+        s1, d1 = _contig_tile(sym_ptr, delta_ptr, i0, i1, c, cm, num_channels, BR)
+    if PREFETCH >= 2:
+        s2, d2 = _contig_tile(sym_ptr, delta_ptr, i0 + BR, i1, c, cm, num_channels, BR)
     for i in tl.range(i0, i1, BR, num_stages=STAGES):     # STAGES > 1: loads run ahead
         ri = i + tl.arange(0, BR)
         rm = ri < i1
@@ -76,7 +134,16 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
             row = tl.load(rows_ptr + ri, mask=rm, other=0)
         m = rm[:, None] & cm[None, :]
         flat = row[:, None] * num_channels + c[None, :]
-        s = tl.load(sym_ptr + flat, mask=m, other=0).to(tl.int32)
+        if PREFETCH == 0:
+            s = tl.load(sym_ptr + flat, mask=m, other=0).to(tl.int32)
+            dl = tl.load(delta_ptr + row, mask=rm, other=0)[:, None]
+        elif PREFETCH == 1:
+            s, dl = s1, d1
+            s1, d1 = _contig_tile(sym_ptr, delta_ptr, i + BR, i1, c, cm, num_channels, BR)
+        else:
+            s, dl = s1, d1
+            s1, d1 = s2, d2
+            s2, d2 = _contig_tile(sym_ptr, delta_ptr, i + 2 * BR, i1, c, cm, num_channels, BR)
         is_e = m & (s == esc)
         if tl.max(tl.max(is_e.to(tl.int32), 1), 0) > 0:
             # escapes (rare): their u = ESC + escape value (< 2^27) waits in uext, same index
@@ -93,9 +160,18 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
             carry += tl.sum(r, 0).to(tl.int64)
         else:
             lv = r.to(tl.int64)
-        bad |= (m & ((lv > MAX_LEVEL) | (lv < -MAX_LEVEL))).to(tl.int32)
-        dl = tl.load(delta_ptr + row, mask=rm, other=0)[:, None]
-        if ALU_STEP:
+        if I32:
+            lv32 = lv
+        else:      # int64 levels: clamped into int32 first (a clamped level is bad anyway)
+            lv32 = tl.minimum(tl.maximum(lv, -(1 << 30)), 1 << 30).to(tl.int32)
+        hi = tl.maximum(hi, lv32)
+        lo = tl.minimum(lo, lv32)
+        if ALU_STEP and SMEM_STEP:
+            b = ((dl % 6) + 6) % 6
+            a = tl.minimum(tl.maximum((dl - b) // 6, -126), 126)
+            st = _smem_f32(saddr + b * (4 * BC)) * ((a + 127) << 23).to(tl.float32, bitcast=True)
+            v = lv.to(tl.int32).to(tl.float32) * st
+        elif ALU_STEP:
             v = lv.to(tl.int32).to(tl.float32) * scaled_step(steps, dl, False)
         else:
             code = tl.minimum(tl.maximum(code_c + dl, 0), 255)
@@ -105,7 +181,8 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
         else:
             orow = row
         _store_out(out_ptr, orow[:, None] * num_channels + c[None, :], v, m, OUT)
-    tl.atomic_or(status_ptr + chain, tl.max(tl.max(bad, 1), 0) * BAD_LEVEL)
+    bad = (tl.max(tl.max(hi, 1), 0) > MAX_LEVEL) | (tl.min(tl.min(lo, 1), 0) < -MAX_LEVEL)
+    tl.atomic_or(status_ptr + chain, bad.to(tl.int32) * BAD_LEVEL)
 
 
 @triton.jit
@@ -223,7 +300,8 @@ def is_contiguous(rows, offs) -> bool:
 
 
 # tile of the reconstruction kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-DEQUANT_VARIANT = dict(BR=1, BC=128, num_warps=1, ALU_STEP=True, STAGES=1, I32=True)
+DEQUANT_VARIANT = dict(BR=1, BC=128, num_warps=1, ALU_STEP=True, STAGES=1, I32=True,
+                       PREFETCH=1, SMEM_STEP=True)
 
 
 def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor, out,
@@ -244,8 +322,11 @@ def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor
     br, bc = v.pop("BR"), v.pop("BC")
     if not contiguous:     # rows through an index: short tiles down a chain
         br, bc = 16, 128
+        v["PREFETCH"] = 0
     v["I32"] = v["I32"] and br <= 16
     bc, grid = _launch(n, num_channels, bc)
+    # shared-memory steps: inline PTX (compiled kernels only), a 128-channel tile
+    v["SMEM_STEP"] = bool(v["SMEM_STEP"]) and v["ALU_STEP"] and bc == 128 and not INTERPRET
     _dequant_kernel[grid](sym, rows, offs, out_row, delta, code, step, esc, uext, out, status,
                           num_channels, SCAN=predictor != 0, CONTIG=contiguous, DENSE=dense,
                           OUT=kind, BR=br, BC=bc, **v)

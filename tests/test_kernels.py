@@ -328,9 +328,10 @@ def _chains_of(pos_list, tps, kept):
 
 
 @pytest.mark.parametrize("out_dtype,predictor", [(1, 2), (0, 1), (2, 0), (1, 0)])
-def test_dequantize_matches_reference(out_dtype, predictor):
-    rng = np.random.default_rng(out_dtype * 3 + predictor)
-    h, w, p, d = 4, 5, 1, 9
+@pytest.mark.parametrize("d", [9, 130])     # 130: 128-channel tiles (SMEM_STEP on a GPU)
+def test_dequantize_matches_reference(out_dtype, predictor, d):
+    rng = np.random.default_rng(out_dtype * 3 + predictor + d)
+    h, w, p = 4, 5, 1
     tps = dict(predictor=predictor, grid_present=1, num_prefix_tokens=p, grid_height=h,
                grid_width=w, output_dtype=out_dtype)
     pos_list = [np.arange(p + h * w), np.sort(np.concatenate(
@@ -364,7 +365,8 @@ def test_dequantize_matches_reference(out_dtype, predictor):
     want = np.concatenate(ref_out)
     # step computed or read from the table; levels in int64 or in saturated int32
     for variant in (None, dict(ALU_STEP=False), dict(I32=True, BR=2), dict(I32=False, BR=16),
-                    dict(BR=4, ALU_STEP=True)):
+                    dict(BR=4, ALU_STEP=True), dict(PREFETCH=0, SMEM_STEP=False),
+                    dict(PREFETCH=2, BR=2), dict(SMEM_STEP=False)):
         out.fill_(0)
         status = recon.dequantize(T(sym, np.int16), T(rows), T(offs), T(np.arange(k)),
                                   T(np.concatenate(deltas), np.int32), T(codes, np.int32),
