@@ -594,8 +594,11 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
     n_total = int(ne_h.sum())
     ne = torch.from_numpy(ne_h).to(dev)
     ebase = torch.from_numpy(np.cumsum(ne_h) - ne_h).to(dev)
-    fill = np.repeat(2 * np.cumsum(plan.frame_symbols) - 1, ne_h)
-    esc_pos = torch.from_numpy(np.append(fill, 0)).to(dev)
+    # unfilled slots: 2 * (the frame's end) - 1, repeated on the device (no large copy)
+    esc_pos = torch.zeros(n_total + 1, dtype=torch.int64, device=dev)
+    if n_total:
+        ends = torch.from_numpy(2 * np.cumsum(plan.frame_symbols) - 1).to(dev)
+        esc_pos[:n_total] = torch.repeat_interleave(ends, ne, output_size=n_total)
     esc_count = torch.zeros(max(nf, 1), dtype=torch.int32, device=dev)
     if plan.num_chunks:
         w1 = torch.cumsum(chunk_words, 0)

@@ -111,7 +111,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
     cm = c < num_channels
     i0 = tl.load(chain_ptr + chain)
     i1 = tl.load(chain_ptr + chain + 1)
-    esc = tl.load(esc_ptr + c, mask=cm, other=-1)[None, :]
+    esc = tl.load(esc_ptr + c, mask=cm, other=1 << 30)[None, :]    # masked: never reached
     code_c = tl.load(code_ptr + c, mask=cm, other=0)[None, :]
     carry = tl.zeros([BC], tl.int64)
     carry32 = tl.zeros([BC], tl.int32)
@@ -144,9 +144,11 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
             s, dl = s1, d1
             s1, d1 = s2, d2
             s2, d2 = _contig_tile(sym_ptr, delta_ptr, i + 2 * BR, i1, c, cm, num_channels, BR)
-        is_e = m & (s == esc)
-        if tl.max(tl.max(is_e.to(tl.int32), 1), 0) > 0:
-            # escapes (rare): their u = ESC + escape value (< 2^27) waits in uext, same index
+        # a symbol is at most its channel's ESC: the largest s - ESC of the row is >= 0
+        # where the row holds an escape (rare), whose u = ESC + escape value (< 2^27)
+        # waits in uext at the same index
+        if tl.max(tl.max(s - esc, 1), 0) >= 0:
+            is_e = m & (s == esc)
             s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
         r = (s >> 1) ^ -(s & 1)                 # |r| < 2^26: BR rows sum within int32
         if I32:
@@ -285,13 +287,14 @@ def escape_values(num_symbols: int, num_channels: int, esc, keys, values, device
     (elsewhere uninitialised: only read where a symbol is ESC).  ``keys``: sorted
     escape keys 2 * index from kernels.rans.decode (odd keys: unfilled slots);
     ``values``: the escape values in the same order."""
-    uext = torch.empty(max(num_symbols, 1), dtype=torch.int32, device=device)
-    if keys.numel():
+    n = max(num_symbols, 1)
+    uext = torch.empty(n + 1, dtype=torch.int32, device=device)   # + a slot for unfilled
+    if keys.numel():         # no boolean indexing: nothing here waits for the device
         real = (keys & 1) == 0
-        idx = keys[real] >> 1
-        uext[idx] = (esc.to(torch.int64)[idx % num_channels] + values[real]).clamp(
+        idx = torch.where(real, keys >> 1, n)
+        uext[idx] = (esc.to(torch.int64)[idx % max(num_channels, 1)] + values).clamp(
             max=2**31 - 1).to(torch.int32)
-    return uext
+    return uext[:n]
 
 
 def is_contiguous(rows, offs) -> bool:
