@@ -316,16 +316,12 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
 
 # each changes the default launch in the settings it names: quant.ROWS_VARIANT (the
 # row loop) or, with ROWS=0 or prev_row=False, quant.SYMBOLS_VARIANT (the tile kernel)
-QUANT_VARIANTS = [dict(prev_row=False), dict(ROWS=0), dict(ROWS=0, BR=16, BC=256, num_warps=4),
-                  dict(ALU_STEP=True), dict(ROWS=16), dict(ROWS=32), dict(ROWS=128),
-                  dict(BC=128), dict(BC=512, num_warps=2), dict(ROWS=64, BC=1024, num_warps=4),
-                  dict(RNI=False), dict(ROWS=0, RNI=False)]
+QUANT_VARIANTS = [dict(prev_row=False), dict(ROWS=0), dict(ALU_STEP=True), dict(ROWS=32),
+                  dict(ROWS=128), dict(BC=128), dict(RNI=False), dict(ROWS=0, RNI=False)]
 # each changes the default (recon.DEQUANT_VARIANT) in the settings it names
-DEQUANT_VARIANTS = [dict(PREFETCH=0, SMEM_STEP=False), dict(PREFETCH=0), dict(SMEM_STEP=False),
-                    dict(PREFETCH=2), dict(num_warps=2, BC=256),
-                    dict(contiguous=False), dict(I32=False, BR=2), dict(I32=False, BR=1),
-                    dict(BR=2), dict(STAGES=2), dict(BC=256, num_warps=2), dict(BC=64),
-                    dict(ALU_STEP=False), dict(BC=512, num_warps=4)]
+DEQUANT_VARIANTS = [dict(BR=1), dict(BR=2), dict(BR=8), dict(BR=4, PREFETCH=0),
+                    dict(BR=1, PREFETCH=0, SMEM_STEP=False), dict(SMEM_STEP=False),
+                    dict(contiguous=False), dict(I32=False), dict(ALU_STEP=False)]
 COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4),
                     dict(BLOCK=4096, num_warps=8), dict(BLOCK=2048, num_warps=2),
                     dict(BLOCK=8192, num_warps=8)]
@@ -335,7 +331,7 @@ ENCODE_VARIANTS = [dict(DENSE=False, RCP=False, BITS=False, G=2),
                    dict(DENSE=False, RCP=False, BITS=False, G=1),
                    dict(DENSE=False), dict(RCP=False), dict(BITS=False), dict(G=2),
                    dict(G=4)]
-DECODE_VARIANTS = [dict(SMEM=False), dict(SMEM=False, BITS=False), dict(table64=True),
+DECODE_VARIANTS = [dict(LINKS=False), dict(SMEM=False), dict(SMEM=False, BITS=False), dict(table64=True),
                    dict(SMEM=False, WINDOW=False), dict(SMEM=False, ESC_BRANCH=False),
                    dict(SMEM_G=4), dict(SMEM_G=16), dict(PER_SM=5), dict(WINDOW=False)]
 

@@ -81,18 +81,23 @@ def _lane_scan(need, lane, below, BITS: tl.constexpr):
 SMEM_ENTRIES = tl.constexpr(8192)
 _SMEM_DECL = tl.constexpr(f".shared .align 16 .b32 tkb_slot_table[{SMEM_ENTRIES.value}];\n\t"
                           "mov.u32 $0, tkb_slot_table;")
+# and the channel links (LINKS): per channel, the next step's channel | its table's
+# offset << 11 | its ESC << 24, for at most LINK_ENTRIES channels
+LINK_ENTRIES = tl.constexpr(2048)
+_LINK_DECL = tl.constexpr(f".shared .align 16 .b32 tkb_chan_links[{LINK_ENTRIES.value}];\n\t"
+                          "mov.u32 $0, tkb_chan_links;")
 _SMEM_FILL = tl.constexpr(1024)
 
 
 @triton.jit
-def _smem_table(table_ptr):
-    """Declare the static shared array (inline PTX, once per kernel: Triton has no
-    gather from shared memory), copy SMEM_ENTRIES int32 entries of ``table_ptr`` into
-    it, wait for the copy, and return the array's shared-window address."""
-    base = tl.inline_asm_elementwise(_SMEM_DECL, "=r,r", [tl.program_id(0)], dtype=tl.int32,
+def _smem_table(table_ptr, DECL: tl.constexpr, N: tl.constexpr):
+    """Declare the static shared array DECL (inline PTX, once per kernel: Triton has no
+    gather from shared memory), copy N int32 entries of ``table_ptr`` into it, wait
+    for the copy, and return the array's shared-window address."""
+    base = tl.inline_asm_elementwise(DECL, "=r,r", [tl.program_id(0)], dtype=tl.int32,
                                      is_pure=False, pack=1)
     ar = tl.arange(0, _SMEM_FILL)
-    for i in range(0, SMEM_ENTRIES, _SMEM_FILL):
+    for i in range(0, N, _SMEM_FILL):
         v = tl.load(table_ptr + i + ar)
         tl.inline_asm_elementwise("st.shared.u32 [$1], $2;\n\tmov.u32 $0, 0;", "=r,r,r",
                                   [base + 4 * (i + ar), v], dtype=tl.int32, is_pure=False,
@@ -172,32 +177,38 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits, num_groups,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                    ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
-                   POSITIONS: tl.constexpr, SMEM: tl.constexpr):
+                   POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr):
     """Each program decodes the groups of G chunks pid, pid + programs, ...
     POSITIONS: record each escape symbol's position (the batch declares escapes);
     otherwise escapes are only counted, per lane in registers, since any is an error.
     SMEM: the slot table (PACK32, at most SMEM_ENTRIES entries) is read from a copy in
-    shared memory, once per program (compiled kernels only)."""
+    shared memory, once per program (compiled kernels only).  LINKS (with SMEM):
+    ``chan_base_ptr`` holds the channel links (DecodeTables.links), also copied to
+    shared memory; a step reads its channel's table offset and ESC and the next
+    step's channel in one entry."""
     sbase = 0
+    lbase = 0
     if SMEM:
-        sbase = _smem_table(table_ptr)
+        sbase = _smem_table(table_ptr, _SMEM_DECL, SMEM_ENTRIES)
+        if LINKS:
+            lbase = _smem_table(chan_base_ptr, _LINK_DECL, LINK_ENTRIES)
     for grp in range(tl.program_id(0), num_groups, tl.num_programs(0)):
         _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr,
                       c_chan_ptr, c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
                       esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr, num_chunks,
                       num_lanes, lane_inc, num_channels, prob_bits,
-                      sbase, G, BLOCK_L, WINDOW, ESC_BRANCH, PACK32, BITS,
-                      POSITIONS, SMEM)
+                      sbase, lbase, G, BLOCK_L, WINDOW, ESC_BRANCH, PACK32, BITS,
+                      POSITIONS, SMEM, LINKS)
 
 
 @triton.jit
 def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr,
                   c_chan_ptr, c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
                   esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr, num_chunks,
-                  num_lanes, lane_inc, num_channels, prob_bits, sbase,
+                  num_lanes, lane_inc, num_channels, prob_bits, sbase, lbase,
                   G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
-                  POSITIONS: tl.constexpr, SMEM: tl.constexpr):
+                  POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr):
     """Decode chunks grp * G ... grp * G + G - 1 (clause 7.3.2)."""
     cid = grp * G + tl.arange(0, G)                                    # [G]
     cok = cid < num_chunks
@@ -223,7 +234,10 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
     pb = prob_bits.to(tl.uint32)
     mask = (tl.full([G, BLOCK_L], 1, tl.uint32) << pb) - 1
     steps = tl.max(tl.max((nsym + num_lanes - 1) // num_lanes, 1), 0)
-    cb = _gather(chan_base_ptr + ch, lane_ok, G, BLOCK_L)
+    if LINKS:
+        cb = _smem_entry(lbase, ch)
+    else:
+        cb = _gather(chan_base_ptr + ch, lane_ok, G, BLOCK_L)
     nesc = tl.zeros([G, BLOCK_L], tl.int32)
     optr = out_ptr + out0 + lane                                       # this step's symbols
     if SMEM:   # escape bookkeeping addresses for the inline PTX
@@ -233,7 +247,10 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
         ecap2 = ecap + 0 * lane
     for t in range(0, steps):
         act = lane_ok & (t * num_lanes + lane < nsym)
-        if SMEM:
+        if LINKS:   # next channel | table offset << 11 | ESC << 24
+            e = _smem_entry(sbase, (x & mask).to(tl.int32) + ((cb >> 11) & 0x1FFF))
+            esc_of_lane = (cb >> 24) & 0xFF
+        elif SMEM:
             e = _smem_entry(sbase, (x & mask).to(tl.int32) + (cb & 0xFFFFF))
             esc_of_lane = cb >> 20
         elif PACK32:   # chan_base: table offset | ESC << 20
@@ -244,9 +261,12 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
         if WINDOW:   # the words this step may read, loaded beside the table entry
             win = _word(wbase, rel + lane, rel + lane < nw)
         # next step's channel and table, off the state's dependency chain
-        ch = ch + lane_inc
-        ch = tl.where(ch >= num_channels, ch - num_channels, ch)
-        cb = _gather(chan_base_ptr + ch, lane_ok, G, BLOCK_L)
+        if LINKS:
+            cb = _smem_entry(lbase, cb & 0x7FF)
+        else:
+            ch = ch + lane_inc
+            ch = tl.where(ch >= num_channels, ch - num_channels, ch)
+            cb = _gather(chan_base_ptr + ch, lane_ok, G, BLOCK_L)
         if PACK32 or SMEM:   # (freq - 1) | bias << 12 | symbol << 24
             freq = ((e & 0xFFF) + 1).to(tl.uint32)
             bias = ((e >> 12) & 0xFFF).to(tl.uint32)
@@ -467,10 +487,35 @@ class DecodeTables:
             n = self.table.numel()
             self.smem = None if n > SMEM_ENTRIES.value else torch.cat(
                 [self.table, self.table.new_zeros(SMEM_ENTRIES.value - n)])
+            # channel links: ESC in 8 bits (none: 255, above every symbol of an alphabet of
+            # at most 255), at most LINK_ENTRIES channels
+            self._link_esc = np.where(esc == 0xFFF, 255, esc)
+            self._link_ok = self.smem is not None and tmap.size <= LINK_ENTRIES.value and (
+                escapes or int(alph.max()) <= 255)
+            self._link_off = tmap << prob_bits
+            self._links = {}
         else:
-            self.smem = None
             self.table = decode_table(lookup, alphabet_sizes, escapes, device)
             self.chan_base = torch.from_numpy((tmap << prob_bits).astype(np.int32)).to(device)
+            self.smem = None
+            self._link_ok = False
+
+    def links(self, lane_inc: int):
+        """The LINKS array for chunks whose lanes advance ``lane_inc`` channels a step
+        (num_lanes mod num_channels): per channel c, (c + lane_inc) mod num_channels |
+        its table offset << 11 | its ESC << 24, padded to LINK_ENTRIES; None where the
+        parameter set does not fit the packing."""
+        if not self._link_ok:
+            return None
+        if lane_inc not in self._links:
+            d = self._link_off.size
+            nxt = (np.arange(d) + lane_inc) % d
+            e = nxt | (self._link_off << 11) | (self._link_esc << 24)
+            pad = np.zeros(LINK_ENTRIES.value, np.int64)
+            pad[:d] = e
+            self._links[lane_inc] = torch.from_numpy(
+                pad.astype(np.uint32).view(np.int32)).to(self.table.device)
+        return self._links[lane_inc]
 
 
 def decode_table(lookup, alphabet_sizes, escapes: bool, device) -> torch.Tensor:
@@ -610,6 +655,9 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         smem = bool(v.pop("SMEM", False)) and tables.smem is not None and not INTERPRET \
             and block_l == 32
         smem_g = v.pop("SMEM_G", 8)
+        links = tables.links(plan.num_lanes % plan.d) if smem and v.pop("LINKS", True) \
+            else None
+        v.pop("LINKS", None)
         g = v.pop("G")
         if smem and "G" not in (variant or {}):
             g = smem_g
@@ -626,12 +674,13 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         grid = (_programs(grid[0], v, dev),)
         _decode_kernel[grid](words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan,
                              plan.t_frame, tables.smem if smem else tables.table,
-                             tables.chan_base, out, status, esc_count, ebase,
+                             tables.chan_base if links is None else links, out, status,
+                             esc_count, ebase,
                              ne, esc_pos, plan.num_chunks, plan.num_lanes,
                              plan.num_lanes % plan.d, plan.d, prob_bits,
                              triton.cdiv(plan.num_chunks, g), G=g,
                              BLOCK_L=block_l, PACK32=tables.pack32, POSITIONS=n_total > 0,
-                             SMEM=smem, **v)
+                             SMEM=smem, LINKS=links is not None, **v)
     esc_pos = torch.sort(esc_pos[:n_total]).values
     return out[:total], status[:plan.num_chunks], esc_pos, esc_count[:nf]
 

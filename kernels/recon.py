@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .quant import scaled_step, step_residues
+from .quant import SMEM_STEPS_128, scaled_step, smem_scaled_step, smem_vectors, step_residues
 from .rans import INTERPRET
 
 MAX_LEVEL = tl.constexpr((1 << 24) - 1)
@@ -42,37 +42,6 @@ def _store_out(out_ptr, idx, v, m, OUT: tl.constexpr):
         b = v.to(tl.uint32, bitcast=True)
         r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
         tl.store(out_ptr + idx, r.to(tl.int32).to(tl.int16), mask=m)
-
-
-# the SMEM_STEP path's static shared array: six step vectors of 128 channels
-_STEP_SMEM_DECL = tl.constexpr(".shared .align 16 .b32 tkb_step_rows[768];\n\t"
-                               "mov.u32 $0, tkb_step_rows;")
-
-
-@triton.jit
-def _step_rows_smem(steps):
-    """Write the six [1, 128] step vectors to shared memory (declared here, once per
-    kernel), wait, and return each channel's address in the first vector."""
-    base = tl.inline_asm_elementwise(_STEP_SMEM_DECL, "=r,r", [tl.program_id(0)],
-                                     dtype=tl.int32, is_pure=False, pack=1)
-    addr = base + 4 * tl.arange(0, 128)[None, :]
-    for k in tl.static_range(6):
-        tl.inline_asm_elementwise("st.shared.b32 [$1], $2;\n\tmov.u32 $0, 0;", "=r,r,r",
-                                  [addr + k * 512, steps[k].to(tl.int32, bitcast=True)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-    tl.inline_asm_elementwise("bar.sync 0;\n\tmov.u32 $0, 0;", "=r,r", [base],
-                              dtype=tl.int32, is_pure=False, pack=1)
-    return addr
-
-
-@triton.jit
-def _smem_f32(addr):
-    """float32 at shared addresses ``addr`` (pure: so that Triton may give it the layout
-    of the values it multiplies, instead of converting through shared memory each row;
-    the address depends on the row, so the read stays after the barrier)."""
-    return tl.inline_asm_elementwise("ld.shared.b32 $0, [$1];", "=r,r", [addr],
-                                     dtype=tl.int32, is_pure=True,
-                                     pack=1).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -120,7 +89,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
     if ALU_STEP:
         steps = step_residues(code_c, False)
         if SMEM_STEP:
-            saddr = _step_rows_smem(steps)
+            saddr = smem_vectors(steps, SMEM_STEPS_128, BC)
     if PREFETCH >= 1:
         s1, d1 = _contig_tile(sym_ptr, delta_ptr, i0, i1, c, cm, num_channels, BR)
     if PREFETCH >= 2:
@@ -169,10 +138,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
         hi = tl.maximum(hi, lv32)
         lo = tl.minimum(lo, lv32)
         if ALU_STEP and SMEM_STEP:
-            b = ((dl % 6) + 6) % 6
-            a = tl.minimum(tl.maximum((dl - b) // 6, -126), 126)
-            st = _smem_f32(saddr + b * (4 * BC)) * ((a + 127) << 23).to(tl.float32, bitcast=True)
-            v = lv.to(tl.int32).to(tl.float32) * st
+            v = lv.to(tl.int32).to(tl.float32) * smem_scaled_step(saddr, dl, False, BC)
         elif ALU_STEP:
             v = lv.to(tl.int32).to(tl.float32) * scaled_step(steps, dl, False)
         else:
@@ -303,7 +269,7 @@ def is_contiguous(rows, offs) -> bool:
 
 
 # tile of the reconstruction kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-DEQUANT_VARIANT = dict(BR=1, BC=128, num_warps=1, ALU_STEP=True, STAGES=1, I32=True,
+DEQUANT_VARIANT = dict(BR=4, BC=128, num_warps=1, ALU_STEP=True, STAGES=1, I32=True,
                        PREFETCH=1, SMEM_STEP=True)
 
 

@@ -161,7 +161,7 @@ def test_rans_decode_matches_reference(case):
                             (dict(G=2, PROGRAMS=2), True),      # programs loop over groups
                             (dict(ESC_BRANCH=False, BITS=False, G=2, PROGRAMS=3), True),
                             SMEM_VARIANT, (dict(SMEM_VARIANT[0], PER_SM=1), True),
-                            (dict(SMEM=False), True)]:
+                            (dict(SMEM_VARIANT[0], LINKS=False), True), (dict(SMEM=False), True)]:
         (sym, status, esc_pos, esc_count), esc, n_esc = _decode(
             frames, words, cws, tabs, tmap, lanes, steps, pb, d, variant=variant,
             pack32=pack32)
