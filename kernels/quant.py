@@ -85,9 +85,9 @@ def smem_vectors(vecs, DECL: tl.constexpr, BC: tl.constexpr):
         tl.inline_asm_elementwise("st.shared.b32 [$1], $2;\n\tmov.u32 $0, 0;", "=r,r,r",
                                   [addr + k * (4 * BC), vecs[k].to(tl.int32, bitcast=True)],
                                   dtype=tl.int32, is_pure=False, pack=1)
-    tl.inline_asm_elementwise("bar.sync 0;\n\tmov.u32 $0, 0;", "=r,r", [base],
-                              dtype=tl.int32, is_pure=False, pack=1)
-    return addr
+    zero = tl.inline_asm_elementwise("bar.sync 0;\n\tmov.u32 $0, 0;", "=r,r", [base],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+    return addr + zero          # every read of the vectors depends on the barrier
 
 
 @triton.jit
@@ -95,7 +95,7 @@ def smem_scaled_step(addr, delta, INVERSE: tl.constexpr, BC: tl.constexpr):
     """:func:`scaled_step` with the six vectors in shared memory at ``addr``
     (:func:`smem_vectors`): one read of the vector delta mod 6 selects, exact alike.
     The read is pure, so that Triton may give it the layout of the values it
-    multiplies; its address depends on the row, so it stays after the barrier."""
+    multiplies; its address depends on the barrier's result, so it stays after it."""
     b = ((delta % 6) + 6) % 6
     a = tl.minimum(tl.maximum((delta - b) // 6, -126), 126)
     if INVERSE:

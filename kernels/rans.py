@@ -102,9 +102,9 @@ def _smem_table(table_ptr, DECL: tl.constexpr, N: tl.constexpr):
         tl.inline_asm_elementwise("st.shared.u32 [$1], $2;\n\tmov.u32 $0, 0;", "=r,r,r",
                                   [base + 4 * (i + ar), v], dtype=tl.int32, is_pure=False,
                                   pack=1)
-    tl.inline_asm_elementwise("bar.sync 0;\n\tmov.u32 $0, 0;", "=r,r", [base],
-                              dtype=tl.int32, is_pure=False, pack=1)
-    return base
+    zero = tl.inline_asm_elementwise("bar.sync 0;\n\tmov.u32 $0, 0;", "=r,r", [base],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+    return base + zero          # every read of the array depends on the barrier
 
 
 @triton.jit
@@ -225,12 +225,14 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
     na = tl.minimum(nsym, num_lanes)
     lane_ok = lane < na
     wbase = words_ptr + w0                                             # [G, 1] pointers
-    x = _word(wbase, 2 * lane, lane_ok) | (_word(wbase, 2 * lane + 1, lane_ok) << 16)
-    status = tl.max((lane_ok & (x < RANS_L)).to(tl.int32), 1)[:, None] * BAD_INITIAL_STATE
-    # words read so far and the chunk's word count, relative to w0 (a chunk holds far
-    # fewer than 2^30 words; a larger count cannot be matched and is reported)
-    rel = 2 * na + 0 * lane                                             # [G, L], equal
+    # the chunk's word count and the words read so far, relative to w0 (a chunk holds
+    # far fewer than 2^30 words; a larger count cannot be matched and is reported)
     nw = tl.minimum(w1 - w0, 1 << 30).to(tl.int32)
+    rel = 2 * na + 0 * lane                                             # [G, L], equal
+    # initial states: words the chunk does not have read as 0 (then reported)
+    x = _word(wbase, 2 * lane, lane_ok & (2 * lane < nw)) | \
+        (_word(wbase, 2 * lane + 1, lane_ok & (2 * lane + 1 < nw)) << 16)
+    status = tl.max((lane_ok & (x < RANS_L)).to(tl.int32), 1)[:, None] * BAD_INITIAL_STATE
     pb = prob_bits.to(tl.uint32)
     mask = (tl.full([G, BLOCK_L], 1, tl.uint32) << pb) - 1
     steps = tl.max(tl.max((nsym + num_lanes - 1) // num_lanes, 1), 0)
@@ -606,6 +608,8 @@ def _programs(groups: int, v: dict, device) -> int:
 
 # launch variants, chosen by the GPU benchmark (BENCHMARKS.md).  BITS (the lane scan
 # as a vote and popcounts) applies where a chunk has at most 32 lanes.
+# the launch of the last decode() call (for tests): smem, links, G, programs
+last_decode: dict = {}
 # SMEM (where the tables fit, on a GPU, 32 lanes): SMEM_G chunks per program, a warp each
 DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True, SMEM=True,
                       SMEM_G=8)
@@ -660,7 +664,7 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         v.pop("LINKS", None)
         g = v.pop("G")
         if smem and "G" not in (variant or {}):
-            g = smem_g
+            g = min(smem_g, 32)                    # a warp each: at most 32 warps
         block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks, g,
                                          "G" in (variant or {}))
         v = _scan_flags(v, block_l)
@@ -672,6 +676,7 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
             # with a warp per 128 lanes
             v.update(WINDOW=False, num_warps=min(8, block_l // 128))
         grid = (_programs(grid[0], v, dev),)
+        last_decode.update(smem=smem, links=links is not None, G=g, programs=grid[0])
         _decode_kernel[grid](words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan,
                              plan.t_frame, tables.smem if smem else tables.table,
                              tables.chan_base if links is None else links, out, status,

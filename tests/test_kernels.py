@@ -62,6 +62,9 @@ RANS_CASES = [
     (8, 32, 3, 11, [1, 30], [8 * 32 * 3 + 7]),                  # a table of one symbol
     (32, 6, 10, 9, [50, 3], [32 * 6 * 2 + 5, 31]),             # 32 lanes: lane bit 31
     (32, 8, 12, 10, [30] * 8, [32 * 8 * 3 + 9, 0, 1, 32 * 8]),  # tables fill SMEM_ENTRIES
+    (20, 5, 7, 10, [256, 40], [20 * 5 * 2 + 3, 20]),            # 20 of 32 lanes, 256 symbols
+    (32, 2, 2048, 10, [20, 9], [2048 * 2 + 5]),                 # LINKS at its channel limit
+    (32, 2, 2049, 10, [20], [2049 * 2]),                        # one channel beyond it
 ]
 
 
@@ -181,6 +184,59 @@ def test_rans_decode_matches_reference(case):
         assert np.array_equal(N(sym).astype(np.int64), allsym)
         assert np.array_equal(N(esc_count), n_esc) and N(esc_pos).size == 0
         assert not N(status).any()
+
+
+def test_rans_decode_uses_shared_memory_on_a_gpu():
+    """The default decode of 32-lane chunks whose tables fit takes the SMEM and LINKS
+    path on a GPU (compiled kernels), and the global-memory path in the interpreter."""
+    lanes, steps, d, pb, alph, sizes = RANS_CASES[6]
+    rng = np.random.default_rng(3)
+    tabs, tmap = _tables(rng, d, alph, pb)
+    frames = _frames(rng, sizes, d, tabs, tmap)
+    words, cws, _, _ = _encode_ref(frames, tabs, tmap, lanes, steps, pb, d)
+    (sym, status, _, _), _, _ = _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d)
+    assert np.array_equal(N(sym).astype(np.int64), np.concatenate(frames))
+    on_gpu = DEV == "cuda" and not rans.INTERPRET
+    assert rans.last_decode["smem"] == on_gpu and rans.last_decode["links"] == on_gpu
+
+
+@pytest.mark.parametrize("alph", [255, 256])
+def test_rans_decode_without_escapes(alph):
+    """Tables of a batch without escapes (no ESC symbol: LINKS's ESC 255 sentinel needs
+    alphabets below 256): the same symbols, nothing counted as an escape."""
+    lanes, steps, d, pb = 32, 4, 6, 10
+    rng = np.random.default_rng(alph)
+    tabs, tmap = _tables(rng, d, [alph, 7], pb)
+    frames = _frames(rng, [32 * 4 * 2 + 3], d, tabs, tmap)
+    words, cws, _, _ = _encode_ref(frames, tabs, tmap, lanes, steps, pb, d)
+    on_gpu = DEV == "cuda" and not rans.INTERPRET
+    for variant in (None, dict(LINKS=False), dict(SMEM=False)):
+        (sym, status, esc_pos, esc_count), _, _ = _decode(
+            frames, words, cws, tabs, tmap, lanes, steps, pb, d, escapes=False,
+            variant=variant, declare=False)
+        assert np.array_equal(N(sym).astype(np.int64), frames[0])
+        assert not N(status).any() and not N(esc_count).any() and N(esc_pos).size == 0
+        if variant is None:     # LINKS only where 255 can stand for "no ESC"
+            assert rans.last_decode["links"] == (on_gpu and alph == 255)
+
+
+@pytest.mark.parametrize("lanes", [4, 32])
+def test_rans_decode_of_a_chunk_without_words(lanes):
+    """A last chunk that claims no words (the stream's data ends before its initial
+    states): nothing is read past the words, and only that chunk is reported."""
+    steps, d, pb = 8, 3, 11
+    rng = np.random.default_rng(9 + lanes)
+    tabs, tmap = _tables(rng, d, [9, 12], pb)
+    frames = _frames(rng, [3 * lanes * steps], d, tabs, tmap)
+    words, cws, _, _ = _encode_ref(frames, tabs, tmap, lanes, steps, pb, d)
+    cw = np.asarray(cws[0]).copy()
+    w = np.asarray(words[0])[: int(cw[:-1].sum())]        # the last chunk's words dropped
+    cw[-1] = 0
+    for variant in (None, dict(SMEM=False)):
+        (sym, status, _, _), _, _ = _decode(frames, [w], [cw], tabs, tmap, lanes, steps, pb,
+                                            d, variant=variant)
+        st = N(status)     # missing initial-state words read as 0: a bad initial state
+        assert st[-1] & rans.BAD_INITIAL_STATE.value and not st[:-1].any()
 
 
 @pytest.mark.parametrize("lanes", [4, 32])      # 32: the SMEM path on a GPU
@@ -377,26 +433,39 @@ def test_dequantize_matches_reference(out_dtype, predictor, d):
         assert not N(status).any()
 
 
-def test_dequantize_flags_levels_beyond_the_limit():
-    d = 2
+@pytest.mark.parametrize("d,sign", [(2, 1), (2, -1), (130, 1), (130, -1)])  # 130: SMEM_STEP
+def test_dequantize_flags_levels_beyond_the_limit(d, sign):
     tps = dict(predictor=1, grid_present=0, num_prefix_tokens=0)
     pos = np.arange(3)
-    esc = np.array([5, 5])
-    # three residuals of 2^23 in channel 0 sum to 3 * 2^23 > 2^24 - 1
-    u = np.array([[5, 0], [5, 0], [5, 0]])
-    e = np.full(3, 2 ** 24 - 5)                       # u = 2^24: residual 2^23
+    esc = np.full(d, 5)
+    # three residuals of +-2^23 in channel 0 sum to +-3 * 2^23, beyond 2^24 - 1
+    u = np.zeros((3, d), dtype=np.int64)
+    u[:, 0] = 5
+    e = np.full(3, 2 ** 24 - 5 - (sign < 0))          # u = 2^24 (- 1): residual +-2^23
     rows, offs = _chains_of([pos], tps, np.array([3]))
     out = torch.zeros((3, d), dtype=torch.float32, device=DEV)
-    uext = recon.escape_values(6, d, T(esc), T(2 * np.array([0, 2, 4])), T(e, np.int64), DEV)
-    for contig, variant in [(False, None), (True, dict(I32=True, BR=2)), (True, dict(I32=False))]:
+    uext = recon.escape_values(3 * d, d, T(esc), T(2 * np.arange(3) * d), T(e, np.int64), DEV)
+    for contig, variant in [(False, None), (True, dict(I32=True, BR=2)), (True, dict(I32=False)),
+                            (True, None)]:
         status = recon.dequantize(T(u.ravel(), np.int16), T(rows), T(offs), T(np.arange(3)),
-                                  T(np.zeros(3), np.int32), T(np.array([144, 144]), np.int32),
+                                  T(np.zeros(3), np.int32), T(np.full(d, 144), np.int32),
                                   T(reconstruction.STEP), T(esc, np.int32), uext, 1, out, d,
                                   contig, variant=variant)
         assert N(status).any()
     # the reference reaches the same levels, and rejects them (clause 7.5)
     lv = prediction.reconstruct_levels(symbols.residuals(u, esc, e.astype(np.uint64)), pos, tps)
-    assert np.abs(lv).max() > reconstruction.MAX_LEVEL
+    assert sign * lv[-1, 0] > reconstruction.MAX_LEVEL
+
+
+def test_escape_values_skip_unfilled_slots():
+    """Odd keys (slots a frame declared but did not decode) place nothing."""
+    d, n = 3, 12
+    esc = np.array([4, 5, 6])
+    keys = np.array([2 * 1, 2 * 7, 2 * 12 - 1, 2 * 12 - 1])      # two real, two unfilled
+    vals = np.array([10, 20, 99, 98])
+    uext = N(recon.escape_values(n, d, T(esc), T(keys), T(vals, np.int64), DEV))
+    assert uext.shape == (n,)
+    assert uext[1] == esc[1] + 10 and uext[7] == esc[7 % d] + 20
 
 
 @pytest.mark.parametrize("width,predictor,ids", [(16, 2, False), (32, 1, False), (16, 0, False),
