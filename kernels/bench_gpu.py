@@ -331,7 +331,8 @@ ENCODE_VARIANTS = [dict(DENSE=False, RCP=False, BITS=False, G=2),
                    dict(DENSE=False, RCP=False, BITS=False, G=1),
                    dict(DENSE=False), dict(RCP=False), dict(BITS=False), dict(G=2),
                    dict(G=4)]
-DECODE_VARIANTS = [dict(LINKS=False), dict(SMEM=False), dict(SMEM=False, BITS=False), dict(table64=True),
+DECODE_VARIANTS = [dict(SMEM_MAXNREG=0), dict(SMEM_MAXNREG=40), dict(LINKS=False),
+                   dict(SMEM=False), dict(SMEM=False, BITS=False), dict(table64=True),
                    dict(SMEM=False, WINDOW=False), dict(SMEM=False, ESC_BRANCH=False),
                    dict(SMEM_G=4), dict(SMEM_G=16), dict(PER_SM=5), dict(WINDOW=False)]
 

@@ -612,7 +612,7 @@ def _programs(groups: int, v: dict, device) -> int:
 last_decode: dict = {}
 # SMEM (where the tables fit, on a GPU, 32 lanes): SMEM_G chunks per program, a warp each
 DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True, SMEM=True,
-                      SMEM_G=8)
+                      SMEM_G=8, SMEM_MAXNREG=48)
 ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True)
 COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
 def _scan_flags(v: dict, block_l: int) -> dict:
@@ -659,6 +659,8 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         smem = bool(v.pop("SMEM", False)) and tables.smem is not None and not INTERPRET \
             and block_l == 32
         smem_g = v.pop("SMEM_G", 8)
+        # SMEM: registers capped (48: five programs of 8 warps fit an SM; measured best)
+        maxnreg = v.pop("SMEM_MAXNREG", 0)
         links = tables.links(plan.num_lanes % plan.d) if smem and v.pop("LINKS", True) \
             else None
         v.pop("LINKS", None)
@@ -670,6 +672,8 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         v = _scan_flags(v, block_l)
         if smem:
             v["num_warps"] = g
+            if maxnreg:
+                v.setdefault("maxnreg", maxnreg)
         if block_l > 128 and not INTERPRET:
             # wide chunks (up to 4096 lanes, level 30): a warp-local gather of a word
             # window costs (lanes / 32)^2 shuffles a step; read the words directly,
