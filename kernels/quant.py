@@ -67,44 +67,6 @@ def scaled_step(res, delta, INVERSE: tl.constexpr):
     return s * ((a + 127) << 23).to(tl.float32, bitcast=True)
 
 
-# the static shared array of the decoder's SMEM_STEP path (inline PTX: Triton has no
-# gather from shared memory): the six step vectors of a tile of 128 channels
-SMEM_STEPS_128 = tl.constexpr(".shared .align 16 .b32 tkb_step_vectors[768];\n\t"
-                              "mov.u32 $0, tkb_step_vectors;")
-
-
-@triton.jit
-def smem_vectors(vecs, DECL: tl.constexpr, BC: tl.constexpr):
-    """Write the six float32 [1, BC] vectors ``vecs`` to the shared array that DECL
-    declares (once per kernel), wait, and return each channel's address in the
-    first; vector b starts 4 * BC bytes after vector b - 1."""
-    base = tl.inline_asm_elementwise(DECL, "=r,r", [tl.program_id(0)], dtype=tl.int32,
-                                     is_pure=False, pack=1)
-    addr = base + 4 * tl.arange(0, BC)[None, :]
-    for k in tl.static_range(6):
-        tl.inline_asm_elementwise("st.shared.b32 [$1], $2;\n\tmov.u32 $0, 0;", "=r,r,r",
-                                  [addr + k * (4 * BC), vecs[k].to(tl.int32, bitcast=True)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-    zero = tl.inline_asm_elementwise("bar.sync 0;\n\tmov.u32 $0, 0;", "=r,r", [base],
-                                     dtype=tl.int32, is_pure=False, pack=1)
-    return addr + zero          # every read of the vectors depends on the barrier
-
-
-@triton.jit
-def smem_scaled_step(addr, delta, INVERSE: tl.constexpr, BC: tl.constexpr):
-    """:func:`scaled_step` with the six vectors in shared memory at ``addr``
-    (:func:`smem_vectors`): one read of the vector delta mod 6 selects, exact alike.
-    The read is pure, so that Triton may give it the layout of the values it
-    multiplies; its address depends on the barrier's result, so it stays after it."""
-    b = ((delta % 6) + 6) % 6
-    a = tl.minimum(tl.maximum((delta - b) // 6, -126), 126)
-    if INVERSE:
-        a = -a
-    s = tl.inline_asm_elementwise("ld.shared.b32 $0, [$1];", "=r,r", [addr + b * (4 * BC)],
-                                  dtype=tl.int32, is_pure=True, pack=1)
-    return s.to(tl.float32, bitcast=True) * ((a + 127) << 23).to(tl.float32, bitcast=True)
-
-
 @triton.jit
 def _levels(x_ptr, src, delta, c, m, code_ptr, inv_ptr, num_channels, ALU_STEP: tl.constexpr,
             RNI: tl.constexpr):

@@ -89,22 +89,39 @@ _LINK_DECL = tl.constexpr(f".shared .align 16 .b32 tkb_chan_links[{LINK_ENTRIES.
 _SMEM_FILL = tl.constexpr(1024)
 
 
+# shared-memory primitives in inline PTX (Triton has no gather from shared memory);
+# also used by the reconstruction's SMEM_STEP path
+@triton.jit
+def smem_declare(DECL: tl.constexpr):
+    """Declare the static shared array DECL (once per kernel); its shared address."""
+    return tl.inline_asm_elementwise(DECL, "=r,r", [tl.program_id(0)], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+
+
+@triton.jit
+def smem_store(addr, v):
+    """int32 ``v`` to shared addresses ``addr``."""
+    tl.inline_asm_elementwise("st.shared.b32 [$1], $2;\n\tmov.u32 $0, 0;", "=r,r,r",
+                              [addr, v], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def smem_sync(x):
+    """A barrier after the stores; returns 0, to be added to the addresses read later so
+    that every read depends on the barrier."""
+    return tl.inline_asm_elementwise("bar.sync 0;\n\tmov.u32 $0, 0;", "=r,r", [x],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+
+
 @triton.jit
 def _smem_table(table_ptr, DECL: tl.constexpr, N: tl.constexpr):
-    """Declare the static shared array DECL (inline PTX, once per kernel: Triton has no
-    gather from shared memory), copy N int32 entries of ``table_ptr`` into it, wait
-    for the copy, and return the array's shared-window address."""
-    base = tl.inline_asm_elementwise(DECL, "=r,r", [tl.program_id(0)], dtype=tl.int32,
-                                     is_pure=False, pack=1)
+    """Declare the static shared array DECL, copy N int32 entries of ``table_ptr`` into
+    it, wait for the copy, and return the array's shared-window address."""
+    base = smem_declare(DECL)
     ar = tl.arange(0, _SMEM_FILL)
     for i in range(0, N, _SMEM_FILL):
-        v = tl.load(table_ptr + i + ar)
-        tl.inline_asm_elementwise("st.shared.u32 [$1], $2;\n\tmov.u32 $0, 0;", "=r,r,r",
-                                  [base + 4 * (i + ar), v], dtype=tl.int32, is_pure=False,
-                                  pack=1)
-    zero = tl.inline_asm_elementwise("bar.sync 0;\n\tmov.u32 $0, 0;", "=r,r", [base],
-                                     dtype=tl.int32, is_pure=False, pack=1)
-    return base + zero          # every read of the array depends on the barrier
+        smem_store(base + 4 * (i + ar), tl.load(table_ptr + i + ar))
+    return base + smem_sync(base)
 
 
 @triton.jit
@@ -661,9 +678,8 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         smem_g = v.pop("SMEM_G", 8)
         # SMEM: registers capped (48: five programs of 8 warps fit an SM; measured best)
         maxnreg = v.pop("SMEM_MAXNREG", 0)
-        links = tables.links(plan.num_lanes % plan.d) if smem and v.pop("LINKS", True) \
-            else None
-        v.pop("LINKS", None)
+        use_links = v.pop("LINKS", True)
+        links = tables.links(plan.num_lanes % plan.d) if smem and use_links else None
         g = v.pop("G")
         if smem and "G" not in (variant or {}):
             g = min(smem_g, 32)                    # a warp each: at most 32 warps

@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .quant import SMEM_STEPS_128, scaled_step, smem_scaled_step, smem_vectors, step_residues
-from .rans import INTERPRET
+from .quant import scaled_step, step_residues
+from .rans import INTERPRET, smem_declare, smem_store, smem_sync
 
 MAX_LEVEL = tl.constexpr((1 << 24) - 1)
 # status bits (reported as TKBValueError)
@@ -42,6 +42,36 @@ def _store_out(out_ptr, idx, v, m, OUT: tl.constexpr):
         b = v.to(tl.uint32, bitcast=True)
         r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
         tl.store(out_ptr + idx, r.to(tl.int32).to(tl.int16), mask=m)
+
+
+# the static shared array of the SMEM_STEP path: six step vectors of 128 channels
+_STEP_VECTORS = tl.constexpr(".shared .align 16 .b32 tkb_step_vectors[768];\n\t"
+                             "mov.u32 $0, tkb_step_vectors;")
+
+
+@triton.jit
+def _smem_step_vectors(steps, BC: tl.constexpr):
+    """Write the six float32 [1, BC] vectors step(code_c + b) to shared memory, wait,
+    and return each channel's address in the first; vector b starts 4 * BC bytes
+    after vector b - 1."""
+    base = smem_declare(_STEP_VECTORS)
+    addr = base + 4 * tl.arange(0, BC)[None, :]
+    for k in tl.static_range(6):
+        smem_store(addr + k * (4 * BC), steps[k].to(tl.int32, bitcast=True))
+    return addr + smem_sync(base)
+
+
+@triton.jit
+def _smem_scaled_step(addr, delta, BC: tl.constexpr):
+    """:func:`scaled_step` (step, not inverse) with the six vectors in shared memory at
+    ``addr``: one read of the vector delta mod 6 selects, exact alike.  The read is
+    pure, so that Triton may give it the layout of the values it multiplies; its
+    address depends on the barrier's result, so it stays after it."""
+    b = ((delta % 6) + 6) % 6
+    a = tl.minimum(tl.maximum((delta - b) // 6, -126), 126)
+    s = tl.inline_asm_elementwise("ld.shared.b32 $0, [$1];", "=r,r", [addr + b * (4 * BC)],
+                                  dtype=tl.int32, is_pure=True, pack=1)
+    return s.to(tl.float32, bitcast=True) * ((a + 127) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -89,7 +119,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
     if ALU_STEP:
         steps = step_residues(code_c, False)
         if SMEM_STEP:
-            saddr = smem_vectors(steps, SMEM_STEPS_128, BC)
+            saddr = _smem_step_vectors(steps, BC)
     if PREFETCH >= 1:
         s1, d1 = _contig_tile(sym_ptr, delta_ptr, i0, i1, c, cm, num_channels, BR)
     if PREFETCH >= 2:
@@ -138,7 +168,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
         hi = tl.maximum(hi, lv32)
         lo = tl.minimum(lo, lv32)
         if ALU_STEP and SMEM_STEP:
-            v = lv.to(tl.int32).to(tl.float32) * smem_scaled_step(saddr, dl, False, BC)
+            v = lv.to(tl.int32).to(tl.float32) * _smem_scaled_step(saddr, dl, BC)
         elif ALU_STEP:
             v = lv.to(tl.int32).to(tl.float32) * scaled_step(steps, dl, False)
         else:
