@@ -316,8 +316,9 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
 
 # each changes the default launch in the settings it names: quant.ROWS_VARIANT (the
 # row loop) or, with ROWS=0 or prev_row=False, quant.SYMBOLS_VARIANT (the tile kernel)
-QUANT_VARIANTS = [dict(prev_row=False), dict(ROWS=0), dict(ALU_STEP=True), dict(ROWS=32),
-                  dict(ROWS=128), dict(BC=128), dict(RNI=False), dict(ROWS=0, RNI=False)]
+QUANT_VARIANTS = [dict(prev_row=False), dict(ROWS=0), dict(BC=256), dict(UNROLL=2),
+                  dict(BC=1024), dict(BC=1024, num_warps=2), dict(ROWS=32), dict(ROWS=128),
+                  dict(RNI=False)]
 # each changes the default (recon.DEQUANT_VARIANT) in the settings it names
 DEQUANT_VARIANTS = [dict(BR=1), dict(BR=2), dict(BR=8), dict(BR=4, PREFETCH=0),
                     dict(BR=1, PREFETCH=0, SMEM_STEP=False), dict(SMEM_STEP=False),
@@ -359,10 +360,14 @@ def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log,
             + f", exact {ok}")
 
     if "quantize" in which:
+        d = big.esc.numel()
         for v in QUANT_VARIANTS:
             big.sym_buf.zero_()
+            big.u_buf.zero_()
             t = ms(lambda: big.quantize_only(delta, v))
-            record("quantize", v, t, same(big.sym_buf, sym_want),
+            esc_ok = same(big.u_buf[big.esc_pos].to(torch.int64)
+                          - big.esc[big.esc_pos % d].to(torch.int64), big.esc_vals)
+            record("quantize", v, t, same(big.sym_buf, sym_want) and esc_ok,
                    GBps=(in_bytes + nsym * 2) / t / 1e6)
         keep = big.pred
         big.pred = torch.full_like(keep, -1)          # no prediction: one row read per row

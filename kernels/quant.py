@@ -21,6 +21,9 @@ import triton
 import triton.language as tl
 
 MAX_LEVEL = tl.constexpr((1 << 24) - 1)
+# token_step_delta is an int8 (clause 6.4): the rows of inv_rows
+DELTA_MIN = tl.constexpr(-128)
+DELTA_MAX = tl.constexpr(127)
 NO_FMA = {"enable_fp_fusion": False}
 
 
@@ -44,26 +47,22 @@ def step_value(code, INVERSE: tl.constexpr):
 
 
 @triton.jit
-def step_residues(code, INVERSE: tl.constexpr):
+def step_residues(code):
     """step_value(code + b) for b = 0..5 (the six residues of a row's code delta)."""
-    return (step_value(code, INVERSE), step_value(code + 1, INVERSE),
-            step_value(code + 2, INVERSE), step_value(code + 3, INVERSE),
-            step_value(code + 4, INVERSE), step_value(code + 5, INVERSE))
+    return (step_value(code, False), step_value(code + 1, False), step_value(code + 2, False),
+            step_value(code + 3, False), step_value(code + 4, False), step_value(code + 5, False))
 
 
 @triton.jit
-def scaled_step(res, delta, INVERSE: tl.constexpr):
+def scaled_step(res, delta):
     """step_value(code + delta) from ``res`` = step_residues(code), exactly: with
-    delta = 6 a + b (0 <= b < 6), step(code + delta) = step(code + b) * 2^a and
-    inv_step(code + delta) = inv_step(code + b) * 2^-a (clause 7.6.1, Annex B.1), both
-    products exact for codes 0..255.  Other codes give some value (their frames are
-    errors)."""
+    delta = 6 a + b (0 <= b < 6), step(code + delta) = step(code + b) * 2^a (clause
+    7.6.1), the product exact for codes 0..255.  Other codes give some value (their
+    frames are errors)."""
     b = ((delta % 6) + 6) % 6
     a = tl.minimum(tl.maximum((delta - b) // 6, -126), 126)
     s = tl.where(b == 0, res[0], tl.where(b == 1, res[1], tl.where(b == 2, res[2], tl.where(
         b == 3, res[3], tl.where(b == 4, res[4], res[5])))))
-    if INVERSE:
-        a = -a
     return s * ((a + 127) << 23).to(tl.float32, bitcast=True)
 
 
@@ -137,50 +136,63 @@ def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_
 
 
 @triton.jit
-def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_ptr,
+def _row_levels(x, inv_rows_ptr, dl, c, m, num_channels, RNI: tl.constexpr):
+    """Levels [BC] of the input row ``x`` at step codes code[c] + dl: one binary32 multiply
+    by inv_rows[dl - DELTA_MIN, c] = INV_STEP[code[c] + dl] (Annex B.1)."""
+    row = tl.minimum(tl.maximum(dl, DELTA_MIN), DELTA_MAX) - DELTA_MIN
+    inv = tl.load(inv_rows_ptr + row * num_channels + c, mask=m, other=0.0)
+    return _round_level(x.to(tl.float32) * inv, RNI)
+
+
+@triton.jit
+def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, inv_rows_ptr, esc_ptr,
                          sym_ptr, u_ptr, num_rows, num_channels, RB: tl.constexpr,
-                         BC: tl.constexpr, ALU_STEP: tl.constexpr, RNI: tl.constexpr):
+                         BC: tl.constexpr, RNI: tl.constexpr, UNROLL: tl.constexpr,
+                         EVEN: tl.constexpr):
     """The symbols of :func:`_symbols_kernel` when every predicting row is the row
-    before (left prediction, or none): one program runs down RB rows of a column
-    block carrying the row above's levels, the next row's input loading while this
-    one is quantized (the block's first row quantizes the row above it again)."""
+    before (left prediction, or none): one program runs down RB rows of a column block
+    carrying the row above's levels, the next row's input loading while this one is
+    quantized (the block's first row quantizes the row above it again).  A row's source,
+    step delta and predictor are scalars and its inverse steps one contiguous row of
+    ``inv_rows`` (no per-element gather), so every vector keeps the input's layout.
+    EVEN: BC divides num_channels (no column masks)."""
     r0 = tl.program_id(0) * RB
     r1 = tl.minimum(r0 + RB, num_rows)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
-    cm = c < num_channels
-    one = tl.zeros([1], tl.int32)
-    esc = tl.load(esc_ptr + c, mask=cm, other=0)[None, :]
-    code_c = tl.load(code_ptr + c, mask=cm, other=0)[None, :]
-    if ALU_STEP:   # inv_step(code_c + b), b = 0..5; a row scales by 2^-(delta div 6)
-        ivs = step_residues(code_c, True)
-    above = r0 - 1 + one
-    am = above >= 0
-    prev = _levels(x_ptr, tl.load(src_ptr + above, mask=am, other=0),
-                   tl.load(delta_ptr + above, mask=am, other=0), c, am[:, None] & cm[None, :],
-                   code_ptr, inv_ptr, num_channels, ALU_STEP, RNI)
-    src = tl.load(src_ptr + r0 + one)
-    x_next = tl.load(x_ptr + src[:, None] * num_channels + c[None, :], mask=cm[None, :], other=0)
-    for r in range(r0, r1):
-        ri = r + one
-        x = x_next.to(tl.float32)
-        nm = ri + 1 < r1
-        src = tl.load(src_ptr + ri + 1, mask=nm, other=0)
-        x_next = tl.load(x_ptr + src[:, None] * num_channels + c[None, :],
-                         mask=nm[:, None] & cm[None, :], other=0)
-        dl = tl.load(delta_ptr + ri)[:, None]
-        if ALU_STEP:
-            y = x * scaled_step(ivs, dl, True)
-        else:
-            y = x * tl.load(inv_ptr + code_c + dl, mask=cm[None, :], other=0.0)
-        lv = _round_level(y, RNI)
-        res = lv - tl.where((tl.load(pred_ptr + ri) >= 0)[:, None], prev, 0)
+    if EVEN:
+        cm = tl.full([BC], 1, tl.int1)
+    else:
+        cm = c < num_channels
+    esc = tl.load(esc_ptr + c, mask=cm, other=1 << 30)      # masked lanes never escape
+    prev = tl.zeros([BC], tl.int32)
+    if r0 > 0:   # the row above the block, quantized again
+        x = tl.load(x_ptr + tl.load(src_ptr + r0 - 1) * num_channels + c, mask=cm, other=0)
+        prev = _row_levels(x, inv_rows_ptr, tl.load(delta_ptr + r0 - 1), c, cm, num_channels,
+                           RNI)
+    x_next = tl.load(x_ptr + tl.load(src_ptr + r0) * num_channels + c, mask=cm, other=0)
+    for r in tl.range(r0, r1, loop_unroll_factor=UNROLL):
+        x = x_next
+        # the next row's input (the last row's again at the block's end)
+        x_next = tl.load(x_ptr + tl.load(src_ptr + tl.minimum(r + 1, r1 - 1)) * num_channels + c,
+                         mask=cm, other=0)
+        lv = _row_levels(x, inv_rows_ptr, tl.load(delta_ptr + r), c, cm, num_channels, RNI)
+        res = lv - tl.where(tl.load(pred_ptr + r) >= 0, prev, 0)
         prev = lv
         u = (res << 1) ^ (res >> 31)                        # zigzag (clause 7.4.1)
-        flat = ri[:, None].to(tl.int64) * num_channels + c[None, :]
-        tl.store(sym_ptr + flat, tl.minimum(u, esc).to(tl.int16), mask=cm[None, :])
-        is_esc = cm[None, :] & (u >= esc)
-        if tl.max(tl.max(is_esc.to(tl.int32), 1), 0) > 0:      # escapes are rare
-            tl.store(u_ptr + flat, u, mask=is_esc)
+        flat = (r0.to(tl.int64) + (r - r0)) * num_channels + c   # r is an int when interpreted
+        tl.store(sym_ptr + flat, tl.minimum(u, esc).to(tl.int16), mask=cm)
+        if tl.max(u - esc, 0) >= 0:                         # escapes are rare
+            tl.store(u_ptr + flat, u, mask=u >= esc)
+
+
+@triton.jit
+def _inv_rows_kernel(code_ptr, inv_ptr, out_ptr, num_channels, BC: tl.constexpr):
+    q = tl.program_id(0)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    m = c < num_channels
+    code = tl.load(code_ptr + c, mask=m, other=0) + q + DELTA_MIN
+    inv = tl.load(inv_ptr + tl.minimum(tl.maximum(code, 0), 255), mask=m, other=0.0)
+    tl.store(out_ptr + q * num_channels + c, inv, mask=m)
 
 
 @triton.jit
@@ -241,8 +253,20 @@ def _c(t, dtype):
 # launches chosen by the GPU benchmark (BENCHMARKS.md): the row loop where every
 # predicting row is the row before (left / none), else the tile kernel
 RNI = os.environ.get("TRITON_INTERPRET") != "1"   # inline assembly: compiled kernels only
-ROWS_VARIANT = dict(ROWS=64, BC=256, num_warps=1, ALU_STEP=False)
+ROWS_VARIANT = dict(ROWS=64, BC=512, num_warps=1, UNROLL=1)
 SYMBOLS_VARIANT = dict(BR=16, BC=128, num_warps=2, ALU_STEP=False)
+
+
+def inv_rows(code: torch.Tensor, inv_step: torch.Tensor) -> torch.Tensor:
+    """[DELTA_MAX - DELTA_MIN + 1, D] float32: row q holds INV_STEP[code[c] + q + DELTA_MIN]
+    (codes clipped to 0..255; the encoder's deltas keep them there, Annex B.1)."""
+    d = code.numel()
+    out = torch.empty((int(DELTA_MAX) - int(DELTA_MIN) + 1, max(d, 1)), dtype=torch.float32,
+                      device=code.device)
+    if d:
+        bc = min(1024, triton.next_power_of_2(d))
+        _inv_rows_kernel[(out.shape[0], triton.cdiv(d, bc))](code, inv_step, out, d, BC=bc)
+    return out
 
 
 def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=None,
@@ -258,9 +282,9 @@ def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=Non
         # run down ROWS rows, the row above's levels carried
         v = dict(ROWS_VARIANT, **variant)
         rows, bc = v.pop("ROWS"), min(v.pop("BC"), triton.next_power_of_2(d))
-        _symbols_rows_kernel[(triton.cdiv(k, rows), triton.cdiv(d, bc))](
-            x, src, delta, pred, code, inv_step, esc, sym, u, k, d, RB=rows, BC=bc, **v,
-            **NO_FMA)
+        grid = (triton.cdiv(k, rows), triton.cdiv(d, bc))
+        _symbols_rows_kernel[grid](x, src, delta, pred, inv_rows(code, inv_step), esc, sym, u,
+                                   k, d, RB=rows, BC=bc, EVEN=d % bc == 0, **v, **NO_FMA)
         return
     variant.pop("ROWS", None)
     v = dict(SYMBOLS_VARIANT, **variant)

@@ -117,7 +117,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
     hi = tl.zeros([BR, BC], tl.int32)        # extremes of the levels (masked ones are 0
     lo = tl.zeros([BR, BC], tl.int32)        # or repeat a row above): the clause 7.5 check
     if ALU_STEP:
-        steps = step_residues(code_c, False)
+        steps = step_residues(code_c)
         if SMEM_STEP:
             saddr = _smem_step_vectors(steps, BC)
     if PREFETCH >= 1:
@@ -170,7 +170,7 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
         if ALU_STEP and SMEM_STEP:
             v = lv.to(tl.int32).to(tl.float32) * _smem_scaled_step(saddr, dl, BC)
         elif ALU_STEP:
-            v = lv.to(tl.int32).to(tl.float32) * scaled_step(steps, dl, False)
+            v = lv.to(tl.int32).to(tl.float32) * scaled_step(steps, dl)
         else:
             code = tl.minimum(tl.maximum(code_c + dl, 0), 255)
             v = lv.to(tl.int32).to(tl.float32) * tl.load(step_ptr + code, mask=m, other=0.0)

@@ -321,8 +321,8 @@ def test_symbols_match_reference(dtype, predictor, keep):
     # inv_step from the table or computed; the tile kernel, and the row loop where every
     # predicting row is the row before
     runs = [(False, None), (False, dict(ALU_STEP=True))]
-    if quant.prev_rows_only(pred):
-        runs += [(True, dict(ROWS=4)), (True, dict(ROWS=8, ALU_STEP=True))]
+    if quant.prev_rows_only(pred):   # the line kernel (with and without column masks)
+        runs += [(True, dict(ROWS=4)), (True, dict(ROWS=3, BC=2, UNROLL=2))]
     for prev_row, variant in runs:
         sym, esc_pos, esc_val = quant.symbols(_to_torch(raw, dtype), T(pos, np.int64),
                                               T(delta), T(pred), T(codes), T(E.INV_STEP),
@@ -526,6 +526,17 @@ def test_step_values_without_a_table_equal_the_tables():
     assert N(inv).view(np.uint32).tolist() == E.INV_STEP.view(np.uint32).tolist()
 
 
+def test_inv_rows_match_inv_step():
+    """quant.inv_rows (the line kernel's inverse steps): row q, channel c holds
+    INV_STEP[code[c] + q + DELTA_MIN] bit for bit, codes clipped to 0..255."""
+    code = np.array([0, 1, 5, 127, 128, 200, 254, 255], dtype=np.int32)
+    out = N(quant.inv_rows(T(code), T(E.INV_STEP)))
+    q = np.arange(out.shape[0])[:, None] + int(quant.DELTA_MIN)
+    assert out.shape == (256, code.size) and q[0, 0] == -128
+    want = E.INV_STEP[np.clip(code[None, :] + q, 0, 255)]
+    assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
+
+
 def test_symbols_prev_row_path_matches_the_general_path():
     """Left prediction in kept order: the kernel's row-shift path (PREV_ROW) gives the
     general path's symbols, across tile boundaries and frame starts."""
@@ -542,7 +553,8 @@ def test_symbols_prev_row_path_matches_the_general_path():
             T(rng.integers(130, 160, d)), T(E.INV_STEP), T(rng.integers(5, 40, d)))
     general = quant.symbols(*args, prev_row=False)
     # the row shift inside a tile, and the row loop (8 or 64 rows per program)
-    for v in (dict(ROWS=0, BR=16, BC=8), dict(ROWS=8, BC=8), dict(ROWS=64, BC=16, ALU_STEP=True)):
+    for v in (dict(ROWS=0, BR=16, BC=8), dict(ROWS=8, BC=8), dict(ROWS=5, BC=2, UNROLL=2),
+              dict(ROWS=64, BC=16)):
         shifted = quant.symbols(*args, prev_row=True, variant=v)
         for a, b in zip(general, shifted):
             assert np.array_equal(N(a), N(b))
