@@ -275,6 +275,14 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
         r["rans_decode"] = dict(ms=t, Gsym_s=nsym / t / 1e6, GBps_coded=coded / t / 1e6)
         t = ms(big.full_encode)
         r["full_encode"] = dict(ms=t, GBps_in=in_bytes / t / 1e6)
+        # parts of the full encode: the token norms kernel, and the step deltas with the
+        # host's rounding (Annex B.1)
+        t = ms(lambda: quant.squared_norms(big.x, big.src))
+        r["token_norms"] = dict(ms=t, GBps_in=in_bytes / t / 1e6)
+        r["token_deltas_ms"] = ms(big.deltas)
+        log(f"  full encode {r['full_encode']['ms']:.2f} ms: token norms kernel "
+            f"{r['token_norms']['ms']:.2f} ms, step deltas with the host's part "
+            f"{r['token_deltas_ms']:.2f} ms")
         t = ms(big.full_decode)
         r["full_decode"] = dict(ms=t, GBps_out=in_bytes / t / 1e6)
         big.full_decode()
@@ -317,8 +325,7 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
 # each changes the default launch in the settings it names: quant.ROWS_VARIANT (the
 # row loop) or, with ROWS=0 or prev_row=False, quant.SYMBOLS_VARIANT (the tile kernel)
 QUANT_VARIANTS = [dict(prev_row=False), dict(ROWS=0), dict(BC=256), dict(UNROLL=2),
-                  dict(BC=1024), dict(BC=1024, num_warps=2), dict(ROWS=32), dict(ROWS=128),
-                  dict(RNI=False)]
+                  dict(BC=1024), dict(ROWS=32), dict(ROWS=128), dict(RNI=False)]
 # each changes the default (recon.DEQUANT_VARIANT) in the settings it names
 DEQUANT_VARIANTS = [dict(BR=1), dict(BR=2), dict(BR=8), dict(BR=4, PREFETCH=0),
                     dict(BR=1, PREFETCH=0, SMEM_STEP=False), dict(SMEM_STEP=False),
@@ -328,14 +335,11 @@ COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4)
                     dict(BLOCK=8192, num_warps=8)]
 # each encode / decode variant changes the default launch (rans.ENCODE_VARIANT,
 # rans.DECODE_VARIANT) in the settings it names
-ENCODE_VARIANTS = [dict(DENSE=False, RCP=False, BITS=False, G=2),
-                   dict(DENSE=False, RCP=False, BITS=False, G=1),
-                   dict(DENSE=False), dict(RCP=False), dict(BITS=False), dict(G=2),
-                   dict(G=4)]
-DECODE_VARIANTS = [dict(SMEM_MAXNREG=0), dict(SMEM_MAXNREG=40), dict(LINKS=False),
-                   dict(SMEM=False), dict(SMEM=False, BITS=False), dict(table64=True),
-                   dict(SMEM=False, WINDOW=False), dict(SMEM=False, ESC_BRANCH=False),
-                   dict(SMEM_G=4), dict(SMEM_G=16), dict(PER_SM=5), dict(WINDOW=False)]
+ENCODE_VARIANTS = [dict(REL=False), dict(BFIND=False), dict(SDEPTH=1), dict(SDEPTH=4),
+                   dict(G=4), dict(G=4, SDEPTH=1)]
+DECODE_VARIANTS = [dict(SMEM=False), dict(SMEM=False, RING=False), dict(SMEM_MAXNREG=0),
+                   dict(LINKS=False), dict(SMEM_G=16),
+                   dict(SMEM_PER_WARP=2, SMEM_G=16, SMEM_MAXNREG=64), dict(SMEM=False, G=2)]
 
 
 SWEEPS = ("quantize", "encode", "dequantize", "decode")

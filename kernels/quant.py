@@ -196,22 +196,50 @@ def _inv_rows_kernel(code_ptr, inv_ptr, out_ptr, num_channels, BC: tl.constexpr)
 
 
 @triton.jit
+def _columns8(t, BR: tl.constexpr):
+    """The 8 columns of t [BR, 8], in order, by splits (no arithmetic)."""
+    a, b = tl.split(tl.reshape(t, [BR, 4, 2]))      # columns 0 2 4 6 | 1 3 5 7
+    a0, a1 = tl.split(tl.reshape(a, [BR, 2, 2]))    # 0 4 | 2 6
+    b0, b1 = tl.split(tl.reshape(b, [BR, 2, 2]))    # 1 5 | 3 7
+    c0, c4 = tl.split(a0)
+    c2, c6 = tl.split(a1)
+    c1, c5 = tl.split(b0)
+    c3, c7 = tl.split(b1)
+    return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@triton.jit
 def _norms_kernel(x_ptr, src_ptr, mean_ptr, frame_ptr, norm_ptr, dot_ptr, num_rows,
-                  num_channels, WITH_DOT: tl.constexpr, BR: tl.constexpr):
-    """Per row: sum of x^2 (and of x * mean[frame]) in float64, in channel order."""
+                  num_channels, WITH_DOT: tl.constexpr, BR: tl.constexpr,
+                  ALIGN8: tl.constexpr):
+    """Per row: sum of x^2 (and of x * mean[frame]) in float64, in channel order.  A
+    thread sums its row; it loads 8 channels at a time and adds them one by one.
+    ALIGN8: num_channels is a multiple of 8 (rows start 16-byte aligned)."""
     r = tl.program_id(0) * BR + tl.arange(0, BR)
     rm = r < num_rows
     src = tl.load(src_ptr + r, mask=rm, other=0)
-    base = src * num_channels
+    base = (src * num_channels)[:, None]
+    if ALIGN8:
+        base = tl.multiple_of(base, [8, 8])
     acc = tl.zeros([BR], tl.float64)
     dot = tl.zeros([BR], tl.float64)
     if WITH_DOT:
-        mbase = tl.load(frame_ptr + r, mask=rm, other=0).to(tl.int64) * num_channels
-    for c in range(0, num_channels):
-        v = tl.load(x_ptr + base + c, mask=rm, other=0).to(tl.float32).to(tl.float64)
-        acc += v * v
+        mbase = (tl.load(frame_ptr + r, mask=rm, other=0).to(tl.int64) * num_channels)[:, None]
+    for c in range(0, num_channels, 8):
+        # channels past the end read as 0: adding +0 leaves the sums unchanged
+        cc = tl.multiple_of(c, 8) + tl.arange(0, 8)[None, :]
+        if ALIGN8:   # whole groups of 8 channels: the mask is the row's
+            m = rm[:, None] & (cc >= 0)
+        else:
+            m = rm[:, None] & (cc < num_channels)
+        v = _columns8(tl.load(x_ptr + base + cc, mask=m, other=0).to(tl.float32)
+                      .to(tl.float64), BR)
         if WITH_DOT:
-            dot += v * tl.load(mean_ptr + mbase + c, mask=rm, other=0.0)
+            mv = _columns8(tl.load(mean_ptr + mbase + cc, mask=m, other=0.0), BR)
+        for j in tl.static_range(8):
+            acc += v[j] * v[j]
+            if WITH_DOT:
+                dot += v[j] * mv[j]
     tl.store(norm_ptr + r, acc, mask=rm)
     if WITH_DOT:
         tl.store(dot_ptr + r, dot, mask=rm)
@@ -329,7 +357,7 @@ def squared_norms(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
         br = 64
         _norms_kernel[(triton.cdiv(k, br),)](x.contiguous(), _c(src, torch.int64), out, src, out,
                                              out, k, x.shape[1], WITH_DOT=False, BR=br,
-                                             num_warps=2, **NO_FMA)
+                                             ALIGN8=x.shape[1] % 8 == 0, num_warps=2, **NO_FMA)
     return out[:k]
 
 
@@ -355,7 +383,7 @@ def scores_parts(x: torch.Tensor, row0: torch.Tensor, nrows: torch.Tensor):
     if k:
         br = 64
         _norms_kernel[(triton.cdiv(k, br),)](x, src, mean, frame, sq, dot, k, d, WITH_DOT=True,
-                                             BR=br, num_warps=2, **NO_FMA)
+                                             BR=br, ALIGN8=d % 8 == 0, num_warps=2, **NO_FMA)
     return mean[:f], sq[:k], dot[:k]
 
 

@@ -15,7 +15,8 @@ parameter set fit SMEM_ENTRIES (32 KiB) and chunks have 32 lanes, a compiled
 kernel (SMEM) copies them once per program into shared memory and decodes
 SMEM_G chunks per program, a warp each, with the table reads and the escape
 recording in inline PTX (Triton has no gather from shared memory): same
-outputs, tested against the global-memory path.
+outputs, tested against the global-memory path.  The global-memory path reads
+its words through two register windows that slide ahead of the reading (RING).
 
 Encoding (Annex B, informative): steps last to first, x // freq by a reciprocal
 multiply (RCP).  With DENSE (the default) each step's renormalisation words are
@@ -23,7 +24,10 @@ placed at once in the decoder's reading order (step, then lane), packed at the
 end of the chunk's worst-case region, and a copy kernel writes each chunk's
 initial states and words at offsets from a prefix sum of the per-chunk word
 counts; otherwise every step writes one int32 slot per lane and a compaction
-kernel drops the empty ones.
+kernel drops the empty ones.  The default coding kernel (REL, where the channel
+links fit) keeps its offsets relative to the chunk in int32, steps through the
+channels by links, loads the symbols SDEPTH steps ahead and finds the
+reciprocal's shifts with one bfind.
 """
 from __future__ import annotations
 
@@ -194,7 +198,8 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits, num_groups,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                    ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
-                   POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr):
+                   POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr,
+                   RING: tl.constexpr):
     """Each program decodes the groups of G chunks pid, pid + programs, ...
     POSITIONS: record each escape symbol's position (the batch declares escapes);
     otherwise escapes are only counted, per lane in registers, since any is an error.
@@ -202,7 +207,9 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
     shared memory, once per program (compiled kernels only).  LINKS (with SMEM):
     ``chan_base_ptr`` holds the channel links (DecodeTables.links), also copied to
     shared memory; a step reads its channel's table offset and ESC and the next
-    step's channel in one entry."""
+    step's channel in one entry.  RING (with WINDOW): the words are read through two
+    windows of BLOCK_L words kept in registers, the next one loaded as soon as the
+    reading enters the second, instead of a window loaded at each step's position."""
     sbase = 0
     lbase = 0
     if SMEM:
@@ -215,7 +222,7 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                       esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr, num_chunks,
                       num_lanes, lane_inc, num_channels, prob_bits,
                       sbase, lbase, G, BLOCK_L, WINDOW, ESC_BRANCH, PACK32, BITS,
-                      POSITIONS, SMEM, LINKS)
+                      POSITIONS, SMEM, LINKS, RING)
 
 
 @triton.jit
@@ -225,7 +232,8 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
                   num_lanes, lane_inc, num_channels, prob_bits, sbase, lbase,
                   G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
-                  POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr):
+                  POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr,
+                  RING: tl.constexpr):
     """Decode chunks grp * G ... grp * G + G - 1 (clause 7.3.2)."""
     cid = grp * G + tl.arange(0, G)                                    # [G]
     cok = cid < num_chunks
@@ -264,6 +272,10 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
         pos_addr = (esc_pos_ptr + ebase + 0 * lane).to(tl.int64)
         out_addr = (out_ptr + 0 * lane + 0 * frame).to(tl.int64)
         ecap2 = ecap + 0 * lane
+    if WINDOW and RING:   # words wb .. wb + 2 BLOCK_L - 1; rel - wb < BLOCK_L between steps
+        wb = rel
+        win0 = _word(wbase, wb + lane, wb + lane < nw)
+        win1 = _word(wbase, wb + BLOCK_L + lane, wb + BLOCK_L + lane < nw)
     for t in range(0, steps):
         act = lane_ok & (t * num_lanes + lane < nsym)
         if LINKS:   # next channel | table offset << 11 | ESC << 24
@@ -277,7 +289,7 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
             esc_of_lane = cb >> 20
         else:
             e = _gather(table_ptr + (x & mask).to(tl.int32) + cb, act, G, BLOCK_L)
-        if WINDOW:   # the words this step may read, loaded beside the table entry
+        if WINDOW and not RING:   # the words this step may read, loaded beside the entry
             win = _word(wbase, rel + lane, rel + lane < nw)
         # next step's channel and table, off the state's dependency chain
         if LINKS:
@@ -303,7 +315,11 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
         else:
             ni = need.to(tl.int32)
             pos = tl.cumsum(ni, 1) - ni
-        if WINDOW:
+        if WINDOW and RING:   # word rel + pos is at k < 2 BLOCK_L of the two windows
+            k = rel - wb + pos
+            kk = k & (BLOCK_L - 1)
+            w = tl.where(k < BLOCK_L, tl.gather(win0, kk, 1), tl.gather(win1, kk, 1))
+        elif WINDOW:
             w = tl.gather(win, pos, 1)
         else:
             w = _word(wbase, rel + pos, need & (rel + pos < nw))
@@ -318,6 +334,13 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
             rel += both & 0xFFFF
         else:
             rel += tl.sum(ni, 1)[:, None]
+        if WINDOW and RING:   # the reading entered the second window: slide by one
+            shift = rel - wb >= BLOCK_L
+            nb = wb + 2 * BLOCK_L
+            win2 = _word(wbase, nb + lane, shift & (nb + lane < nw))
+            win0 = tl.where(shift, win1, win0)
+            win1 = tl.where(shift, win2, win1)
+            wb = tl.where(shift, wb + BLOCK_L, wb)
         if not POSITIONS:
             nesc += is_esc.to(tl.int32)
         elif SMEM:   # a branch per warp, in inline PTX
@@ -427,6 +450,101 @@ def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_ba
         tl.store(count_ptr + cid, tl.max(count, 1), mask=cok)
     else:
         tl.store(count_ptr + cid, tl.sum(count, 1), mask=cok)
+    tl.store(status_ptr + cid, tl.max(bad, 1) * BAD_SYMBOL, mask=cok)
+
+
+@triton.jit
+def _enc_symbol(sbase, idx, lane_ok, nsym):
+    """The symbol at chunk index idx (0 where the lane has no step there)."""
+    return tl.load(sbase + idx, mask=lane_ok & (idx >= 0) & (idx < nsym), other=0).to(tl.int32)
+
+
+@triton.jit(do_not_specialize=["prob_bits"])
+def _encode_rel_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, links_ptr,
+                       alphabet, wbuf_ptr, count_ptr, state_ptr, status_ptr,
+                       num_chunks, num_lanes, num_channels, prob_bits, chunk_cap,
+                       G: tl.constexpr, BLOCK_L: tl.constexpr, BITS: tl.constexpr,
+                       BFIND: tl.constexpr, SDEPTH: tl.constexpr):
+    """:func:`_encode_kernel` (DENSE, RCP) with offsets relative to the chunk in int32 and
+    the channels stepped through ``links_ptr`` (:func:`encode_links`): per channel the
+    previous step's channel | its table row offset << 11, one read a step.  BFIND: the
+    reciprocal's shifts from one ``bfind`` (inline PTX, compiled kernels only).  SDEPTH
+    (1 to 4): the symbols are loaded that many steps ahead."""
+    cid = tl.program_id(0) * G + tl.arange(0, G)
+    cok = cid < num_chunks
+    lane = tl.arange(0, BLOCK_L)[None, :]
+    below = (tl.full([1, BLOCK_L], 1, tl.uint32) << lane.to(tl.uint32)) - 1
+    nsym = tl.load(c_nsym_ptr + cid, mask=cok, other=0).to(tl.int32)[:, None]
+    sbase = sym_ptr + tl.load(c_in_ptr + cid, mask=cok, other=0)[:, None]
+    na = tl.minimum(nsym, num_lanes)
+    lane_ok = lane < na
+    steps = tl.max(tl.max((nsym + num_lanes - 1) // num_lanes, 1), 0)
+    # channel of each lane at the last step, then stepping backwards
+    ch = ((tl.load(c_chan_ptr + cid, mask=cok, other=0)[:, None].to(tl.int64) + lane
+           + (steps - 1).to(tl.int64) * num_lanes) % num_channels).to(tl.int32)
+    x = tl.full([G, BLOCK_L], RANS_L, tl.uint32)
+    pb = prob_bits.to(tl.uint32)
+    count = tl.zeros([G, BLOCK_L], tl.int32)         # words so far, per chunk (all lanes)
+    bad = tl.zeros([G, BLOCK_L], tl.int32)
+    wend = wbuf_ptr + (cid[:, None].to(tl.int64) + 1) * chunk_cap   # words end there
+    # software pipeline: the symbol, link and table entry of step t - 1 load while step t
+    # codes
+    idx = (steps - 1) * num_lanes + lane
+    act = lane_ok & (idx < nsym)
+    lk = tl.load(links_ptr + ch)
+    s = tl.load(sbase + idx, mask=act, other=0).to(tl.int32)
+    e = tl.load(table_ptr + ((lk >> 11) + s), mask=act & (s.to(tl.uint32) < alphabet), other=0)
+    # the symbols of steps t - 1 .. t - SDEPTH + 1, loaded ahead
+    s1 = _enc_symbol(sbase, idx - num_lanes, lane_ok, nsym)
+    s2 = _enc_symbol(sbase, idx - 2 * num_lanes, lane_ok, nsym)
+    s3 = _enc_symbol(sbase, idx - 3 * num_lanes, lane_ok, nsym)
+    for i in range(0, steps):
+        # step t - 1 (steps is the program's longest chunk: test against the chunk's own)
+        idx_n = idx - num_lanes
+        act_n = lane_ok & (idx_n >= 0) & (idx_n < nsym)
+        lk_n = tl.load(links_ptr + (lk & 0x7FF))
+        if SDEPTH == 1:
+            s_n = tl.load(sbase + idx_n, mask=act_n, other=0).to(tl.int32)
+        else:
+            s_n = s1
+            if SDEPTH == 2:
+                s1 = _enc_symbol(sbase, idx - 2 * num_lanes, lane_ok, nsym)
+            elif SDEPTH == 3:
+                s1 = s2
+                s2 = _enc_symbol(sbase, idx - 3 * num_lanes, lane_ok, nsym)
+            else:
+                s1 = s2
+                s2 = s3
+                s3 = _enc_symbol(sbase, idx - 4 * num_lanes, lane_ok, nsym)
+        e_n = tl.load(table_ptr + ((lk_n >> 11) + s_n),
+                      mask=act_n & (s_n.to(tl.uint32) < alphabet), other=0)
+        f = (e & 0xFFFF).to(tl.uint32)
+        cum = ((e >> 16) & 0xFFFF).to(tl.uint32)
+        bad |= (act & (f == 0)).to(tl.int32)
+        f = tl.where(f == 0, 1, f)
+        need = act & ((x >> (32 - pb)) >= f)
+        pos, n = _lane_scan(need, lane, below, BITS)
+        count += n
+        tl.store(wend + (pos - count), (x & 0xFFFF).to(tl.int16), mask=need)
+        x = tl.where(need, x >> 16, x)
+        m = ((e >> 32) & 0xFFFFFFFF).to(tl.uint32)
+        if BFIND:   # floor(log2(f - 1)), -1 for f = 1: the shifts are 1 | 0 and max(b, 0)
+            b = tl.inline_asm_elementwise("bfind.u32 $0, $1;", "=r,r", [f - 1], dtype=tl.int32,
+                                          is_pure=True, pack=1)
+            sh1 = (f > 1).to(tl.uint32)
+            sh2 = tl.maximum(b, 0).to(tl.uint32)
+        else:
+            fb = (f - 1).to(tl.float32).to(tl.uint32, bitcast=True)
+            l2 = tl.where(f > 1, (fb >> 23) - 126, 0)
+            sh1 = tl.minimum(l2, 1)
+            sh2 = tl.where(l2 > 0, l2 - 1, 0)
+        hi = tl.umulhi(x, m)
+        q = (hi + ((x - hi) >> sh1)) >> sh2
+        x = tl.where(act, (q << pb) + (x - q * f) + cum, x)
+        s, e, lk, idx, act = s_n, e_n, lk_n, idx_n, act_n
+    tl.store(state_ptr + cid[:, None].to(tl.int64) * num_lanes + lane, x.to(tl.int32, bitcast=True),
+             mask=cok[:, None] & lane_ok)
+    tl.store(count_ptr + cid, tl.max(count, 1), mask=cok)
     tl.store(status_ptr + cid, tl.max(bad, 1) * BAD_SYMBOL, mask=cok)
 
 
@@ -567,6 +685,17 @@ def encode_table(freq_all: np.ndarray, cum_all: np.ndarray, device) -> torch.Ten
     return torch.from_numpy(np.ascontiguousarray(e).ravel()).to(device)
 
 
+def encode_links(chan_base: torch.Tensor, lane_inc: int, table_entries: int):
+    """The encoder's channel links: per channel c, (c - lane_inc) mod D (the channel a
+    lane codes at the step before) | chan_base[c] << 11; None where D > LINK_ENTRIES or
+    a table offset needs more than 20 bits."""
+    d = chan_base.numel()
+    if d > LINK_ENTRIES.value or table_entries > 1 << 20:
+        return None
+    prev = torch.remainder(torch.arange(d, device=chan_base.device) - lane_inc, d)
+    return (prev | (chan_base.to(torch.int64) << 11)).to(torch.int32)
+
+
 class ChunkPlan:
     """The chunks of a batch of frames that share num_lanes and lane_steps.
 
@@ -629,8 +758,8 @@ def _programs(groups: int, v: dict, device) -> int:
 last_decode: dict = {}
 # SMEM (where the tables fit, on a GPU, 32 lanes): SMEM_G chunks per program, a warp each
 DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True, SMEM=True,
-                      SMEM_G=8, SMEM_MAXNREG=48)
-ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True)
+                      SMEM_G=8, SMEM_MAXNREG=48, RING=True)
+ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True, REL=True, SDEPTH=2)
 COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
 def _scan_flags(v: dict, block_l: int) -> dict:
     v["BITS"] = bool(v.get("BITS")) and block_l <= 32
@@ -676,18 +805,22 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         smem = bool(v.pop("SMEM", False)) and tables.smem is not None and not INTERPRET \
             and block_l == 32
         smem_g = v.pop("SMEM_G", 8)
+        per_warp = v.pop("SMEM_PER_WARP", 1)      # chunks a warp decodes side by side
         # SMEM: registers capped (48: five programs of 8 warps fit an SM; measured best)
         maxnreg = v.pop("SMEM_MAXNREG", 0)
         use_links = v.pop("LINKS", True)
         links = tables.links(plan.num_lanes % plan.d) if smem and use_links else None
         g = v.pop("G")
         if smem and "G" not in (variant or {}):
-            g = min(smem_g, 32)                    # a warp each: at most 32 warps
+            g = min(smem_g, 32 * per_warp)         # at most 32 warps
         block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks, g,
                                          "G" in (variant or {}))
         v = _scan_flags(v, block_l)
+        # RING: the global-memory path only (on the SMEM path, under its register cap, it
+        # measured slower: 335 against 402 Gsym/s)
+        v["RING"] = bool(v["RING"]) and not smem
         if smem:
-            v["num_warps"] = g
+            v["num_warps"] = max(1, g // per_warp)
             if maxnreg:
                 v.setdefault("maxnreg", maxnreg)
         if block_l > 128 and not INTERPRET:
@@ -733,10 +866,21 @@ def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
     count = torch.empty(nc, dtype=torch.int32, device=dev)
     states = torch.empty(nc * plan.num_lanes, dtype=torch.int32, device=dev)
     status = torch.empty(nc, dtype=torch.int32, device=dev)
-    _encode_kernel[grid](symbols, plan.t_nsym, plan.t_sym0, plan.t_chan, table, chan_base,
-                         alphabet, wbuf, count, states, status, nc, plan.num_lanes,
-                         plan.num_lanes % plan.d, plan.d, prob_bits, cap, G=g,
-                         BLOCK_L=block_l, **v)
+    links = encode_links(chan_base, plan.num_lanes % plan.d, table.numel()) if (
+        v.pop("REL") and dense and v["RCP"]) else None
+    bfind = v.pop("BFIND", not INTERPRET)
+    sdepth = v.pop("SDEPTH")
+    if links is not None:
+        v.pop("DENSE"), v.pop("RCP")
+        v.update(BFIND=bfind, SDEPTH=sdepth)
+        _encode_rel_kernel[grid](symbols, plan.t_nsym, plan.t_sym0, plan.t_chan, table, links,
+                                 alphabet, wbuf, count, states, status, nc, plan.num_lanes,
+                                 plan.d, prob_bits, cap, G=g, BLOCK_L=block_l, **v)
+    else:
+        _encode_kernel[grid](symbols, plan.t_nsym, plan.t_sym0, plan.t_chan, table, chan_base,
+                             alphabet, wbuf, count, states, status, nc, plan.num_lanes,
+                             plan.num_lanes % plan.d, plan.d, prob_bits, cap, G=g,
+                             BLOCK_L=block_l, **v)
     if not compact:        # the benchmark times the coding kernel alone
         return wbuf, count, status
     active = torch.from_numpy(2 * plan.active).to(dev)

@@ -91,9 +91,13 @@ def test_rans_encode_matches_reference(case):
     # compaction in one block per chunk (default) and in blocks of 4 words; words
     # placed by the coding kernel (DENSE, lane scan by vote or by cumsum); division
     # by reciprocal (RCP)
+    # by reciprocal (RCP); the relative-offset kernel with channel links (REL, the
+    # reciprocal's shifts by bfind on a GPU) and the kernel before it
     for v, cv in [(None, None), (None, dict(BLOCK=4, num_warps=1)),
                   (dict(DENSE=True, RCP=True, BITS=True), dict(BLOCK=4, num_warps=1)),
-                  (dict(DENSE=True, BITS=False), None), (dict(RCP=True, DENSE=False), None)]:
+                  (dict(DENSE=True, BITS=False), None), (dict(RCP=True, DENSE=False), None),
+                  (dict(REL=False), None), (dict(BFIND=False), None), (dict(SDEPTH=1), None),
+                  (dict(SDEPTH=2), None), (dict(SDEPTH=3, G=2), None)]:
         w, cw, status = rans.encode(plan, T(np.concatenate(frames), np.int16),
                                     rans.encode_table(freq_all, cum_all, DEV),
                                     T((tmap * a).astype(np.int32)), a, pb, variant=v,
@@ -164,7 +168,9 @@ def test_rans_decode_matches_reference(case):
                             (dict(G=2, PROGRAMS=2), True),      # programs loop over groups
                             (dict(ESC_BRANCH=False, BITS=False, G=2, PROGRAMS=3), True),
                             SMEM_VARIANT, (dict(SMEM_VARIANT[0], PER_SM=1), True),
-                            (dict(SMEM_VARIANT[0], LINKS=False), True), (dict(SMEM=False), True)]:
+                            (dict(SMEM_VARIANT[0], LINKS=False), True), (dict(SMEM=False), True),
+                            (dict(SMEM_VARIANT[0], G=8, SMEM_PER_WARP=2), True),  # 2 a warp
+                            (dict(RING=False), True)]:
         (sym, status, esc_pos, esc_count), esc, n_esc = _decode(
             frames, words, cws, tabs, tmap, lanes, steps, pb, d, variant=variant,
             pack32=pack32)
@@ -177,7 +183,8 @@ def test_rans_decode_matches_reference(case):
         assert np.array_equal(N(esc_pos), 2 * where)
     # no escape declared: the escape symbols are still counted (the caller's error check),
     # without positions
-    for variant in (None, dict(BITS=False), SMEM_VARIANT[0], dict(SMEM=False)):
+    for variant in (None, dict(BITS=False), SMEM_VARIANT[0], dict(SMEM=False),
+                    dict(SMEM_VARIANT[0], G=8, SMEM_PER_WARP=2)):
         (sym, status, esc_pos, esc_count), esc, n_esc = _decode(
             frames, words, cws, tabs, tmap, lanes, steps, pb, d, variant=variant,
             declare=False)
@@ -282,6 +289,13 @@ def _inputs(rng, n, d, dtype):
     return a, a.astype(np.float32)
 
 
+def _inputs_of(xf, dtype):
+    """The raw array of float32 values exactly representable in ``dtype``."""
+    if dtype == "bfloat16":
+        return (np.asarray(xf, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    return np.asarray(xf).astype(dtype)
+
+
 def _to_torch(a, dtype):
     t = T(a.view(np.int16) if dtype == "bfloat16" else a)
     return t.view(torch.bfloat16) if dtype == "bfloat16" else t
@@ -347,15 +361,24 @@ def test_predictor_rows_match_reference_residuals():
         assert np.array_equal(mine, prediction.residuals_from_levels(lv, pos, tps))
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16"])
-def test_norms_and_pruning_sums_match_reference(dtype):
+@pytest.mark.parametrize("dtype,d", [("float16", 13), ("float32", 13), ("bfloat16", 13),
+                                     ("float16", 24), ("float32", 16)])
+def test_norms_and_pruning_sums_match_reference(dtype, d):
+    """Sums in channel order, 8 channels a load: D not a multiple of 8 (masked tail) and
+    multiples of 8 (ALIGN8)."""
     rng = np.random.default_rng(3)
-    n, d, start = 21, 13, 2
+    n, start = 21, 2
     raw, xf = _inputs(rng, n, d, dtype)
     xf[5] = 0                                       # a zero token
     raw[5] = 0
+    # order matters: 2^30 + 2^-24 rounds back to 2^30 at each step in channel order,
+    # while any grouped sum of the small squares would survive
+    xf[6] = 2.0 ** -12
+    xf[6, 0] = 32768.0
+    raw[6] = _inputs_of(xf[6], dtype)
     x = _to_torch(raw, dtype)
     src = np.arange(n)
+    assert E.token_norms(xf[6:7])[0] == 32768.0
     assert np.array_equal(np.sqrt(N(quant.squared_norms(x, T(src)))), E.token_norms(xf))
     mean, sq, dot = quant.scores_parts(x, T(np.array([start])), T(np.array([n - start])))
     m = N(mean)[0]
