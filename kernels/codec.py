@@ -407,12 +407,15 @@ def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> l
             sym = s.clamp(max=32767).to(torch.int16).reshape(-1)
             raw_h = raw.reshape(-1).cpu().numpy()
         else:
-            sq = quant.squared_norms(x, src).cpu().numpy() if te.opts.token_scale else \
-                np.zeros(src_h.size)
-            delta_h = te.token_step_deltas(np.sqrt(sq), te.qp)
-            sym, esc_pos, esc_val = quant.symbols(x, src, _t(delta_h, np.int32, device), pred,
-                                                  code, inv, esc, quant.prev_rows_only(pred_h))
+            if te.opts.token_scale:   # step deltas on the device (Annex B.1)
+                delta = quant.step_deltas(quant.squared_norms(x, src), te.norm_ref,
+                                          *te.delta_bounds(te.qp))
+            else:
+                delta = torch.zeros(src_h.size, dtype=torch.int32, device=device)
+            sym, esc_pos, esc_val = quant.symbols(x, src, delta, pred, code, inv, esc,
+                                                  quant.prev_rows_only(pred_h))
             esc_pos, esc_val = esc_pos.cpu().numpy(), esc_val.cpu().numpy()
+            delta_h = delta.cpu().numpy().astype(np.int64)
         plan = rans.ChunkPlan(kept * d, tps["num_lanes"], tps["lane_steps"], d, device)
         words, cw, status = rans.encode(plan, sym, etab, chan_base, alph, tps["prob_bits"])
         if int(status.max()) if status.numel() else 0:

@@ -20,10 +20,14 @@ import torch
 import triton
 import triton.language as tl
 
+from tokenbits.encoder import step_deltas_of_norms
+
 MAX_LEVEL = tl.constexpr((1 << 24) - 1)
 # token_step_delta is an int8 (clause 6.4): the rows of inv_rows
 DELTA_MIN = tl.constexpr(-128)
 DELTA_MAX = tl.constexpr(127)
+# a step delta whose 6 log2(...) lies this close to a rounding tie is taken from the host
+NEAR_TIE = tl.constexpr(1e-6)
 NO_FMA = {"enable_fp_fusion": False}
 
 
@@ -246,6 +250,23 @@ def _norms_kernel(x_ptr, src_ptr, mean_ptr, frame_ptr, norm_ptr, dot_ptr, num_ro
 
 
 @triton.jit
+def _deltas_kernel(sq_ptr, out_ptr, near_ptr, n, ref, floor, lo, hi, BLOCK: tl.constexpr):
+    """token_step_delta from squared norms (Annex B.1), in binary64.  log2 (and any
+    operation not rounded as numpy rounds it) may differ from the host's in the last
+    places, which moves the result only next to a rounding tie: a value within NEAR_TIE
+    of one is flagged, and the host computes it."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    norm = tl.sqrt(tl.load(sq_ptr + i, mask=m, other=1.0))
+    v = 6.0 * tl.log2(tl.maximum(norm, floor) / ref)
+    r = tl.floor(v + 0.5)                       # any rule: ties are flagged
+    near = tl.abs(v - tl.floor(v) - 0.5) < NEAR_TIE
+    dl = tl.minimum(tl.maximum(tl.minimum(tl.maximum(r, -60.0), 60.0), lo), hi)
+    tl.store(out_ptr + i, dl.to(tl.int32), mask=m)
+    tl.store(near_ptr + i, near.to(tl.int8), mask=m)
+
+
+@triton.jit
 def _mean_kernel(x_ptr, row0_ptr, nrows_ptr, mean_ptr, num_channels, BC: tl.constexpr):
     """Per frame: the mean of its rows, a float64 sum in row order over the count."""
     f = tl.program_id(0)
@@ -343,8 +364,9 @@ def symbols(x: torch.Tensor, src: torch.Tensor, delta: torch.Tensor, pred: torch
                    _c(pred, torch.int64), _c(code, torch.int32), inv_step, _c(esc, torch.int32),
                    sym, u, variant, prev_row=prev_row)
     sym = sym[:k * d]
-    escv = esc.to(torch.int16).repeat(k) if k else sym
-    pos = torch.nonzero(sym == escv).flatten()
+    # escapes: symbols equal to their channel's ESC (compared by broadcasting, rows x D)
+    pos = torch.nonzero((sym.view(k, d) == esc.to(dev, torch.int16)[None, :]).view(-1)).flatten() \
+        if k and d else torch.zeros(0, dtype=torch.int64, device=dev)
     vals = u[pos].to(torch.int64) - esc.to(dev, torch.int64)[pos % max(d, 1)]
     return sym, pos, vals
 
@@ -358,6 +380,25 @@ def squared_norms(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
         _norms_kernel[(triton.cdiv(k, br),)](x.contiguous(), _c(src, torch.int64), out, src, out,
                                              out, k, x.shape[1], WITH_DOT=False, BR=br,
                                              ALIGN8=x.shape[1] % 8 == 0, num_warps=2, **NO_FMA)
+    return out[:k]
+
+
+def step_deltas(sq: torch.Tensor, ref: float, lo: int, hi: int) -> torch.Tensor:
+    """token_step_delta (int32, on the device) of tokens of squared norms ``sq``
+    (:func:`squared_norms`): equal to the reference's ``step_deltas_of_norms(sqrt(sq),
+    ref, lo, hi)``, with the few tokens near a rounding tie computed by it on the host."""
+    k = sq.numel()
+    out = torch.empty(max(k, 1), dtype=torch.int32, device=sq.device)
+    near = torch.empty(max(k, 1), dtype=torch.int8, device=sq.device)
+    if k:
+        block = 1024
+        _deltas_kernel[(triton.cdiv(k, block),)](sq, out, near, k, float(ref),
+                                                 float(ref) * 2.0 ** -10, float(lo), float(hi),
+                                                 BLOCK=block)
+        idx = torch.nonzero(near[:k]).flatten()
+        if idx.numel():
+            fix = step_deltas_of_norms(np.sqrt(sq[idx].cpu().numpy()), ref, lo, hi)
+            out[idx] = torch.from_numpy(fix.astype(np.int32)).to(sq.device)
     return out[:k]
 
 

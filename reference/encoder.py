@@ -279,6 +279,14 @@ def quantize_levels(xf: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return lv.astype(np.int64)
 
 
+def step_deltas_of_norms(norms: np.ndarray, ref: float, lo: int, hi: int) -> np.ndarray:
+    """Annex B.1: round(6 log2(max(norm, ref 2^-10) / ref)), clipped to -60..60 and then
+    to lo..hi (TrackEncoder.delta_bounds), in float64, ties to even."""
+    with np.errstate(divide="ignore"):
+        dl = np.round(6 * np.log2(np.maximum(norms, ref * 2.0 ** -10) / ref))
+    return np.clip(np.clip(dl, -60, 60), lo, hi).astype(np.int64)
+
+
 def token_norms(xf: np.ndarray) -> np.ndarray:
     """Euclidean norm of each token, its squares summed in float64 in channel order (a
     sequential sum, so a GPU thread looping over the channels finds the same value)."""
@@ -466,12 +474,13 @@ class TrackEncoder:
         """token_step_delta of tokens of norms ``norms`` (token_norms) at qp (Annex B.1)."""
         if not self.opts.token_scale:
             return np.zeros(norms.shape[0], dtype=np.int64)
-        ref = self.norm_ref
-        with np.errstate(divide="ignore"):
-            dl = np.round(6 * np.log2(np.maximum(norms, ref * 2.0 ** -10) / ref))
+        return step_deltas_of_norms(norms, self.norm_ref, *self.delta_bounds(qp))
+
+    def delta_bounds(self, qp: int) -> tuple[int, int]:
+        """The range of token_step_delta that keeps every channel's step code + delta
+        within 0..255 (and the delta an int8) at qp."""
         sc = self._step_codes(qp)
-        return np.clip(np.clip(dl, -60, 60), max(-128, -int(sc.min())),
-                       min(127, 255 - int(sc.max()))).astype(np.int64)
+        return max(-128, -int(sc.min())), min(127, 255 - int(sc.max()))
 
     def _step_codes(self, qp: int) -> np.ndarray:
         """step_code of every channel at qp (clause 6.3.2)."""

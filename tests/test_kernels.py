@@ -361,6 +361,22 @@ def test_predictor_rows_match_reference_residuals():
         assert np.array_equal(mine, prediction.residuals_from_levels(lv, pos, tps))
 
 
+def test_step_deltas_match_reference():
+    """quant.step_deltas (the device's token_step_delta, Annex B.1) equals the reference's
+    step_deltas_of_norms: random norms, zero norms, both clips, and norms whose
+    6 log2(norm / ref) sits next to a rounding tie (taken from the host)."""
+    rng = np.random.default_rng(8)
+    ref = 3.7
+    norms = np.concatenate([ref * 2.0 ** rng.uniform(-12, 12, 500), [0.0, ref, 1e150],
+                            ref * 2.0 ** ((2 * np.arange(-30, 30) + 1) / 12)])
+    sq = norms * norms
+    near = np.abs(6 * np.log2(np.maximum(np.sqrt(sq), ref * 2.0 ** -10) / ref) % 1 - 0.5) < 1e-6
+    assert near.sum() >= 30                       # the tie cases reach the host path
+    for lo, hi in ((-128, 127), (-20, 9)):
+        want = E.step_deltas_of_norms(np.sqrt(sq), ref, lo, hi)
+        assert np.array_equal(N(quant.step_deltas(T(sq), ref, lo, hi)), want)
+
+
 @pytest.mark.parametrize("dtype,d", [("float16", 13), ("float32", 13), ("bfloat16", 13),
                                      ("float16", 24), ("float32", 16)])
 def test_norms_and_pruning_sums_match_reference(dtype, d):
