@@ -335,7 +335,7 @@ COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4)
                     dict(BLOCK=8192, num_warps=8)]
 # each encode / decode variant changes the default launch (rans.ENCODE_VARIANT,
 # rans.DECODE_VARIANT) in the settings it names
-ENCODE_VARIANTS = [dict(REL=False), dict(BFIND=False), dict(SDEPTH=1), dict(SDEPTH=4),
+ENCODE_VARIANTS = [dict(REL=False), dict(SDEPTH=1), dict(SDEPTH=4),
                    dict(G=4), dict(G=4, SDEPTH=1)]
 DECODE_VARIANTS = [dict(SMEM=False), dict(SMEM=False, RING=False), dict(SMEM_MAXNREG=0),
                    dict(LINKS=False), dict(SMEM_G=16),

@@ -26,8 +26,7 @@ initial states and words at offsets from a prefix sum of the per-chunk word
 counts; otherwise every step writes one int32 slot per lane and a compaction
 kernel drops the empty ones.  The default coding kernel (REL, where the channel
 links fit) keeps its offsets relative to the chunk in int32, steps through the
-channels by links, loads the symbols SDEPTH steps ahead and finds the
-reciprocal's shifts with one bfind.
+channels by links and loads the symbols SDEPTH steps ahead.
 """
 from __future__ import annotations
 
@@ -464,12 +463,11 @@ def _encode_rel_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, lin
                        alphabet, wbuf_ptr, count_ptr, state_ptr, status_ptr,
                        num_chunks, num_lanes, num_channels, prob_bits, chunk_cap,
                        G: tl.constexpr, BLOCK_L: tl.constexpr, BITS: tl.constexpr,
-                       BFIND: tl.constexpr, SDEPTH: tl.constexpr):
+                       SDEPTH: tl.constexpr):
     """:func:`_encode_kernel` (DENSE, RCP) with offsets relative to the chunk in int32 and
     the channels stepped through ``links_ptr`` (:func:`encode_links`): per channel the
-    previous step's channel | its table row offset << 11, one read a step.  BFIND: the
-    reciprocal's shifts from one ``bfind`` (inline PTX, compiled kernels only).  SDEPTH
-    (1 to 4): the symbols are loaded that many steps ahead."""
+    previous step's channel | its table row offset << 11, one read a step.  SDEPTH (1 to
+    4): the symbols are loaded that many steps ahead."""
     cid = tl.program_id(0) * G + tl.arange(0, G)
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]
@@ -528,18 +526,10 @@ def _encode_rel_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, lin
         tl.store(wend + (pos - count), (x & 0xFFFF).to(tl.int16), mask=need)
         x = tl.where(need, x >> 16, x)
         m = ((e >> 32) & 0xFFFFFFFF).to(tl.uint32)
-        if BFIND:   # floor(log2(f - 1)), -1 for f = 1: the shifts are 1 | 0 and max(b, 0)
-            b = tl.inline_asm_elementwise("bfind.u32 $0, $1;", "=r,r", [f - 1], dtype=tl.int32,
-                                          is_pure=True, pack=1)
-            sh1 = (f > 1).to(tl.uint32)
-            sh2 = tl.maximum(b, 0).to(tl.uint32)
-        else:
-            fb = (f - 1).to(tl.float32).to(tl.uint32, bitcast=True)
-            l2 = tl.where(f > 1, (fb >> 23) - 126, 0)
-            sh1 = tl.minimum(l2, 1)
-            sh2 = tl.where(l2 > 0, l2 - 1, 0)
+        fb = (f - 1).to(tl.float32).to(tl.uint32, bitcast=True)
+        l2 = tl.where(f > 1, (fb >> 23) - 126, 0)
         hi = tl.umulhi(x, m)
-        q = (hi + ((x - hi) >> sh1)) >> sh2
+        q = (hi + ((x - hi) >> tl.minimum(l2, 1))) >> tl.where(l2 > 0, l2 - 1, 0)
         x = tl.where(act, (q << pb) + (x - q * f) + cum, x)
         s, e, lk, idx, act = s_n, e_n, lk_n, idx_n, act_n
     tl.store(state_ptr + cid[:, None].to(tl.int64) * num_lanes + lane, x.to(tl.int32, bitcast=True),
@@ -868,11 +858,10 @@ def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
     status = torch.empty(nc, dtype=torch.int32, device=dev)
     links = encode_links(chan_base, plan.num_lanes % plan.d, table.numel()) if (
         v.pop("REL") and dense and v["RCP"]) else None
-    bfind = v.pop("BFIND", not INTERPRET)
     sdepth = v.pop("SDEPTH")
     if links is not None:
         v.pop("DENSE"), v.pop("RCP")
-        v.update(BFIND=bfind, SDEPTH=sdepth)
+        v["SDEPTH"] = sdepth
         _encode_rel_kernel[grid](symbols, plan.t_nsym, plan.t_sym0, plan.t_chan, table, links,
                                  alphabet, wbuf, count, states, status, nc, plan.num_lanes,
                                  plan.d, prob_bits, cap, G=g, BLOCK_L=block_l, **v)

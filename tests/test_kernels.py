@@ -91,12 +91,12 @@ def test_rans_encode_matches_reference(case):
     # compaction in one block per chunk (default) and in blocks of 4 words; words
     # placed by the coding kernel (DENSE, lane scan by vote or by cumsum); division
     # by reciprocal (RCP)
-    # by reciprocal (RCP); the relative-offset kernel with channel links (REL, the
-    # reciprocal's shifts by bfind on a GPU) and the kernel before it
+    # by reciprocal (RCP); the relative-offset kernel with channel links (REL, symbols
+    # loaded SDEPTH steps ahead) and the kernel before it
     for v, cv in [(None, None), (None, dict(BLOCK=4, num_warps=1)),
                   (dict(DENSE=True, RCP=True, BITS=True), dict(BLOCK=4, num_warps=1)),
                   (dict(DENSE=True, BITS=False), None), (dict(RCP=True, DENSE=False), None),
-                  (dict(REL=False), None), (dict(BFIND=False), None), (dict(SDEPTH=1), None),
+                  (dict(REL=False), None), (dict(SDEPTH=1), None),
                   (dict(SDEPTH=2), None), (dict(SDEPTH=3, G=2), None)]:
         w, cw, status = rans.encode(plan, T(np.concatenate(frames), np.int16),
                                     rans.encode_table(freq_all, cum_all, DEV),
