@@ -335,8 +335,9 @@ COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4)
                     dict(BLOCK=8192, num_warps=8)]
 # each encode / decode variant changes the default launch (rans.ENCODE_VARIANT,
 # rans.DECODE_VARIANT) in the settings it names
-ENCODE_VARIANTS = [dict(REL=False), dict(SDEPTH=1), dict(SDEPTH=4),
-                   dict(G=4), dict(G=4, SDEPTH=1)]
+ENCODE_VARIANTS = [dict(REL=False), dict(SDEPTH=1), dict(SDEPTH=4), dict(G=4),
+                   dict(G=4, SDEPTH=1), dict(G=2, num_warps=2), dict(G=4, num_warps=4),
+                   dict(G=8, num_warps=8)]
 DECODE_VARIANTS = [dict(SMEM=False), dict(SMEM=False, RING=False), dict(SMEM_MAXNREG=0),
                    dict(LINKS=False), dict(SMEM_G=16),
                    dict(SMEM_PER_WARP=2, SMEM_G=16, SMEM_MAXNREG=64), dict(SMEM=False, G=2)]
