@@ -365,6 +365,18 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
 
 
 @triton.jit
+def _div_rcp(x, f, e):
+    """x // f by the entry's reciprocal m (bits 32..63 of e, :func:`reciprocals`),
+    Granlund-Montgomery: q = (t + ((x - t) >> sh1)) >> sh2, t = umulhi(x, m),
+    sh1 = min(l, 1), sh2 = max(l - 1, 0), l = ceil(log2 f); exact for all x."""
+    m = ((e >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    fb = (f - 1).to(tl.float32).to(tl.uint32, bitcast=True)
+    l2 = tl.where(f > 1, (fb >> 23) - 126, 0)
+    hi = tl.umulhi(x, m)
+    return (hi + ((x - hi) >> tl.minimum(l2, 1))) >> tl.where(l2 > 0, l2 - 1, 0)
+
+
+@triton.jit
 def _enc_entry(sym_ptr, idx, act, table_ptr, chan_base_ptr, ch, alphabet):
     """Symbol at idx and its packed entry (:func:`encode_table`); 0 outside the alphabet."""
     s = tl.load(sym_ptr + idx, mask=act, other=0).to(tl.int32)
@@ -432,13 +444,7 @@ def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_ba
             count += need.to(tl.int32)
         x = tl.where(need, x >> 16, x)
         if RCP:
-            # Granlund-Montgomery: q = (t + ((x - t) >> sh1)) >> sh2, t = umulhi(x, m),
-            # sh1 = min(l, 1), sh2 = max(l - 1, 0), l = ceil(log2 f); exact for all x
-            m = ((e >> 32) & 0xFFFFFFFF).to(tl.uint32)
-            fb = (f - 1).to(tl.float32).to(tl.uint32, bitcast=True)
-            l2 = tl.where(f > 1, (fb >> 23) - 126, 0)
-            hi = tl.umulhi(x, m)
-            q = (hi + ((x - hi) >> tl.minimum(l2, 1))) >> tl.where(l2 > 0, l2 - 1, 0)
+            q = _div_rcp(x, f, e)
         else:
             q = x // f
         x = tl.where(act, (q << pb) + (x - q * f) + cum, x)
@@ -525,11 +531,7 @@ def _encode_rel_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, lin
         count += n
         tl.store(wend + (pos - count), (x & 0xFFFF).to(tl.int16), mask=need)
         x = tl.where(need, x >> 16, x)
-        m = ((e >> 32) & 0xFFFFFFFF).to(tl.uint32)
-        fb = (f - 1).to(tl.float32).to(tl.uint32, bitcast=True)
-        l2 = tl.where(f > 1, (fb >> 23) - 126, 0)
-        hi = tl.umulhi(x, m)
-        q = (hi + ((x - hi) >> tl.minimum(l2, 1))) >> tl.where(l2 > 0, l2 - 1, 0)
+        q = _div_rcp(x, f, e)
         x = tl.where(act, (q << pb) + (x - q * f) + cum, x)
         s, e, lk, idx, act = s_n, e_n, lk_n, idx_n, act_n
     tl.store(state_ptr + cid[:, None].to(tl.int64) * num_lanes + lane, x.to(tl.int32, bitcast=True),
