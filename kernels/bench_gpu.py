@@ -327,9 +327,10 @@ def run(data: str, min_mb: int = 256, lanes=(32,), batches=(1, 4, 16, 64, 256, 1
 QUANT_VARIANTS = [dict(prev_row=False), dict(ROWS=0), dict(BC=256), dict(UNROLL=2),
                   dict(BC=1024), dict(ROWS=32), dict(ROWS=128), dict(RNI=False)]
 # each changes the default (recon.DEQUANT_VARIANT) in the settings it names
-DEQUANT_VARIANTS = [dict(BR=1), dict(BR=2), dict(BR=8), dict(BR=4, PREFETCH=0),
-                    dict(BR=1, PREFETCH=0, SMEM_STEP=False), dict(SMEM_STEP=False),
-                    dict(contiguous=False), dict(I32=False), dict(ALU_STEP=False)]
+DEQUANT_VARIANTS = [dict(ROWS=False), dict(ROWS_BC=256, ROWS_WARPS=1), dict(ROWS_WARPS=1),
+                    dict(ROWS_BC=1024, ROWS_WARPS=4), dict(ROWS_BC=1024),
+                    dict(ROWS=False, BR=2), dict(ROWS=False, SMEM_STEP=False),
+                    dict(contiguous=False)]
 COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4),
                     dict(BLOCK=4096, num_warps=8), dict(BLOCK=2048, num_warps=2),
                     dict(BLOCK=8192, num_warps=8)]

@@ -190,13 +190,14 @@ def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, inv_rows_ptr, esc_
 
 
 @triton.jit
-def _inv_rows_kernel(code_ptr, inv_ptr, out_ptr, num_channels, BC: tl.constexpr):
+def _table_rows_kernel(code_ptr, table_ptr, out_ptr, num_channels, delta_min,
+                       BC: tl.constexpr):
     q = tl.program_id(0)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
     m = c < num_channels
-    code = tl.load(code_ptr + c, mask=m, other=0) + q + DELTA_MIN
-    inv = tl.load(inv_ptr + tl.minimum(tl.maximum(code, 0), 255), mask=m, other=0.0)
-    tl.store(out_ptr + q * num_channels + c, inv, mask=m)
+    code = tl.load(code_ptr + c, mask=m, other=0) + q + delta_min
+    v = tl.load(table_ptr + tl.minimum(tl.maximum(code, 0), 255), mask=m, other=0.0)
+    tl.store(out_ptr + q * num_channels + c, v, mask=m)
 
 
 @triton.jit
@@ -306,16 +307,25 @@ ROWS_VARIANT = dict(ROWS=64, BC=512, num_warps=1, UNROLL=1)
 SYMBOLS_VARIANT = dict(BR=16, BC=128, num_warps=2, ALU_STEP=False)
 
 
-def inv_rows(code: torch.Tensor, inv_step: torch.Tensor) -> torch.Tensor:
-    """[DELTA_MAX - DELTA_MIN + 1, D] float32: row q holds INV_STEP[code[c] + q + DELTA_MIN]
-    (codes clipped to 0..255; the encoder's deltas keep them there, Annex B.1)."""
+def table_rows(code: torch.Tensor, table: torch.Tensor, delta_min: int,
+               delta_max: int) -> torch.Tensor:
+    """[delta_max - delta_min + 1, D] float32: row q holds table[code[c] + q + delta_min]
+    of a 256-entry table (codes clipped to 0..255), so that a row of step delta dl reads
+    its values as one contiguous row (q = dl - delta_min)."""
     d = code.numel()
-    out = torch.empty((int(DELTA_MAX) - int(DELTA_MIN) + 1, max(d, 1)), dtype=torch.float32,
+    out = torch.empty((delta_max - delta_min + 1, max(d, 1)), dtype=torch.float32,
                       device=code.device)
     if d:
         bc = min(1024, triton.next_power_of_2(d))
-        _inv_rows_kernel[(out.shape[0], triton.cdiv(d, bc))](code, inv_step, out, d, BC=bc)
+        _table_rows_kernel[(out.shape[0], triton.cdiv(d, bc))](code, table, out, d, delta_min,
+                                                               BC=bc)
     return out
+
+
+def inv_rows(code: torch.Tensor, inv_step: torch.Tensor) -> torch.Tensor:
+    """:func:`table_rows` of INV_STEP for every int8 token_step_delta (the encoder's deltas
+    keep the codes in 0..255, Annex B.1)."""
+    return table_rows(code, inv_step, int(DELTA_MIN), int(DELTA_MAX))
 
 
 def launch_symbols(x, src, delta, pred, code, inv_step, esc, sym, u, variant=None,

@@ -8,12 +8,14 @@ Twins: ``symbols.residuals``, ``prediction.reconstruct_levels``,
 Inverse prediction is a prefix sum along *chains*: lists of kept-token rows
 whose levels accumulate from 0 (one chain per frame's sequence tokens for
 "left"; one per run of vertically adjacent kept tokens of a grid column for
-"up"; a single row for a prefix token or an unpredicted token).  One program
-scans one chain for a block of channels, BR rows at a time with tl.cumsum.
-Rows are written at ``out_row`` (the kept tokens' scatter: dense output puts
-token k at its position).  For a contiguous chain the next row's symbols are
-loaded while a row is reconstructed (PREFETCH), and compiled kernels read each
-row's step vector from shared memory (SMEM_STEP, inline PTX).
+"up"; a single row for a prefix token or an unpredicted token).  Rows are
+written at ``out_row`` (the kept tokens' scatter: dense output puts token k at
+its position).  Where every chain is a run of consecutive rows (left or no
+prediction), one program runs down a chain for a block of channels a row at a
+time, carrying the levels, each row's steps read as one contiguous row of
+``step_rows`` and the next row's symbols loading meanwhile (ROWS).  Other chains
+go through the tile kernel: BR rows at a time with tl.cumsum, each row's step
+vector read from shared memory in compiled kernels (SMEM_STEP, inline PTX).
 """
 from __future__ import annotations
 
@@ -22,13 +24,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .quant import scaled_step, step_residues
+from .quant import scaled_step, step_residues, table_rows
 from .rans import INTERPRET, smem_declare, smem_store, smem_sync
 
 MAX_LEVEL = tl.constexpr((1 << 24) - 1)
 # status bits (reported as TKBValueError)
 BAD_LEVEL = tl.constexpr(1)       # |level| > 2^24 - 1 (clause 7.5)
 BAD_VALUE = tl.constexpr(2)       # lossless value outside its dtype / id >= vocab_size (7.4.2)
+# a row's step delta, frame_step_delta + token_step_delta (two int8, clause 7.6.1): the
+# rows of step_rows
+DELTA_MIN = tl.constexpr(-256)
+DELTA_MAX = tl.constexpr(254)
 
 
 @triton.jit
@@ -184,6 +190,61 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
 
 
 @triton.jit
+def _dequant_rows_kernel(sym_ptr, chain_ptr, out_row_ptr, delta_ptr, step_rows_ptr, esc_ptr,
+                         uext_ptr, out_ptr, status_ptr, num_channels, SCAN: tl.constexpr,
+                         DENSE: tl.constexpr, OUT: tl.constexpr, BC: tl.constexpr,
+                         EVEN: tl.constexpr):
+    """:func:`_dequant_kernel` for chains of consecutive rows (CONTIG: left or no
+    prediction), one row at a time: the levels are the column carries plus the row's
+    residuals (no scan), a row's step delta is a scalar and its steps one contiguous row
+    of ``step_rows`` (:func:`step_rows`), the next row's symbols load while this one is
+    reconstructed.  Levels are int32: a carry can leave int32 only after passing
+    MAX_LEVEL, which the running extremes catch (clause 7.5).  EVEN: BC divides
+    num_channels (no column masks)."""
+    chain = tl.program_id(0)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    if EVEN:
+        cm = tl.full([BC], 1, tl.int1)
+    else:
+        cm = c < num_channels
+    i0 = tl.load(chain_ptr + chain)
+    i1 = tl.load(chain_ptr + chain + 1)
+    esc = tl.load(esc_ptr + c, mask=cm, other=1 << 30)       # masked: never reached
+    carry = tl.zeros([BC], tl.int32)
+    hi = tl.zeros([BC], tl.int32)
+    lo = tl.zeros([BC], tl.int32)
+    s_next = tl.load(sym_ptr + tl.maximum(tl.minimum(i0, i1 - 1), 0) * num_channels + c,
+                     mask=cm, other=0)
+    for r in range(i0, i1):
+        s = s_next.to(tl.int32)
+        # the next row's symbols (the last row's again at the chain's end)
+        s_next = tl.load(sym_ptr + tl.minimum(r + 1, i1 - 1) * num_channels + c, mask=cm,
+                         other=0)
+        flat = (i0 + (r - i0)) * num_channels + c           # r is an int when interpreted
+        # a symbol is at most its channel's ESC: an escape (rare) makes max(s - ESC) >= 0;
+        # its u = ESC + escape value (< 2^27) waits in uext at the same index
+        if tl.max(s - esc, 0) >= 0:
+            is_e = cm & (s == esc)
+            s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
+        lv = (s >> 1) ^ -(s & 1)                            # clause 7.4.1
+        if SCAN:                                            # clause 7.5: left prediction
+            lv += carry
+            carry = lv
+        hi = tl.maximum(hi, lv)
+        lo = tl.minimum(lo, lv)
+        q = tl.minimum(tl.maximum(tl.load(delta_ptr + r), DELTA_MIN), DELTA_MAX) - DELTA_MIN
+        v = lv.to(tl.float32) * tl.load(step_rows_ptr + q * num_channels + c, mask=cm,
+                                        other=0.0)
+        if DENSE:
+            orow = tl.load(out_row_ptr + r)
+        else:
+            orow = i0 + (r - i0)
+        _store_out(out_ptr, orow * num_channels + c, v, cm, OUT)
+    bad = (tl.max(hi, 0) > MAX_LEVEL) | (tl.min(lo, 0) < -MAX_LEVEL)
+    tl.atomic_or(status_ptr + chain, bad.to(tl.int32) * BAD_LEVEL)
+
+
+@triton.jit
 def _split_kernel(sym_ptr, raw_ptr, rows_ptr, chain_ptr, out_row_ptr, out_ptr, status_ptr,
                   num_channels, raw_bits, limit, WIDTH: tl.constexpr, PRED: tl.constexpr,
                   IDS: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
@@ -273,6 +334,12 @@ def chains(pred: np.ndarray, predictor: int, frame_rows=None, max_rows: int = 64
     return rows, np.append(0, np.cumsum(lens))
 
 
+def step_rows(code: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """:func:`quant.table_rows` of STEP for every delta DELTA_MIN .. DELTA_MAX (a frame
+    with a code outside 0..255 is an error, clause 7.6.1, whatever its values)."""
+    return table_rows(code, step, int(DELTA_MIN), int(DELTA_MAX))
+
+
 def _launch(num_chains, d, bc=128):
     bc = min(bc, triton.next_power_of_2(max(d, 1)))
     return bc, (num_chains, triton.cdiv(d, bc))
@@ -298,9 +365,11 @@ def is_contiguous(rows, offs) -> bool:
     return bool(np.array_equal(rows, np.arange(rows.size)))
 
 
-# tile of the reconstruction kernel, chosen by the GPU benchmark (BENCHMARKS.md)
-DEQUANT_VARIANT = dict(BR=4, BC=128, num_warps=1, ALU_STEP=True, STAGES=1, I32=True,
-                       PREFETCH=1, SMEM_STEP=True)
+# launches of the reconstruction, chosen by the GPU benchmark (BENCHMARKS.md)
+# ROWS: the row loop where chains are consecutive rows (ROWS_BC channels, ROWS_WARPS
+# warps a program); else the tile kernel (BR x BC tiles)
+DEQUANT_VARIANT = dict(ROWS=True, ROWS_BC=512, ROWS_WARPS=2, BR=4, BC=128, num_warps=1,
+                       ALU_STEP=True, STAGES=1, I32=True, PREFETCH=1, SMEM_STEP=True)
 
 
 def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor, out,
@@ -318,6 +387,15 @@ def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor
     if out.dtype == torch.bfloat16:
         out = out.view(torch.int16)
     v = dict(DEQUANT_VARIANT, **(variant or {}))
+    rows_bc, rows_warps = v.pop("ROWS_BC"), v.pop("ROWS_WARPS")
+    if contiguous and v.pop("ROWS"):   # consecutive rows: the row loop
+        bc, grid = _launch(n, num_channels, rows_bc)
+        _dequant_rows_kernel[grid](sym, offs, out_row, delta, step_rows(code, step), esc, uext,
+                                   out, status, num_channels, SCAN=predictor != 0,
+                                   DENSE=dense, OUT=kind, BC=bc, EVEN=num_channels % bc == 0,
+                                   num_warps=rows_warps)
+        return status[:n]
+    v.pop("ROWS", None)
     br, bc = v.pop("BR"), v.pop("BC")
     if not contiguous:     # rows through an index: short tiles down a chain
         br, bc = 16, 128

@@ -335,7 +335,7 @@ def test_symbols_match_reference(dtype, predictor, keep):
     # inv_step from the table or computed; the tile kernel, and the row loop where every
     # predicting row is the row before
     runs = [(False, None), (False, dict(ALU_STEP=True))]
-    if quant.prev_rows_only(pred):   # the line kernel (with and without column masks)
+    if quant.prev_rows_only(pred):   # the row loop (with and without column masks)
         runs += [(True, dict(ROWS=4)), (True, dict(ROWS=3, BC=2, UNROLL=2))]
     for prev_row, variant in runs:
         sym, esc_pos, esc_val = quant.symbols(_to_torch(raw, dtype), T(pos, np.int64),
@@ -458,10 +458,14 @@ def test_dequantize_matches_reference(out_dtype, predictor, d):
     uext = recon.escape_values(sym.size, d, T(esc), T(2 * flat_esc),
                                T(np.concatenate(escs), np.int64), DEV)
     want = np.concatenate(ref_out)
-    # step computed or read from the table; levels in int64 or in saturated int32
-    for variant in (None, dict(ALU_STEP=False), dict(I32=True, BR=2), dict(I32=False, BR=16),
-                    dict(BR=4, ALU_STEP=True), dict(PREFETCH=0, SMEM_STEP=False),
-                    dict(PREFETCH=2, BR=2), dict(SMEM_STEP=False)):
+    # consecutive rows: the row loop (with and without column masks); the tile kernel
+    # with the step computed or read from the table, levels in int64 or in saturated int32
+    for variant in (None, dict(ROWS_BC=2, ROWS_WARPS=1), dict(ROWS_BC=64, ROWS_WARPS=1),
+                    dict(ROWS=False),
+                    dict(ROWS=False, ALU_STEP=False), dict(ROWS=False, I32=True, BR=2),
+                    dict(ROWS=False, I32=False, BR=16), dict(ROWS=False, BR=4, ALU_STEP=True),
+                    dict(ROWS=False, PREFETCH=0, SMEM_STEP=False),
+                    dict(ROWS=False, PREFETCH=2, BR=2), dict(ROWS=False, SMEM_STEP=False)):
         out.fill_(0)
         status = recon.dequantize(T(sym, np.int16), T(rows), T(offs), T(np.arange(k)),
                                   T(np.concatenate(deltas), np.int32), T(codes, np.int32),
@@ -484,8 +488,9 @@ def test_dequantize_flags_levels_beyond_the_limit(d, sign):
     rows, offs = _chains_of([pos], tps, np.array([3]))
     out = torch.zeros((3, d), dtype=torch.float32, device=DEV)
     uext = recon.escape_values(3 * d, d, T(esc), T(2 * np.arange(3) * d), T(e, np.int64), DEV)
-    for contig, variant in [(False, None), (True, dict(I32=True, BR=2)), (True, dict(I32=False)),
-                            (True, None)]:
+    for contig, variant in [(False, None), (True, dict(ROWS=False, I32=True, BR=2)),
+                            (True, dict(ROWS=False, I32=False)), (True, dict(ROWS=False)),
+                            (True, None), (True, dict(ROWS_BC=2, ROWS_WARPS=1))]:
         status = recon.dequantize(T(u.ravel(), np.int16), T(rows), T(offs), T(np.arange(3)),
                                   T(np.zeros(3), np.int32), T(np.full(d, 144), np.int32),
                                   T(reconstruction.STEP), T(esc, np.int32), uext, 1, out, d,
@@ -566,13 +571,20 @@ def test_step_values_without_a_table_equal_the_tables():
 
 
 def test_inv_rows_match_inv_step():
-    """quant.inv_rows (the line kernel's inverse steps): row q, channel c holds
-    INV_STEP[code[c] + q + DELTA_MIN] bit for bit, codes clipped to 0..255."""
+    """quant.inv_rows (the quantization row loop's inverse steps) and recon.step_rows (the
+    reconstruction row loop's steps): row q, channel c holds the table's entry at
+    code[c] + q + DELTA_MIN bit for bit, codes clipped to 0..255."""
     code = np.array([0, 1, 5, 127, 128, 200, 254, 255], dtype=np.int32)
     out = N(quant.inv_rows(T(code), T(E.INV_STEP)))
     q = np.arange(out.shape[0])[:, None] + int(quant.DELTA_MIN)
     assert out.shape == (256, code.size) and q[0, 0] == -128
     want = E.INV_STEP[np.clip(code[None, :] + q, 0, 255)]
+    assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
+    # the reconstruction's steps for every frame + token delta (two int8)
+    out = N(recon.step_rows(T(code), T(reconstruction.STEP)))
+    q = np.arange(out.shape[0])[:, None] + int(recon.DELTA_MIN)
+    assert out.shape == (511, code.size) and q[0, 0] == -256
+    want = reconstruction.STEP[np.clip(code[None, :] + q, 0, 255)]
     assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
 
 
