@@ -367,9 +367,11 @@ def is_contiguous(rows, offs) -> bool:
 
 # launches of the reconstruction, chosen by the GPU benchmark (BENCHMARKS.md)
 # ROWS: the row loop where chains are consecutive rows (ROWS_BC channels, ROWS_WARPS
-# warps a program); else the tile kernel (BR x BC tiles)
-DEQUANT_VARIANT = dict(ROWS=True, ROWS_BC=512, ROWS_WARPS=2, BR=4, BC=128, num_warps=1,
-                       ALU_STEP=True, STAGES=1, I32=True, PREFETCH=1, SMEM_STEP=True)
+# warps a program) and make at least ROWS_MIN_PROGRAMS programs; else the tile kernel
+# (BR x BC tiles)
+DEQUANT_VARIANT = dict(ROWS=True, ROWS_BC=512, ROWS_WARPS=2, ROWS_MIN_PROGRAMS=512, BR=4,
+                       BC=128, num_warps=1, ALU_STEP=True, STAGES=1, I32=True, PREFETCH=1,
+                       SMEM_STEP=True)
 
 
 def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor, out,
@@ -388,7 +390,11 @@ def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor
         out = out.view(torch.int16)
     v = dict(DEQUANT_VARIANT, **(variant or {}))
     rows_bc, rows_warps = v.pop("ROWS_BC"), v.pop("ROWS_WARPS")
-    if contiguous and v.pop("ROWS"):   # consecutive rows: the row loop
+    rows_min = v.pop("ROWS_MIN_PROGRAMS")
+    # consecutive rows: the row loop, where the batch gives it enough programs (each runs
+    # down a whole chain: a few long chains leave the GPU idle, and the tile kernel,
+    # BR rows a step and narrower blocks, is faster there)
+    if contiguous and v.pop("ROWS") and n * triton.cdiv(num_channels, rows_bc) >= rows_min:
         bc, grid = _launch(n, num_channels, rows_bc)
         _dequant_rows_kernel[grid](sym, offs, out_row, delta, step_rows(code, step), esc, uext,
                                    out, status, num_channels, SCAN=predictor != 0,

@@ -460,8 +460,9 @@ def test_dequantize_matches_reference(out_dtype, predictor, d):
     want = np.concatenate(ref_out)
     # consecutive rows: the row loop (with and without column masks); the tile kernel
     # with the step computed or read from the table, levels in int64 or in saturated int32
-    for variant in (None, dict(ROWS_BC=2, ROWS_WARPS=1), dict(ROWS_BC=64, ROWS_WARPS=1),
-                    dict(ROWS=False),
+    loop = dict(ROWS_MIN_PROGRAMS=0)      # the row loop whatever the batch
+    for variant in (None, loop, dict(loop, ROWS_BC=2, ROWS_WARPS=1),
+                    dict(loop, ROWS_BC=64, ROWS_WARPS=1), dict(ROWS=False),
                     dict(ROWS=False, ALU_STEP=False), dict(ROWS=False, I32=True, BR=2),
                     dict(ROWS=False, I32=False, BR=16), dict(ROWS=False, BR=4, ALU_STEP=True),
                     dict(ROWS=False, PREFETCH=0, SMEM_STEP=False),
@@ -473,6 +474,18 @@ def test_dequantize_matches_reference(out_dtype, predictor, d):
                                   out, d, recon.is_contiguous(rows, offs), variant=variant)
         got = N(out)
         assert got.tobytes() == want.astype(got.dtype).tobytes()
+        assert not N(status).any()
+    # dense output: rows written at out_row (here 3 rows down), both kernels
+    wide = torch.zeros((k + 3, d), dtype=out.dtype, device=DEV)
+    for variant in (None, loop):
+        wide.fill_(0)
+        status = recon.dequantize(T(sym, np.int16), T(rows), T(offs), T(np.arange(k) + 3),
+                                  T(np.concatenate(deltas), np.int32), T(codes, np.int32),
+                                  T(reconstruction.STEP), T(esc, np.int32), uext, predictor,
+                                  wide, d, recon.is_contiguous(rows, offs), dense=True,
+                                  variant=variant)
+        got = N(wide)
+        assert got[3:].tobytes() == want.astype(got.dtype).tobytes() and not got[:3].any()
         assert not N(status).any()
 
 
@@ -490,7 +503,8 @@ def test_dequantize_flags_levels_beyond_the_limit(d, sign):
     uext = recon.escape_values(3 * d, d, T(esc), T(2 * np.arange(3) * d), T(e, np.int64), DEV)
     for contig, variant in [(False, None), (True, dict(ROWS=False, I32=True, BR=2)),
                             (True, dict(ROWS=False, I32=False)), (True, dict(ROWS=False)),
-                            (True, None), (True, dict(ROWS_BC=2, ROWS_WARPS=1))]:
+                            (True, None), (True, dict(ROWS_MIN_PROGRAMS=0)),
+                            (True, dict(ROWS_MIN_PROGRAMS=0, ROWS_BC=2, ROWS_WARPS=1))]:
         status = recon.dequantize(T(u.ravel(), np.int16), T(rows), T(offs), T(np.arange(3)),
                                   T(np.zeros(3), np.int32), T(np.full(d, 144), np.int32),
                                   T(reconstruction.STEP), T(esc, np.int32), uext, 1, out, d,
