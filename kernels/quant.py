@@ -13,14 +13,14 @@ finds the reference's levels exactly.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from tokenbits.encoder import step_deltas_of_norms
+
+from .rans import INTERPRET
 
 MAX_LEVEL = tl.constexpr((1 << 24) - 1)
 # token_step_delta is an int8 (clause 6.4): the rows of inv_rows
@@ -140,11 +140,27 @@ def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_
 
 
 @triton.jit
+def column_mask(c, num_channels, EVEN: tl.constexpr):
+    """The channels c < num_channels of a block; all of them where EVEN (the block width
+    divides num_channels), so that loads and stores go unmasked."""
+    if EVEN:
+        return tl.full(c.shape, 1, tl.int1)
+    return c < num_channels
+
+
+@triton.jit
+def delta_row(rows_ptr, dl, c, m, num_channels, LO: tl.constexpr, HI: tl.constexpr):
+    """Channels c of the :func:`table_rows` row of step delta ``dl`` (clamped to
+    LO .. HI, the table's deltas)."""
+    q = tl.minimum(tl.maximum(dl, LO), HI) - LO
+    return tl.load(rows_ptr + q * num_channels + c, mask=m, other=0.0)
+
+
+@triton.jit
 def _row_levels(x, inv_rows_ptr, dl, c, m, num_channels, RNI: tl.constexpr):
     """Levels [BC] of the input row ``x`` at step codes code[c] + dl: one binary32 multiply
     by inv_rows[dl - DELTA_MIN, c] = INV_STEP[code[c] + dl] (Annex B.1)."""
-    row = tl.minimum(tl.maximum(dl, DELTA_MIN), DELTA_MAX) - DELTA_MIN
-    inv = tl.load(inv_rows_ptr + row * num_channels + c, mask=m, other=0.0)
+    inv = delta_row(inv_rows_ptr, dl, c, m, num_channels, DELTA_MIN, DELTA_MAX)
     return _round_level(x.to(tl.float32) * inv, RNI)
 
 
@@ -163,10 +179,7 @@ def _symbols_rows_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, inv_rows_ptr, esc_
     r0 = tl.program_id(0) * RB
     r1 = tl.minimum(r0 + RB, num_rows)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
-    if EVEN:
-        cm = tl.full([BC], 1, tl.int1)
-    else:
-        cm = c < num_channels
+    cm = column_mask(c, num_channels, EVEN)
     esc = tl.load(esc_ptr + c, mask=cm, other=1 << 30)      # masked lanes never escape
     prev = tl.zeros([BC], tl.int32)
     if r0 > 0:   # the row above the block, quantized again
@@ -299,10 +312,9 @@ def _c(t, dtype):
     return t.to(dtype).contiguous()
 
 
-# tile of the quantization kernel, chosen by the GPU benchmark (BENCHMARKS.md)
 # launches chosen by the GPU benchmark (BENCHMARKS.md): the row loop where every
 # predicting row is the row before (left / none), else the tile kernel
-RNI = os.environ.get("TRITON_INTERPRET") != "1"   # inline assembly: compiled kernels only
+RNI = not INTERPRET   # inline assembly: compiled kernels only
 ROWS_VARIANT = dict(ROWS=64, BC=512, num_warps=1, UNROLL=1)
 SYMBOLS_VARIANT = dict(BR=16, BC=128, num_warps=2, ALU_STEP=False)
 

@@ -496,19 +496,25 @@ def _encode_rel_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, lin
     idx = (steps - 1) * num_lanes + lane
     act = lane_ok & (idx < nsym)
     lk = tl.load(links_ptr + ch)
-    s = tl.load(sbase + idx, mask=act, other=0).to(tl.int32)
+    s = _enc_symbol(sbase, idx, lane_ok, nsym)
     e = tl.load(table_ptr + ((lk >> 11) + s), mask=act & (s.to(tl.uint32) < alphabet), other=0)
     # the symbols of steps t - 1 .. t - SDEPTH + 1, loaded ahead
-    s1 = _enc_symbol(sbase, idx - num_lanes, lane_ok, nsym)
-    s2 = _enc_symbol(sbase, idx - 2 * num_lanes, lane_ok, nsym)
-    s3 = _enc_symbol(sbase, idx - 3 * num_lanes, lane_ok, nsym)
+    s1 = s
+    s2 = s
+    s3 = s
+    if SDEPTH >= 2:
+        s1 = _enc_symbol(sbase, idx - num_lanes, lane_ok, nsym)
+    if SDEPTH >= 3:
+        s2 = _enc_symbol(sbase, idx - 2 * num_lanes, lane_ok, nsym)
+    if SDEPTH >= 4:
+        s3 = _enc_symbol(sbase, idx - 3 * num_lanes, lane_ok, nsym)
     for i in range(0, steps):
         # step t - 1 (steps is the program's longest chunk: test against the chunk's own)
         idx_n = idx - num_lanes
         act_n = lane_ok & (idx_n >= 0) & (idx_n < nsym)
         lk_n = tl.load(links_ptr + (lk & 0x7FF))
         if SDEPTH == 1:
-            s_n = tl.load(sbase + idx_n, mask=act_n, other=0).to(tl.int32)
+            s_n = _enc_symbol(sbase, idx_n, lane_ok, nsym)
         else:
             s_n = s1
             if SDEPTH == 2:
@@ -863,10 +869,10 @@ def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
     sdepth = v.pop("SDEPTH")
     if links is not None:
         v.pop("DENSE"), v.pop("RCP")
-        v["SDEPTH"] = sdepth
         _encode_rel_kernel[grid](symbols, plan.t_nsym, plan.t_sym0, plan.t_chan, table, links,
                                  alphabet, wbuf, count, states, status, nc, plan.num_lanes,
-                                 plan.d, prob_bits, cap, G=g, BLOCK_L=block_l, **v)
+                                 plan.d, prob_bits, cap, G=g, BLOCK_L=block_l,
+                                 SDEPTH=sdepth, **v)
     else:
         _encode_kernel[grid](symbols, plan.t_nsym, plan.t_sym0, plan.t_chan, table, chan_base,
                              alphabet, wbuf, count, states, status, nc, plan.num_lanes,

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .quant import scaled_step, step_residues, table_rows
+from .quant import column_mask, delta_row, scaled_step, step_residues, table_rows
 from .rans import INTERPRET, smem_declare, smem_store, smem_sync
 
 MAX_LEVEL = tl.constexpr((1 << 24) - 1)
@@ -203,10 +203,7 @@ def _dequant_rows_kernel(sym_ptr, chain_ptr, out_row_ptr, delta_ptr, step_rows_p
     num_channels (no column masks)."""
     chain = tl.program_id(0)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
-    if EVEN:
-        cm = tl.full([BC], 1, tl.int1)
-    else:
-        cm = c < num_channels
+    cm = column_mask(c, num_channels, EVEN)
     i0 = tl.load(chain_ptr + chain)
     i1 = tl.load(chain_ptr + chain + 1)
     esc = tl.load(esc_ptr + c, mask=cm, other=1 << 30)       # masked: never reached
@@ -232,9 +229,8 @@ def _dequant_rows_kernel(sym_ptr, chain_ptr, out_row_ptr, delta_ptr, step_rows_p
             carry = lv
         hi = tl.maximum(hi, lv)
         lo = tl.minimum(lo, lv)
-        q = tl.minimum(tl.maximum(tl.load(delta_ptr + r), DELTA_MIN), DELTA_MAX) - DELTA_MIN
-        v = lv.to(tl.float32) * tl.load(step_rows_ptr + q * num_channels + c, mask=cm,
-                                        other=0.0)
+        v = lv.to(tl.float32) * delta_row(step_rows_ptr, tl.load(delta_ptr + r), c, cm,
+                                          num_channels, DELTA_MIN, DELTA_MAX)
         if DENSE:
             orow = tl.load(out_row_ptr + r)
         else:
@@ -394,8 +390,8 @@ def dequantize(sym, rows, offs, out_row, delta, code, step, esc, uext, predictor
     # consecutive rows: the row loop, where the batch gives it enough programs (each runs
     # down a whole chain: a few long chains leave the GPU idle, and the tile kernel,
     # BR rows a step and narrower blocks, is faster there)
-    if contiguous and v.pop("ROWS") and n * triton.cdiv(num_channels, rows_bc) >= rows_min:
-        bc, grid = _launch(n, num_channels, rows_bc)
+    bc, grid = _launch(n, num_channels, rows_bc)
+    if contiguous and v.pop("ROWS") and grid[0] * grid[1] >= rows_min:
         _dequant_rows_kernel[grid](sym, offs, out_row, delta, step_rows(code, step), esc, uext,
                                    out, status, num_channels, SCAN=predictor != 0,
                                    DENSE=dense, OUT=kind, BC=bc, EVEN=num_channels % bc == 0,
