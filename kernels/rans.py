@@ -162,6 +162,19 @@ def _record_escapes(esc_count_ptr, esc_pos_ptr, frame, ebase, ecap, sidx, is_esc
              _flat(2 * sidx, G, BLOCK_L), mask=m & (k < _flat(ecap + 0 * lane, G, BLOCK_L)))
 
 
+@triton.jit
+def _prefetch(ptrs, mask):
+    """Bring the lines at ``ptrs`` (where ``mask``) into the L1 cache ahead of their
+    loads (``prefetch.global.L1``; inline PTX, compiled kernels only).  A hint: it
+    changes no value.  A value loaded several steps ahead into a register does not do
+    this: the register copy at the loop's back edge waits for the load (BENCHMARKS.md,
+    "Profiles")."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L1 [$1]; mov.u32 $0, 0; }",
+        "=r,l,r", [ptrs.to(tl.int64), mask.to(tl.int32)], dtype=tl.int32, is_pure=False,
+        pack=1)
+
+
 # appends this step's escape positions (keys: byte offsets of the symbols in the
 # output, 2 * index) where a lane of the warp decoded an escape: a vote, then a branch
 # the warp takes together, then an atomic slot (ptxas aggregates it per warp) and a store
@@ -192,13 +205,14 @@ def _record_escapes_ptx(is_esc, cnt_addr, pos_addr, cap, sym_addr, out_addr):
 
 @triton.jit(do_not_specialize=["prob_bits"])   # prob_bits 1 must stay a tensor
 def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c_chan_ptr,
-                   c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
+                   c_frame_ptr, table_ptr, sym_ptr, chan_base_ptr, out_ptr, status_ptr,
                    esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits, num_groups,
+                   sym_stride,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                    ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
                    POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr,
-                   RING: tl.constexpr):
+                   RING: tl.constexpr, SYMBYTES: tl.constexpr):
     """Each program decodes the groups of G chunks pid, pid + programs, ...
     POSITIONS: record each escape symbol's position (the batch declares escapes);
     otherwise escapes are only counted, per lane in registers, since any is an error.
@@ -208,7 +222,11 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
     shared memory; a step reads its channel's table offset and ESC and the next
     step's channel in one entry.  RING (with WINDOW): the words are read through two
     windows of BLOCK_L words kept in registers, the next one loaded as soon as the
-    reading enters the second, instead of a window loaded at each step's position."""
+    reading enters the second, instead of a window loaded at each step's position.
+    SYMBYTES (PACK32, global memory): a slot's symbol comes from the byte table
+    ``sym_ptr`` (DecodeTables.sym_bytes), then its frequency and start from
+    ``table_ptr`` = DecodeTables.sym_entries (``sym_stride`` entries a table): two
+    small reads the L1 cache holds, where the slot entries of large tables miss it."""
     sbase = 0
     lbase = 0
     if SMEM:
@@ -217,22 +235,22 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
             lbase = _smem_table(chan_base_ptr, _LINK_DECL, LINK_ENTRIES)
     for grp in range(tl.program_id(0), num_groups, tl.num_programs(0)):
         _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr,
-                      c_chan_ptr, c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
-                      esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr, num_chunks,
-                      num_lanes, lane_inc, num_channels, prob_bits,
+                      c_chan_ptr, c_frame_ptr, table_ptr, sym_ptr, chan_base_ptr, out_ptr,
+                      status_ptr, esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
+                      num_chunks, num_lanes, lane_inc, num_channels, prob_bits, sym_stride,
                       sbase, lbase, G, BLOCK_L, WINDOW, ESC_BRANCH, PACK32, BITS,
-                      POSITIONS, SMEM, LINKS, RING)
+                      POSITIONS, SMEM, LINKS, RING, SYMBYTES)
 
 
 @triton.jit
 def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr,
-                  c_chan_ptr, c_frame_ptr, table_ptr, chan_base_ptr, out_ptr, status_ptr,
-                  esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr, num_chunks,
-                  num_lanes, lane_inc, num_channels, prob_bits, sbase, lbase,
-                  G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
+                  c_chan_ptr, c_frame_ptr, table_ptr, sym_ptr, chan_base_ptr, out_ptr,
+                  status_ptr, esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
+                  num_chunks, num_lanes, lane_inc, num_channels, prob_bits, sym_stride,
+                  sbase, lbase, G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
                   POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr,
-                  RING: tl.constexpr):
+                  RING: tl.constexpr, SYMBYTES: tl.constexpr):
     """Decode chunks grp * G ... grp * G + G - 1 (clause 7.3.2)."""
     cid = grp * G + tl.arange(0, G)                                    # [G]
     cok = cid < num_chunks
@@ -282,6 +300,13 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
             esc_of_lane = (cb >> 24) & 0xFF
         elif SMEM:
             e = _smem_entry(sbase, (x & mask).to(tl.int32) + (cb & 0xFFFFF))
+            esc_of_lane = cb >> 20
+        elif PACK32 and SYMBYTES:   # the slot's symbol, then (freq - 1) | cum << 12
+            slot = (x & mask).to(tl.int32)
+            toff = cb & 0xFFFFF
+            sy = _gather(sym_ptr + toff + slot, act, G, BLOCK_L).to(tl.int32)
+            fc = _gather(table_ptr + (toff >> prob_bits) * sym_stride + sy, act, G, BLOCK_L)
+            e = (fc & 0xFFF) | ((slot - (fc >> 12)) << 12) | (sy << 24)   # the slot entry
             esc_of_lane = cb >> 20
         elif PACK32:   # chan_base: table offset | ESC << 20
             e = _gather(table_ptr + (x & mask).to(tl.int32) + (cb & 0xFFFFF), act, G, BLOCK_L)
@@ -469,11 +494,13 @@ def _encode_rel_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, lin
                        alphabet, wbuf_ptr, count_ptr, state_ptr, status_ptr,
                        num_chunks, num_lanes, num_channels, prob_bits, chunk_cap,
                        G: tl.constexpr, BLOCK_L: tl.constexpr, BITS: tl.constexpr,
-                       SDEPTH: tl.constexpr):
+                       SDEPTH: tl.constexpr, PF: tl.constexpr):
     """:func:`_encode_kernel` (DENSE, RCP) with offsets relative to the chunk in int32 and
     the channels stepped through ``links_ptr`` (:func:`encode_links`): per channel the
     previous step's channel | its table row offset << 11, one read a step.  SDEPTH (1 to
-    4): the symbols are loaded that many steps ahead."""
+    4): the symbols are loaded that many steps ahead.  PF > 0 (compiled kernels): each
+    step also prefetches into L1 the symbols PF steps ahead, which the coding loop
+    otherwise waits for from DRAM."""
     cid = tl.program_id(0) * G + tl.arange(0, G)
     cok = cid < num_chunks
     lane = tl.arange(0, BLOCK_L)[None, :]
@@ -513,6 +540,8 @@ def _encode_rel_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, lin
         idx_n = idx - num_lanes
         act_n = lane_ok & (idx_n >= 0) & (idx_n < nsym)
         lk_n = tl.load(links_ptr + (lk & 0x7FF))
+        if PF > 0:
+            _prefetch(sbase + (idx - PF * num_lanes), lane_ok & (idx >= PF * num_lanes))
         if SDEPTH == 1:
             s_n = _enc_symbol(sbase, idx_n, lane_ok, nsym)
         else:
@@ -604,7 +633,12 @@ class DecodeTables:
     """A parameter set's slot tables on the device, in the kernel's packed form:
     32-bit entries (freq - 1) | bias << 12 | symbol << 24 when prob_bits <= 12 and
     every alphabet has at most 256 symbols (chan_base then carries ESC << 20),
-    else 64-bit entries freq | bias << 16 | symbol << 32 | is_escape << 48."""
+    else 64-bit entries freq | bias << 16 | symbol << 32 | is_escape << 48.  With the
+    32-bit entries also their two-level form for the global-memory path (SYMBYTES):
+    ``sym_bytes``, the symbol of each slot as a byte, and ``sym_entries``, per table
+    and symbol (freq - 1) | cum << 12, ``sym_stride`` entries a table (a quarter of the
+    bytes and fewer L1 misses; 512 KiB of slot entries for 32 tables of 2^12 slots
+    become 128 KiB + 4 KiB)."""
 
     def __init__(self, lookup, alphabet_sizes, escapes: bool, table_of_channel, prob_bits: int,
                  device, pack32: bool = True):
@@ -618,6 +652,17 @@ class DecodeTables:
             self.table = torch.from_numpy(e.astype(np.uint32).view(np.int32)).to(device)
             self.chan_base = torch.from_numpy(((tmap << prob_bits) | (esc << 20))
                                               .astype(np.int32)).to(device)
+            # two-level form (SYMBYTES): each slot's symbol as a byte, and per table and
+            # symbol (freq - 1) | cum << 12, sym_stride entries a table (cum = slot - bias
+            # at any slot of the symbol; symbols without slots keep 0, never read)
+            nt = alph.size
+            self.sym_stride = int(alph.max())
+            self.sym_bytes = torch.from_numpy(sym.astype(np.uint8)).to(device)
+            per = sym.size // nt
+            fc = np.zeros(nt * self.sym_stride, np.int64)
+            tab = np.arange(sym.size) // per
+            fc[tab * self.sym_stride + sym] = (freq - 1) | ((np.arange(sym.size) % per - bias) << 12)
+            self.sym_entries = torch.from_numpy(fc.astype(np.int32)).to(device)
             # the table padded to the SMEM decode path's shared array, where it fits
             n = self.table.numel()
             self.smem = None if n > SMEM_ENTRIES.value else torch.cat(
@@ -633,6 +678,8 @@ class DecodeTables:
             self.table = decode_table(lookup, alphabet_sizes, escapes, device)
             self.chan_base = torch.from_numpy((tmap << prob_bits).astype(np.int32)).to(device)
             self.smem = None
+            self.sym_bytes = self.sym_entries = None
+            self.sym_stride = 0
             self._link_ok = False
 
     def links(self, lane_inc: int):
@@ -756,8 +803,9 @@ def _programs(groups: int, v: dict, device) -> int:
 last_decode: dict = {}
 # SMEM (where the tables fit, on a GPU, 32 lanes): SMEM_G chunks per program, a warp each
 DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True, SMEM=True,
-                      SMEM_G=8, SMEM_MAXNREG=48, RING=True)
-ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True, REL=True, SDEPTH=2)
+                      SMEM_G=8, SMEM_MAXNREG=48, RING=True, SYMBYTES=True)
+ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True, REL=True, SDEPTH=1,
+                      PF=8)
 COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
 def _scan_flags(v: dict, block_l: int) -> dict:
     v["BITS"] = bool(v.get("BITS")) and block_l <= 32
@@ -814,9 +862,13 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks, g,
                                          "G" in (variant or {}))
         v = _scan_flags(v, block_l)
-        # RING: the global-memory path only (on the SMEM path, under its register cap, it
-        # measured slower: 335 against 402 Gsym/s)
-        v["RING"] = bool(v["RING"]) and not smem
+        # SYMBYTES: the two-level tables, where the slot tables are read from global memory
+        symbytes = bool(v.pop("SYMBYTES", False)) and not smem and tables.pack32
+        table = tables.smem if smem else tables.sym_entries if symbytes else tables.table
+        # RING: the global-memory path with 64-bit or one-level slot entries only (on the
+        # SMEM path, under its register cap, it measured slower: 335 against 402 Gsym/s;
+        # with SYMBYTES 256 against 285)
+        v["RING"] = bool(v["RING"]) and not smem and not symbytes
         if smem:
             v["num_warps"] = max(1, g // per_warp)
             if maxnreg:
@@ -829,12 +881,14 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         grid = (_programs(grid[0], v, dev),)
         last_decode.update(smem=smem, links=links is not None, G=g, programs=grid[0])
         _decode_kernel[grid](words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan,
-                             plan.t_frame, tables.smem if smem else tables.table,
+                             plan.t_frame, table,
+                             tables.sym_bytes if symbytes else table,
                              tables.chan_base if links is None else links, out, status,
                              esc_count, ebase,
                              ne, esc_pos, plan.num_chunks, plan.num_lanes,
                              plan.num_lanes % plan.d, plan.d, prob_bits,
-                             triton.cdiv(plan.num_chunks, g), G=g,
+                             triton.cdiv(plan.num_chunks, g), tables.sym_stride, G=g,
+                             SYMBYTES=symbytes,
                              BLOCK_L=block_l, PACK32=tables.pack32, POSITIONS=n_total > 0,
                              SMEM=smem, LINKS=links is not None, **v)
     esc_pos = torch.sort(esc_pos[:n_total]).values
@@ -867,12 +921,14 @@ def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
     links = encode_links(chan_base, plan.num_lanes % plan.d, table.numel()) if (
         v.pop("REL") and dense and v["RCP"]) else None
     sdepth = v.pop("SDEPTH")
+    pf = 0 if INTERPRET else v.pop("PF")     # the prefetch is inline PTX
+    v.pop("PF", None)
     if links is not None:
         v.pop("DENSE"), v.pop("RCP")
         _encode_rel_kernel[grid](symbols, plan.t_nsym, plan.t_sym0, plan.t_chan, table, links,
                                  alphabet, wbuf, count, states, status, nc, plan.num_lanes,
                                  plan.d, prob_bits, cap, G=g, BLOCK_L=block_l,
-                                 SDEPTH=sdepth, **v)
+                                 SDEPTH=sdepth, PF=pf, **v)
     else:
         _encode_kernel[grid](symbols, plan.t_nsym, plan.t_sym0, plan.t_chan, table, chan_base,
                              alphabet, wbuf, count, states, status, nc, plan.num_lanes,

@@ -170,7 +170,8 @@ def test_rans_decode_matches_reference(case):
                             SMEM_VARIANT, (dict(SMEM_VARIANT[0], PER_SM=1), True),
                             (dict(SMEM_VARIANT[0], LINKS=False), True), (dict(SMEM=False), True),
                             (dict(SMEM_VARIANT[0], G=8, SMEM_PER_WARP=2), True),  # 2 a warp
-                            (dict(RING=False), True)]:
+                            (dict(RING=False), True), (dict(SYMBYTES=False), True),
+                            (dict(SYMBYTES=False, RING=False), True)]:
         (sym, status, esc_pos, esc_count), esc, n_esc = _decode(
             frames, words, cws, tabs, tmap, lanes, steps, pb, d, variant=variant,
             pack32=pack32)
@@ -191,6 +192,26 @@ def test_rans_decode_matches_reference(case):
         assert np.array_equal(N(sym).astype(np.int64), allsym)
         assert np.array_equal(N(esc_count), n_esc) and N(esc_pos).size == 0
         assert not N(status).any()
+
+
+def test_decode_tables_two_level_form_rebuilds_every_slot_entry():
+    """SYMBYTES: a slot's symbol byte, then its symbol's (freq - 1) | cum << 12, give back
+    the packed slot entry (freq - 1) | bias << 12 | symbol << 24 of every slot."""
+    rng = np.random.default_rng(11)
+    for d, alph, pb in [(8, [30] * 4, 12), (5, [256, 3], 9), (3, [1, 2], 1), (2, [40], 15)]:
+        tabs, tmap = _tables(rng, d, alph, pb)
+        t = rans.DecodeTables(tables.decode_lookup(tabs, pb), alph, True, tmap, pb, DEV)
+        if pb > 12:                   # 64-bit entries: no two-level form
+            assert not t.pack32 and t.sym_bytes is None
+            continue
+        e = N(t.table).astype(np.int64) & 0xFFFFFFFF
+        sym = N(t.sym_bytes).astype(np.int64)
+        fc = N(t.sym_entries).astype(np.int64)
+        assert t.sym_stride == max(alph) and fc.size == len(alph) * max(alph)
+        per = 1 << pb
+        slot, tab = np.arange(e.size) % per, np.arange(e.size) // per
+        f = fc[tab * t.sym_stride + sym]
+        assert np.array_equal((f & 0xFFF) | ((slot - (f >> 12)) << 12) | (sym << 24), e)
 
 
 def test_rans_decode_uses_shared_memory_on_a_gpu():
