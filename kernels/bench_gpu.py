@@ -443,7 +443,7 @@ def dump_kernels(out_dir: str) -> None:
 def kernel_resources(log) -> dict:
     """Registers, spills, shared memory (and the SASS instruction count where the
     Triton build exposes SASS) of each compiled kernel variant: the static part of a
-    profile, since Nsight Compute cannot run on these machines."""
+    profile (for the counters, run ``ncu`` on ``--profile``)."""
     out = {}
     for mod in (rans, quant, recon):
         for name in dir(mod):

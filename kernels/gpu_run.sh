@@ -17,3 +17,15 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy \
       --json "$OUT/bench_gpu.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_gpu.txt"
 fi
+if [ "${PROFILE:-0}" = 1 ]; then
+  # Nsight Compute on one encode and one decode of 2048 frames (BENCHMARKS.md, "Profiles")
+  ncu --clock-control none --profile-from-start off --section WarpStateStats \
+      --section SourceCounters --section SchedulerStats --section Occupancy \
+      --section MemoryWorkloadAnalysis --section SpeedOfLight --section LaunchStats \
+      --section ComputeWorkloadAnalysis -k "regex:_decode_kernel|_encode_rel_kernel" \
+      -o /tmp/tkb_profile python3 -m tokenbits.kernels.bench_gpu \
+      --data .bench/vit_frames.npy --profile 2048 ${PROFILE_ARGS:-} > "$OUT/profile_log.txt" 2>&1
+  ncu -i /tmp/tkb_profile.ncu-rep --page details --print-details all > "$OUT/profile.txt"
+  ncu -i /tmp/tkb_profile.ncu-rep --page source --csv --print-source sass \
+      | gzip -9 > "$OUT/profile_src.csv.gz"
+fi

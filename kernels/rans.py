@@ -306,7 +306,6 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
             toff = cb & 0xFFFFF
             sy = _gather(sym_ptr + toff + slot, act, G, BLOCK_L).to(tl.int32)
             fc = _gather(table_ptr + (toff >> prob_bits) * sym_stride + sy, act, G, BLOCK_L)
-            e = (fc & 0xFFF) | ((slot - (fc >> 12)) << 12) | (sy << 24)   # the slot entry
             esc_of_lane = cb >> 20
         elif PACK32:   # chan_base: table offset | ESC << 20
             e = _gather(table_ptr + (x & mask).to(tl.int32) + (cb & 0xFFFFF), act, G, BLOCK_L)
@@ -322,7 +321,12 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
             ch = ch + lane_inc
             ch = tl.where(ch >= num_channels, ch - num_channels, ch)
             cb = _gather(chan_base_ptr + ch, lane_ok, G, BLOCK_L)
-        if PACK32 or SMEM:   # (freq - 1) | bias << 12 | symbol << 24
+        if PACK32 and SYMBYTES and not SMEM:   # the slot entry's fields, unpacked
+            freq = ((fc & 0xFFF) + 1).to(tl.uint32)
+            bias = (slot - (fc >> 12)).to(tl.uint32)
+            sym = sy
+            is_esc = act & (sym == esc_of_lane)
+        elif PACK32 or SMEM:   # (freq - 1) | bias << 12 | symbol << 24
             freq = ((e & 0xFFF) + 1).to(tl.uint32)
             bias = ((e >> 12) & 0xFFF).to(tl.uint32)
             sym = (e >> 24) & 0xFF
