@@ -67,16 +67,16 @@ def _popc(v):
 
 
 @triton.jit
-def _lane_scan(need, lane, below, BITS: tl.constexpr):
+def _lane_scan(need, below, BITS: tl.constexpr):
     """Exclusive prefix count of ``need`` [G, L] along the lanes, and its row total
     [G, 1]: the word order of clause 7.3.2 (lanes that renormalise, in lane order).
     BITS (at most 32 lanes): one warp-wide xor of distinct lane bits (a vote) and two
     popcounts with ``below`` = the bits of the lanes below each lane; else a scan."""
-    ni = need.to(tl.int32)
-    if BITS:
-        bits = tl.xor_sum(ni << lane, 1)[:, None].to(tl.uint32, bitcast=True)
+    if BITS:   # (below + 1 is each lane's own bit: one select a lane)
+        bits = tl.xor_sum(tl.where(need, below + 1, 0), 1)[:, None]
         return _popc(bits & below), _popc(bits)
     else:
+        ni = need.to(tl.int32)
         return tl.cumsum(ni, 1) - ni, tl.sum(ni, 1)[:, None]
 
 
@@ -339,7 +339,7 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
         xn = freq * (x >> pb) + bias
         need = act & (xn < RANS_L)
         if BITS:
-            pos, nread = _lane_scan(need, lane, below, BITS)
+            pos, nread = _lane_scan(need, below, BITS)
         else:
             ni = need.to(tl.int32)
             pos = tl.cumsum(ni, 1) - ni
@@ -463,7 +463,7 @@ def _encode_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, chan_ba
         f = tl.where(f == 0, 1, f)
         need = act & ((x >> (32 - pb)) >= f)
         if DENSE:
-            pos, n = _lane_scan(need, lane, below, BITS)
+            pos, n = _lane_scan(need, below, BITS)
             count += n
             tl.store(wbuf_ptr + wbase + chunk_cap - count + pos, (x & 0xFFFF).to(tl.int16),
                      mask=need)
@@ -566,7 +566,7 @@ def _encode_rel_kernel(sym_ptr, c_nsym_ptr, c_in_ptr, c_chan_ptr, table_ptr, lin
         bad |= (act & (f == 0)).to(tl.int32)
         f = tl.where(f == 0, 1, f)
         need = act & ((x >> (32 - pb)) >= f)
-        pos, n = _lane_scan(need, lane, below, BITS)
+        pos, n = _lane_scan(need, below, BITS)
         count += n
         tl.store(wend + (pos - count), (x & 0xFFFF).to(tl.int16), mask=need)
         x = tl.where(need, x >> 16, x)
