@@ -665,7 +665,8 @@ class DecodeTables:
             per = sym.size // nt
             fc = np.zeros(nt * self.sym_stride, np.int64)
             tab = np.arange(sym.size) // per
-            fc[tab * self.sym_stride + sym] = (freq - 1) | ((np.arange(sym.size) % per - bias) << 12)
+            cum = np.arange(sym.size) % per - bias
+            fc[tab * self.sym_stride + sym] = (freq - 1) | (cum << 12)
             self.sym_entries = torch.from_numpy(fc.astype(np.int32)).to(device)
             # the table padded to the SMEM decode path's shared array, where it fits
             n = self.table.numel()
