@@ -77,8 +77,8 @@ def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = F
                                          f"{2 * int(act[k])} initial-state words",
                                          clause="7.3.2", element=f"chunk_words[{k}]")
     words = np.concatenate([np.asarray(f["rans_data"], dtype=np.uint16) for f in frames]
-                           + [np.zeros(0, np.uint16)])
-    t_words = _t(words.view(np.int16), np.int16, device)
+                           + [np.zeros(rans.WORD_PAD, np.uint16)])
+    t_words = _t(words.view(np.int16), np.int16, device)[:words.size - rans.WORD_PAD]
     t_cw = _t(np.concatenate(cw_host + [np.zeros(0, np.int64)]), np.int64, device)
     quantized = tps["coding_mode"] == 0
     n_esc = np.array([f["num_escapes"] for f in frames], dtype=np.int64) if quantized else None

@@ -212,7 +212,7 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                    ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
                    POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr,
-                   RING: tl.constexpr, SYMBYTES: tl.constexpr):
+                   RING: tl.constexpr, SYMBYTES: tl.constexpr, PADDED: tl.constexpr = False):
     """Each program decodes the groups of G chunks pid, pid + programs, ...
     POSITIONS: record each escape symbol's position (the batch declares escapes);
     otherwise escapes are only counted, per lane in registers, since any is an error.
@@ -223,6 +223,9 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
     step's channel in one entry.  RING (with WINDOW): the words are read through two
     windows of BLOCK_L words kept in registers, the next one loaded as soon as the
     reading enters the second, instead of a window loaded at each step's position.
+    PADDED (WINDOW without RING): ``words_ptr``'s buffer holds at least BLOCK_L more
+    words past the last chunk's (:func:`padded_words`), so the window loads without a
+    mask, from at most nw + BLOCK_L - 1 words past the chunk start.
     SYMBYTES (PACK32, global memory): a slot's symbol comes from the byte table
     ``sym_ptr`` (DecodeTables.sym_bytes), then its frequency and start from
     ``table_ptr`` = DecodeTables.sym_entries (``sym_stride`` entries a table): two
@@ -239,7 +242,7 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                       status_ptr, esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
                       num_chunks, num_lanes, lane_inc, num_channels, prob_bits, sym_stride,
                       sbase, lbase, G, BLOCK_L, WINDOW, ESC_BRANCH, PACK32, BITS,
-                      POSITIONS, SMEM, LINKS, RING, SYMBYTES)
+                      POSITIONS, SMEM, LINKS, RING, SYMBYTES, PADDED)
 
 
 @triton.jit
@@ -250,7 +253,7 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
                   sbase, lbase, G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
                   POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr,
-                  RING: tl.constexpr, SYMBYTES: tl.constexpr):
+                  RING: tl.constexpr, SYMBYTES: tl.constexpr, PADDED: tl.constexpr):
     """Decode chunks grp * G ... grp * G + G - 1 (clause 7.3.2)."""
     cid = grp * G + tl.arange(0, G)                                    # [G]
     cok = cid < num_chunks
@@ -312,7 +315,10 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
             esc_of_lane = cb >> 20
         else:
             e = _gather(table_ptr + (x & mask).to(tl.int32) + cb, act, G, BLOCK_L)
-        if WINDOW and not RING:   # the words this step may read, loaded beside the entry
+        if WINDOW and not RING and PADDED:   # unmasked: the index stays below nw + L
+            win = tl.load((wbase + (tl.minimum(rel, nw) + lane)).to(
+                tl.pointer_type(tl.uint16), bitcast=True)).to(tl.uint32)
+        elif WINDOW and not RING:   # the words this step may read, loaded beside the entry
             win = _word(wbase, rel + lane, rel + lane < nw)
         # next step's channel and table, off the state's dependency chain
         if LINKS:
@@ -629,6 +635,24 @@ def _compact_dense_kernel(wbuf_ptr, state_ptr, count_ptr, c_nsym_ptr, c_word0_pt
 
 # -- host side -------------------------------------------------------------------
 
+# words a buffer of rANS words holds past its end for the unmasked window loads of
+# decode (PADDED): the widest window, 128 lanes
+WORD_PAD = 128
+
+
+def padded_words(n: int, device, dtype=torch.int16) -> torch.Tensor:
+    """An uninitialised buffer of ``n`` words with WORD_PAD zero words past its end (the
+    returned tensor is its first ``n``): what :func:`decode` reads without masks."""
+    buf = torch.empty(n + WORD_PAD, dtype=dtype, device=device)
+    buf[n:].zero_()
+    return buf[:n]
+
+
+def _room(t: torch.Tensor) -> int:
+    """Elements of ``t``'s storage past its last element."""
+    return t.untyped_storage().nbytes() // t.element_size() - t.storage_offset() - t.numel()
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n - 1).bit_length())
 
@@ -804,7 +828,7 @@ def _programs(groups: int, v: dict, device) -> int:
 
 # launch variants, chosen by the GPU benchmark (BENCHMARKS.md).  BITS (the lane scan
 # as a vote and popcounts) applies where a chunk has at most 32 lanes.
-# the launch of the last decode() call (for tests): smem, links, G, programs
+# the launch of the last decode() call (for tests): smem, links, G, programs, padded
 last_decode: dict = {}
 # SMEM (where the tables fit, on a GPU, 32 lanes): SMEM_G chunks per program, a warp each
 DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True, SMEM=True,
@@ -874,6 +898,8 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         # SMEM path, under its register cap, it measured slower: 335 against 402 Gsym/s;
         # with SYMBYTES 256 against 285)
         v["RING"] = bool(v["RING"]) and not smem and not symbytes
+        # PADDED: the window without masks, where the words' buffer extends far enough
+        v["PADDED"] = bool(v.get("PADDED", True)) and not v["RING"] and _room(words) >= block_l
         if smem:
             v["num_warps"] = max(1, g // per_warp)
             if maxnreg:
@@ -884,7 +910,8 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
             # with a warp per 128 lanes
             v.update(WINDOW=False, num_warps=min(8, block_l // 128))
         grid = (_programs(grid[0], v, dev),)
-        last_decode.update(smem=smem, links=links is not None, G=g, programs=grid[0])
+        last_decode.update(smem=smem, links=links is not None, G=g, programs=grid[0],
+                           padded=v["PADDED"])
         _decode_kernel[grid](words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan,
                              plan.t_frame, table,
                              tables.sym_bytes if symbytes else table,
@@ -944,7 +971,7 @@ def encode(plan: ChunkPlan, symbols: torch.Tensor, table: torch.Tensor,
     active = torch.from_numpy(2 * plan.active).to(dev)
     chunk_words = active + count.to(torch.int64)
     w0 = torch.cumsum(chunk_words, 0) - chunk_words
-    words = torch.empty(max(int(chunk_words.sum()), 1), dtype=torch.int16, device=dev)
+    words = padded_words(max(int(chunk_words.sum()), 1), dev)
     cv = dict(COMPACT_VARIANT, **(compact_variant or {}))
     block = min(cv.pop("BLOCK"), _pow2(cap))
     if dense:
