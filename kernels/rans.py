@@ -832,7 +832,7 @@ def _programs(groups: int, v: dict, device) -> int:
 last_decode: dict = {}
 # SMEM (where the tables fit, on a GPU, 32 lanes): SMEM_G chunks per program, a warp each
 DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True, SMEM=True,
-                      SMEM_G=8, SMEM_MAXNREG=48, RING=True, SYMBYTES=True)
+                      SMEM_G=8, SMEM_MAXNREG=48, RING=True, SYMBYTES=True, PADDED=True)
 ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True, REL=True, SDEPTH=1,
                       PF=8)
 COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
@@ -899,7 +899,7 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         # with SYMBYTES 256 against 285)
         v["RING"] = bool(v["RING"]) and not smem and not symbytes
         # PADDED: the window without masks, where the words' buffer extends far enough
-        v["PADDED"] = bool(v.get("PADDED", True)) and not v["RING"] and _room(words) >= block_l
+        v["PADDED"] = bool(v["PADDED"]) and not v["RING"] and _room(words) >= block_l
         if smem:
             v["num_warps"] = max(1, g // per_warp)
             if maxnreg:
