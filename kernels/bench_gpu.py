@@ -340,7 +340,10 @@ ENCODE_VARIANTS = [dict(REL=False), dict(PF=0, SDEPTH=2), dict(PF=0), dict(SDEPT
                    dict(PF=4), dict(PF=16), dict(G=4)]
 DECODE_VARIANTS = [dict(PADDED=False), dict(SMEM=False), dict(SYMBYTES=False),
                    dict(SMEM=False, SYMBYTES=False), dict(SYMBYTES=False, RING=False), dict(SMEM_MAXNREG=0), dict(LINKS=False),
-                   dict(SMEM_G=16), dict(SMEM_G=4), dict(SMEM=False, G=2)]
+                   dict(SMEM_G=16), dict(SMEM_G=4), dict(SMEM=False, G=2),
+                   dict(SYMSMEM=False), dict(SYMSMEM=False, SMEM2_G=16),
+                   dict(SYMSMEM_G=16), dict(SMEM2_MAXNREG=48), dict(SMEM_G=32, SMEM_MAXNREG=64),
+                   dict(SMEM_G=16, SMEM_MAXNREG=64)]
 
 
 SWEEPS = ("quantize", "encode", "dequantize", "decode")
@@ -405,7 +408,8 @@ def sweep_variants(big: Batch, delta, ms, nsym: int, in_bytes: int, log,
             record("dequantize", dict(v, contiguous=contig), t, same(big.out, out_want),
                    GBps_out=in_bytes / t / 1e6)
     if "decode" in which:
-        log(f"  slot tables fit shared memory (SMEM variants): {big.dtab.smem is not None}")
+        log(f"  slot tables fit shared memory (SMEM variants): {big.dtab.smem is not None}; "
+            f"symbol tables (SMEM2 variants): {big.dtab.sym_smem is not None}")
         # diagnostic: the per-step escape check and position recording, measured by
         # decoding as if the batch declared no escapes (escapes then only counted per lane)
         t = ms(lambda: rans.decode(big.plan, big.words, big.cw, big.dtab, big.pb, None))

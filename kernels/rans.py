@@ -127,6 +127,32 @@ def _smem_table(table_ptr, DECL: tl.constexpr, N: tl.constexpr):
     return base + smem_sync(base)
 
 
+# the dynamic shared memory of the SMEM2 path's slot bytes (SYMSMEM): Triton's own
+# dynamic array, past the DYN_RESERVE bytes Triton may use itself; the launch asks for
+# DYN_RESERVE + the table's bytes (:func:`_with_dynamic_shared`)
+DYN_RESERVE = tl.constexpr(4096)
+_DYN_BASE = tl.constexpr(f"mov.u32 $0, global_smem;\n\tadd.u32 $0, $0, {DYN_RESERVE.value};")
+
+
+@triton.jit
+def _smem_bytes(src_ptr, n):
+    """Copy ``n`` int32 words of ``src_ptr`` into the dynamic shared array past
+    DYN_RESERVE, wait for the copy, and return its shared-window address."""
+    base = tl.inline_asm_elementwise(_DYN_BASE, "=r,r", [tl.program_id(0)], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+    ar = tl.arange(0, _SMEM_FILL)
+    for i in range(0, n, _SMEM_FILL):
+        smem_store(base + 4 * (i + ar), tl.load(src_ptr + i + ar, mask=i + ar < n, other=0))
+    return base + smem_sync(base)
+
+
+@triton.jit
+def _smem_byte(addr):
+    """Unsigned bytes at shared addresses ``addr``, as int32."""
+    return tl.inline_asm_elementwise("ld.shared.u8 $0, [$1];", "=r,r", [addr],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+
+
 @triton.jit
 def _smem_entry(base, idx):
     """Entries ``idx`` of the shared slot table at ``base``."""
@@ -208,11 +234,12 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
                    c_frame_ptr, table_ptr, sym_ptr, chan_base_ptr, out_ptr, status_ptr,
                    esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
                    num_chunks, num_lanes, lane_inc, num_channels, prob_bits, num_groups,
-                   sym_stride,
+                   sym_stride, sym_words,
                    G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
                    ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
                    POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr,
-                   RING: tl.constexpr, SYMBYTES: tl.constexpr, PADDED: tl.constexpr = False):
+                   RING: tl.constexpr, SYMBYTES: tl.constexpr, PADDED: tl.constexpr = False,
+                   SYMSMEM: tl.constexpr = False):
     """Each program decodes the groups of G chunks pid, pid + programs, ...
     POSITIONS: record each escape symbol's position (the batch declares escapes);
     otherwise escapes are only counted, per lane in registers, since any is an error.
@@ -232,17 +259,20 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
     small reads the L1 cache holds, where the slot entries of large tables miss it."""
     sbase = 0
     lbase = 0
+    dbase = 0
     if SMEM:
         sbase = _smem_table(table_ptr, _SMEM_DECL, SMEM_ENTRIES)
         if LINKS:
             lbase = _smem_table(chan_base_ptr, _LINK_DECL, LINK_ENTRIES)
+        if SYMSMEM:
+            dbase = _smem_bytes(sym_ptr.to(tl.pointer_type(tl.int32), bitcast=True), sym_words)
     for grp in range(tl.program_id(0), num_groups, tl.num_programs(0)):
         _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr,
                       c_chan_ptr, c_frame_ptr, table_ptr, sym_ptr, chan_base_ptr, out_ptr,
                       status_ptr, esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
                       num_chunks, num_lanes, lane_inc, num_channels, prob_bits, sym_stride,
-                      sbase, lbase, G, BLOCK_L, WINDOW, ESC_BRANCH, PACK32, BITS,
-                      POSITIONS, SMEM, LINKS, RING, SYMBYTES, PADDED)
+                      sbase, lbase, dbase, G, BLOCK_L, WINDOW, ESC_BRANCH, PACK32, BITS,
+                      POSITIONS, SMEM, LINKS, RING, SYMBYTES, PADDED, SYMSMEM)
 
 
 @triton.jit
@@ -250,10 +280,12 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
                   c_chan_ptr, c_frame_ptr, table_ptr, sym_ptr, chan_base_ptr, out_ptr,
                   status_ptr, esc_count_ptr, esc_base_ptr, esc_cap_ptr, esc_pos_ptr,
                   num_chunks, num_lanes, lane_inc, num_channels, prob_bits, sym_stride,
-                  sbase, lbase, G: tl.constexpr, BLOCK_L: tl.constexpr, WINDOW: tl.constexpr,
+                  sbase, lbase, dbase, G: tl.constexpr, BLOCK_L: tl.constexpr,
+                  WINDOW: tl.constexpr,
                   ESC_BRANCH: tl.constexpr, PACK32: tl.constexpr, BITS: tl.constexpr,
                   POSITIONS: tl.constexpr, SMEM: tl.constexpr, LINKS: tl.constexpr,
-                  RING: tl.constexpr, SYMBYTES: tl.constexpr, PADDED: tl.constexpr):
+                  RING: tl.constexpr, SYMBYTES: tl.constexpr, PADDED: tl.constexpr,
+                  SYMSMEM: tl.constexpr):
     """Decode chunks grp * G ... grp * G + G - 1 (clause 7.3.2)."""
     cid = grp * G + tl.arange(0, G)                                    # [G]
     cok = cid < num_chunks
@@ -298,7 +330,17 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
         win1 = _word(wbase, wb + BLOCK_L + lane, wb + BLOCK_L + lane < nw)
     for t in range(0, steps):
         act = lane_ok & (t * num_lanes + lane < nsym)
-        if LINKS:   # next channel | table offset << 11 | ESC << 24
+        if LINKS and SYMBYTES:   # next channel | table index << 11 | ESC << 24
+            slot = (x & mask).to(tl.int32)
+            tid = (cb >> 11) & 0x1FFF
+            if SYMSMEM:
+                sy = _smem_byte(dbase + (tid << prob_bits) + slot)
+            else:
+                sy = tl.reshape(tl.load(_flat(sym_ptr + ((tid << prob_bits) + slot), G,
+                                              BLOCK_L)), [G, BLOCK_L]).to(tl.int32)
+            fc = _smem_entry(sbase, tid * sym_stride + sy)
+            esc_of_lane = (cb >> 24) & 0xFF
+        elif LINKS:   # next channel | table offset << 11 | ESC << 24
             e = _smem_entry(sbase, (x & mask).to(tl.int32) + ((cb >> 11) & 0x1FFF))
             esc_of_lane = (cb >> 24) & 0xFF
         elif SMEM:
@@ -327,7 +369,7 @@ def _decode_group(grp, words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_pt
             ch = ch + lane_inc
             ch = tl.where(ch >= num_channels, ch - num_channels, ch)
             cb = _gather(chan_base_ptr + ch, lane_ok, G, BLOCK_L)
-        if PACK32 and SYMBYTES and not SMEM:   # the slot entry's fields, unpacked
+        if PACK32 and SYMBYTES:   # the slot entry's fields, unpacked
             freq = ((fc & 0xFFF) + 1).to(tl.uint32)
             bias = (slot - (fc >> 12)).to(tl.uint32)
             sym = sy
@@ -653,6 +695,38 @@ def _room(t: torch.Tensor) -> int:
     return t.untyped_storage().nbytes() // t.element_size() - t.storage_offset() - t.numel()
 
 
+# SYMSMEM: the most slot bytes the dynamic shared array holds (32 tables of 2^12 slots)
+SYM_SMEM_BYTES = 1 << 17
+
+
+def _with_dynamic_shared(kernel, grid, args, kwargs, nbytes: int) -> bool:
+    """Make the compiled ``kernel`` for these arguments launch with ``nbytes`` of
+    dynamic shared memory (its own first DYN_RESERVE bytes included): Triton sizes a
+    launch's dynamic shared memory by its own use, and the SYMSMEM path puts its slot
+    bytes past that.  Set before the kernel is first loaded (the driver's opt-in for
+    more than 48 KiB happens then).  False where that cannot be done (this Triton has
+    not the same compiled-kernel fields, Triton uses more than DYN_RESERVE itself, or
+    the kernel was loaded already): the caller then takes the path without it."""
+    try:
+        from triton.compiler.compiler import make_backend
+        ck = kernel.warmup(*args, grid=grid, **kwargs)
+        ck = ck.result() if hasattr(ck, "result") else ck
+        if getattr(ck, "tkb_dynamic_shared", None) == nbytes:
+            return True
+        md = ck.metadata
+        drv = triton.runtime.driver.active
+        most = drv.utils.get_device_properties(drv.get_current_device())["max_shared_mem"]
+        static = 4 * (SMEM_ENTRIES.value + LINK_ENTRIES.value) + 1024
+        if ck.module is not None or md.shared > DYN_RESERVE.value or nbytes + static > most:
+            return False
+        ck.metadata = md._replace(shared=nbytes)
+        ck.packed_metadata = make_backend(md.target).pack_metadata(ck.metadata)
+        ck.tkb_dynamic_shared = nbytes
+        return True
+    except (AttributeError, ImportError, KeyError, TypeError, ValueError):
+        return False
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n - 1).bit_length())
 
@@ -685,37 +759,51 @@ class DecodeTables:
             # at any slot of the symbol; symbols without slots keep 0, never read)
             nt = alph.size
             self.sym_stride = int(alph.max())
-            self.sym_bytes = torch.from_numpy(sym.astype(np.uint8)).to(device)
+            # (padded to whole int32 words: the SYMSMEM path copies it by words)
+            self.sym_words = -(-sym.size // 4)
+            self.sym_bytes = torch.from_numpy(np.concatenate(
+                [sym, np.zeros(4 * self.sym_words - sym.size, np.int64)]).astype(np.uint8)
+            ).to(device)
             per = sym.size // nt
             fc = np.zeros(nt * self.sym_stride, np.int64)
             tab = np.arange(sym.size) // per
             cum = np.arange(sym.size) % per - bias
             fc[tab * self.sym_stride + sym] = (freq - 1) | (cum << 12)
             self.sym_entries = torch.from_numpy(fc.astype(np.int32)).to(device)
-            # the table padded to the SMEM decode path's shared array, where it fits
-            n = self.table.numel()
-            self.smem = None if n > SMEM_ENTRIES.value else torch.cat(
-                [self.table, self.table.new_zeros(SMEM_ENTRIES.value - n)])
+            # the table padded to the SMEM decode path's shared array, where it fits;
+            # else the two-level symbol table, where it fits (the slot bytes then stay in
+            # global memory)
+            self.smem = self._smem_padded(self.table)
+            self.sym_smem = None if self.smem is not None else \
+                self._smem_padded(self.sym_entries)
             # channel links: ESC in 8 bits (none: 255, above every symbol of an alphabet of
-            # at most 255), at most LINK_ENTRIES channels
+            # at most 255), at most LINK_ENTRIES channels; the one-level path's links carry
+            # the table's offset, the two-level path's its index (< 2^13)
             self._link_esc = np.where(esc == 0xFFF, 255, esc)
-            self._link_ok = self.smem is not None and tmap.size <= LINK_ENTRIES.value and (
-                escapes or int(alph.max()) <= 255)
-            self._link_off = tmap << prob_bits
+            self._link_ok = (self.smem is not None or self.sym_smem is not None) and \
+                tmap.size <= LINK_ENTRIES.value and (escapes or int(alph.max()) <= 255)
+            self._link_off = tmap << prob_bits if self.smem is not None else tmap
             self._links = {}
         else:
             self.table = decode_table(lookup, alphabet_sizes, escapes, device)
             self.chan_base = torch.from_numpy((tmap << prob_bits).astype(np.int32)).to(device)
-            self.smem = None
+            self.smem = self.sym_smem = None
             self.sym_bytes = self.sym_entries = None
-            self.sym_stride = 0
+            self.sym_stride = self.sym_words = 0
             self._link_ok = False
+
+    @staticmethod
+    def _smem_padded(t: torch.Tensor):
+        """``t`` padded with zeros to SMEM_ENTRIES; None where it does not fit."""
+        n = t.numel()
+        return None if n > SMEM_ENTRIES.value else torch.cat(
+            [t, t.new_zeros(SMEM_ENTRIES.value - n)])
 
     def links(self, lane_inc: int):
         """The LINKS array for chunks whose lanes advance ``lane_inc`` channels a step
         (num_lanes mod num_channels): per channel c, (c + lane_inc) mod num_channels |
-        its table offset << 11 | its ESC << 24, padded to LINK_ENTRIES; None where the
-        parameter set does not fit the packing."""
+        its table offset (``smem``) or index (``sym_smem``) << 11 | its ESC << 24,
+        padded to LINK_ENTRIES; None where the parameter set does not fit the packing."""
         if not self._link_ok:
             return None
         if lane_inc not in self._links:
@@ -832,7 +920,8 @@ def _programs(groups: int, v: dict, device) -> int:
 last_decode: dict = {}
 # SMEM (where the tables fit, on a GPU, 32 lanes): SMEM_G chunks per program, a warp each
 DECODE_VARIANT = dict(WINDOW=True, ESC_BRANCH=True, G=1, num_warps=1, BITS=True, SMEM=True,
-                      SMEM_G=8, SMEM_MAXNREG=48, RING=True, SYMBYTES=True, PADDED=True)
+                      SMEM_G=8, SMEM2_G=32, SMEM_MAXNREG=48, SMEM2_MAXNREG=64, RING=True,
+                      SYMBYTES=True, PADDED=True, SYMSMEM=True, SYMSMEM_G=32)
 ENCODE_VARIANT = dict(G=1, num_warps=1, DENSE=True, RCP=True, BITS=True, REL=True, SDEPTH=1,
                       PF=8)
 COMPACT_VARIANT = dict(BLOCK=1024, num_warps=4)
@@ -877,23 +966,38 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         block_l = max(2, _pow2(plan.num_lanes))
         # shared-memory tables and escape recording in inline PTX: compiled kernels only,
         # one warp per chunk of 32 lanes (the PTX must see each element exactly once)
-        smem = bool(v.pop("SMEM", False)) and tables.smem is not None and not INTERPRET \
-            and block_l == 32
+        smem_ok = bool(v.pop("SMEM", False)) and not INTERPRET and block_l == 32
+        smem = smem_ok and tables.smem is not None
         smem_g = v.pop("SMEM_G", 8)
+        smem2_g = v.pop("SMEM2_G")
+        symsmem_g = v.pop("SYMSMEM_G")
         per_warp = v.pop("SMEM_PER_WARP", 1)      # chunks a warp decodes side by side
-        # SMEM: registers capped (48: five programs of 8 warps fit an SM; measured best)
+        # SMEM: registers capped (48: five programs of 8 warps fit an SM; measured best;
+        # SMEM2: 64, one program of 32 warps an SM)
         maxnreg = v.pop("SMEM_MAXNREG", 0)
+        maxnreg2 = v.pop("SMEM2_MAXNREG", 0)
         use_links = v.pop("LINKS", True)
-        links = tables.links(plan.num_lanes % plan.d) if smem and use_links else None
+        # SYMBYTES: the two-level tables, where the slot tables do not fit shared memory:
+        # with SMEM (and LINKS) the symbol table in shared memory (SMEM2), else both in
+        # global memory
+        symbytes = bool(v.pop("SYMBYTES", False)) and not smem and tables.pack32
+        smem2 = smem_ok and symbytes and use_links and tables.sym_smem is not None
+        links = tables.links(plan.num_lanes % plan.d) if (smem and use_links) or smem2 \
+            else None
+        smem2 = smem2 and links is not None
+        smem = smem or smem2
+        # SYMSMEM (SMEM2, several warps a program): the slot bytes in dynamic shared memory
+        symsmem = bool(v.pop("SYMSMEM", False)) and smem2 and \
+            4 * tables.sym_words <= SYM_SMEM_BYTES
         g = v.pop("G")
         if smem and "G" not in (variant or {}):
-            g = min(smem_g, 32 * per_warp)         # at most 32 warps
+            g = min(symsmem_g if symsmem else smem2_g if smem2 else smem_g,
+                    32 * per_warp)                                  # at most 32 warps
         block_l, g, grid = _launch_shape(plan.num_lanes, plan.num_chunks, g,
                                          "G" in (variant or {}))
         v = _scan_flags(v, block_l)
-        # SYMBYTES: the two-level tables, where the slot tables are read from global memory
-        symbytes = bool(v.pop("SYMBYTES", False)) and not smem and tables.pack32
-        table = tables.smem if smem else tables.sym_entries if symbytes else tables.table
+        table = tables.sym_smem if smem2 else tables.smem if smem else \
+            tables.sym_entries if symbytes else tables.table
         # RING: the global-memory path with 64-bit or one-level slot entries only (on the
         # SMEM path, under its register cap, it measured slower: 335 against 402 Gsym/s;
         # with SYMBYTES 256 against 285)
@@ -902,27 +1006,32 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         v["PADDED"] = bool(v["PADDED"]) and not v["RING"] and _room(words) >= block_l
         if smem:
             v["num_warps"] = max(1, g // per_warp)
-            if maxnreg:
-                v.setdefault("maxnreg", maxnreg)
+            if maxnreg2 if smem2 else maxnreg:
+                v.setdefault("maxnreg", maxnreg2 if smem2 else maxnreg)
         if block_l > 128 and not INTERPRET:
             # wide chunks (up to 4096 lanes, level 30): a warp-local gather of a word
             # window costs (lanes / 32)^2 shuffles a step; read the words directly,
             # with a warp per 128 lanes
             v.update(WINDOW=False, num_warps=min(8, block_l // 128))
         grid = (_programs(grid[0], v, dev),)
-        last_decode.update(smem=smem, links=links is not None, G=g, programs=grid[0],
+        args = (words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan, plan.t_frame, table,
+                tables.sym_bytes if symbytes else table,
+                tables.chan_base if links is None else links, out, status, esc_count, ebase,
+                ne, esc_pos, plan.num_chunks, plan.num_lanes, plan.num_lanes % plan.d, plan.d,
+                prob_bits, triton.cdiv(plan.num_chunks, g), tables.sym_stride,
+                tables.sym_words)
+        kw = dict(G=g, SYMBYTES=symbytes, BLOCK_L=block_l, PACK32=tables.pack32,
+                  POSITIONS=n_total > 0, SMEM=smem, LINKS=links is not None, **v)
+        # SYMSMEM: Triton's dynamic array (global_smem) exists where a reduction spans
+        # warps: with several warps a program
+        if symsmem and v["num_warps"] >= 2:
+            kw["SYMSMEM"] = True
+            kw["SYMSMEM"] = _with_dynamic_shared(_decode_kernel, grid, args, kw,
+                                                 DYN_RESERVE.value + SYM_SMEM_BYTES)
+        last_decode.update(smem=smem, smem2=smem2, symsmem=kw.get("SYMSMEM", False),
+                           links=links is not None, G=g, programs=grid[0],
                            padded=v["PADDED"])
-        _decode_kernel[grid](words, w0, w1, plan.t_nsym, plan.t_sym0, plan.t_chan,
-                             plan.t_frame, table,
-                             tables.sym_bytes if symbytes else table,
-                             tables.chan_base if links is None else links, out, status,
-                             esc_count, ebase,
-                             ne, esc_pos, plan.num_chunks, plan.num_lanes,
-                             plan.num_lanes % plan.d, plan.d, prob_bits,
-                             triton.cdiv(plan.num_chunks, g), tables.sym_stride, G=g,
-                             SYMBYTES=symbytes,
-                             BLOCK_L=block_l, PACK32=tables.pack32, POSITIONS=n_total > 0,
-                             SMEM=smem, LINKS=links is not None, **v)
+        _decode_kernel[grid](*args, **kw)
     esc_pos = torch.sort(esc_pos[:n_total]).values
     return out[:total], status[:plan.num_chunks], esc_pos, esc_count[:nf]
 

@@ -65,6 +65,7 @@ RANS_CASES = [
     (20, 5, 7, 10, [256, 40], [20 * 5 * 2 + 3, 20]),            # 20 of 32 lanes, 256 symbols
     (32, 2, 2048, 10, [20, 9], [2048 * 2 + 5]),                 # LINKS at its channel limit
     (32, 2, 2049, 10, [20], [2049 * 2]),                        # one channel beyond it
+    (32, 3, 40, 12, [60, 30, 20, 9], [32 * 3 * 4 + 5, 32]),     # two-level SMEM (SMEM2)
 ]
 
 
@@ -174,6 +175,7 @@ def test_rans_decode_matches_reference(case):
                             SMEM_VARIANT, (dict(SMEM_VARIANT[0], PER_SM=1), True),
                             (dict(SMEM_VARIANT[0], LINKS=False), True), (dict(SMEM=False), True),
                             (dict(SMEM_VARIANT[0], G=8, SMEM_PER_WARP=2), True),  # 2 a warp
+                            (dict(SMEM_VARIANT[0], SYMSMEM=False), True),     # SMEM2: L1
                             (dict(RING=False), True), (dict(SYMBYTES=False), True),
                             (dict(SYMBYTES=False, RING=False), True)]:
         (sym, status, esc_pos, esc_count), esc, n_esc = _decode(
@@ -220,18 +222,26 @@ def test_decode_tables_two_level_form_rebuilds_every_slot_entry():
         assert np.array_equal((f & 0xFFF) | ((slot - (f >> 12)) << 12) | (sym << 24), e)
 
 
-def test_rans_decode_uses_shared_memory_on_a_gpu():
-    """The default decode of 32-lane chunks whose tables fit takes the SMEM and LINKS
-    path on a GPU (compiled kernels), and the global-memory path in the interpreter."""
-    lanes, steps, d, pb, alph, sizes = RANS_CASES[6]
+@pytest.mark.parametrize("case, smem, links, smem2", [(6, 1, 1, 0), (10, 1, 1, 1),
+                                                      (9, 1, 0, 0)])
+def test_rans_decode_uses_shared_memory_on_a_gpu(case, smem, links, smem2):
+    """The default decode of 32-lane chunks takes, on a GPU (compiled kernels), the SMEM
+    path where the slot tables fit shared memory, with LINKS where the channels fit
+    LINK_ENTRIES (case 9: one beyond), and the two-level form (SMEM2) where only the
+    symbol tables fit (case 10), its slot bytes in dynamic shared memory (SYMSMEM); in
+    the interpreter, the global-memory path."""
+    lanes, steps, d, pb, alph, sizes = RANS_CASES[case]
     rng = np.random.default_rng(3)
     tabs, tmap = _tables(rng, d, alph, pb)
     frames = _frames(rng, sizes, d, tabs, tmap)
     words, cws, _, _ = _encode_ref(frames, tabs, tmap, lanes, steps, pb, d)
     (sym, status, _, _), _, _ = _decode(frames, words, cws, tabs, tmap, lanes, steps, pb, d)
     assert np.array_equal(N(sym).astype(np.int64), np.concatenate(frames))
+    assert not N(status).any()
     on_gpu = DEV == "cuda" and not rans.INTERPRET
-    assert rans.last_decode["smem"] == on_gpu and rans.last_decode["links"] == on_gpu
+    assert [rans.last_decode[k] for k in ("smem", "links", "smem2", "symsmem")] == \
+        [on_gpu and bool(smem), on_gpu and bool(links), on_gpu and bool(smem2),
+         on_gpu and bool(smem2)]
 
 
 @pytest.mark.parametrize("alph", [255, 256])
