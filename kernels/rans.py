@@ -951,15 +951,25 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
     ne_h = np.zeros(nf, dtype=np.int64) if num_escapes is None else \
         np.asarray(num_escapes, dtype=np.int64)
     n_total = int(ne_h.sum())
-    ne = torch.from_numpy(ne_h).to(dev)
-    ebase = torch.from_numpy(np.cumsum(ne_h) - ne_h).to(dev)
-    # unfilled slots: 2 * (the frame's end) - 1, repeated on the device (no large copy)
+    # per frame: escapes declared, their first slot, and 2 * (the frame's end) - 1 (what
+    # its unfilled slots hold); copied in by fill() just before the launch: a copy from
+    # pageable host memory waits for the stream, and the host work of the launch (kernel
+    # lookup, variant choice) then overlaps the work queued before this call
+    host = np.concatenate([ne_h, np.cumsum(ne_h) - ne_h,
+                           2 * np.cumsum(plan.frame_symbols) - 1])
+    per_frame = torch.empty(host.size, dtype=torch.int64, device=dev)
+    ne, ebase, ends = per_frame[:nf], per_frame[nf:2 * nf], per_frame[2 * nf:]
     esc_pos = torch.zeros(n_total + 1, dtype=torch.int64, device=dev)
-    if n_total:
-        ends = torch.from_numpy(2 * np.cumsum(plan.frame_symbols) - 1).to(dev)
-        esc_pos[:n_total] = torch.repeat_interleave(ends, ne, output_size=n_total)
     esc_count = torch.zeros(max(nf, 1), dtype=torch.int32, device=dev)
-    if plan.num_chunks:
+
+    def fill():
+        per_frame.copy_(torch.from_numpy(host))
+        if n_total:   # unfilled slots, repeated on the device (no large copy)
+            esc_pos[:n_total] = torch.repeat_interleave(ends, ne, output_size=n_total)
+
+    if not plan.num_chunks:
+        fill()
+    else:
         w1 = torch.cumsum(chunk_words, 0)
         w0 = w1 - chunk_words
         v = dict(DECODE_VARIANT, **(variant or {}))
@@ -1031,6 +1041,7 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         last_decode.update(smem=smem, smem2=smem2, symsmem=kw.get("SYMSMEM", False),
                            links=links is not None, G=g, programs=grid[0],
                            padded=v["PADDED"])
+        fill()
         _decode_kernel[grid](*args, **kw)
     esc_pos = torch.sort(esc_pos[:n_total]).values
     return out[:total], status[:plan.num_chunks], esc_pos, esc_count[:nf]
