@@ -343,7 +343,7 @@ DECODE_VARIANTS = [dict(PADDED=False), dict(SMEM=False), dict(SYMBYTES=False),
                    dict(SMEM_G=16), dict(SMEM_G=4), dict(SMEM=False, G=2),
                    dict(SYMSMEM=False), dict(SYMSMEM=False, SMEM2_G=16),
                    dict(SYMSMEM_G=16), dict(SMEM2_MAXNREG=48), dict(SMEM_G=32, SMEM_MAXNREG=64),
-                   dict(SMEM_G=16, SMEM_MAXNREG=64)]
+                   dict(SMEM_G=16, SMEM_MAXNREG=64), dict(SYMSMEM_G=64, SMEM_PER_WARP=2)]
 
 
 SWEEPS = ("quantize", "encode", "dequantize", "decode")

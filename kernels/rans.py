@@ -15,8 +15,13 @@ parameter set fit SMEM_ENTRIES (32 KiB) and chunks have 32 lanes, a compiled
 kernel (SMEM) copies them once per program into shared memory and decodes
 SMEM_G chunks per program, a warp each, with the table reads and the escape
 recording in inline PTX (Triton has no gather from shared memory): same
-outputs, tested against the global-memory path.  The global-memory path reads
-its words through two register windows that slide ahead of the reading (RING).
+outputs, tested against the global-memory path.  Where the slot tables do not fit
+but their two-level form does (a byte of each slot's symbol, then each symbol's
+frequency and start: SYMBYTES), SMEM2 keeps the symbol tables and channel links in
+the static shared arrays and, with SYMSMEM, the slot bytes in the launch's dynamic
+shared memory (:func:`_with_dynamic_shared`), one program of 32 warps a
+multiprocessor.  The global-memory path reads the 64-bit or one-level entries
+through two register windows that slide ahead of the reading (RING).
 
 Encoding (Annex B, informative): steps last to first, x // freq by a reciprocal
 multiply (RCP).  With DENSE (the default) each step's renormalisation words are
@@ -253,10 +258,13 @@ def _decode_kernel(words_ptr, c_word0_ptr, c_word1_ptr, c_nsym_ptr, c_out_ptr, c
     PADDED (WINDOW without RING): ``words_ptr``'s buffer holds at least BLOCK_L more
     words past the last chunk's (:func:`padded_words`), so the window loads without a
     mask, from at most nw + BLOCK_L - 1 words past the chunk start.
-    SYMBYTES (PACK32, global memory): a slot's symbol comes from the byte table
-    ``sym_ptr`` (DecodeTables.sym_bytes), then its frequency and start from
-    ``table_ptr`` = DecodeTables.sym_entries (``sym_stride`` entries a table): two
-    small reads the L1 cache holds, where the slot entries of large tables miss it."""
+    SYMBYTES (PACK32): a slot's symbol comes from the byte table ``sym_ptr``
+    (DecodeTables.sym_bytes), then its frequency and start from ``table_ptr`` =
+    DecodeTables.sym_entries (``sym_stride`` entries a table): two small reads the L1
+    cache holds, where the slot entries of large tables miss it.  With SMEM and LINKS
+    (SMEM2) the symbol table is the shared copy (DecodeTables.sym_smem) and the links
+    carry table indices; SYMSMEM: the ``sym_words`` words of slot bytes are copied to
+    dynamic shared memory, which the launch must provide (:func:`_with_dynamic_shared`)."""
     sbase = 0
     lbase = 0
     dbase = 0
