@@ -339,7 +339,8 @@ COMPACT_VARIANTS = [dict(BLOCK=1024, num_warps=4), dict(BLOCK=4096, num_warps=4)
 ENCODE_VARIANTS = [dict(REL=False), dict(PF=0, SDEPTH=2), dict(PF=0), dict(SDEPTH=2),
                    dict(PF=4), dict(PF=16), dict(G=4)]
 DECODE_VARIANTS = [dict(PADDED=False), dict(SMEM=False), dict(SYMBYTES=False),
-                   dict(SMEM=False, SYMBYTES=False), dict(SYMBYTES=False, RING=False), dict(SMEM_MAXNREG=0), dict(LINKS=False),
+                   dict(SMEM=False, SYMBYTES=False), dict(SYMBYTES=False, RING=False),
+                   dict(SMEM_MAXNREG=0), dict(LINKS=False),
                    dict(SMEM_G=16), dict(SMEM_G=4), dict(SMEM=False, G=2),
                    dict(SYMSMEM=False), dict(SYMSMEM=False, SMEM2_G=16),
                    dict(SYMSMEM_G=16), dict(SMEM2_MAXNREG=48), dict(SMEM_G=32, SMEM_MAXNREG=64),

@@ -101,7 +101,8 @@ _SMEM_FILL = tl.constexpr(1024)
 # also used by the reconstruction's SMEM_STEP path
 @triton.jit
 def smem_declare(DECL: tl.constexpr):
-    """Declare the static shared array DECL (once per kernel); its shared address."""
+    """The shared address of the array DECL declares (once per kernel), or of Triton's
+    dynamic array (:data:`_DYN_BASE`)."""
     return tl.inline_asm_elementwise(DECL, "=r,r", [tl.program_id(0)], dtype=tl.int32,
                                      is_pure=False, pack=1)
 
@@ -122,14 +123,20 @@ def smem_sync(x):
 
 
 @triton.jit
+def _smem_fill(base, src_ptr, n):
+    """Copy ``n`` int32 words of ``src_ptr`` to the shared address ``base``, wait for
+    the copy, and return ``base`` (made to depend on the barrier)."""
+    ar = tl.arange(0, _SMEM_FILL)
+    for i in range(0, n, _SMEM_FILL):
+        smem_store(base + 4 * (i + ar), tl.load(src_ptr + i + ar, mask=i + ar < n, other=0))
+    return base + smem_sync(base)
+
+
+@triton.jit
 def _smem_table(table_ptr, DECL: tl.constexpr, N: tl.constexpr):
     """Declare the static shared array DECL, copy N int32 entries of ``table_ptr`` into
     it, wait for the copy, and return the array's shared-window address."""
-    base = smem_declare(DECL)
-    ar = tl.arange(0, _SMEM_FILL)
-    for i in range(0, N, _SMEM_FILL):
-        smem_store(base + 4 * (i + ar), tl.load(table_ptr + i + ar))
-    return base + smem_sync(base)
+    return _smem_fill(smem_declare(DECL), table_ptr, N)
 
 
 # the dynamic shared memory of the SMEM2 path's slot bytes (SYMSMEM): Triton's own
@@ -143,12 +150,7 @@ _DYN_BASE = tl.constexpr(f"mov.u32 $0, global_smem;\n\tadd.u32 $0, $0, {DYN_RESE
 def _smem_bytes(src_ptr, n):
     """Copy ``n`` int32 words of ``src_ptr`` into the dynamic shared array past
     DYN_RESERVE, wait for the copy, and return its shared-window address."""
-    base = tl.inline_asm_elementwise(_DYN_BASE, "=r,r", [tl.program_id(0)], dtype=tl.int32,
-                                     is_pure=False, pack=1)
-    ar = tl.arange(0, _SMEM_FILL)
-    for i in range(0, n, _SMEM_FILL):
-        smem_store(base + 4 * (i + ar), tl.load(src_ptr + i + ar, mask=i + ar < n, other=0))
-    return base + smem_sync(base)
+    return _smem_fill(smem_declare(_DYN_BASE), src_ptr, n)
 
 
 @triton.jit
@@ -724,6 +726,7 @@ def _with_dynamic_shared(kernel, grid, args, kwargs, nbytes: int) -> bool:
         md = ck.metadata
         drv = triton.runtime.driver.active
         most = drv.utils.get_device_properties(drv.get_current_device())["max_shared_mem"]
+        # the static arrays, and the 1 KiB a block reserves for the system (sm_80 on)
         static = 4 * (SMEM_ENTRIES.value + LINK_ENTRIES.value) + 1024
         if ck.module is not None or md.shared > DYN_RESERVE.value or nbytes + static > most:
             return False
@@ -779,8 +782,8 @@ class DecodeTables:
             fc[tab * self.sym_stride + sym] = (freq - 1) | (cum << 12)
             self.sym_entries = torch.from_numpy(fc.astype(np.int32)).to(device)
             # the table padded to the SMEM decode path's shared array, where it fits;
-            # else the two-level symbol table, where it fits (the slot bytes then stay in
-            # global memory)
+            # else the two-level symbol table, where it fits (SMEM2: the slot bytes then
+            # go to dynamic shared memory, or are read through L1)
             self.smem = self._smem_padded(self.table)
             self.sym_smem = None if self.smem is not None else \
                 self._smem_padded(self.sym_entries)
@@ -1024,8 +1027,9 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         v["PADDED"] = bool(v["PADDED"]) and not v["RING"] and _room(words) >= block_l
         if smem:
             v["num_warps"] = max(1, g // per_warp)
-            if maxnreg2 if smem2 else maxnreg:
-                v.setdefault("maxnreg", maxnreg2 if smem2 else maxnreg)
+            nreg = maxnreg2 if smem2 else maxnreg
+            if nreg:
+                v.setdefault("maxnreg", nreg)
         if block_l > 128 and not INTERPRET:
             # wide chunks (up to 4096 lanes, level 30): a warp-local gather of a word
             # window costs (lanes / 32)^2 shuffles a step; read the words directly,
@@ -1043,8 +1047,8 @@ def decode(plan: ChunkPlan, words: torch.Tensor, chunk_words: torch.Tensor,
         # SYMSMEM: Triton's dynamic array (global_smem) exists where a reduction spans
         # warps: with several warps a program
         if symsmem and v["num_warps"] >= 2:
-            kw["SYMSMEM"] = True
-            kw["SYMSMEM"] = _with_dynamic_shared(_decode_kernel, grid, args, kw,
+            kw["SYMSMEM"] = _with_dynamic_shared(_decode_kernel, grid, args,
+                                                 dict(kw, SYMSMEM=True),
                                                  DYN_RESERVE.value + SYM_SMEM_BYTES)
         last_decode.update(smem=smem, smem2=smem2, symsmem=kw.get("SYMSMEM", False),
                            links=links is not None, G=g, programs=grid[0],
