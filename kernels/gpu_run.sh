@@ -4,17 +4,17 @@
 set -e
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/tkb .
+python3 -P -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+python3 -P -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/tkb .
 export PYTHONPATH=/tmp/tkb:/tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  TKB_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+  TKB_TEST_DEVICE=cuda python3 -P -m pytest -q -p no:cacheprovider tests/test_kernels.py \
       tests/test_gpu_codec.py > "$OUT/gpu_tests.txt" 2>&1 || true
   tail -5 "$OUT/gpu_tests.txt"
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  python3 -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy \
+  python3 -P -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy \
       --json "$OUT/bench_gpu.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_gpu.txt"
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
@@ -23,7 +23,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
       --section SourceCounters --section SchedulerStats --section Occupancy \
       --section MemoryWorkloadAnalysis --section SpeedOfLight --section LaunchStats \
       --section ComputeWorkloadAnalysis -k "regex:_decode_kernel|_encode_rel_kernel" \
-      -o /tmp/tkb_profile python3 -m tokenbits.kernels.bench_gpu \
+      -o /tmp/tkb_profile python3 -P -m tokenbits.kernels.bench_gpu \
       --data .bench/vit_frames.npy --profile 2048 ${PROFILE_ARGS:-} > "$OUT/profile_log.txt" 2>&1
   ncu -i /tmp/tkb_profile.ncu-rep --page details --print-details all > "$OUT/profile.txt"
   ncu -i /tmp/tkb_profile.ncu-rep --page source --csv --print-source sass \
