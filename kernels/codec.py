@@ -16,10 +16,13 @@ the frame headers.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from tokenbits import reconstruction, tables
+from tokenbits.io import numpy_to_torch
 from tokenbits.decoder import Decoder, Frame, parse_frame
 from tokenbits.decoder import decode as ref_decode
 from tokenbits.encoder import INV_STEP, SYMBOL_NOT_IN_TABLE, TrackEncoder, select_kept
@@ -185,8 +188,9 @@ class GPUDecoder(Decoder):
     Frames are parsed as their units arrive and decoded when :meth:`flush` runs
     (at the end of the stream, or when a batch is full)."""
 
-    def __init__(self, header, strict: bool = True, device=None, dense: bool = False):
-        super().__init__(header, strict)
+    def __init__(self, header, strict: bool = True, device=None, dense: bool = False,
+                 transforms=None):
+        super().__init__(header, strict, transforms=transforms)
         self.device = device or default_device()
         self.dense = dense
         self._pending: list = []     # (unit, tps, parsed frame)
@@ -199,6 +203,18 @@ class GPUDecoder(Decoder):
         tps = self.stream.tracks.get(u.track_id, {}).get(u.payload[0])
         if tps is None:
             return super()._frame(u)
+        if tps["coding_mode"] == 2:
+            # transform frames: no kernel yet (issue 15), the reference decodes them
+            self.flush()
+            f = super()._frame(u)
+            v = numpy_to_torch(f.values, f.dtype, self.device)
+            if self.dense:
+                full = torch.zeros((f.num_tokens,) + tuple(v.shape[1:]), dtype=v.dtype,
+                                   device=self.device)
+                full[torch.from_numpy(f.positions.astype(np.int64)).to(self.device)] = v
+                v = full
+            self.stream.frames[-1] = dataclasses.replace(f, values=v)
+            return None
         fr = parse_frame(u.payload, tps, self.level)
         self._pending.append((u, tps, fr))
         self._pending_symbols += fr["num_kept"] * tps["num_channels"]
@@ -256,13 +272,15 @@ class GPUDecoder(Decoder):
                 self.stream.units[i] = (u, status)
 
 
-def decode(data, strict: bool = True, device=None, dense: bool = False, progress=None):
+def decode(data, strict: bool = True, device=None, dense: bool = False, progress=None,
+           transforms=None):
     """Decode a stream with the GPU kernels (same contract as ``tokenbits.decode``).
     Frame values are torch tensors on ``device``: float32/float16/bfloat16 values, or
     uint32 ids as int32.  ``dense``: each frame's values are [num_tokens, D] with the
     kept tokens scattered to their positions and zeros elsewhere."""
     return ref_decode(data, strict, progress,
-                      decoder=lambda header: GPUDecoder(header, strict, device, dense))
+                      decoder=lambda header: GPUDecoder(header, strict, device, dense,
+                                                        transforms))
 
 
 def _order(stream) -> None:

@@ -49,21 +49,26 @@ def encode_tracks(tracks, backend=None, device=None, **kwargs) -> bytes:
     sources = iter([arr for arr, _ in tracks])    # frame_coder is called track by track
 
     def frame_coder(te, frames):
-        return codec.encode_frames(te, frames, dev, source=next(sources))
+        source = next(sources)
+        if te.transform is not None:   # no transform kernel yet (issue 15): the reference
+            return [te.encode_frame(f, i, te.positions[i]) for i, f in enumerate(frames)]
+        return codec.encode_frames(te, frames, dev, source=source)
     return ref(tracks, frame_coder=frame_coder, **kwargs)
 
 
-def decode(data, strict: bool = True, progress=None, backend=None, device=None):
+def decode(data, strict: bool = True, progress=None, backend=None, device=None,
+           transforms=None):
     """A DecodedStream with numpy values, identical whichever backend decodes."""
     from tokenbits.decoder import decode as ref
     if choose(backend) == "reference":
-        return ref(data, strict, progress)
+        return ref(data, strict, progress, transforms=transforms)
     from . import codec
     return codec.to_numpy(codec.decode(data, strict, device or codec.default_device(),
-                                       progress=progress))
+                                       progress=progress, transforms=transforms))
 
 
-def decode_tensors(data, strict: bool = True, device=None, dense: bool = False, backend=None):
+def decode_tensors(data, strict: bool = True, device=None, dense: bool = False, backend=None,
+                   transforms=None):
     """A DecodedStream whose frame values are torch tensors on ``device``: float32,
     float16, bfloat16, or int32 (ids).  ``dense``: [num_tokens, D] per frame, the
     kept tokens at their positions and zeros elsewhere."""
@@ -72,10 +77,10 @@ def decode_tensors(data, strict: bool = True, device=None, dense: bool = False, 
     from . import codec
     dev = device or codec.default_device()
     if choose(backend) == "gpu":
-        return codec.decode(data, strict, dev, dense)
+        return codec.decode(data, strict, dev, dense, transforms=transforms)
     import dataclasses
     from tokenbits.decoder import decode as ref
-    s = ref(data, strict)
+    s = ref(data, strict, transforms=transforms)
     frames = []
     for f in s.frames:
         v = f.values

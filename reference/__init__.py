@@ -8,6 +8,8 @@ Public API (mirrors the ``tkb`` command line):
   :func:`decode_tensors` (bytes -> torch tensors on a GPU),
   :func:`iter_frames` (streaming), :func:`read_frame` (random access by index)
 * :func:`to_array` (decoded frames of a track -> one array, as encoded)
+* :func:`fit_transform` (a channel transform from calibration tokens, clause 6.7),
+  :func:`load_transform` / :func:`save_transform` (``.tkbt`` files)
 * :class:`TKBError` and its subclasses for every decoding failure.
 
 The normative text is ``spec/``; module docstrings name the clauses they implement.
@@ -26,15 +28,18 @@ from . import decoder as _decoder
 from . import encoder as _encoder
 from .decoder import DecodedStream, Frame, iter_frames
 from .encoder import StreamWriter, TrackOptions
+from .transform import Transform
+from .transform_fit import fit_transform
+from .tkbt import load as load_transform, save as save_transform
 from .errors import (TKBCRCError, TKBEncodeError, TKBEntropyError, TKBError, TKBFormatError,
                      TKBLevelError, TKBReferenceError, TKBTableError, TKBTruncatedError,
                      TKBUnsupportedError, TKBValueError)
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 __all__ = [
     "encode", "encode_tracks", "encode_file", "decode", "decode_file", "decode_tensors",
-    "iter_frames",
+    "iter_frames", "fit_transform", "load_transform", "save_transform", "Transform",
     "read_frame", "to_array", "StreamWriter", "canonical_bytes", "canonical_sha256", "DecodedStream", "Frame",
     "TrackOptions", "TKBError", "TKBFormatError", "TKBTruncatedError", "TKBCRCError",
     "TKBUnsupportedError", "TKBLevelError", "TKBReferenceError", "TKBTableError",
@@ -64,22 +69,25 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
 
 
 def decode(data, strict: bool = True, progress=None, backend: str | None = None,
-           device=None) -> DecodedStream:
+           device=None, transforms=None) -> DecodedStream:
     """Decode a stream held in memory; values are numpy arrays, identical whichever
-    ``backend`` ("auto", "gpu", "reference") decodes them."""
+    ``backend`` ("auto", "gpu", "reference") decodes them.  ``transforms``: the
+    transforms (Transform objects, ``.tkbt`` paths or bytes) that the stream may name
+    by digest (clause 6.7)."""
     if backend == "reference":
-        return _decoder.decode(data, strict, progress)
+        return _decoder.decode(data, strict, progress, transforms=transforms)
     from .kernels import dispatch
-    return dispatch.decode(data, strict, progress, backend=backend, device=device)
+    return dispatch.decode(data, strict, progress, backend=backend, device=device,
+                           transforms=transforms)
 
 
 def decode_tensors(data, strict: bool = True, device=None, dense: bool = False,
-                   backend: str | None = None) -> DecodedStream:
+                   backend: str | None = None, transforms=None) -> DecodedStream:
     """Decode into torch tensors on ``device`` (default: the GPU when there is one),
     through the GPU kernels when they can run.  ``dense``: each frame is
     [num_tokens, D] with the kept tokens at their positions, zeros elsewhere."""
     from .kernels import dispatch
-    return dispatch.decode_tensors(data, strict, device, dense, backend)
+    return dispatch.decode_tensors(data, strict, device, dense, backend, transforms)
 
 
 def encode_file(array, path, **options) -> int:
@@ -89,8 +97,10 @@ def encode_file(array, path, **options) -> int:
     return len(data)
 
 
-def decode_file(path, strict: bool = True, backend: str | None = None) -> DecodedStream:
-    return decode(Path(path).read_bytes(), strict=strict, backend=backend)
+def decode_file(path, strict: bool = True, backend: str | None = None,
+                transforms=None) -> DecodedStream:
+    return decode(Path(path).read_bytes(), strict=strict, backend=backend,
+                  transforms=transforms)
 
 
 def to_array(stream: DecodedStream, track_id: int = 0, torch_device=None):
@@ -111,15 +121,17 @@ def to_array(stream: DecodedStream, track_id: int = 0, torch_device=None):
     return arr
 
 
-def read_frame(data, track_id: int, frame_number: int, strict: bool = True) -> Frame:
-    """Random access: decode one frame using the stream's index unit (clause 6.6)
-    and the track's parameter sets."""
+def read_frame(data, track_id: int, frame_number: int, strict: bool = True,
+               transforms=None) -> Frame:
+    """Random access: decode one frame using the stream's index unit (clause 6.6),
+    the track's parameter sets and the transforms they name."""
     from . import decoder as d
     header = d.parse_stream_header(data)
-    dec = d.Decoder(header, strict, keep=False)
+    dec = d.Decoder(header, strict, keep=False, transforms=transforms)
     target = None
     for u in d.iter_units(data, dec.level):
-        if u.unit_type in (d.UNIT_TPS, d.UNIT_INDEX) and u.track_id == track_id:
+        if (u.unit_type in (d.UNIT_TPS, d.UNIT_INDEX) and u.track_id == track_id
+                or u.unit_type == d.UNIT_TRANSFORM):
             dec.add_unit(u)
     for number, off in dec.stream.index.get(track_id, []):
         if number == frame_number:

@@ -209,6 +209,10 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
         raise CLIError("--prefix needs --grid (prefix tokens come before the grid)")
     if a.predictor == "up" and not a.grid:
         raise CLIError("--predictor up needs --grid")
+    if (a.transform or a.embed_transform) and (a.lossless or ids):
+        raise CLIError("--transform applies to lossy coding of embeddings")
+    if a.embed_transform and (not a.transform or a.transform == "auto"):
+        raise CLIError("--embed-transform needs --transform MODEL.tkbt")
     if a.level is not None and a.level not in levels.LEVELS:
         raise CLIError(f"--level {a.level}: not a level of TKB version 1 "
                        f"({', '.join(map(str, sorted(levels.LEVELS)))})")
@@ -257,6 +261,9 @@ def cmd_encode(a) -> int:
     bf16 = dtype_name == "bfloat16"
     in_dtype = "bfloat16" if bf16 else arr.dtype.name
     opts, track_meta = _encode_options(a, arr, bf16)
+    if a.transform:
+        opts.update(transform=a.transform if a.transform == "auto" else
+                    _load_transform(a.transform), embed_transform=a.embed_transform)
     meta = _parse_meta(a.meta)
     if arr.dtype == np.float64:
         if a.lossless:
@@ -295,21 +302,25 @@ def cmd_encode(a) -> int:
             bar.close()
     _write_atomic(out, lambda p: p.write_bytes(data))
     if not a.quiet:
-        print(_encode_summary(data, arr, in_dtype, out))
+        t = opts.get("transform")
+        print(_encode_summary(data, arr, in_dtype, out, [t] if t and t != "auto" else None))
     return EXIT_OK
 
 
-def _encode_summary(data: bytes, arr: np.ndarray, dtype: str, out: Path) -> str:
+def _encode_summary(data: bytes, arr: np.ndarray, dtype: str, out: Path,
+                    transforms=None) -> str:
     header = d.parse_stream_header(data)
     level = levels.get_level(header.level_idc)
     ids = arr.dtype.kind in "iu" and dtype != "bfloat16"
     frames = 1 if arr.ndim == (1 if ids else 2) else arr.shape[0]
     per = "x".join(map(str, arr.shape[-1:] if ids else arr.shape[-2:]))
     extra = ""
+    dec = d.Decoder(header, strict=False, keep=False, transforms=transforms)
     for u in d.iter_units(data, level):
-        if u.unit_type == d.UNIT_TPS:
-            tps = d.parse_tps(u.payload, level, header.profile_idc)
-            extra = ", " + _tps_short(tps)
+        if u.unit_type in (d.UNIT_TRANSFORM, d.UNIT_TPS):
+            dec.add_unit(u)
+        if dec.stream.tracks:
+            extra = ", " + _tps_short(next(iter(next(iter(dec.stream.tracks.values())).values())))
             break
     bpv = 8 * len(data) / max(arr.size, 1)
     return (f"{out}: {frames} frame{'s' * (frames != 1)} of {per} {dtype}, {len(data)} bytes, "
@@ -319,14 +330,26 @@ def _encode_summary(data: bytes, arr: np.ndarray, dtype: str, out: Path) -> str:
 
 # -- decoding with recovery ----------------------------------------------------------
 
+def _load_transform(path: str):
+    """A .tkbt file (CLIError naming the file when it cannot be used)."""
+    from . import tkbt
+    try:
+        return tkbt.load(path)
+    except OSError as e:
+        raise CLIError(f"{path}: {e.strerror or e}") from None
+    except TKBError as e:
+        raise CLIError(f"{path} is not a transform file: {e}", EXIT_DECODE) from None
+
+
 def _decode(data: bytes, strict: bool, quiet: bool = True, backend: str = "reference",
-            device=None):
+            device=None, transforms=None):
     """tokenbits.decode with a progress bar; returns (stream, framing error or None)."""
     from . import decode
     bar = _bar(quiet, len(data), "B", "decode")
     try:
         stream = decode(data, strict, progress=bar.update if bar is not None else None,
-                        backend=backend, device=device)
+                        backend=backend, device=device,
+                        transforms=[_load_transform(p) for p in transforms or ()])
     finally:
         if bar is not None:
             bar.close()
@@ -369,7 +392,7 @@ def cmd_decode_canonical(a) -> int:
     data = _read_stream(a.input)
     fatal = False
     try:
-        stream, framing = _decode(data, a.strict, a.quiet, a.backend, a.device)
+        stream, framing = _decode(data, a.strict, a.quiet, a.backend, a.device, a.transform)
         errs, canon, fatal = stream.errors, canonical_bytes(stream), framing is not None
     except TKBError as e:                  # stream header, or --strict
         errs, canon, fatal = [e], b"", True
@@ -388,7 +411,7 @@ def cmd_decode(a) -> int:
     if not 0 <= a.track <= 254:
         raise CLIError(f"--track {a.track}: must be in 0..254")
     data = _read_stream(a.input)
-    stream, _ = _decode(data, a.strict, a.quiet, a.backend, a.device)
+    stream, _ = _decode(data, a.strict, a.quiet, a.backend, a.device, a.transform)
     for e in stream.errors:
         _err(e)
     frames = stream.track_frames(a.track)
@@ -446,20 +469,31 @@ def cmd_decode(a) -> int:
 
 # -- inspect -------------------------------------------------------------------------
 
+def _transform_info(tid: int, t, stream) -> dict:
+    meta = stream.metadata.get(d.STREAM_TRACK, {})
+    return dict(transform_id=tid, channels=t.num_channels, coeffs=t.num_coeffs,
+                sha256=t.hexdigest, energy=meta.get("transform.energy") or
+                t.meta.get("transform.energy"), coeff_frac_bits=t.coeff_frac_bits,
+                basis_frac_bits=t.basis_frac_bits, data_bytes=len(t.data))
+
+
 def _tps_info(tps: dict) -> dict:
     info = dict(tps_id=tps["tps_id"],
                 kind="ids" if tps["track_kind"] == 1 else "embeddings",
                 source_dtype=reconstruction.DTYPES.get(tps["source_dtype"]),
                 output_dtype=reconstruction.DTYPES.get(tps["output_dtype"]),
                 channels=tps["num_channels"],
-                coding_mode="split" if tps["coding_mode"] == 1 else "quantized")
+                coding_mode={0: "quantized", 1: "split", 2: "transform"}[tps["coding_mode"]])
+    if tps["coding_mode"] == 2:
+        info["transform_id"] = tps["transform_id"]
+        info["coeffs"] = tps["num_coded"]
     if tps["track_kind"] == 1:
         info["vocab_size"] = tps["vocab_size"]
     info["grid"] = (dict(height=tps["grid_height"], width=tps["grid_width"],
                          prefix_tokens=tps["num_prefix_tokens"])
                     if tps["grid_present"] else None)
     info["max_tokens"] = tps["max_tokens"]
-    if tps["coding_mode"] == 0:
+    if tps["coding_mode"] != 1:
         codes = np.asarray(tps["step_code"], dtype=np.int64)
         info["predictor"] = prediction.PREDICTORS.get(tps["predictor"], tps["predictor"])
         info["per_channel_steps"] = bool(tps["per_channel_steps"])
@@ -480,12 +514,13 @@ def _tps_short(tps: dict) -> str:
     if tps["coding_mode"] == 1:
         return "lossless" if tps["track_kind"] == 0 else "token ids"
     codes = np.asarray(tps["step_code"], dtype=np.int64)
+    coeffs = f", {tps['num_coded']} transform coefficients" if tps["coding_mode"] == 2 else ""
     return (f"qp {int(np.median(codes)) - reconstruction.STEP_CODE_UNITY}, predictor "
-            f"{prediction.PREDICTORS.get(tps['predictor'])}")
+            f"{prediction.PREDICTORS.get(tps['predictor'])}{coeffs}")
 
 
-def _inspect_info(path: str, data: bytes) -> tuple[dict, bool]:
-    stream, framing = _decode(data, strict=False)
+def _inspect_info(path: str, data: bytes, transforms=None) -> tuple[dict, bool]:
+    stream, framing = _decode(data, strict=False, transforms=transforms)
     h = stream.header
     units = {u.offset: u for u, _ in stream.units}
     info = dict(file=str(path), bytes=len(data),
@@ -518,6 +553,8 @@ def _inspect_info(path: str, data: bytes) -> tuple[dict, bool]:
                            frames=n, values=values, frame_bytes=nbytes,
                            bits_per_value=8 * nbytes / values if values else None))
     info["tracks"] = tracks
+    info["transforms"] = [_transform_info(i, t, stream) for i, t in
+                          sorted(stream.transforms.items())]
     info["frames"] = frames
     info["totals"] = dict(frames=len(frames), values=total_values, bytes=len(data),
                           bits_per_value=8 * len(data) / total_values if total_values else None)
@@ -589,10 +626,12 @@ def _render_inspect(info: dict) -> str:
             vocab = f", vocab {p['vocab_size']}" if "vocab_size" in p else ""
             lines.append(f"    tps {p['tps_id']}: {p['kind']}, {dt}, {p['channels']} "
                          f"channel{'s' * (p['channels'] != 1)}{vocab}, {grid}")
-            if p["coding_mode"] == "quantized":
+            if p["coding_mode"] != "split":
                 steps = p["step_code"]
                 steps = f"{steps[0]}..{steps[1]}" if isinstance(steps, list) else steps
-                coding = (f"quantized, predictor {p['predictor']}, qp {p['qp']} "
+                what = (f"transform {p['transform_id']} ({p['coeffs']} coefficients)"
+                        if p["coding_mode"] == "transform" else "quantized")
+                coding = (f"{what}, predictor {p['predictor']}, qp {p['qp']} "
                           f"(step code {steps}"
                           f"{', per channel' if p['per_channel_steps'] else ''})")
             else:
@@ -603,6 +642,12 @@ def _render_inspect(info: dict) -> str:
             lines.append(f"            {p['tables']} table{'s' * (p['tables'] != 1)} "
                          f"(alphabet {alph}), prob_bits {p['prob_bits']}, "
                          f"{p['lanes']} lane{'s' * (p['lanes'] != 1)} x {p['lane_steps']} steps")
+    if info["transforms"]:
+        lines.append("transforms")
+        for t in info["transforms"]:
+            energy = f", energy kept {t['energy']}" if t["energy"] else ""
+            lines.append(f"  transform {t['transform_id']}: D {t['channels']}, K {t['coeffs']}"
+                         f"{energy}, {t['data_bytes']} bytes, sha256 {t['sha256']}")
     lines.append("frames")
     if info["frames"]:
         rows = [dict(f, bpv=_fmt_bpv(f["bits_per_value"])) for f in info["frames"]]
@@ -641,7 +686,7 @@ def _render_inspect(info: dict) -> str:
 
 def cmd_inspect(a) -> int:
     data = _read_stream(a.input)
-    info, bad = _inspect_info(a.input, data)
+    info, bad = _inspect_info(a.input, data, a.transform)
     if a.json:
         print(json.dumps(info, indent=2, default=_json_default))
     else:
@@ -664,6 +709,26 @@ def cmd_trace(a) -> int:
         if isinstance(ev, tracing.Problem):
             status = EXIT_DECODE if ev.unit is None else EXIT_PARTIAL
     return status
+
+
+def cmd_transform_fit(a) -> int:
+    from . import tkbt
+    from .transform_fit import fit_transform
+    out = _check_output(a.output, (tkbt.SUFFIX,))
+    arrays = []
+    for path in a.inputs:
+        arr, dtype_name = _read_array(path)
+        arr = np.asarray(arr)
+        if arr.dtype.kind != "f" and dtype_name != "bfloat16":
+            raise CLIError(f"{path}: a transform is fitted on float tokens, not {arr.dtype}")
+        arrays.append(arr)
+    t = fit_transform(arrays, coeffs=a.coeffs, energy=a.energy, basis_bits=a.basis_bits,
+                      meta=_parse_meta(a.meta))
+    _write_atomic(out, lambda p: tkbt.save(t, p))
+    if not a.quiet:
+        print(f"{out}: D {t.num_channels}, K {t.num_coeffs}, energy kept "
+              f"{t.meta['transform.energy']}, {out.stat().st_size} bytes, sha256 {t.hexdigest}")
+    return EXIT_OK
 
 
 def cmd_validate(a) -> int:
@@ -734,6 +799,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the smallest that fits)")
     e.add_argument("--no-index", action="store_true", help="omit the random-access index")
     e.add_argument("--vocab-size", type=int, metavar="V", help="vocabulary size of token ids")
+    e.add_argument("--transform", metavar="MODEL.tkbt|auto",
+                   help="code transform coefficients (clause 6.7): a model transform named "
+                        "by its digest, or 'auto' (fitted on the input, carried inline, "
+                        "used only where the stream gets smaller)")
+    e.add_argument("--embed-transform", action="store_true",
+                   help="carry the --transform file inline instead of by reference")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     _backend_args(e)
     lay = e.add_argument_group("entropy-coder layout (default: chosen by the encoder)")
@@ -757,6 +828,8 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("input", metavar="IN.tkb")
     dd.add_argument("-o", "--output", metavar="OUT", required=True, help=".npy or .safetensors")
     dd.add_argument("--track", type=int, default=0, metavar="T", help="track to decode (0)")
+    dd.add_argument("--transform", action="append", metavar="MODEL.tkbt",
+                    help="a transform the stream names by digest (repeatable)")
     dd.add_argument("--strict", action="store_true",
                     help="stop at the first error (default: skip damaged units, exit 3)")
     dd.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
@@ -770,7 +843,29 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show the structure of a .tkb stream")
     i.add_argument("input", metavar="IN.tkb")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--transform", action="append", metavar="MODEL.tkbt",
+                   help="a transform the stream names by digest (repeatable)")
     i.set_defaults(func=cmd_inspect)
+
+    tf = sub.add_parser("transform", help="channel transforms (.tkbt): fit")
+    tsub = tf.add_subparsers(dest="transform_command", required=True)
+    fit = tsub.add_parser("fit", help="fit a PCA transform on calibration tokens",
+                          description="Fit a model transform (mean + PCA basis, clause 6.7) "
+                                      "on tokens [N, D] or [F, N, D]; streams name it by its "
+                                      "SHA-256 (tkb encode --transform MODEL.tkbt).")
+    fit.add_argument("inputs", metavar="TOKENS", nargs="+", help=".npy/.safetensors/.pt")
+    fit.add_argument("-o", "--output", metavar="MODEL.tkbt", required=True)
+    k = fit.add_mutually_exclusive_group()
+    k.add_argument("--coeffs", type=int, metavar="K", help="number of coefficients")
+    k.add_argument("--energy", type=float, metavar="E",
+                   help="keep the fewest coefficients holding this share of the energy "
+                        "(default 0.999)")
+    fit.add_argument("--basis-bits", type=int, default=8, metavar="B",
+                     help="bits of each basis entry (2..16, default 8)")
+    fit.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                     help="metadata of the transform file, e.g. model.name=...")
+    fit.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    fit.set_defaults(func=cmd_transform_fit)
 
     t = sub.add_parser("trace", help="list every syntax element with its bit offset")
     t.add_argument("input", metavar="IN.tkb")

@@ -14,6 +14,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from . import levels, prediction, rans, reconstruction, symbols, syntax, tables
+from . import transform as transforms_
 from .bitio import BitReader
 from .crc32c import crc32c
 from .errors import (TKBCRCError, TKBError, TKBFormatError, TKBReferenceError, TKBTableError,
@@ -21,13 +22,15 @@ from .errors import (TKBCRCError, TKBError, TKBFormatError, TKBReferenceError, T
 from .presence import read_presence_map
 
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1
 STREAM_HEADER_SIZE = 16
 UNIT_HEADER_SIZE = 8
-UNIT_TPS, UNIT_FRAME, UNIT_METADATA, UNIT_INDEX = 1, 2, 3, 4
+UNIT_TPS, UNIT_FRAME, UNIT_METADATA, UNIT_INDEX, UNIT_TRANSFORM = 1, 2, 3, 4, 5
 UNIT_TYPES = {UNIT_TPS: "track_parameter_set", UNIT_FRAME: "frame",
-              UNIT_METADATA: "metadata", UNIT_INDEX: "index"}
-STREAM_TRACK = 255  # track_id of stream-level metadata
+              UNIT_METADATA: "metadata", UNIT_INDEX: "index", UNIT_TRANSFORM: "transform"}
+STREAM_TRACK = 255  # track_id of stream-level metadata and of transform units
+STREAM_UNITS = (UNIT_METADATA, UNIT_TRANSFORM)   # unit types that may use track_id 255
+CODING_MODES = (0, 1, 2)   # quantized, split, transform (clause 6.3)
 LOOKUP_CACHE = 8    # parameter sets whose slot tables a decoder keeps built
 
 
@@ -76,6 +79,7 @@ class Frame:
 class DecodedStream:
     header: StreamHeader
     tracks: dict = field(default_factory=dict)       # track_id -> {tps_id: tps mapping}
+    transforms: dict = field(default_factory=dict)   # transform_id -> Transform (clause 6.7)
     frames: list = field(default_factory=list)       # Frame, in stream order
     metadata: dict = field(default_factory=dict)     # track_id (255: stream) -> {key: value}
     index: dict = field(default_factory=dict)        # track_id -> [(frame_number, offset)]
@@ -151,20 +155,29 @@ def iter_units(data, level: levels.Level) -> Iterator[Unit]:
 
 # -- track parameter sets (clause 6.3) --------------------------------------------
 
-def _tps_checker(level: levels.Level, profile_idc: int):
+def _tps_checker(level: levels.Level, profile_idc: int, transforms: dict):
     def check(name, v, env):
         def bad(msg, cls=TKBFormatError, clause="6.3"):
             raise cls(msg, clause=clause, element=name)
         if name == "track_kind" and v not in (0, 1):
             bad(f"track_kind {v} is reserved")
         elif name == "coding_mode":
-            if v not in (0, 1):
+            if v not in CODING_MODES:
                 bad(f"coding_mode {v} is reserved")
             if env["track_kind"] == 1 and v != 1:
                 bad("ids tracks use coding_mode 1")
             if profile_idc == levels.PROFILE_LOSSLESS and v != 1:
                 raise TKBUnsupportedError("the Lossless profile allows coding_mode 1 only",
                                           clause="8.1", element=name)
+            if profile_idc != levels.PROFILE_HIGH and v == 2:
+                bad("coding_mode 2 (transform) is reserved outside the High profile")
+        elif name == "transform_id":
+            t = transforms.get(v)
+            if t is None:
+                bad(f"transform_id {v} names no accepted transform", TKBReferenceError)
+            if t.num_channels != env["num_channels"]:
+                bad(f"transform {v} has {t.num_channels} channels, the parameter set "
+                    f"{env['num_channels']}", TKBReferenceError)
         elif name == "source_dtype":
             ok = (3,) if env["track_kind"] == 1 else (0, 1, 2)
             if v not in ok:
@@ -172,7 +185,7 @@ def _tps_checker(level: levels.Level, profile_idc: int):
         elif name == "output_dtype":
             if env["coding_mode"] == 1 and v != env["source_dtype"]:
                 bad("split coding outputs the source dtype")
-            if env["coding_mode"] == 0 and v not in (0, 1, 2):
+            if env["coding_mode"] != 1 and v not in (0, 1, 2):
                 bad(f"output_dtype {v} not allowed")
         elif name == "num_channels":
             if env["track_kind"] == 1 and v != 1:
@@ -235,13 +248,19 @@ def _tps_checker(level: levels.Level, profile_idc: int):
 
 
 def parse_tps(payload: bytes, level: levels.Level, profile_idc: int,
-              trace: list | None = None) -> dict:
-    """Parse and validate a track parameter set; adds derived fields (clause 6.3)."""
+              trace: list | None = None, transforms: dict | None = None) -> dict:
+    """Parse and validate a track parameter set; adds derived fields (clause 6.3).
+    ``transforms``: the accepted transforms by transform_id (clause 6.7)."""
+    transforms = transforms or {}
     r = BitReader(payload, trace=trace, clause="6.3")
     r.pos = 0
-    values = syntax.parse(r, "track_parameter_set", check=_tps_checker(level, profile_idc))
+    values = syntax.parse(r, "track_parameter_set", {"transforms": transforms},
+                          check=_tps_checker(level, profile_idc, transforms))
     _check_consumed(r, "track_parameter_set")
     tps = dict(values)
+    tps["transform"] = transforms.get(tps.get("transform_id"))
+    tps["num_coded"] = (tps["transform"].num_coeffs if tps["coding_mode"] == 2
+                        else tps["num_channels"])
     tps["tables"] = [tables.validate_table(t["freq"], tps["prob_bits"], i)
                      for i, t in enumerate(tps["freq_table"])]
     tps["chunk_size"] = tps["num_lanes"] * tps["lane_steps"]
@@ -250,7 +269,7 @@ def parse_tps(payload: bytes, level: levels.Level, profile_idc: int,
     else:
         tps["num_prefix_tokens"] = 0
     tmap = tps.get("table_map")
-    tps["channel_table"] = (np.zeros(tps["num_channels"], dtype=np.int64) if tmap is None
+    tps["channel_table"] = (np.zeros(tps["num_coded"], dtype=np.int64) if tmap is None
                             else tmap.astype(np.int64))
     alph = np.array([t.size for t in tps["tables"]], dtype=np.int64)
     tps["channel_esc"] = alph[tps["channel_table"]] - 1
@@ -282,6 +301,9 @@ def _frame_checker(tps: dict, level: levels.Level):
                                      clause="6.4", element=name)
             levels.check_limit(v * tps["num_channels"], level.max_values,
                                "num_tokens * num_channels", level)
+            if tps["num_coded"] != tps["num_channels"]:
+                levels.check_limit(v * tps["num_coded"], level.max_values,
+                                   "num_tokens * num_coeffs", level)
         elif name in ("presence_present", "token_scale_present") and v not in (0, 1):
             raise TKBFormatError(f"{name} must be 0 or 1", clause="6.4", element=name)
         elif name == "escape_bits" and v > symbols.MAX_ESCAPE_BITS:
@@ -297,7 +319,7 @@ def parse_frame(payload: bytes, tps: dict, level: levels.Level,
                 trace: list | None = None) -> dict:
     """Parse a frame unit's payload against its parameter set (clause 6.4)."""
     r = BitReader(payload, trace=trace, clause="6.4")
-    ctx = {k: tps[k] for k in ("coding_mode", "num_channels", "chunk_size")}
+    ctx = {k: tps[k] for k in ("coding_mode", "num_channels", "num_coded", "chunk_size")}
 
     def presence(reader, env):
         return read_presence_map(reader, tps, env["num_tokens"])
@@ -331,7 +353,7 @@ def decode_frame_values(fr: dict, tps: dict, lookup=None) -> np.ndarray:
     slot tables, built here when not given)."""
     if lookup is None:
         lookup = tables.decode_lookup(tps["tables"], tps["prob_bits"])
-    k, d = fr["num_kept"], tps["num_channels"]
+    k, d = fr["num_kept"], tps["num_coded"]   # coded values per token (clause 7.1)
     n = k * d
     base = tps["channel_table"] << tps["prob_bits"] if tps["num_tables"] > 1 else None
     sym = rans.decode(fr["rans_data"], fr["chunk_words"], n, tps["num_lanes"],
@@ -365,7 +387,11 @@ def decode_frame_values(fr: dict, tps: dict, lookup=None) -> np.ndarray:
         raise TKBValueError("a step code is outside 0..255", clause="7.6.1",
                             element="token_step_delta" if fr["token_scale_present"]
                             else "frame_step_delta")
-    v32 = reconstruction.dequantize(lv, np.broadcast_to(codes, (k, d)))
+    codes = np.broadcast_to(codes, (k, d))
+    if tps["coding_mode"] == 2:   # channels from the coefficients, 7.6.3
+        v32 = transforms_.reconstruct(lv, codes, tps["transform"])
+    else:
+        v32 = reconstruction.dequantize(lv, codes)
     return reconstruction.to_output(v32, tps["output_dtype"])
 
 
@@ -408,10 +434,14 @@ class Decoder:
     still raise since the next unit cannot be found.
     """
 
-    def __init__(self, header: StreamHeader, strict: bool = True, keep: bool = True):
+    def __init__(self, header: StreamHeader, strict: bool = True, keep: bool = True,
+                 transforms=None):
         self.level = levels.get_level(header.level_idc)
         self.stream = DecodedStream(header)
         self.strict = strict
+        # the application's transforms by SHA-256 digest (clause 6.7)
+        self.supplied = transforms_.supplied_transforms(transforms)
+        self._transform_payloads: dict = {}
         self.keep = keep   # False: frames and units are handed on, not kept (streaming)
         self._lookups: dict = {}
 
@@ -443,15 +473,22 @@ class Decoder:
         if not u.reserved_ok:
             raise TKBFormatError("reserved_zero_8bits or unit_essential out of range",
                                  clause="6.2", element="unit_header")
-        if u.unit_type not in UNIT_TYPES:
+        high = self.stream.header.profile_idc == levels.PROFILE_HIGH
+        if u.unit_type not in UNIT_TYPES or (u.unit_type == UNIT_TRANSFORM and not high):
+            # transform units are reserved outside the High profile, as in version 1.0
             if u.unit_type == 0 or u.unit_essential:
                 raise TKBUnsupportedError(f"essential unit_type {u.unit_type} is unknown",
                                           clause="6.2", element="unit_type")
             return None  # skippable unknown unit (clause 6.2)
-        if u.unit_type != UNIT_METADATA and u.track_id == STREAM_TRACK:
-            raise TKBFormatError("track_id 255 is for stream-level metadata only",
-                                 clause="6.2", element="track_id")
-        if u.unit_type == UNIT_TPS:
+        if u.unit_type not in STREAM_UNITS and u.track_id == STREAM_TRACK:
+            raise TKBFormatError("track_id 255 is for stream-level metadata and transforms "
+                                 "only", clause="6.2", element="track_id")
+        if u.unit_type == UNIT_TRANSFORM and u.track_id != STREAM_TRACK:
+            raise TKBFormatError("a transform unit has track_id 255", clause="6.2",
+                                 element="track_id")
+        if u.unit_type == UNIT_TRANSFORM:
+            self._transform(u)
+        elif u.unit_type == UNIT_TPS:
             self._tps(u)
         elif u.unit_type == UNIT_FRAME:
             return self._frame(u)
@@ -461,8 +498,21 @@ class Decoder:
             self.stream.index.setdefault(u.track_id, []).extend(parse_index(u.payload))
         return None
 
+    def _transform(self, u: Unit) -> None:
+        """Clause 6.7.1: a transform unit (High profile)."""
+        tid, t = transforms_.parse_transform_unit(u.payload, self.level, self.supplied)
+        old = self._transform_payloads.get(tid)
+        if old is not None:
+            if old != u.payload:
+                raise TKBReferenceError(f"transform_id {tid} repeated with different content",
+                                        clause="6.7", element="transform_id")
+            return
+        self._transform_payloads[tid] = u.payload
+        self.stream.transforms[tid] = t
+
     def _tps(self, u: Unit) -> None:
-        tps = parse_tps(u.payload, self.level, self.stream.header.profile_idc)
+        tps = parse_tps(u.payload, self.level, self.stream.header.profile_idc,
+                        transforms=self.stream.transforms)
         track = self.stream.tracks.get(u.track_id)
         if track is None:
             levels.check_limit(len(self.stream.tracks) + 1, self.level.max_tracks,
@@ -534,12 +584,15 @@ class Decoder:
                     self.stream.errors.append(err)
 
 
-def decode(data, strict: bool = True, progress=None, decoder=None) -> DecodedStream:
+def decode(data, strict: bool = True, progress=None, decoder=None,
+           transforms=None) -> DecodedStream:
     """Decode a whole stream held in memory (bytes-like).  ``progress(nbytes)`` is
     called after each unit with its size.  ``decoder(header)``: makes the Decoder
-    (a subclass that defers frame work, such as the GPU one); default Decoder."""
+    (a subclass that defers frame work, such as the GPU one); default Decoder.
+    ``transforms``: the transforms the stream may name by digest (clause 6.7)."""
     header = parse_stream_header(data)
-    dec = decoder(header) if decoder is not None else Decoder(header, strict)
+    dec = (decoder(header) if decoder is not None
+           else Decoder(header, strict, transforms=transforms))
     try:
         for u in iter_units(data, dec.level):
             dec.add_unit(u)
@@ -558,14 +611,14 @@ def decode(data, strict: bool = True, progress=None, decoder=None) -> DecodedStr
     return dec.stream
 
 
-def iter_frames(f: BinaryIO, strict: bool = True,
-                errors: list | None = None) -> Iterator[Frame]:
+def iter_frames(f: BinaryIO, strict: bool = True, errors: list | None = None,
+                transforms=None) -> Iterator[Frame]:
     """Streaming decode from a binary file object: yields frames as their units arrive.
     Non-strict: the errors of skipped units are appended to ``errors``, and a framing
     error (the next unit cannot be found) ends the iteration after being appended."""
     head = f.read(STREAM_HEADER_SIZE)
     header = parse_stream_header(head)
-    dec = Decoder(header, strict, keep=False)
+    dec = Decoder(header, strict, keep=False, transforms=transforms)
     dec.stream.errors = errors if errors is not None else []
     try:
         yield from _iter_units_from_file(f, dec)

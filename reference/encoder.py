@@ -27,10 +27,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import levels, prediction, rans, reconstruction, symbols, syntax, tables
+from . import transform as tr
+from . import transform_fit
 from .bitio import BitWriter
 from .crc32c import crc32c
 from .decoder import (STREAM_TRACK, UNIT_FRAME, UNIT_INDEX, UNIT_METADATA, UNIT_TPS,
-                      VERSION_MAJOR, VERSION_MINOR)
+                      UNIT_TRANSFORM, VERSION_MAJOR, VERSION_MINOR)
 from .errors import TKBEncodeError, TKBError
 from .presence import write_presence_map
 
@@ -41,8 +43,11 @@ MAX_ALPHABET = 4096
 # -- framing ---------------------------------------------------------------------
 
 def stream_header(profile_idc: int, level_idc: int) -> bytes:
+    """The stream header (clause 6.1); version_minor is the lowest minor version whose
+    tools the profile has: 1 for High, 0 for Main and Lossless (unchanged 1.0 streams)."""
     w = BitWriter()
-    vals = dict(magic=syntax.MAGIC, version_major=VERSION_MAJOR, version_minor=VERSION_MINOR,
+    minor = VERSION_MINOR if profile_idc == levels.PROFILE_HIGH else 0
+    vals = dict(magic=syntax.MAGIC, version_major=VERSION_MAJOR, version_minor=minor,
                 profile_idc=profile_idc, level_idc=level_idc, reserved_zero_32bits=0,
                 header_crc32c=0)
     syntax.write(w, "stream_header", vals)
@@ -52,7 +57,7 @@ def stream_header(profile_idc: int, level_idc: int) -> bytes:
 
 def unit(unit_type: int, track_id: int, payload: bytes, essential: int | None = None) -> bytes:
     if essential is None:
-        essential = 1 if unit_type in (UNIT_TPS, UNIT_FRAME) else 0
+        essential = 1 if unit_type in (UNIT_TPS, UNIT_FRAME, UNIT_TRANSFORM) else 0
     w = BitWriter()
     syntax.write(w, "unit_header", dict(unit_size=len(payload), unit_type=unit_type,
                                          track_id=track_id, unit_essential=essential,
@@ -108,6 +113,8 @@ class TrackOptions:
     vocab_size: int | None = None      # ids tracks
     source_dtype: str | None = None    # "bfloat16": the input holds bfloat16 bit patterns
     max_tokens: int | None = None      # tracks without grid: the largest frame (default: seen)
+    transform: object = None           # a Transform, a .tkbt path or bytes, or "auto" (B.7)
+    embed_transform: bool = False      # carry the transform inline instead of by reference
 
     def __post_init__(self):
         def bad(msg):
@@ -351,6 +358,11 @@ class TrackEncoder:
         if self.ids:
             arrs = [a.reshape(-1, 1) for a in arrs]
         self.d = arrs[0].shape[1]
+        self.transform = None if self.lossless else _resolve_transform(opts.transform)
+        if self.transform is not None and self.transform.num_channels != self.d:
+            raise TKBEncodeError(f"the transform has {self.transform.num_channels} channels, "
+                                 f"the tokens {self.d}")
+        self.dc = self.d if self.transform is None else self.transform.num_coeffs
         self.tps = self._base_tps(arrs)
         self.positions = [self._positions(a) for a in arrs]
         if self.lossless:
@@ -363,8 +375,12 @@ class TrackEncoder:
     def _base_tps(self, arrs) -> dict:
         o = self.opts
         n = arrs[0].shape[0]
-        t = dict(tps_id=0, track_kind=1 if self.ids else 0, coding_mode=1 if self.lossless else 0,
-                 source_dtype=reconstruction.DTYPE_CODES[self.src], num_channels=self.d)
+        mode = 1 if self.lossless else (2 if self.transform is not None else 0)
+        t = dict(tps_id=0, track_kind=1 if self.ids else 0, coding_mode=mode,
+                 source_dtype=reconstruction.DTYPE_CODES[self.src], num_channels=self.d,
+                 num_coded=self.dc)
+        if mode == 2:
+            t["transform_id"] = 0
         if self.lossless:
             t["output_dtype"] = t["source_dtype"]
         else:
@@ -486,25 +502,49 @@ class TrackEncoder:
         """step_code of every channel at qp (clause 6.3.2)."""
         return np.clip(qp + reconstruction.STEP_CODE_UNITY + self.chan_offset, 0, 255)
 
-    def _quantize(self, xf: np.ndarray, qp: int):
-        """Levels, step codes [K, D] and token_step_delta [K] of kept tokens at qp."""
-        delta = self.token_step_deltas(token_norms(xf) if self.opts.token_scale
-                                       else np.zeros(xf.shape[0]), qp)
+    def _quantize(self, xf: np.ndarray, qp: int, norms: np.ndarray | None = None):
+        """Levels, step codes [K, C] and token_step_delta [K] of kept tokens at qp; xf: the
+        coded values (channels, or coefficients with a transform, clause 7.6.3); norms:
+        the tokens' norms in channels (default: of xf), which set the token step deltas
+        (the fidelity measured is the cosine of the channels, Annex B.1)."""
+        if norms is None:
+            norms = token_norms(xf) if self.opts.token_scale else np.zeros(xf.shape[0])
+        delta = self.token_step_deltas(norms, qp)
         codes = self._step_codes(qp)[None, :] + delta[:, None]
-        return quantize_levels(xf, codes), codes, delta
+        lv = quantize_levels(xf, codes)
+        if self.transform is not None:   # coefficient values within 2^24 - 1 (7.6.3)
+            lim = transform_fit.max_levels(codes, self.transform.coeff_frac_bits)
+            lv = np.clip(lv, -lim, lim)
+        return lv, codes, delta
+
+    def coded_values(self, xf: np.ndarray) -> np.ndarray:
+        """The values coded for kept tokens xf [K, D]: the channels, or their transform
+        coefficients [K, num_coeffs] (Annex B.7) as float32."""
+        if self.transform is None:
+            return xf
+        return transform_fit.forward(xf, self.transform).astype(np.float32)
+
+    def reconstruct(self, lv: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Decoded binary32 channels of levels at step codes (clauses 7.6.2, 7.6.3)."""
+        if self.transform is None:
+            return reconstruction.dequantize(lv, codes)
+        return tr.reconstruct(lv, np.broadcast_to(codes, lv.shape), self.transform)
 
     def _fit_quant(self, arrs, pseudo: bool) -> None:
         o = self.opts
         self.xf = [_float_view(a, self.src)[p] for a, p in zip(arrs, self.positions)]
+        self.cf = [self.coded_values(x) for x in self.xf]
         allx = np.concatenate(self.xf)
+        allc = np.concatenate(self.cf)
+        self.norms = [token_norms(x) for x in self.xf]
         norms = np.linalg.norm(allx.astype(np.float64), axis=1)
         self.norm_ref = float(np.median(norms)) if norms.size and np.median(norms) > 0 else 1.0
-        self.chan_offset = np.zeros(self.d, dtype=np.int64)
+        self.chan_offset = np.zeros(self.dc, dtype=np.int64)
         if o.per_channel_steps:
-            rms = np.sqrt((allx.astype(np.float64) ** 2).mean(axis=0)) + 1e-30
+            rms = np.sqrt((allc.astype(np.float64) ** 2).mean(axis=0)) + 1e-30
             self.chan_offset = np.clip(np.round(3 * np.log2(rms / np.median(rms))), -24, 24
                                        ).astype(np.int64)
-        qp = self._choose_qp(allx)
+        qp = self._choose_qp(allx, allc)
         self.qp = qp
         # predictor
         names = {"none": 0, "left": 1, "up": 2}
@@ -516,7 +556,7 @@ class TrackEncoder:
             cands = [names[o.predictor]]
         if 2 in cands and not self.tps["grid_present"]:
             raise TKBEncodeError("predictor 'up' needs a grid")
-        quantized = [self._quantize(x, qp) for x in self.xf]
+        quantized = [self._quantize(c, qp, n) for c, n in zip(self.cf, self.norms)]
         lvls = [q[0] for q in quantized]
         best = None
         for p in cands:
@@ -538,9 +578,9 @@ class TrackEncoder:
         if u.size:
             cap = int(np.quantile(u, 0.9999, method="higher")) + 2
             alphabet = int(np.clip(cap, 2, MAX_ALPHABET))
-        channel = np.tile(np.arange(self.d), u.size // self.d)
+        channel = np.tile(np.arange(self.dc), u.size // self.dc)
         sym = np.minimum(u, alphabet - 1)
-        hist = _histograms(sym, channel, self.d, alphabet)
+        hist = _histograms(sym, channel, self.dc, alphabet)
         pb = self._prob_bits(alphabet)
         self.tps["prob_bits"] = pb
         key = (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
@@ -549,7 +589,7 @@ class TrackEncoder:
             freqs = _with_pseudo_counts(freqs, hist, tmap, alphabet, pb)
         self._set_tables(tmap, freqs)
 
-    def _choose_qp(self, allx: np.ndarray) -> int:
+    def _choose_qp(self, allx: np.ndarray, allc: np.ndarray) -> int:
         o = self.opts
         if o.qp is not None:
             return int(o.qp)
@@ -562,12 +602,16 @@ class TrackEncoder:
             return 0
         from .baselines import mean_token_cosine
         out_name = reconstruction.DTYPES[self.tps["output_dtype"]]
+        allnorms = np.concatenate(self.norms)
 
         def ok(qp):
-            lv, codes, _ = self._quantize(allx, qp)
-            rec = reconstruction.to_output(reconstruction.dequantize(lv, codes),
-                                           self.tps["output_dtype"])
+            lv, codes, _ = self._quantize(allc, qp, allnorms)
+            rec = reconstruction.to_output(self.reconstruct(lv, codes), self.tps["output_dtype"])
             return mean_token_cosine(allx, _float_view(rec, out_name)) >= target
+        if self.transform is not None and not ok(QP_MIN + 60):
+            raise TKBEncodeError(f"mean token cosine {target} is out of reach with this "
+                                 f"transform ({self.transform.num_coeffs} of "
+                                 f"{self.d} coefficients): fit one with more coefficients")
         return _largest_true(ok, QP_MIN + 60, QP_MAX - 24)
 
     def _trial_bpv(self, qp: int) -> float:
@@ -589,7 +633,7 @@ class TrackEncoder:
 
     def _finish_tps(self) -> None:
         o = self.opts
-        n_sym = max((p.size for p in self.positions), default=0) * self.d
+        n_sym = max((p.size for p in self.positions), default=0) * self.dc
         # about 2048 symbols per lane: each lane's final state costs ~16-20 bits, which
         # is ~0.5 % of ~2 bits x 2048 symbols (Annex B.5); fewer steps decode faster
         lanes = o.num_lanes if o.exact_lanes else max(1, min(o.num_lanes, n_sym // 2048 or 1))
@@ -597,15 +641,23 @@ class TrackEncoder:
         steps = o.lane_steps or max(1, min(2048, -(-n_sym // lanes)))
         steps = max(1, min(steps, self.level.max_chunk // lanes, self.level.max_lane_steps))
         self.tps.update(num_lanes=lanes, lane_steps=steps)
-        w = BitWriter()
-        syntax.write(w, "track_parameter_set", self.tps)
-        self.tps_payload = w.getvalue()
+        self._write_tps()
         alph = max(f.size for f in self.freqs)
         self.freq_all, self.cum_all = tables.encode_arrays(self.freqs, alph)
         tmap = self.tps.get("table_map")
-        self.chan_table = (np.zeros(self.d, dtype=np.int64) if tmap is None
+        self.chan_table = (np.zeros(self.dc, dtype=np.int64) if tmap is None
                            else tmap.astype(np.int64))
         self.chan_esc = np.array([f.size for f in self.freqs])[self.chan_table] - 1
+
+    def _write_tps(self) -> None:
+        w = BitWriter()
+        syntax.write(w, "track_parameter_set", {**self.tps, "num_coded": self.dc})
+        self.tps_payload = w.getvalue()
+
+    def set_transform_id(self, transform_id: int) -> None:
+        """Name the stream's transform unit that carries this track's transform."""
+        self.tps["transform_id"] = transform_id
+        self._write_tps()
 
     # frames
     def _fitted_frame(self, a, pos):
@@ -660,7 +712,8 @@ class TrackEncoder:
                 tdelta, u = fitted
             else:
                 xf = _float_view(a, self.src)[pos]
-                lv, codes, tdelta = self._quantize(xf, self.qp)
+                lv, codes, tdelta = self._quantize(self.coded_values(xf), self.qp,
+                                                   token_norms(xf))
                 u = symbols.zigzag(prediction.residuals_from_levels(lv, pos, self.tps))
             sym, escapes, _ = self.escape_split(u)
         alph = self.freq_all.shape[1]
@@ -736,6 +789,50 @@ def _as_frames(array, bf16: bool = False) -> tuple[list, bool]:
     return ([a] if a.ndim == 2 else list(a)), False
 
 
+def _resolve_transform(spec):
+    """A Transform from the ``transform`` option (None, a Transform, a .tkbt path or its
+    bytes); "auto" is resolved by :func:`encode_tracks` before a TrackEncoder sees it."""
+    if spec is None or isinstance(spec, tr.Transform):
+        return spec
+    if isinstance(spec, str) and spec == "auto":
+        raise TKBEncodeError("transform='auto' is chosen per stream by encode_tracks")
+    from . import tkbt
+    try:
+        return tkbt.load(spec)
+    except OSError as e:
+        raise TKBEncodeError(f"cannot read the transform {spec}: {e}") from None
+    except TKBError as e:
+        raise TKBEncodeError(f"{spec} is not a valid transform: {e.message}") from None
+
+
+AUTO_ENERGIES = (0.99, 0.995, 0.999, 0.9999)   # candidate stream-fitted transforms (B.7)
+
+
+def _auto_transform(frames: list, opts: TrackOptions, level_idc) -> tr.Transform | None:
+    """transform='auto' (Annex B.7): PCA transforms fitted on the track's own frames,
+    carried inline, against no transform; the smallest single-track stream wins."""
+    base = replace(opts, transform=None, embed_transform=False)
+    best = (len(encode_tracks([(frames, base)], level_idc=level_idc, index=False)), None)
+    views = [_float_view(f, opts.source_dtype or _source_dtype(f)) for f in frames]
+    tried = set()
+    for e in AUTO_ENERGIES:
+        try:
+            t = transform_fit.fit_transform(views, energy=e)
+        except TKBEncodeError:
+            return None
+        if t.digest in tried:
+            continue
+        tried.add(t.digest)
+        cand = replace(opts, transform=t, embed_transform=True)
+        try:
+            size = len(encode_tracks([(frames, cand)], level_idc=level_idc, index=False))
+        except TKBEncodeError:      # e.g. the target is out of reach with K coefficients
+            continue
+        if size < best[0]:
+            best = (size, t)
+    return best[1]
+
+
 def _prepare(arr, opts) -> tuple[list, TrackOptions, bool]:
     """Input frames of one track and a copy of its options, bfloat16 tagged (a torch
     bfloat16 tensor or ml_dtypes array arrives as uint16 bit patterns)."""
@@ -771,15 +868,24 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
     payloads instead of ``TrackEncoder.encode_frame`` (the GPU path passes one).
     """
     prepared = [_prepare(arr, opts) for arr, opts in tracks]
+    for frames, opts, ids in prepared:
+        if isinstance(opts.transform, str) and opts.transform == "auto":
+            opts.transform = None if opts.lossless or ids else \
+                _auto_transform(frames, opts, level_idc)
+            opts.embed_transform = True
+        elif not (opts.lossless or ids):
+            opts.transform = _resolve_transform(opts.transform)
     lossless_only = all(o.lossless or ids for _, o, ids in prepared)
     meta_payloads = [metadata_payload(meta)] if meta else []
-    profile = levels.PROFILE_LOSSLESS if lossless_only else levels.PROFILE_MAIN
     probe = levels.LEVELS[30] if level_idc is None else levels.get_level(level_idc)
     encs = []
     for frames, opts, ids in prepared:
         encs.append((TrackEncoder(frames, opts, probe), frames))
         if opts.meta:
             meta_payloads.append(metadata_payload(opts.meta))
+    transform_units = _transform_units([te for te, _ in encs])
+    profile = (levels.PROFILE_HIGH if transform_units else
+               levels.PROFILE_LOSSLESS if lossless_only else levels.PROFILE_MAIN)
     payloads = []
     total = sum(len(f) for _, f in encs)
     done = 0
@@ -797,7 +903,7 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
                 progress(done, total)
         payloads.append(fr)
     max_unit = max([len(p) for fr in payloads for p in fr] + [len(p) for p in meta_payloads]
-                   + [len(te.tps_payload) for te, _ in encs]
+                   + [len(te.tps_payload) for te, _ in encs] + [len(p) for p in transform_units]
                    + [4 + 12 * sum(len(fr) for fr in payloads)])   # the largest unit
     needed = levels.smallest_level(
             tokens=max(te.tps["max_tokens"] for te, _ in encs),
@@ -816,6 +922,8 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
     out = bytearray(stream_header(profile, level_idc))
     if meta:
         out += unit(UNIT_METADATA, STREAM_TRACK, metadata_payload(meta))
+    for p in transform_units:
+        out += unit(UNIT_TRANSFORM, STREAM_TRACK, p)
     entries = {}
     for tid, (te, _) in enumerate(encs):
         out += unit(UNIT_TPS, tid, te.tps_payload)
@@ -832,6 +940,19 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
         for tid, e in entries.items():
             out += unit(UNIT_INDEX, tid, index_payload(e))
     return bytes(out)
+
+
+def _transform_units(encs: list) -> list:
+    """Transform unit payloads of the tracks' transforms, one per distinct transform
+    (inline when any track asks for it), each track's parameter set naming its own."""
+    ids, inline = {}, {}
+    for te in encs:
+        if te.transform is not None:
+            key = te.transform.digest
+            ids.setdefault(key, (len(ids), te.transform))
+            inline[key] = inline.get(key, False) or te.opts.embed_transform
+            te.set_transform_id(ids[key][0])
+    return [tr.transform_unit_payload(i, t, inline[key]) for key, (i, t) in ids.items()]
 
 
 def encode(array, *, meta: dict | None = None, level_idc: int | None = None,
@@ -871,11 +992,15 @@ class StreamWriter:
         if opts.max_tokens is None and not opts.grid:  # later frames may be longer
             d = 1 if frames[0].ndim == 1 else frames[0].shape[1]
             opts.max_tokens = min(self.level.max_tokens, self.level.max_values // d)
+        if isinstance(opts.transform, str) and opts.transform == "auto":
+            opts.transform = _auto_transform(frames, opts, self.level_idc)
+            opts.embed_transform = True
         te = TrackEncoder(frames, opts, self.level, pseudo=True)
         # the stream's level must admit the track (checked as a decoder would)
         from .decoder import parse_tps
         try:
-            parse_tps(te.tps_payload, self.level, levels.PROFILE_MAIN)
+            known = {0: te.transform} if te.transform is not None else {}
+            parse_tps(te.tps_payload, self.level, levels.PROFILE_HIGH, transforms=known)
             levels.check_limit(len(self.tracks) + 1, self.level.max_tracks,
                                "number of tracks", self.level)
         except TKBError as e:
@@ -891,10 +1016,14 @@ class StreamWriter:
 
     def _start(self) -> None:
         lossless = all(t.lossless for t in self.tracks)
-        self._emit(stream_header(levels.PROFILE_LOSSLESS if lossless else levels.PROFILE_MAIN,
-                                 self.level_idc))
+        units = _transform_units(self.tracks)
+        profile = (levels.PROFILE_HIGH if units else
+                   levels.PROFILE_LOSSLESS if lossless else levels.PROFILE_MAIN)
+        self._emit(stream_header(profile, self.level_idc))
         if self.meta:
             self._emit(unit(UNIT_METADATA, STREAM_TRACK, metadata_payload(self.meta)))
+        for p in units:
+            self._emit(unit(UNIT_TRANSFORM, STREAM_TRACK, p))
         for tid, t in enumerate(self.tracks):
             self._emit(unit(UNIT_TPS, tid, t.tps_payload))
             if t.opts.meta:

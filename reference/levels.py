@@ -12,7 +12,8 @@ from .errors import TKBEncodeError, TKBLevelError, TKBUnsupportedError
 
 PROFILE_LOSSLESS = 1
 PROFILE_MAIN = 2
-PROFILES = {PROFILE_LOSSLESS: "Lossless", PROFILE_MAIN: "Main"}
+PROFILE_HIGH = 3     # version 1.1: Main plus channel transforms (coding_mode 2)
+PROFILES = {PROFILE_LOSSLESS: "Lossless", PROFILE_MAIN: "Main", PROFILE_HIGH: "High"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def get_level(level_idc: int) -> Level:
 
 def check_profile(profile_idc: int) -> None:
     if profile_idc not in PROFILES:
-        raise TKBUnsupportedError(f"profile_idc {profile_idc} is not a profile of version 1",
+        raise TKBUnsupportedError(f"profile_idc {profile_idc} is not a profile of version 1.1",
                                   clause="8.1", element="profile_idc")
 
 

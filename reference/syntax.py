@@ -1,4 +1,4 @@
-"""Declarative syntax of TKB version 1 (spec clause 5): the single source.
+"""Declarative syntax of TKB version 1.1 (spec clause 5): the single source.
 
 Each syntax structure is a list of :class:`Element` rows -- name, descriptor,
 count, presence condition and the clause defining its semantics -- exactly as
@@ -12,6 +12,7 @@ of the active parameter set when a frame is parsed).  Descriptors:
 
 ``u8 u16 u32 u64 i8``  byte aligned little-endian fixed width
 ``eg(k)``             exp-Golomb of order k (k an expression), MSB first
+``sb(n)``             signed n-bit two's complement field, MSB first (n an expression)
 ``bytes``             raw bytes
 ``align``             zero bits up to the next byte boundary
 ``NAME()``            a nested structure declared here (loop when count given)
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
+
+import numpy as np
 
 from .bitio import BitReader, BitWriter
 from .errors import TKBFormatError
@@ -62,21 +65,22 @@ SYNTAX: dict[str, tuple[Element, ...]] = {
         Element("output_dtype", "u8", clause="6.3"),
         Element("num_channels", "u32", clause="6.3"),
         Element("vocab_size", "u32", condition="track_kind == 1", clause="6.3"),
+        Element("transform_id", "u8", condition="coding_mode == 2", clause="6.3"),
         Element("grid_present", "u8", clause="6.3.1"),
         Element("grid_height", "u16", condition="grid_present", clause="6.3.1"),
         Element("grid_width", "u16", condition="grid_present", clause="6.3.1"),
         Element("num_prefix_tokens", "u16", condition="grid_present", clause="6.3.1"),
         Element("max_tokens", "u32", condition="not grid_present", clause="6.3.1"),
         Element("predictor", "u8", condition="track_kind == 0", clause="6.3.2"),
-        Element("per_channel_steps", "u8", condition="coding_mode == 0", clause="6.3.2"),
-        Element("step_code", "u8", count="num_channels if per_channel_steps else 1",
-                condition="coding_mode == 0", clause="6.3.2"),
+        Element("per_channel_steps", "u8", condition="coding_mode != 1", clause="6.3.2"),
+        Element("step_code", "u8", count="num_coded if per_channel_steps else 1",
+                condition="coding_mode != 1", clause="6.3.2"),
         Element("raw_bits", "u8", condition="coding_mode == 1", clause="6.3.3"),
         Element("num_lanes", "u16", clause="6.3.4"),
         Element("lane_steps", "u32", clause="6.3.4"),
         Element("prob_bits", "u8", clause="6.3.5"),
         Element("num_tables", "u8", clause="6.3.5"),
-        Element("table_map", "u8", count="num_channels", condition="num_tables > 1",
+        Element("table_map", "u8", count="num_coded", condition="num_tables > 1",
                 clause="6.3.5"),
         Element("freq_table", "freq_table()", count="num_tables", clause="6.3.5"),
     ),
@@ -94,16 +98,16 @@ SYNTAX: dict[str, tuple[Element, ...]] = {
         Element("presence_present", "u8", clause="6.4"),
         Element("presence_map", "payload presence_map()", condition="presence_present",
                 clause="7.2"),
-        Element("frame_step_delta", "i8", condition="coding_mode == 0", clause="6.4"),
-        Element("token_scale_present", "u8", condition="coding_mode == 0", clause="6.4"),
+        Element("frame_step_delta", "i8", condition="coding_mode != 1", clause="6.4"),
+        Element("token_scale_present", "u8", condition="coding_mode != 1", clause="6.4"),
         Element("token_step_delta", "i8", count="num_kept",
-                condition="coding_mode == 0 and token_scale_present",
+                condition="coding_mode != 1 and token_scale_present",
                 clause="6.4"),
-        Element("escape_bits", "u8", condition="coding_mode == 0", clause="6.4"),
-        Element("num_escapes", "u32", condition="coding_mode == 0", clause="6.4"),
+        Element("escape_bits", "u8", condition="coding_mode != 1", clause="6.4"),
+        Element("num_escapes", "u32", condition="coding_mode != 1", clause="6.4"),
         Element("chunk_words", "u32", count="num_chunks", clause="6.4"),
         Element("rans_data", "payload rans_data()", clause="7.3"),
-        Element("escape_data", "payload escape_data()", condition="coding_mode == 0",
+        Element("escape_data", "payload escape_data()", condition="coding_mode != 1",
                 clause="7.4"),
         Element("raw_data", "payload raw_data()", condition="coding_mode == 1", clause="7.4"),
     ),
@@ -124,6 +128,26 @@ SYNTAX: dict[str, tuple[Element, ...]] = {
     "index_entry": (
         Element("frame_number", "u32", clause="6.6"),
         Element("unit_offset", "u64", clause="6.6"),
+    ),
+    "transform": (
+        Element("transform_id", "u8", clause="6.7"),
+        Element("transform_source", "u8", clause="6.7"),
+        Element("transform_digest", "bytes", count="32", condition="transform_source == 1",
+                clause="6.7"),
+        Element("transform_data", "transform_data()", condition="transform_source == 0",
+                clause="6.7"),
+    ),
+    "transform_data": (
+        Element("num_channels", "u32", clause="6.7"),
+        Element("num_coeffs", "u32", clause="6.7"),
+        Element("coeff_frac_bits", "u8", clause="6.7"),
+        Element("basis_frac_bits", "u8", clause="6.7"),
+        Element("mean_bits", "u8", clause="6.7"),
+        Element("basis_bits", "u8", clause="6.7"),
+        Element("mean", "sb(mean_bits)", count="num_channels", condition="mean_bits > 0",
+                clause="6.7"),
+        Element("basis", "sb(basis_bits)", count="num_coeffs * num_channels", clause="6.7"),
+        Element("alignment_zero_bits", "align", clause="3.3"),
     ),
 }
 
@@ -166,6 +190,11 @@ def parse(reader: BitReader, name: str, context: dict | None = None,
         elif d.startswith("eg("):
             k = _eval(d[3:-1], env)
             v = tuple(reader.eg(k, f"{full}[{i}]") for i in range(count))
+        elif d.startswith("sb("):
+            n = _eval(d[3:-1], env)
+            _check_bits(reader, count * n, full)
+            u = reader.packed(count, n, full).astype(np.int64)
+            v = np.where(u >= 1 << (n - 1), u - (1 << n), u) if n else u
         elif d == "bytes":
             v = reader.raw_bytes(count, full)
         elif d == "align":
@@ -189,6 +218,14 @@ def parse(reader: BitReader, name: str, context: dict | None = None,
     return MappingProxyType(out)
 
 
+def _check_bits(reader: BitReader, nbits: int, name: str) -> None:
+    # packed signed arrays: bounded by the bits present before allocating (spec 7.1)
+    if nbits > reader.remaining_bits():
+        from .errors import TKBTruncatedError
+        raise TKBTruncatedError(f"{name} needs {nbits} bits, {reader.remaining_bits()} remain",
+                                clause="7.1", element=name, offset=reader.byte_pos)
+
+
 def _check_count(reader: BitReader, nbytes: int, name: str) -> None:
     # checked before any array is allocated (clause 4 of the brief, spec 7.1)
     if nbytes > reader.remaining_bytes():
@@ -201,13 +238,22 @@ def _frame_sizes(env: dict) -> None:
     """Derived variables of clause 7.1, set once the presence map is known."""
     kept = env.get("presence_map")
     env["num_kept"] = env["num_tokens"] if kept is None else len(kept)
-    env["num_symbols"] = env["num_kept"] * env["num_channels"]
+    env["num_symbols"] = env["num_kept"] * env["num_coded"]
     env["num_chunks"] = -(-env["num_symbols"] // env["chunk_size"])
+
+
+def _coded_channels(env: dict) -> None:
+    """num_coded (clause 6.3): the values coded per token, the coefficients of the
+    parameter set's transform (``coding_mode`` 2) or the channels."""
+    t = env.get("transforms", {}).get(env.get("transform_id")) if env["coding_mode"] == 2 \
+        else None
+    env["num_coded"] = t.num_coeffs if t is not None else env["num_channels"]
 
 
 # Values derived while parsing a structure, available to later conditions and counts;
 # each hook runs after its element is read or found absent.
-_DERIVED = {("frame", "presence_map"): _frame_sizes}
+_DERIVED = {("frame", "presence_map"): _frame_sizes,
+            ("track_parameter_set", "transform_id"): _coded_channels}
 
 
 def write(writer: BitWriter, name: str, values: dict, context: dict | None = None,
@@ -232,6 +278,10 @@ def write(writer: BitWriter, name: str, values: dict, context: dict | None = Non
             k = _eval(d[3:-1], env)
             for x in v:
                 writer.eg(k, int(x))
+        elif d.startswith("sb("):
+            n = _eval(d[3:-1], env)
+            writer.packed(np.asarray(v, dtype=np.int64).astype(np.uint64)
+                          & np.uint64((1 << n) - 1), n)
         elif d == "bytes":
             writer.raw_bytes(v)
         elif d == "align":

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from . import decoder as d
-from . import levels
+from . import levels, transform
 from .crc32c import crc32c
 from .errors import TKBError
 
@@ -55,6 +55,7 @@ def walk(data: bytes) -> Iterator[Element | Problem]:
     yield from (Element(None, n, o, ln, v) for n, o, ln, v in tr)
     level = levels.get_level(header.level_idc)
     parameter_sets: dict = {}
+    transforms: dict = {}    # transform_id -> Transform (inline ones; references are not resolved)
     pos, i = d.STREAM_HEADER_SIZE, 0
     while pos < len(data):
         tr = []
@@ -68,8 +69,13 @@ def walk(data: bytes) -> Iterator[Element | Problem]:
         payload_trace: list = []
         err = None
         try:
-            if u.unit_type == d.UNIT_TPS:
-                tps = d.parse_tps(u.payload, level, header.profile_idc, trace=payload_trace)
+            if u.unit_type == d.UNIT_TRANSFORM:
+                tid, t = transform.parse_transform_unit(u.payload, level, {},
+                                                        trace=payload_trace)
+                transforms.setdefault(tid, t)
+            elif u.unit_type == d.UNIT_TPS:
+                tps = d.parse_tps(u.payload, level, header.profile_idc, trace=payload_trace,
+                                  transforms=transforms)
                 parameter_sets[(u.track_id, tps["tps_id"])] = tps
             elif u.unit_type == d.UNIT_FRAME:
                 tps = parameter_sets.get((u.track_id, u.payload[0])) if u.payload else None
