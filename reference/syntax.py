@@ -244,7 +244,9 @@ def _frame_sizes(env: dict) -> None:
 
 def _coded_channels(env: dict) -> None:
     """num_coded (clause 6.3): the values coded per token, the coefficients of the
-    parameter set's transform (``coding_mode`` 2) or the channels."""
+    parameter set's transform (``coding_mode`` 2) or the channels; a writer may give it."""
+    if "num_coded" in env:
+        return
     t = env.get("transforms", {}).get(env.get("transform_id")) if env["coding_mode"] == 2 \
         else None
     env["num_coded"] = t.num_coeffs if t is not None else env["num_channels"]
@@ -254,6 +256,8 @@ def _coded_channels(env: dict) -> None:
 # each hook runs after its element is read or found absent.
 _DERIVED = {("frame", "presence_map"): _frame_sizes,
             ("track_parameter_set", "transform_id"): _coded_channels}
+# the derived values a writer needs and may not give (a frame writer gives its sizes)
+_WRITE_DERIVED = {("track_parameter_set", "transform_id"): _coded_channels}
 
 
 def write(writer: BitWriter, name: str, values: dict, context: dict | None = None,
@@ -262,6 +266,8 @@ def write(writer: BitWriter, name: str, values: dict, context: dict | None = Non
     env = dict(context or {})
     env.update(values)
     for el in SYNTAX[name]:
+        if (name, el.name) in _WRITE_DERIVED:
+            _WRITE_DERIVED[(name, el.name)](env)
         if el.condition and not _eval(el.condition, env):
             continue
         d = el.descriptor
