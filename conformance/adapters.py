@@ -59,6 +59,14 @@ The template is split like a shell command line (no shell is involved), and
 
 The program runs with standard input closed (``/dev/null``), in a fresh process
 group, in the current directory.
+
+Transforms by reference (version 1.1, clause 6.7): every decoder, command or Python,
+runs with the environment variable ``TKB_TRANSFORM_DIR`` set to the suite's
+``transforms/`` folder, which holds each transform that a stream names by SHA-256 as
+``<sha256 in lowercase hex>.tkbt`` (a TKB stream of the High profile with one inline
+transform unit; its ``transform_data()`` bytes are what the digest covers).  A decoder
+looks a needed digest up there; the manifest lists the digests each stream needs
+(``"transforms"``).  ``tkb decode`` reads the variable when no ``--transform`` is given.
 """
 from __future__ import annotations
 
@@ -156,11 +164,21 @@ def normalize(ret) -> DecodeResult:
 
 # -- the registered Python adapters ---------------------------------------------------
 
+TRANSFORM_DIR_ENV = "TKB_TRANSFORM_DIR"
+
+
+def supplied_transforms() -> list:
+    """The .tkbt files of the folder that TKB_TRANSFORM_DIR names (none when unset)."""
+    d = os.environ.get(TRANSFORM_DIR_ENV)
+    return sorted(Path(d).glob("*.tkbt")) if d and Path(d).is_dir() else []
+
+
 def _reference_decode(data: bytes, strict: bool, backend: str) -> DecodeResult:
     import tokenbits
     from tokenbits.errors import TKBBackendError
     try:
-        stream = tokenbits.decode(data, strict=strict, backend=backend)
+        stream = tokenbits.decode(data, strict=strict, backend=backend,
+                                  transforms=supplied_transforms())
     except TKBBackendError as e:
         raise NotSupported(str(e)) from None
     except tokenbits.TKBError as e:   # strict: the first error; else a stream header error

@@ -28,6 +28,8 @@ import numpy as np
 
 from tokenbits import canonical, decoder, encoder, errors, levels, prediction, rans, \
     reconstruction, symbols, syntax, tables, tracing
+from tokenbits import transform as tr
+from tokenbits import tkbt
 from tokenbits.bitio import BitWriter
 from tokenbits.crc32c import crc32c
 from tokenbits.presence import write_presence_map
@@ -257,7 +259,7 @@ def code_symbols(tps: dict, sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_tables(tps: dict, syms: list, alphabet: int, pseudo: bool = True) -> None:
     """Frequency tables (one per table of ``table_map``) fitted on symbols [K, D]."""
-    d = tps["num_channels"]
+    d = tps.get("num_coded", tps["num_channels"])
     tmap = np.asarray(tps.get("table_map", np.zeros(d)), dtype=np.int64)
     nt = tps["num_tables"]
     counts = np.zeros((nt, alphabet), dtype=np.int64)
@@ -277,13 +279,15 @@ def quantized_track(levels_: list, *, step_code, predictor: int = 0, alphabet: i
                     output_dtype: int = 1, grid=None, prefix: int = 0, num_lanes: int = 1,
                     lane_steps: int = 64, prob_bits: int = 12, num_tables: int = 1,
                     frame_step_delta: int = 0, token_step_delta=None, positions=None,
-                    escape_bits=None, max_tokens=None, tps_id: int = 0) -> tuple:
+                    escape_bits=None, max_tokens=None, tps_id: int = 0,
+                    transform=None, transform_id: int = 0) -> tuple:
     """(parameter set payload, frame payloads) of a quantized track written from
-    explicit levels [K, D] per frame (clauses 6.3, 6.4, 7.4.1, 7.5 in reverse)."""
+    explicit levels [K, D] per frame (clauses 6.3, 6.4, 7.4.1, 7.5 in reverse); with a
+    ``transform``, levels [K, num_coeffs] of its coefficients (coding_mode 2, 6.7)."""
     k0, d = levels_[0].shape
     step_code = np.atleast_1d(np.asarray(step_code, dtype=np.uint8))
     t = dict(tps_id=tps_id, track_kind=0, coding_mode=0, source_dtype=output_dtype,
-             output_dtype=output_dtype, num_channels=d, predictor=predictor,
+             output_dtype=output_dtype, num_channels=d, num_coded=d, predictor=predictor,
              per_channel_steps=int(step_code.size > 1), step_code=step_code,
              num_lanes=num_lanes, lane_steps=lane_steps, prob_bits=prob_bits,
              num_tables=num_tables)
@@ -292,6 +296,8 @@ def quantized_track(levels_: list, *, step_code, predictor: int = 0, alphabet: i
                  num_prefix_tokens=prefix)
     else:
         t.update(grid_present=0, max_tokens=max_tokens or max(lv.shape[0] for lv in levels_))
+    if transform is not None:
+        t.update(coding_mode=2, transform_id=transform_id, num_channels=transform.num_channels)
     if num_tables > 1:
         t["table_map"] = (np.arange(d) % num_tables).astype(np.uint8)
     n_tokens = t.get("max_tokens") if not grid else prefix + grid[0] * grid[1]
@@ -842,7 +848,7 @@ def declare_negative() -> None:
     # 9.4 TKBUnsupportedError
     for name, hdr, cond, clause in (("version_major_2", dict(major=2), "9.4-1", "6.1"),
                                     ("profile_0", dict(profile=0), "9.4-2", "8.1"),
-                                    ("profile_3", dict(profile=3), "9.4-2", "8.1"),
+                                    ("profile_4", dict(profile=4), "9.4-2", "8.1"),
                                     ("level_0", dict(level=0), "9.4-3", "8.2"),
                                     ("level_11", dict(level=11), "9.4-3", "8.2"),
                                     ("level_40", dict(level=40), "9.4-3", "8.2")):
@@ -1071,17 +1077,219 @@ def declare_resilience() -> None:
       d + b"\x05\x00\x00\x00\x02", ["9.2-2"])
 
 
+# -- version 1.1: transforms (clauses 6.7, 7.6.3) ---------------------------------------
+
+def _ints(seed: int, shape, lo: int, hi: int) -> np.ndarray:
+    """Integers in lo..hi from the deterministic uniform() (exact on every platform)."""
+    return (lo + np.floor(uniform(seed, shape) * (hi - lo + 1))).astype(np.int64)
+
+
+def _model(seed: int, d: int, k: int, f: int, g: int, mean_max: int, basis_max: int):
+    mean = _ints(seed, (d,), -mean_max, mean_max) if mean_max else np.zeros(d, np.int64)
+    basis = _ints(seed + 1, (k, d), -basis_max, basis_max)
+    return tr.make_transform(mean, basis, f, g)
+
+
+_MODELS: dict = {}
+
+
+def model_transforms() -> dict:
+    """The transforms shipped with the suite (transforms/<sha256>.tkbt), by hex digest:
+    what an application supplies to decode the streams that name them (clause 6.7)."""
+    if not _MODELS:
+        t = _model(900, 8, 6, 12, 7, 1 << 18, 100)
+        _MODELS[t.hexdigest] = t
+    return _MODELS
+
+
+def model_a():
+    return next(iter(model_transforms().values()))
+
+
+def referenced_transforms(data: bytes) -> list:
+    """Hex digests of the transforms that ``data``'s transform units name by reference."""
+    out = []
+    try:
+        for u in decoder.iter_units(data, levels.LEVELS[30]):
+            if u.unit_type == decoder.UNIT_TRANSFORM and len(u.payload) >= 34 \
+                    and u.payload[1] == tr.SOURCE_REFERENCE:
+                out.append(u.payload[2:34].hex())
+    except errors.TKBError:
+        pass
+    return sorted(set(out))
+
+
+def transform_data_bytes(**v) -> bytes:
+    """A ``transform_data()`` written from explicit values, valid or not."""
+    w = BitWriter()
+    syntax.write(w, "transform_data", v)
+    return w.getvalue()
+
+
+def coeff_levels(seed: int, frames: int, tokens: int, k: int, amp: int) -> list:
+    return [_ints(seed + i, (tokens, k), -amp, amp) for i in range(frames)]
+
+
+def transform_stream(t, levels_: list, *, inline: bool = True, level: int = 10,
+                     tracks: list | None = None, **track_kw) -> bytes:
+    """A High stream: one transform unit (transform_id 0), then one track (or the
+    ``tracks`` given as keyword dicts) coding ``levels_`` as coefficients of ``t``."""
+    units = [(decoder.UNIT_TRANSFORM, decoder.STREAM_TRACK,
+              tr.transform_unit_payload(0, t, inline))]
+    for track, kw in enumerate(tracks or [track_kw]):
+        tps, frames = quantized_track(kw.pop("levels", levels_), transform=t, **kw)
+        units += track_units(track, tps, frames)
+    return stream(units, profile=levels.PROFILE_HIGH, level=level, minor=1)
+
+
+def _row(cls_clause: str, fragment: str) -> str:
+    """The id of the row of clause ``cls_clause`` (e.g. "9.1") whose text has ``fragment``."""
+    hits = [c["id"] for c in error_conditions() if c["id"].startswith(cls_clause + "-")
+            and fragment in c["text"]]
+    if len(hits) != 1:
+        raise LookupError(f"{len(hits)} rows of {cls_clause} contain {fragment!r}")
+    return hits[0]
+
+
+def restream(units: list) -> bytes:
+    """A High stream of ``units`` (Unit) with its index rebuilt for their offsets."""
+    return stream([(u.unit_type, u.track_id, u.payload, u.essential) for u in units
+                   if u.unit_type != decoder.UNIT_INDEX], profile=levels.PROFILE_HIGH,
+                  level=10, minor=1)
+
+
+def declare_transform() -> None:
+    P, N, R = positive, negative, resilience
+    A = model_a()
+    grid = dict(grid=(4, 4), prefix=1)
+    lv = coeff_levels(910, 3, 17, 6, 5)
+    tsd = [_ints(920 + i, (17,), -3, 3) for i in range(3)]
+    common = dict(step_code=[140, 141, 143, 146, 150, 155], predictor=2, alphabet=12,
+                  token_step_delta=tsd, **grid)
+    T = transform_stream(A, lv, **common)        # units: 0 transform, 1 tps, 2-4 frames, 5 index
+    P("transform_inline_float16", "High profile: an inline transform (D 8, K 6) and a grid "
+      "track coding its coefficients with up prediction, per-coefficient steps and token step "
+      "deltas, float16 out", ["6.7", "7.6.3"], ["transform", "coding_mode:2", "predictor:2"], T)
+    P("transform_by_reference", "the same track with the transform named by its SHA-256; "
+      "the suite ships it as transforms/<sha256>.tkbt (clause 6.7)", ["6.7", "7.6.3"],
+      ["transform", "transform:reference"], transform_stream(A, lv, inline=False, **common))
+    B = _model(930, 4, 4, 10, 9, 1 << 30, 400)
+    two = [dict(levels=coeff_levels(940, 2, 9, 4, 20), step_code=138, predictor=1,
+                output_dtype=0, alphabet=64, max_tokens=9),
+           dict(levels=coeff_levels(950, 2, 9, 4, 20), step_code=[130, 150, 160, 170],
+                predictor=0, output_dtype=2, alphabet=64, max_tokens=9, num_tables=2)]
+    P("transform_two_tracks", "two tracks (float32 and bfloat16 out, left and no prediction) "
+      "sharing one square transform (K = D = 4)", ["6.7", "7.6.3"],
+      ["transform", "tracks:2", "dtype:float32", "dtype:bfloat16"],
+      transform_stream(B, None, tracks=two))
+    C = tr.make_transform(np.array([(1 << 52) - 1, -(1 << 52) + 1, 12345]),
+                          np.array([[(1 << 15) - 1, -(1 << 15) + 1, 7],
+                                    [1, 2, 3], [-(1 << 15) + 1, 0, (1 << 15) - 1]]), 40, 40)
+    P("transform_extremes", "the widest transform fields: mean ±(2^52 - 1) (mean_bits 53), "
+      "basis ±(2^15 - 1) (basis_bits 16), coeff_frac_bits and basis_frac_bits 40, "
+      "coefficient values ±2^23; pruned tokens without grid, float32 out", ["6.7", "7.6.3"],
+      ["transform", "presence"],
+      transform_stream(C, [_ints(960 + i, (5, 3), -1, 1) for i in range(2)], step_code=42,
+                       output_dtype=0, alphabet=4, max_tokens=8,
+                       positions=[[0, 2, 3, 5, 7], [1, 2, 4, 6, 7]]))
+    Z = tr.make_transform(np.zeros(5, np.int64), _ints(970, (2, 5), -1, 1), 0, 0)
+    P("transform_zero_mean_escapes", "no mean (mean_bits 0), a basis of 2-bit entries, "
+      "coeff_frac_bits and basis_frac_bits 0, escapes and a frame step delta",
+      ["6.7", "7.4.1", "7.6.3"], ["transform", "escapes"],
+      transform_stream(Z, [_ints(980 + i, (6, 2), -300, 300) for i in range(2)],
+                       step_code=144, frame_step_delta=6, alphabet=8, max_tokens=6))
+
+    # negative: transform_data() and the transform unit (clause 6.7)
+    N("transform_source_2", "transform_source 2 (reserved)", _row("9.1", "transform_source"),
+      "TKBFormatError", "6.7", poke(T, "transform_source", 2, 0))
+    c67 = _row("9.1", "`num_coeffs` not in")
+    N("transform_num_channels_0", "a transform_data() with num_channels 0", c67,
+      "TKBFormatError", "6.7", poke(T, "num_channels", 0, 0))
+    N("transform_num_coeffs_0", "num_coeffs 0", c67, "TKBFormatError", "6.7",
+      poke(T, "num_coeffs", 0, 0))
+    N("transform_num_coeffs_above_channels", "num_coeffs 9 with num_channels 8", c67,
+      "TKBFormatError", "6.7", poke(T, "num_coeffs", 9, 0))
+    cbits = _row("9.1", "`coeff_frac_bits` or `basis_frac_bits` > 40")
+    for el, v in (("coeff_frac_bits", 41), ("basis_frac_bits", 41), ("mean_bits", 54),
+                  ("basis_bits", 1), ("basis_bits", 17)):
+        N(f"transform_{el}_{v}", f"{el} {v}", cbits, "TKBFormatError", "6.7",
+          poke(T, el, v, 0))
+    h, units = split(T)
+    cneg = _row("9.1", "most negative")
+    for el, vals in (("mean", dict(mean=[-8, 1, 2, 3])), ("basis", dict(basis=[1] * 7 + [-8]))):
+        v = dict(num_channels=4, num_coeffs=2, coeff_frac_bits=3, basis_frac_bits=2,
+                 mean_bits=4, basis_bits=4, mean=[1, 2, 3, 4], basis=[1] * 8)
+        v.update(vals)
+        bad = bytes([0, 0]) + transform_data_bytes(**v)
+        N(f"transform_{el}_most_negative", f"a {el} entry -2^(bits - 1) (-8 in 4 bits)", cneg,
+          "TKBFormatError", "6.7", restream([Unit(5, 255, 1, bad)]))
+    N("transform_unit_on_a_track", "a transform unit with track_id 0",
+      _row("9.1", "transform unit (type 5"), "TKBFormatError", "6.2",
+      restream([Unit(5, 0, 1, units[0].payload)] + units[1:]))
+    main = header(2, 10) + T[16:]
+    N("transform_unit_in_main_profile", "an essential unit of type 5 in a Main stream: "
+      "reserved there as in version 1.0 (clause 6.2)", _row("9.4", "reserved `unit_type`"),
+      "TKBUnsupportedError", "6.2", main)
+    N("coding_mode_3_high", "coding_mode 3 in a High stream (reserved)",
+      _row("9.1", "`coding_mode` not 0 or 1"), "TKBFormatError", "6.3",
+      poke(T, "coding_mode", 3, 1))
+    N("transform_data_cut", "a transform unit whose payload ends inside transform_data()'s "
+      "fixed fields", _row("9.2", "the payload ends before its structure"),
+      "TKBTruncatedError", "6.7", restream([Unit(5, 255, 1, units[0].payload[:9])] + units[1:]))
+    N("transform_basis_beyond_payload", "a basis array longer than the rest of the payload "
+      "(checked before it is read)", _row("9.2", "a transform's `mean` and `basis`"),
+      "TKBTruncatedError", "7.1", restream([Unit(5, 255, 1, units[0].payload[:-3])] + units[1:]))
+    big = bytes([0, 0]) + (4097).to_bytes(4, "little")
+    N("transform_num_channels_above_level", "a transform of 4097 channels at level 10 "
+      "(max_channels 4096)", _row("9.5", "`num_channels` > `max_channels` (inline"),
+      "TKBLevelError", "8.2", restream([Unit(5, 255, 1, big + bytes(8))] + units[1:]))
+    big = bytes([0, 0]) + (4096).to_bytes(4, "little") + (257).to_bytes(4, "little")
+    N("transform_values_above_level", "K x D = 257 x 4096 > max_values 2^20 of level 10",
+      _row("9.5", "`num_coeffs` × `num_channels`"), "TKBLevelError", "8.2",
+      restream([Unit(5, 255, 1, big + bytes(8))] + units[1:]))
+    cref = _row("9.6", "`transform_id` names no accepted transform")
+    N("tps_transform_id_unknown", "a parameter set naming transform_id 7, which was never "
+      "sent", cref, "TKBReferenceError", "6.3", poke(T, "transform_id", 7, 1))
+    wide = _model(990, 9, 6, 12, 7, 1 << 18, 100)
+    N("tps_transform_channels_differ", "a parameter set of 8 channels naming a transform of 9",
+      cref, "TKBReferenceError", "6.3",
+      restream([Unit(5, 255, 1, tr.transform_unit_payload(0, wide, True))] + units[1:]))
+    ref = bytes([0, 1]) + bytes(range(32))
+    N("transform_reference_not_supplied", "a transform by reference whose digest the suite "
+      "does not supply", _row("9.6", "whose digest the application has not supplied"),
+      "TKBReferenceError", "6.7", restream([Unit(5, 255, 1, ref)] + units[1:]))
+    N("transform_redefined", "transform_id 0 sent again with other content",
+      _row("9.6", "repeats the `transform_id`"), "TKBReferenceError", "6.7",
+      restream(units[:2] + [Unit(5, 255, 1, tr.transform_unit_payload(0, B, True))]
+           + units[2:]))
+    O = tr.make_transform(np.zeros(2, np.int64), np.array([[3, 1], [1, -3]]), 40, 2)
+    N("transform_coefficient_overflow", "levels 2 and 1 at step code 48 with coeff_frac_bits 40:"
+      " Y = 2^25 and 2^24 > 2^24 - 1", _row("9.9", "transform coefficient value"), "TKBValueError",
+      "7.6.3", transform_stream(O, [np.array([[2, 0], [1, 1]])], step_code=48, alphabet=8,
+                                max_tokens=2))
+    R("transform_reference_missing_cascade", "a transform by reference that is not supplied: "
+      "the transform unit, its parameter set and the three frames are rejected, each with "
+      "TKBReferenceError (clauses 6.7, 6.3, 6.4)", ["6.7", "6.3", "6.4", "9.10"],
+      ["resilience", "transform:reference"], ["TKBReferenceError"] * 5,
+      restream([Unit(5, 255, 1, ref)] + units[1:]))
+
+
 # -- expectations, universe, files ------------------------------------------------
 
 VALUE_CLASSES = [
     ("version_minor", [0, 255], "minor versions a decoder ignores"),
-    ("profile_idc", [1, 2], "every profile"),
+    ("profile_idc", [1, 2, 3], "every profile"),
     ("level_idc", [10, 20, 30], "every level"),
-    ("unit_type", [1, 2, 3, 4], "every unit type of version 1"),
+    ("unit_type", [1, 2, 3, 4, 5], "every unit type of version 1.1"),
     ("unit_essential", [0, 1], "both values"),
     ("track_id", [0, 254, 255], "first track, last track, stream metadata"),
     ("track_kind", [0, 1], "embedding and ids tracks"),
-    ("coding_mode", [0, 1], "quantized and split"),
+    ("coding_mode", [0, 1, 2], "quantized, split and transform"),
+    ("transform_source", [0, 1], "inline and by reference"),
+    ("coeff_frac_bits", [0, 40], "minimum, maximum"),
+    ("basis_frac_bits", [0, 40], "minimum, maximum"),
+    ("mean_bits", [0, 53], "no mean, widest mean"),
+    ("basis_bits", [2, 16], "narrowest, widest basis"),
     ("source_dtype", [0, 1, 2, 3], "every dtype"),
     ("output_dtype", [0, 1, 2, 3], "every dtype"),
     ("num_channels", [1, 4096], "minimum, max_channels of level 10"),
@@ -1152,9 +1360,10 @@ def universe(spec_dir: Path = SPEC_DIR) -> dict:
 
 
 def outcome(data: bytes) -> dict:
-    """The reference decoder's resilient result (clause 9.10) of a stream."""
+    """The reference decoder's resilient result (clause 9.10) of a stream, with the
+    suite's model transforms supplied (clause 6.7)."""
     try:
-        s = decoder.decode(data, strict=False)
+        s = decoder.decode(data, strict=False, transforms=list(model_transforms().values()))
         errs, frames, fatal = s.errors, s.frames, s.framing_error is not None
     except errors.TKBError as e:        # an error of the stream header is fatal
         errs, frames, fatal = [e], [], True
@@ -1209,11 +1418,11 @@ def _check(v: Vector, out: dict, conditions: dict) -> None:
             raise AssertionError(f"{where}: first error {first}, declared {cls} {clause}")
         if clause is None:      # truncation families: the clause of the structure
             v.clauses = [first["clause"]]
-            if first["clause"] not in ("6.3", "6.4", "6.5", "6.6", "7.1"):   # clause 9.2
+            if first["clause"] not in ("6.3", "6.4", "6.5", "6.6", "6.7", "7.1"):   # 9.2
                 raise AssertionError(f"{where}: truncation reported in clause "
                                      f"{first['clause']}")
         try:
-            decoder.decode(v.data, strict=True)
+            decoder.decode(v.data, strict=True, transforms=list(model_transforms().values()))
         except errors.TKBError as e:
             if type(e).__name__ != cls:
                 raise AssertionError(f"{where}: strict decoding raises {e!r}") from None
@@ -1243,6 +1452,7 @@ def build(spec_dir: Path = SPEC_DIR, progress=None) -> tuple[dict, dict, dict]:
     declare_positive()
     declare_resilience()
     declare_negative()
+    declare_transform()
     uni = universe(spec_dir)
     conds = {c["id"]: c for c in uni["conditions"]}
     entries, files, traces = [], {}, {}
@@ -1261,15 +1471,21 @@ def build(spec_dir: Path = SPEC_DIR, progress=None) -> tuple[dict, dict, dict]:
                                            f"(tkb trace streams/{v.name}.tkb)"]
         files[f"streams/{v.name}.tkb"] = v.data
         traces[f"traces/{v.name}.txt"] = "\n".join(lines) + "\n"
-        entries.append(dict(name=v.name, suite=v.suite, description=v.description,
+        entry = dict(name=v.name, suite=v.suite, description=v.description,
                             clauses=v.clauses, features=v.features, conditions=v.conditions,
                             elements=elements, element_values=values, profile=prof,
                             profile_idc=pidc, level_idc=lidc, level=lvl, bytes=len(v.data),
                             stream_sha256=hashlib.sha256(v.data).hexdigest(),
-                            trace=f"traces/{v.name}.txt", expect=out))
+                            trace=f"traces/{v.name}.txt", expect=out)
+        needed = referenced_transforms(v.data)
+        if needed:      # transforms the application supplies (clause 6.7, harness 11.2)
+            entry["transforms"] = needed
+        entries.append(entry)
         if progress:
             progress(i + 1, len(VECTORS))
-    manifest = dict(format=MANIFEST_FORMAT, spec_version="1.0",
+    for hexd, t in model_transforms().items():
+        files[f"transforms/{hexd}.tkbt"] = tkbt.dumps(t)
+    manifest = dict(format=MANIFEST_FORMAT, spec_version="1.1",
                     generated_by="tkb conformance reference", universe=uni, streams=entries)
     return manifest, files, traces
 
@@ -1291,7 +1507,7 @@ def manifest_text(manifest: dict) -> str:
 
 def _suite_files(suite: Path) -> dict:
     out = {}
-    for sub in ("streams", "traces"):
+    for sub in ("streams", "traces", "transforms"):
         for p in sorted((suite / sub).glob("*")):
             out[f"{sub}/{p.name}"] = p.read_bytes()
     mf = suite / "manifest.json"
@@ -1302,7 +1518,7 @@ def _suite_files(suite: Path) -> dict:
 
 def write_suite(out: Path, manifest: dict, files: dict, traces: dict) -> None:
     """Write the suite into ``out``, removing streams and traces no longer declared."""
-    for sub in ("streams", "traces"):
+    for sub in ("streams", "traces", "transforms"):
         d = out / sub
         if d.exists():
             shutil.rmtree(d)
@@ -1376,10 +1592,12 @@ def main(argv=None) -> int:
         return 0
     write_suite(a.out, manifest, files, traces)
     if not a.quiet:
-        size = sum(len(b) for b in files.values())
+        streams = {k: b for k, b in files.items() if k.startswith("streams/")}
+        size = sum(len(b) for b in streams.values())
         counts = {k: sum(s["suite"] == k for s in manifest["streams"])
                   for k in ("positive", "negative", "resilience")}
-        print(f"wrote {len(files)} streams ({size} bytes: {counts}) to {a.out}")
+        print(f"wrote {len(streams)} streams ({size} bytes: {counts}) and "
+              f"{len(files) - len(streams)} transforms to {a.out}")
     return 0
 
 

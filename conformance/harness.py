@@ -9,8 +9,10 @@ level, a resilience stream for a strict decoder, or declined by the decoder).
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
+import os
 import json
 import struct
 import sys
@@ -23,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from . import SUITE_DIR, load_manifest
-from .adapters import (DEFAULT_TIMEOUT, UNKNOWN_ERROR, AdapterError, Decoder, NotSupported,
+from .adapters import (DEFAULT_TIMEOUT, TRANSFORM_DIR_ENV, UNKNOWN_ERROR, AdapterError,
+                       Decoder, NotSupported,
                        decode_reference, default_jobs, make_decoder)
 
 STATES = ("pass", "fail", "error", "timeout", "not-supported")
@@ -50,6 +53,24 @@ class Suite:
 
     def stream_path(self, s: dict) -> Path:
         return self.path / "streams" / f"{s['name']}.tkb"
+
+
+@contextlib.contextmanager
+def transform_dir(suite: Suite):
+    """The suite's transforms/ folder in the environment of every decoder run
+    (TKB_TRANSFORM_DIR, see adapters): where a decoder finds the transforms that
+    streams name by SHA-256 (clause 6.7), each as transforms/<sha256>.tkbt."""
+    old = os.environ.get(TRANSFORM_DIR_ENV)
+    d = suite.path / "transforms"
+    if d.is_dir():
+        os.environ[TRANSFORM_DIR_ENV] = str(d.resolve())
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(TRANSFORM_DIR_ENV, None)
+        else:
+            os.environ[TRANSFORM_DIR_ENV] = old
 
 
 def load_suite(path=None) -> Suite:
@@ -422,7 +443,8 @@ def run_suite(decoder: Decoder, suite: Suite, profile: str | None = None,
             continue
         todo.append((s, path, r))
     progress = Progress(len(todo), quiet)
-    outcomes = decoder.run_many([str(p) for _, p, _ in todo], jobs, timeout, progress)
+    with transform_dir(suite):
+        outcomes = decoder.run_many([str(p) for _, p, _ in todo], jobs, timeout, progress)
     progress.done()
     for (s, path, r), o in zip(todo, outcomes):
         r.seconds = o.seconds

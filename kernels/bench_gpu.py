@@ -511,6 +511,79 @@ def profile(data: str, frames: int, num_tables=None, prob_bits=None, log=print) 
     torch.cuda.cudart().cudaProfilerStop()
 
 
+TRANSFORM_SWEEP = [None] + [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=ns)
+                            for bm, bn, bk, w, ns in ((128, 64, 32, 4, 2), (64, 128, 32, 4, 2),
+                                                      (128, 128, 32, 8, 2), (64, 64, 64, 4, 3),
+                                                      (128, 64, 64, 8, 3), (64, 32, 32, 2, 2))]
+
+
+def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
+                     coeffs=None, log=print, device: str = "cuda") -> dict:
+    """Full GPU decode (the device work of codec.launch_batch: rANS, escapes, levels,
+    inverse transform, float16 out) of ``frames`` frames of 576 x 1024 real tokens coded
+    with a model transform (by reference, fitted on the same frames: a speed figure),
+    beside today's path (no transform) on the same frames in the same run.  Each stream
+    is encoded by the reference encoder from the distinct frames, which the batch repeats;
+    the decoded values of the distinct frames are compared with the reference decoder."""
+    from tokenbits import decoder, encoder, levels, transform_fit
+    from tokenbits.baselines import mean_token_cosine
+    from . import codec
+    bench_ms = _timer(device)
+    base = np.load(data)
+    x = base.astype(np.float32)
+    t = transform_fit.fit_transform(x, energy=None if coeffs else energy, coeffs=coeffs)
+    log(f"transform: D {t.num_channels}, K {t.num_coeffs}, energy kept "
+        f"{t.meta['transform.energy']}")
+    lv = levels.LEVELS[30]
+    dev = device
+    out = dict(frames=frames, shape=list(base.shape[1:]), coeffs=t.num_coeffs,
+               energy=float(t.meta["transform.energy"]))
+    for name, opts in (("today", {}), ("transform", dict(transform=t))):
+        t0 = time.perf_counter()
+        stream = encoder.encode(base, target_cos=0.99, predictor="left", num_lanes=32, **opts)
+        enc_s = time.perf_counter() - t0
+        dec = decoder.Decoder(decoder.parse_stream_header(stream), transforms=[t])
+        frs = []
+        for u in decoder.iter_units(stream, lv):
+            if u.unit_type == decoder.UNIT_FRAME:
+                tps = dec.stream.tracks[u.track_id][u.payload[0]]
+                frs.append(decoder.parse_frame(u.payload, tps, lv))
+            else:
+                dec.add_unit(u)
+        ref = decoder.decode(stream, transforms=[t])
+        ps = codec._ParamSet(tps, dev)
+        small = codec.stage_batch(tps, frs, ps, dev)
+        got = codec.launch_batch(tps, ps, small)[0].cpu().numpy()
+        want = np.concatenate([f.values for f in ref.frames])
+        exact = bool(np.array_equal(got.view(np.uint16), want.view(np.uint16)))
+        st = codec.stage_batch(tps, [frs[i % len(frs)] for i in range(frames)], ps, dev)
+        nbytes = frames * base.shape[1] * base.shape[2] * 2
+        best = None
+        for v in (TRANSFORM_SWEEP if name == "transform" and device == "cuda" else [None]):
+            try:
+                ok = np.array_equal(codec.launch_batch(tps, ps, small, v)[0].cpu().numpy()
+                                    .view(np.uint16), want.view(np.uint16))
+                t_ms = bench_ms(lambda: codec.launch_batch(tps, ps, st, v))
+            except Exception as e:      # a launch shape this GPU cannot compile
+                log(f"  variant {v}: {type(e).__name__}: {str(e)[:120]}")
+                continue
+            if v is not None:
+                log(f"  variant {v}: {t_ms:.3f} ms, {nbytes / t_ms / 1e6:.1f} GB/s, exact {ok}")
+            if ok and (best is None or t_ms < best[0]):
+                best = (t_ms, v)
+        ms, variant = best
+        out[name + "_variant"] = variant
+        out[name] = dict(ms=ms, gb_per_s=nbytes / ms / 1e6, exact=exact,
+                         bits_per_value=8 * len(stream) / base.size,
+                         cosine=float(mean_token_cosine(x.reshape(-1, x.shape[2]),
+                                                        want.astype(np.float32))),
+                         encode_s=enc_s, qp=int(tps["step_code"][0]) - 144)
+        log(f"{name:9s} full decode {ms:8.3f} ms  {out[name]['gb_per_s']:7.1f} GB/s float16 out"
+            f"  exact {exact}  {out[name]['bits_per_value']:.3f} b/v  cos "
+            f"{out[name]['cosine']:.4f}  (reference encode {enc_s:.1f} s)")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prepare", metavar="DIR", help="write DIR/vit_frames.npy and stop")
@@ -530,7 +603,18 @@ def main(argv=None) -> int:
     p.add_argument("--prob-bits", type=int, help="prob_bits of the fitted parameter set")
     p.add_argument("--profile", type=int, metavar="FRAMES",
                    help="only encode and decode FRAMES frames once, inside a profiler range")
+    p.add_argument("--transform", type=int, nargs="?", const=2048, metavar="FRAMES",
+                   help="only the transform decode (TKB 1.1) against today's path")
+    p.add_argument("--coeffs", type=int, help="--transform: K (default: energy 0.999)")
     a = p.parse_args(argv)
+    if a.transform:
+        res = transform_decode(a.data, a.transform, coeffs=a.coeffs,
+                               log=lambda m: print(m, flush=True),
+                               device="cuda" if torch.cuda.is_available() else "cpu")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1, default=str)
+        return 0
     if a.prepare:
         print(prepare(a.prepare))
         return 0

@@ -16,19 +16,17 @@ the frame headers.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
 from tokenbits import reconstruction, tables
-from tokenbits.io import numpy_to_torch
 from tokenbits.decoder import Decoder, Frame, parse_frame
 from tokenbits.decoder import decode as ref_decode
 from tokenbits.encoder import INV_STEP, SYMBOL_NOT_IN_TABLE, TrackEncoder, select_kept
 from tokenbits.errors import TKBEncodeError, TKBEntropyError, TKBError, TKBValueError
 
 from . import quant, rans, recon
+from . import transform as transform_k
 
 BATCH_SYMBOLS = 1 << 27      # symbols decoded or encoded per launch at most
 _TORCH_OUT = {0: torch.float32, 1: torch.float16, 2: torch.bfloat16}
@@ -51,56 +49,65 @@ class _ParamSet:
         pb = tps["prob_bits"]
         alph = [int(t.size) for t in tps["tables"]]
         lookup = tables.decode_lookup(tps["tables"], pb)
+        quantized = tps["coding_mode"] != 1
         tmap = np.asarray(tps["channel_table"], dtype=np.int64) if tps["num_tables"] > 1 else \
-            np.zeros(tps["num_channels"], dtype=np.int64)
-        self.tables = rans.DecodeTables(lookup, alph, tps["coding_mode"] == 0, tmap, pb, device)
-        if tps["coding_mode"] == 0:
+            np.zeros(tps["num_coded"], dtype=np.int64)
+        self.tables = rans.DecodeTables(lookup, alph, quantized, tmap, pb, device)
+        if quantized:
             self.esc = _t(np.asarray(alph)[tmap] - 1, np.int32, device)
             self.code = np.broadcast_to(np.asarray(tps["step_code"], dtype=np.int64),
-                                        (tps["num_channels"],))
+                                        (tps["num_coded"],))
             self.t_code = _t(self.code, np.int32, device)
             self.step = _t(reconstruction.STEP, np.float32, device)
+        if tps["coding_mode"] == 2:
+            # levels through recon.dequantize with steps of 1.0 (exact), then 7.6.3
+            self.ones = torch.ones(256, dtype=torch.float32, device=device)
+            self.transform = transform_k.DeviceTransform(tps["transform"], device)
 
 
-def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = False):
-    """Values of parsed frames ``frames`` (parse_frame dicts) of one parameter set.
-    Returns a list with, per frame, a tensor or the TKBError the reference raises."""
-    d = tps["num_channels"]
-    kept = np.array([f["num_kept"] for f in frames], dtype=np.int64)
-    nsym = kept * d
-    results: list = [None] * len(frames)
-    plan = rans.ChunkPlan(nsym, tps["num_lanes"], tps["lane_steps"], d, device)
+class _Staged:
+    """A batch's device inputs (host staging of decode_batch): launch() runs the kernels."""
+
+
+def stage_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = False) -> _Staged:
+    """Host work of :func:`decode_batch`: the batch's words, chunk plan, chains, step
+    deltas and escape values on the device, and the errors found before decoding."""
+    st = _Staged()
+    st.d = d = tps["num_coded"]          # coded values per token (clause 7.1.2)
+    st.kept = kept = np.array([f["num_kept"] for f in frames], dtype=np.int64)
+    st.results = [None] * len(frames)
+    st.plan = plan = rans.ChunkPlan(kept * d, tps["num_lanes"], tps["lane_steps"], d, device)
     cw_host = [np.asarray(f["chunk_words"], dtype=np.int64) for f in frames]
     # clause 7.3.2: a chunk holds at least its initial states
     act_split = np.split(plan.active, np.cumsum(plan.frame_chunks)[:-1])
     for i, (cw, act) in enumerate(zip(cw_host, act_split)):
         if np.any(cw < 2 * act):
             k = int(np.argmax(cw < 2 * act))
-            results[i] = TKBEntropyError(f"chunk {k} has {int(cw[k])} words, fewer than its "
-                                         f"{2 * int(act[k])} initial-state words",
-                                         clause="7.3.2", element=f"chunk_words[{k}]")
+            st.results[i] = TKBEntropyError(f"chunk {k} has {int(cw[k])} words, fewer than "
+                                            f"its {2 * int(act[k])} initial-state words",
+                                            clause="7.3.2", element=f"chunk_words[{k}]")
     words = np.concatenate([np.asarray(f["rans_data"], dtype=np.uint16) for f in frames]
                            + [np.zeros(rans.WORD_PAD, np.uint16)])
-    t_words = _t(words.view(np.int16), np.int16, device)[:words.size - rans.WORD_PAD]
-    t_cw = _t(np.concatenate(cw_host + [np.zeros(0, np.int64)]), np.int64, device)
-    quantized = tps["coding_mode"] == 0
-    n_esc = np.array([f["num_escapes"] for f in frames], dtype=np.int64) if quantized else None
-    sym, status, esc_pos, esc_count = rans.decode(
-        plan, t_words, t_cw, ps.tables, tps["prob_bits"],
-        n_esc)
+    st.t_words = _t(words.view(np.int16), np.int16, device)[:words.size - rans.WORD_PAD]
+    st.t_cw = _t(np.concatenate(cw_host + [np.zeros(0, np.int64)]), np.int64, device)
+    st.quantized = quantized = tps["coding_mode"] != 1
+    st.transformed = tps["coding_mode"] == 2
+    st.n_esc = np.array([f["num_escapes"] for f in frames], dtype=np.int64) if quantized \
+        else None
     # chains of the whole batch (rows: kept tokens of all frames, in frame order)
-    row0 = np.cumsum(kept) - kept
+    st.row0 = row0 = np.cumsum(kept) - kept
     preds = []
     for f, r0 in zip(frames, row0):
         p = recon.predictor_rows(f["positions"], tps)
         preds.append(np.where(p >= 0, p + r0, -1))
     pred = np.concatenate(preds + [np.zeros(0, np.int64)])
     rows, offs = recon.chains(pred, tps.get("predictor", 0) or 0, row0)
-    contiguous = recon.is_contiguous(rows, offs)
-    chain_frame = np.searchsorted(row0, rows[offs[:-1]], side="right") - 1 \
+    st.contiguous = recon.is_contiguous(rows, offs)
+    st.chain_frame = np.searchsorted(row0, rows[offs[:-1]], side="right") - 1 \
         if offs.size > 1 else np.zeros(0, np.int64)
+    st.dense = dense
     if dense:
-        n_tok = np.array([f["num_tokens"] for f in frames], dtype=np.int64)
+        st.n_tok = n_tok = np.array([f["num_tokens"] for f in frames], dtype=np.int64)
         base = np.cumsum(n_tok) - n_tok
         out_row = np.concatenate([b + np.asarray(f["positions"], np.int64)
                                   for f, b in zip(frames, base)] + [np.zeros(0, np.int64)])
@@ -108,41 +115,79 @@ def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = F
     else:
         out_row = np.arange(int(kept.sum()), dtype=np.int64)
         out_rows_total = int(kept.sum())
-    t_rows, t_offs, t_out_row = (_t(a, np.int64, device) for a in (rows, offs, out_row))
-    shape = (out_rows_total, d)
+    st.t_rows, st.t_offs, st.t_out_row = (_t(a, np.int64, device) for a in (rows, offs, out_row))
+    st.shape = (out_rows_total, tps["num_channels"])
     if quantized:
-        esc_vals = np.concatenate([np.asarray(f["escape_data"], dtype=np.int64) for f in frames]
-                                  + [np.zeros(0, np.int64)])
-        delta = np.concatenate([np.asarray(f["token_step_delta"], np.int64) if f["token_scale_present"]
-                                else np.zeros(k, np.int64) for f, k in zip(frames, kept)]
-                               + [np.zeros(0, np.int64)])
+        st.esc_vals = np.concatenate([np.asarray(f["escape_data"], dtype=np.int64)
+                                      for f in frames] + [np.zeros(0, np.int64)])
+        delta = np.concatenate([np.asarray(f["token_step_delta"], np.int64)
+                                if f["token_scale_present"] else np.zeros(k, np.int64)
+                                for f, k in zip(frames, kept)] + [np.zeros(0, np.int64)])
         delta += np.repeat([f["frame_step_delta"] for f in frames], kept).astype(np.int64)
-        out = torch.zeros(shape, dtype=_TORCH_OUT[tps["output_dtype"]], device=device)
+        st.delta, st.t_delta = delta, _t(delta, np.int32, device)
+        if st.transformed:
+            st.lev_rows = torch.arange(int(kept.sum()), dtype=torch.int64, device=device)
+    else:
+        st.raw = _t(np.concatenate([np.asarray(f["raw_data"], dtype=np.uint64).astype(np.int64)
+                                    for f in frames] + [np.zeros(0, np.int64)]), np.int64,
+                    device)
+    st.device = device
+    return st
+
+
+def launch_batch(tps: dict, ps: _ParamSet, st: _Staged, transform_variant=None):
+    """The device work of :func:`decode_batch` on a staged batch: (values, rANS status,
+    escape counts, chain status, coefficient status or None), all on the device."""
+    d, device = st.d, st.device
+    sym, status, esc_pos, esc_count = rans.decode(st.plan, st.t_words, st.t_cw, ps.tables,
+                                                  tps["prob_bits"], st.n_esc)
+    pred = tps.get("predictor", 0) or 0
+    tstatus = None
+    if st.quantized:
+        out = torch.zeros(st.shape, dtype=_TORCH_OUT[tps["output_dtype"]], device=device)
         uext = recon.escape_values(sym.numel(), d, ps.esc, esc_pos,
-                                   _t(esc_vals[:esc_pos.numel()], np.int64, device), device)
-        vstatus = recon.dequantize(sym, t_rows, t_offs, t_out_row, _t(delta, np.int32, device),
-                                   ps.t_code, ps.step, ps.esc, uext,
-                                   tps.get("predictor", 0) or 0, out, d, contiguous, dense)
-        # the clause 7.6.1 check needs only the codes' extremes (host)
-        code_min = ps.code.min() if d else 0
-        code_max = ps.code.max() if d else 0
+                                   _t(st.esc_vals[:esc_pos.numel()], np.int64, device), device)
+        if st.transformed:     # levels of the coefficients (steps of 1.0), then 7.6.3
+            lev = torch.empty((int(st.kept.sum()), d), dtype=torch.float32, device=device)
+            vstatus = recon.dequantize(sym, st.t_rows, st.t_offs, st.lev_rows, st.t_delta,
+                                       ps.t_code, ps.ones, ps.esc, uext, pred, lev, d,
+                                       st.contiguous, False, variant=dict(ALU_STEP=False))
+            tstatus = transform_k.inverse(lev, st.t_delta, ps.t_code, ps.transform, out,
+                                          st.t_out_row, transform_variant)
+        else:
+            vstatus = recon.dequantize(sym, st.t_rows, st.t_offs, st.t_out_row, st.t_delta,
+                                       ps.t_code, ps.step, ps.esc, uext, pred, out, d,
+                                       st.contiguous, st.dense)
     else:
         width = reconstruction.DTYPE_BITS[tps["source_dtype"]]
-        raw = np.concatenate([np.asarray(f["raw_data"], dtype=np.uint64).astype(np.int64)
-                              for f in frames] + [np.zeros(0, np.int64)])
         ids = tps["track_kind"] == 1
-        out = torch.zeros(shape, dtype=torch.int16 if width == 16 else torch.int32,
+        out = torch.zeros(st.shape, dtype=torch.int16 if width == 16 else torch.int32,
                           device=device)
-        vstatus = recon.split(sym, _t(raw, np.int64, device), t_rows, t_offs, t_out_row, out, d,
-                              tps["raw_bits"], width, tps.get("predictor", 0) or 0,
-                              tps["vocab_size"] if ids else None)
+        vstatus = recon.split(sym, st.raw, st.t_rows, st.t_offs, st.t_out_row, out, d,
+                              tps["raw_bits"], width, pred, tps["vocab_size"] if ids else None)
+    return out, status, esc_count, vstatus, tstatus
+
+
+def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = False):
+    """Values of parsed frames ``frames`` (parse_frame dicts) of one parameter set.
+    Returns a list with, per frame, a tensor or the TKBError the reference raises."""
+    st = stage_batch(tps, frames, ps, device, dense)
+    out, status, esc_count, vstatus, tstatus = launch_batch(tps, ps, st)
+    d, kept, row0, results, quantized = st.d, st.kept, st.row0, st.results, st.quantized
+    n_esc, plan, chain_frame = st.n_esc, st.plan, st.chain_frame
+    if quantized:   # the clause 7.6.1 check needs only the codes' extremes (host)
+        delta = st.delta
+        code_min = ps.code.min() if d else 0
+        code_max = ps.code.max() if d else 0
+    if tstatus is not None:
+        tstatus = tstatus.cpu().numpy()
     # errors, in the order the reference checks them (rANS, escapes, levels, codes)
-    st = status.cpu().numpy()
+    st_ = status.cpu().numpy()
     ec = esc_count.cpu().numpy()
     vs = vstatus.cpu().numpy()
     chunk_bad = np.zeros(len(frames), dtype=bool)
-    if st.size:
-        np.logical_or.at(chunk_bad, plan.frame[st != 0], True)
+    if st_.size:
+        np.logical_or.at(chunk_bad, plan.frame[st_ != 0], True)
     chain_bad = np.zeros(len(frames), dtype=np.int64)
     if vs.size and chain_frame.size:
         np.bitwise_or.at(chain_bad, chain_frame, vs[:chain_frame.size])
@@ -169,7 +214,10 @@ def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = F
                 results[i] = TKBValueError("a step code is outside 0..255", clause="7.6.1",
                                            element="token_step_delta" if f["token_scale_present"]
                                            else "frame_step_delta")
-    first, count = (np.cumsum(n_tok) - n_tok, n_tok) if dense else (row0, kept)
+            elif tstatus is not None and tstatus[row0[i]:row0[i] + kept[i]].any():
+                results[i] = TKBValueError("a transform coefficient exceeds 2^24 - 1 in "
+                                           "magnitude", clause="7.6.3", element="rans_data")
+    first, count = (np.cumsum(st.n_tok) - st.n_tok, st.n_tok) if st.dense else (row0, kept)
     for i in range(len(frames)):
         if results[i] is None:
             v = out[int(first[i]):int(first[i] + count[i])]
@@ -203,18 +251,6 @@ class GPUDecoder(Decoder):
         tps = self.stream.tracks.get(u.track_id, {}).get(u.payload[0])
         if tps is None:
             return super()._frame(u)
-        if tps["coding_mode"] == 2:
-            # transform frames: no kernel yet (issue 15), the reference decodes them
-            self.flush()
-            f = super()._frame(u)
-            v = numpy_to_torch(f.values, f.dtype, self.device)
-            if self.dense:
-                full = torch.zeros((f.num_tokens,) + tuple(v.shape[1:]), dtype=v.dtype,
-                                   device=self.device)
-                full[torch.from_numpy(f.positions.astype(np.int64)).to(self.device)] = v
-                v = full
-            self.stream.frames[-1] = dataclasses.replace(f, values=v)
-            return None
         fr = parse_frame(u.payload, tps, self.level)
         self._pending.append((u, tps, fr))
         self._pending_symbols += fr["num_kept"] * tps["num_channels"]

@@ -330,6 +330,20 @@ def _encode_summary(data: bytes, arr: np.ndarray, dtype: str, out: Path,
 
 # -- decoding with recovery ----------------------------------------------------------
 
+TRANSFORM_DIR_ENV = "TKB_TRANSFORM_DIR"   # as the conformance harness sets it
+
+
+def _transform_paths(given) -> list:
+    """.tkbt files of --transform (files or folders of *.tkbt), else of $TKB_TRANSFORM_DIR."""
+    if not given:
+        env = os.environ.get(TRANSFORM_DIR_ENV)
+        given = [env] if env else []
+    out = []
+    for p in given:
+        out += sorted(Path(p).glob("*.tkbt")) if Path(p).is_dir() else [p]
+    return out
+
+
 def _load_transform(path: str):
     """A .tkbt file (CLIError naming the file when it cannot be used)."""
     from . import tkbt
@@ -349,7 +363,7 @@ def _decode(data: bytes, strict: bool, quiet: bool = True, backend: str = "refer
     try:
         stream = decode(data, strict, progress=bar.update if bar is not None else None,
                         backend=backend, device=device,
-                        transforms=[_load_transform(p) for p in transforms or ()])
+                        transforms=[_load_transform(p) for p in _transform_paths(transforms)])
     finally:
         if bar is not None:
             bar.close()
@@ -735,7 +749,8 @@ def cmd_validate(a) -> int:
     from .validate import render, validate
     reports = []
     for path in a.input:
-        rep = validate(_read_stream(path))
+        rep = validate(_read_stream(path),
+                       [_load_transform(p) for p in _transform_paths(a.transform)])
         reports.append((path, rep))
         if not a.json:
             print(render(rep, path))
@@ -829,7 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("-o", "--output", metavar="OUT", required=True, help=".npy or .safetensors")
     dd.add_argument("--track", type=int, default=0, metavar="T", help="track to decode (0)")
     dd.add_argument("--transform", action="append", metavar="MODEL.tkbt",
-                    help="a transform the stream names by digest (repeatable)")
+                    help="a transform the stream names by digest, or a folder of .tkbt "
+                         "files (repeatable; default: $TKB_TRANSFORM_DIR)")
     dd.add_argument("--strict", action="store_true",
                     help="stop at the first error (default: skip damaged units, exit 3)")
     dd.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
@@ -878,6 +894,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "violation.  Exit 0: valid, 1: invalid.")
     v.add_argument("input", metavar="IN.tkb", nargs="+")
     v.add_argument("--json", action="store_true", help="machine-readable output")
+    v.add_argument("--transform", action="append", metavar="MODEL.tkbt",
+                   help="a transform the streams name by digest, or a folder of .tkbt "
+                        "files (repeatable; default: $TKB_TRANSFORM_DIR)")
     v.set_defaults(func=cmd_validate)
 
     for name, what in (("bench", "benchmarks (tokenbits.bench)"),

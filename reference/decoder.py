@@ -299,11 +299,9 @@ def _frame_checker(tps: dict, level: levels.Level):
             if v > tps["max_tokens"]:
                 raise TKBFormatError(f"num_tokens {v} > max_tokens {tps['max_tokens']}",
                                      clause="6.4", element=name)
+            # num_coded <= num_channels: this bounds the coded values too (clause 6.7)
             levels.check_limit(v * tps["num_channels"], level.max_values,
                                "num_tokens * num_channels", level)
-            if tps["num_coded"] != tps["num_channels"]:
-                levels.check_limit(v * tps["num_coded"], level.max_values,
-                                   "num_tokens * num_coeffs", level)
         elif name in ("presence_present", "token_scale_present") and v not in (0, 1):
             raise TKBFormatError(f"{name} must be 0 or 1", clause="6.4", element=name)
         elif name == "escape_bits" and v > symbols.MAX_ESCAPE_BITS:

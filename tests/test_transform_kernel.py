@@ -1,0 +1,119 @@
+"""The inverse-transform kernel (kernels/transform.py) against its reference twin
+(tokenbits.transform, clause 7.6.3), output for output with exact equality, and
+transform streams through the GPU decoder.  On CPU the kernel runs in Triton's
+interpreter (tests/conftest.py); TKB_TEST_DEVICE=cuda runs it on a GPU."""
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+import tokenbits as tb  # noqa: E402
+from tokenbits import reconstruction  # noqa: E402
+from tokenbits import transform as tr  # noqa: E402
+from tokenbits.kernels import codec  # noqa: E402
+from tokenbits.kernels import transform as tk  # noqa: E402
+
+DEV = os.environ.get("TKB_TEST_DEVICE", "cpu")
+TORCH_OUT = {0: torch.float32, 1: torch.float16, 2: torch.int16}
+
+
+def _reference(lev, codes, t, out_dtype):
+    """Reference values and the rows whose coefficients overflow (TKBValueError)."""
+    bad = np.zeros(lev.shape[0], dtype=bool)
+    for r in range(lev.shape[0]):
+        try:
+            tr.coefficient_values(lev[r:r + 1], codes[r:r + 1], t.coeff_frac_bits)
+        except tb.TKBValueError:
+            bad[r] = True
+    ok = ~bad
+    vals = np.zeros((lev.shape[0], t.num_channels), dtype=np.float32)
+    if ok.any():
+        vals[ok] = tr.reconstruct(lev[ok], codes[ok], t)
+    return reconstruction.to_output(vals, out_dtype), bad
+
+
+def _run(lev, base, delta, t, out_dtype, out_rows=None, variant=None):
+    r = lev.shape[0]
+    rows_total = r if out_rows is None else int(out_rows.max()) + 1
+    out = torch.zeros((rows_total, t.num_channels), dtype=TORCH_OUT[out_dtype], device=DEV)
+    orow = np.arange(r) if out_rows is None else out_rows
+    st = tk.inverse(torch.from_numpy(lev.astype(np.float32)).to(DEV),
+                    torch.from_numpy(delta.astype(np.int32)).to(DEV),
+                    torch.from_numpy(base.astype(np.int32)).to(DEV),
+                    tk.DeviceTransform(t, DEV), out,
+                    torch.from_numpy(orow.astype(np.int64)).to(DEV), variant)
+    o = out.cpu().numpy()
+    if out_dtype == 2:
+        o = o.view(np.uint16)
+    return o[orow], st.cpu().numpy() != 0
+
+
+CASES = [
+    # (seed, rows, K, D, F, G, basis_max, mean_max, level_max, code range)
+    (1, 7, 5, 9, 12, 7, 127, 1 << 20, 50, (120, 170)),            # one limb, small sizes
+    (2, 33, 40, 70, 16, 14, (1 << 15) - 1, (1 << 40), 300, (100, 150)),   # two limbs
+    (3, 5, 3, 3, 40, 40, (1 << 15) - 1, (1 << 52) - 1, 1, (40, 47)),     # the widest fields
+    (4, 9, 17, 20, 0, 0, 1, 0, 32, (200, 255)),                  # F = G = 0, huge steps
+]
+
+
+@pytest.mark.parametrize("out_dtype", [0, 1, 2])
+@pytest.mark.parametrize("case", CASES, ids=[str(c[0]) for c in CASES])
+def test_inverse_kernel_matches_reference(case, out_dtype):
+    seed, r, k, d, f, g, bmax, mmax, lmax, (clo, chi) = case
+    rng = np.random.default_rng(seed)
+    t = tr.make_transform(rng.integers(-mmax, mmax + 1, d) if mmax else np.zeros(d, np.int64),
+                          rng.integers(-bmax, bmax + 1, (k, d)), f, g)
+    base = rng.integers(clo, chi - 3, k)
+    delta = rng.integers(0, 4, r)
+    lev = rng.integers(-lmax, lmax + 1, (r, k))
+    lev[0, :] = lmax                                     # the largest levels in one row
+    codes = base[None, :] + delta[:, None]
+    want, bad = _reference(lev, codes, t, out_dtype)
+    for variant in (None, dict(BM=16, BN=16, BK=32), dict(BM=32, BN=64, BK=64)):
+        got, gbad = _run(lev, base, delta, t, out_dtype, variant=variant)
+        assert np.array_equal(gbad, bad), variant
+        assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8)), variant
+
+
+def test_inverse_kernel_flags_overflow_and_scatters_rows():
+    t = tr.make_transform(np.zeros(4, np.int64), np.array([[3, 1, 0, 2], [1, -3, 5, 0]]), 40, 2)
+    lev = np.array([[2, 0], [0, 0], [0, 1], [-1, 0]])   # Y = +-2^24 .. 2^25: rows 0, 2, 3 bad
+    base = np.array([48, 48])
+    want, bad = _reference(lev, base[None, :].repeat(4, 0), t, 0)
+    assert bad.tolist() == [True, False, True, True]
+    got, gbad = _run(lev, base, np.zeros(4), t, 0, out_rows=np.array([5, 1, 3, 0]))
+    assert gbad.tolist() == bad.tolist()
+    assert np.array_equal(got[1], want[1])
+
+
+def _stream(out_dtype="float16", keep=None):
+    rng = np.random.default_rng(7)
+    basis = rng.normal(size=(5, 24))
+    x = ((rng.normal(size=(3, 17, 5)) * [4, 2, 1, .5, .2]) @ basis + 0.3).astype(np.float32)
+    t = tb.fit_transform(x[:1], energy=1.0)
+    data = tb.encode(x, target_cos=0.999, grid=(4, 4), prefix_tokens=1, transform=t,
+                     output_dtype=out_dtype, keep=keep, backend="reference")
+    return data, t
+
+
+@pytest.mark.parametrize("out_dtype, keep, dense", [("float16", None, False),
+                                                    ("bfloat16", 0.5, True),
+                                                    ("float32", 0.75, False)])
+def test_gpu_decoder_decodes_transform_streams_like_the_reference(out_dtype, keep, dense):
+    data, t = _stream(out_dtype, keep)
+    ref = tb.decode(data, transforms=[t], backend="reference")
+    s = codec.decode(data, device=DEV, dense=dense, transforms=[t])
+    assert len(s.frames) == len(ref.frames)
+    for a, b in zip(s.frames, ref.frames):
+        v = a.values
+        if dense:
+            v = v[torch.from_numpy(b.positions.astype(np.int64)).to(v.device)]
+        v = v.view(torch.int16).cpu().numpy().view(np.uint16) if b.dtype == "bfloat16" \
+            else v.cpu().numpy()
+        assert np.array_equal(v.view(np.uint8), b.values.view(np.uint8))
+    assert tb.canonical_sha256(codec.to_numpy(codec.decode(data, device=DEV, transforms=[t]))) \
+        == tb.canonical_sha256(ref)
