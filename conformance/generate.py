@@ -458,8 +458,10 @@ def base_lossy() -> bytes:
 
 def base_pruned() -> bytes:
     x = F16.copy()
-    x[0, 5, 3] = 60.0                                # an escape in frame 0
-    return enc(x, qp=-6, keep=0.5, predictor="up", **GRID)
+    # an escape in frame 0: a level beyond the largest alphabet (4096 symbols, Annex B.3);
+    # without token scale, so that the token's step stays 0.5
+    x[0, 0, 3] = 3000.0                              # the prefix token: always kept
+    return enc(x, qp=-6, keep=0.5, predictor="up", token_scale=False, **GRID)
 
 
 def base_lossless() -> bytes:

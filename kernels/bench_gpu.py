@@ -525,7 +525,7 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
     beside today's path (no transform) on the same frames in the same run.  Each stream
     is encoded by the reference encoder from the distinct frames, which the batch repeats;
     the decoded values of the distinct frames are compared with the reference decoder."""
-    from tokenbits import decoder, encoder, levels, transform_fit
+    from tokenbits import decoder, encoder, transform_fit
     from tokenbits.baselines import mean_token_cosine
     from . import codec
     bench_ms = _timer(device)
@@ -534,7 +534,6 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
     t = transform_fit.fit_transform(x, energy=None if coeffs else energy, coeffs=coeffs)
     log(f"transform: D {t.num_channels}, K {t.num_coeffs}, energy kept "
         f"{t.meta['transform.energy']}")
-    lv = levels.LEVELS[30]
     dev = device
     out = dict(frames=frames, shape=list(base.shape[1:]), coeffs=t.num_coeffs,
                energy=float(t.meta["transform.energy"]))
@@ -542,14 +541,8 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
         t0 = time.perf_counter()
         stream = encoder.encode(base, target_cos=0.99, predictor="left", num_lanes=32, **opts)
         enc_s = time.perf_counter() - t0
-        dec = decoder.Decoder(decoder.parse_stream_header(stream), transforms=[t])
-        frs = []
-        for u in decoder.iter_units(stream, lv):
-            if u.unit_type == decoder.UNIT_FRAME:
-                tps = dec.stream.tracks[u.track_id][u.payload[0]]
-                frs.append(decoder.parse_frame(u.payload, tps, lv))
-            else:
-                dec.add_unit(u)
+        parsed = list(decoder.parsed_frames(stream, [t]))
+        tps, frs = parsed[0][1], [fr for _, _, fr in parsed]
         ref = decoder.decode(stream, transforms=[t])
         ps = codec._ParamSet(tps, dev)
         small = codec.stage_batch(tps, frs, ps, dev)

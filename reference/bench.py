@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from . import baselines, decoder, levels, rans, realdata, tables
+from . import baselines, decoder, rans, realdata, tables
 from .encoder import encode
 from .errors import TKBEncodeError
 from .transform_fit import fit_transform
@@ -58,18 +58,10 @@ def entropy_report(data: bytes, transforms=None) -> dict:
     """rANS payload bits of every frame against the empirical entropy of its symbols,
     each symbol counted under the table that codes it (counts taken over the stream).
     ``transforms``: those the stream names by reference."""
-    h = decoder.parse_stream_header(data)
-    lv = levels.get_level(h.level_idc)
-    dec = decoder.Decoder(h, transforms=transforms)
     counts: dict = {}
     payload_bits = 0
     state_bits = 0
-    for u in decoder.iter_units(data, lv):
-        if u.unit_type != decoder.UNIT_FRAME:
-            dec.add_unit(u)
-            continue
-        tps = dec.stream.tracks[u.track_id][u.payload[0]]
-        fr = decoder.parse_frame(u.payload, tps, lv)
+    for u, tps, fr in decoder.parsed_frames(data, transforms):
         k, d = fr["num_kept"], tps.get("num_coded") or tps["num_channels"]   # K with a transform
         base = tps["channel_table"] << tps["prob_bits"] if tps["num_tables"] > 1 else None
         sym = rans.decode(fr["rans_data"], fr["chunk_words"], k * d, tps["num_lanes"],
@@ -296,17 +288,8 @@ def _tkb_code(x: np.ndarray, transform=None, grid=None, prefix=0, repeat=0):
 
 def escape_count(data: bytes, transforms=None) -> int:
     """The escape values (clause 7.4.1) in the frames of a stream."""
-    h = decoder.parse_stream_header(data)
-    lv = levels.get_level(h.level_idc)
-    dec = decoder.Decoder(h, transforms=transforms)
-    n = 0
-    for u in decoder.iter_units(data, lv):
-        if u.unit_type != decoder.UNIT_FRAME:
-            dec.add_unit(u)
-            continue
-        tps = dec.stream.tracks[u.track_id][u.payload[0]]
-        n += int(decoder.parse_frame(u.payload, tps, lv)["num_escapes"])
-    return n
+    return sum(int(fr.get("num_escapes", 0)) for _, _, fr in
+               decoder.parsed_frames(data, transforms))
 
 
 def _saliency_err(saliency, x, y):

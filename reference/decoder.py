@@ -609,6 +609,22 @@ def decode(data, strict: bool = True, progress=None, decoder=None,
     return dec.stream
 
 
+def parsed_frames(data, transforms=None) -> Iterator[tuple]:
+    """(unit, active parameter set, parsed frame) of each frame unit of a valid stream in
+    memory, in stream order, without decoding the values (for tools: size reports,
+    benchmarks).  Raises the first TKBError like a strict decode."""
+    header = parse_stream_header(data)
+    dec = Decoder(header, strict=True, keep=False, transforms=transforms)
+    for u in iter_units(data, dec.level):
+        if u.unit_type != UNIT_FRAME:
+            dec.add_unit(u)
+            continue
+        tps = dec.stream.tracks.get(u.track_id, {}).get(u.payload[0] if u.payload else None)
+        if tps is None:
+            dec.add_unit(u)       # raises the reference's error for this frame
+        yield u, tps, parse_frame(u.payload, tps, dec.level)
+
+
 def iter_frames(f: BinaryIO, strict: bool = True, errors: list | None = None,
                 transforms=None) -> Iterator[Frame]:
     """Streaming decode from a binary file object: yields frames as their units arrive.

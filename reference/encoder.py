@@ -17,7 +17,7 @@ What it does, per track:
 * lossless (split) tracks (B.6): the value's bit pattern -- or, with a
   predictor, the zigzag residual of its order-preserving integer -- cut into
   entropy-coded top bits and raw low bits, the split chosen by estimated size;
-* :class:`StreamWriter` (B.7): streaming encode, tables fitted on calibration
+* :class:`StreamWriter` (B.8): streaming encode, tables fitted on calibration
   frames with every symbol codable.
 """
 from __future__ import annotations
@@ -230,8 +230,10 @@ def _refine_groups(hist: np.ndarray, group: np.ndarray, t: int, iters: int = 6) 
 
 
 def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob_bits: int,
-                  forced: int | None):
-    """Choose channel groups; returns (table_map or None, list of freq arrays)."""
+                  forced: int | None, escape_slot: bool = False):
+    """Choose channel groups; returns (table_map or None, list of freq arrays).
+    ``escape_slot`` (quantized tracks, Annex B.3): each table ends one symbol past its
+    largest symbol, an unused escape symbol, so that the largest value is not escaped."""
     d = hist.shape[0]
     order = np.argsort(scale_key, kind="stable")
     best = None
@@ -248,6 +250,7 @@ def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob
         for g in range(t_used):
             h = ghist[g]
             used = int(np.flatnonzero(h).max()) + 1 if h.any() else 1
+            used = min(used + 1, h.size) if escape_slot else used
             f = tables.normalize(h[:used], prob_bits)
             freqs.append(f)
             nz = h[:used] > 0
@@ -584,7 +587,8 @@ class TrackEncoder:
         pb = self._prob_bits(alphabet)
         self.tps["prob_bits"] = pb
         key = (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
-        tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb, o.num_tables)
+        tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb, o.num_tables,
+                                    escape_slot=True)
         if pseudo:  # a streaming table must code any symbol up to ESC
             freqs = _with_pseudo_counts(freqs, hist, tmap, alphabet, pb)
         self._set_tables(tmap, freqs)

@@ -212,22 +212,29 @@ def supplied_transforms(transforms) -> dict:
 
 # -- decoding (clause 7.6.3) ---------------------------------------------------------
 
+def _factors(coeff_frac_bits: int) -> np.ndarray:
+    """STEP[q] * 2^F for q = 0..255, binary64: M[q mod 6] * 2^(q div 6 - 47 + F), exact (a
+    24-bit integer times a power of two)."""
+    q = np.arange(256)
+    return np.ldexp(STEP_MANTISSA_INT[q % 6].astype(np.float64), q // 6 + coeff_frac_bits - 47)
+
+
+FACTORS = [_factors(f) for f in range(MAX_FRAC_BITS + 1)]
+
+
 def coefficient_values(lev: np.ndarray, codes: np.ndarray, coeff_frac_bits: int) -> np.ndarray:
     """Clause 7.6.3 step 1: Y = round_half_even(lev * STEP[code] * 2^F), exactly.
 
-    STEP[q] = M[q mod 6] * 2^(q div 6 - 47) with the 24-bit integer mantissas M, so
-    Y = lev * M * 2^-s with s = 47 - F - q div 6.  In binary64 lev * M (below 2^48) is
-    exact, the power-of-two scaling is exact (no underflow: s <= 47), and rint rounds
-    half to even: Y is the exact rounding whenever it is in range, and every result
-    beyond 2^24 - 1 is one."""
-    lev = np.asarray(lev, dtype=np.int64)
-    codes = np.asarray(codes, dtype=np.int64)
-    p = (lev * STEP_MANTISSA_INT[codes % 6]).astype(np.float64)
-    y = np.rint(np.ldexp(p, codes // 6 + (coeff_frac_bits - 47)))
+    STEP[q] * 2^F = M[q mod 6] * 2^(q div 6 - 47 + F) with the 24-bit integer mantissas M.
+    In binary64, lev * M * 2^e is exact (|lev| < 2^24: a product of at most 48
+    significant bits, scaled by a power of two without underflow) and rint rounds half
+    to even: Y is the exact rounding whenever it is in range, and every result beyond
+    2^24 - 1 is one."""
+    y = np.rint(np.asarray(lev, dtype=np.float64) * FACTORS[coeff_frac_bits][codes])
     if y.size and float(np.abs(y).max()) > MAX_COEFF_VALUE:
         raise TKBValueError("a transform coefficient exceeds 2^24 - 1 in magnitude",
                             clause="7.6.3", element="rans_data")
-    return y.astype(np.int64)
+    return y
 
 
 def inverse(y: np.ndarray, t: Transform) -> np.ndarray:
@@ -236,8 +243,10 @@ def inverse(y: np.ndarray, t: Transform) -> np.ndarray:
     Each sum is an integer of magnitude below 2^53 with partial sums as small, so the
     binary64 product (any summation order) is exact; scaling by 2^-(F+G) is exact and
     the conversion to binary32 rounds once, to nearest even."""
-    acc = y.astype(np.float64) @ t.basis_f64 + t.mean_f64
-    return np.ldexp(acc, -t.scale_bits).astype(np.float32)
+    acc = np.asarray(y, dtype=np.float64) @ t.basis_f64
+    acc += t.mean_f64
+    acc *= 2.0 ** -t.scale_bits                            # exact: a power of two
+    return acc.astype(np.float32)
 
 
 def reconstruct(lev: np.ndarray, codes: np.ndarray, t: Transform) -> np.ndarray:

@@ -210,7 +210,8 @@ def test_lane_not_ending_at_L():
 
 def test_escape_count_mismatch():
     y = X.copy()
-    y[0, 3, 2] = 200.0    # forces an escape in frame 0
+    y[0, 3, 2] = -512.0   # level -2048: zigzag 4095, the escape symbol of the largest
+    #                       alphabet (4096) with escape value 0 (escape_bits 0)
     d = tb.encode(y, qp=-12, predictor="none", token_scale=False)
     fr = decoder.parse_frame(split(d)[1][units_of(d, UNIT_FRAME)[0]][3],
                              decoder.parse_tps(split(d)[1][0][3], tb.levels.LEVELS[30], 2),
