@@ -24,8 +24,14 @@ REGRESSIONS = Path(__file__).parent / "regressions"
 SLOW_S = 2.0
 
 
+# the transform that the corpus's version 1.1 streams use (inline or by reference); it is
+# supplied to every decoding entry point
+TRANSFORM = tb.transform.make_transform(np.arange(6) * 1000 - 2500,
+                                        (np.arange(24).reshape(4, 6) * 37) % 201 - 100, 12, 7)
+
+
 def corpus() -> list[bytes]:
-    """Small valid streams covering the tools of version 1."""
+    """Small valid streams covering the tools of version 1.1."""
     rng = np.random.default_rng(1234)
     x = rng.standard_normal((2, 17, 6)).astype(np.float32)
     x[:, 1:] += x[:, :-1]
@@ -41,6 +47,10 @@ def corpus() -> list[bytes]:
         tb.encode(ids, vocab_size=3000),
         tb.encode_tracks([(x[:, :5], dict(qp=-30, predictor="none")), (ids, {})],
                          meta={"k": "v"}),
+        tb.encode(x, qp=-12, grid=(4, 4), prefix_tokens=1, predictor="up", transform=TRANSFORM,
+                  embed_transform=True, backend="reference"),
+        tb.encode(x, qp=-12, keep=0.7, transform=TRANSFORM, output_dtype="bfloat16",
+                  backend="reference"),
     ]
 
 
@@ -96,11 +106,14 @@ def mutate(rng: np.random.Generator, data: bytes) -> bytes:
 
 def check(data: bytes) -> str | None:
     """None when every decoding entry point behaves (decodes, or raises a TKBError fast)."""
+    ts = [TRANSFORM]
     entry_points = (
-        ("decode", lambda: tb.canonical_sha256(tb.decode(data))),
-        ("decode non-strict", lambda: tb.canonical_sha256(tb.decode(data, strict=False))),
-        ("iter_frames non-strict", lambda: list(tb.iter_frames(io.BytesIO(data), strict=False))),
-        ("read_frame", lambda: tb.read_frame(data, 0, 1)),
+        ("decode", lambda: tb.canonical_sha256(tb.decode(data, transforms=ts))),
+        ("decode non-strict", lambda: tb.canonical_sha256(tb.decode(data, strict=False,
+                                                                    transforms=ts))),
+        ("iter_frames non-strict", lambda: list(tb.iter_frames(io.BytesIO(data), strict=False,
+                                                               transforms=ts))),
+        ("read_frame", lambda: tb.read_frame(data, 0, 1, transforms=ts)),
     )
     for name, fn in entry_points:
         t0 = time.perf_counter()
