@@ -27,6 +27,7 @@ from tokenbits.errors import TKBEncodeError, TKBEntropyError, TKBError, TKBValue
 
 from . import quant, rans, recon
 from . import transform as transform_k
+from tokenbits import transform_fit
 
 BATCH_SYMBOLS = 1 << 27      # symbols decoded or encoded per launch at most
 _TORCH_OUT = {0: torch.float32, 1: torch.float16, 2: torch.bfloat16}
@@ -380,6 +381,18 @@ def _input_tensor(frames, te: TrackEncoder, device, rows=None, first_row: int = 
     return t.to(device)
 
 
+def _clipped(c: torch.Tensor, delta: torch.Tensor, code: torch.Tensor, inv: torch.Tensor,
+             lim: torch.Tensor) -> bool:
+    """Whether a coefficient's level would exceed its code's limit (the reference encoder
+    clips those, transform_fit.max_levels): levels as the quantizer computes them, the
+    binary32 product with the reciprocal step rounded half to even."""
+    if c.numel() == 0:
+        return False
+    q = (code.to(torch.int64)[None, :] + delta.to(torch.int64)[:, None]).clamp(0, 255)
+    lev = torch.round(c * inv[q]).abs()
+    return bool((lev > lim[q].to(lev.dtype)).any())
+
+
 def kept_positions(te: TrackEncoder, x: torch.Tensor, frames) -> list:
     """Positions of each frame (Annex B.2 scores on the GPU, selection on the host)."""
     o = te.opts
@@ -435,13 +448,17 @@ def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> l
     frames = [te.check_frame(a) for a in frames]
     rows = _device_rows(source, te, device)
     row_start = np.cumsum([0] + [f.shape[0] for f in frames])
-    tps, d = te.tps, te.d
+    tps, d = te.tps, te.dc          # coded values per token (clause 7.1.2)
     alph = te.freq_all.shape[1]
     etab = rans.encode_table(te.freq_all, te.cum_all, device)
     chan_base = _t(te.chan_table * alph, np.int32, device)
     inv = _t(INV_STEP, np.float32, device)
     code = _t(te._step_codes(te.qp) if not te.lossless else np.zeros(d), np.int32, device)
     esc = _t(te.chan_esc, np.int32, device)
+    if te.transform is not None:     # the forward transform (Annex B.7) and its level limits
+        fw = transform_k.DeviceForward(te.transform, device)
+        lim = _t(transform_fit.max_levels(np.arange(256), te.transform.coeff_frac_bits),
+                 np.int64, device)
     payloads = []
     for a, b in _batches([f.size for f in frames], BATCH_SYMBOLS):
         batch = frames[a:b]
@@ -466,7 +483,16 @@ def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> l
                                           *te.delta_bounds(te.qp))
             else:
                 delta = torch.zeros(src_h.size, dtype=torch.int32, device=device)
-            sym, esc_pos, esc_val = quant.symbols(x, src, delta, pred, code, inv, esc,
+            xs, srcs = x, src
+            if te.transform is not None:
+                xs = transform_k.forward(x, src, fw, te.input_scale)
+                srcs = torch.arange(src_h.size, dtype=torch.int64, device=device)
+                if _clipped(xs, delta, code, inv, lim):
+                    # a level the reference clips (clause 7.6.3 bound): code this batch there
+                    payloads += [te.encode_frame(f, a + i, p) for i, (f, p) in
+                                 enumerate(zip(batch, pos))]
+                    continue
+            sym, esc_pos, esc_val = quant.symbols(xs, srcs, delta, pred, code, inv, esc,
                                                   quant.prev_rows_only(pred_h))
             esc_pos, esc_val = esc_pos.cpu().numpy(), esc_val.cpu().numpy()
             delta_h = delta.cpu().numpy().astype(np.int64)

@@ -49,10 +49,7 @@ def encode_tracks(tracks, backend=None, device=None, **kwargs) -> bytes:
     sources = iter([arr for arr, _ in tracks])    # frame_coder is called track by track
 
     def frame_coder(te, frames):
-        source = next(sources)
-        if te.transform is not None:   # no transform kernel yet (issue 15): the reference
-            return [te.encode_frame(f, i, te.positions[i]) for i, f in enumerate(frames)]
-        return codec.encode_frames(te, frames, dev, source=source)
+        return codec.encode_frames(te, frames, dev, source=next(sources))
     return ref(tracks, frame_coder=frame_coder, **kwargs)
 
 

@@ -1,6 +1,8 @@
-"""Inverse channel transform on the GPU (clause 7.6.3), exact.
+"""Channel transforms on the GPU: the decoder's inverse (clause 7.6.3) and the
+encoder's forward transform (Annex B.7), both exact integer arithmetic.
 
-Twin: ``tokenbits.transform.coefficient_values`` and ``tokenbits.transform.inverse``.
+Twins: ``tokenbits.transform.coefficient_values`` and ``tokenbits.transform.inverse``;
+``tokenbits.transform_fit.forward``.
 
 The levels of a batch's coefficients come from ``recon.dequantize`` run with a step
 table of ones (binary32(level) * 1.0 is the level, exactly: abs(level) <= 2^24 - 1).
@@ -176,3 +178,83 @@ def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,
                           status, r, dt.k, dt.d, dt.f, dt.scale, NB=dt.nb, OUT=kind, BM=bm,
                           BN=bn, BK=bk, **v)
     return status[:r]
+
+
+# -- the forward transform of the encoder (Annex B.7) ---------------------------------
+
+RINT64 = tl.constexpr(6755399441055744.0)      # 1.5 * 2^52: (v + RINT64) - RINT64 = rint(v)
+FORWARD_VARIANT = dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=2)
+
+
+@triton.jit
+def _input_limbs(x_ptr, src, kk, R, D, mean_ptr, scale):
+    """X = rint(clip((x - mean) 2^a, +-32639)) of source rows ``src``, channels ``kk``,
+    in two balanced 8-bit limbs (binary64 arithmetic, as transform_fit.forward)."""
+    m = (src[:, None] >= 0) & (kk[None, :] < D)
+    x = tl.load(x_ptr + src[:, None] * D + kk[None, :], mask=m, other=0).to(tl.float32)
+    mean = tl.load(mean_ptr + kk, mask=kk < D, other=0.0)
+    v = (x.to(tl.float64) - mean[None, :]) * scale
+    v = tl.minimum(tl.maximum(v, -32639.0), 32639.0)
+    q = ((v + RINT64) - RINT64).to(tl.int64)
+    q = tl.where(m, q, 0)
+    lo, hi = _limb(q)
+    return lo, hi.to(tl.int8)
+
+
+@triton.jit
+def _forward_kernel(x_ptr, src_ptr, mean_ptr, p_ptr, out_ptr, R, D, K, scale, out_scale,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    cols = pid_n * BN + tl.arange(0, BN)
+    src = tl.load(src_ptr + rows, mask=rows < R, other=-1)
+    z = tl.zeros((BM, BN), dtype=tl.int32)
+    a00, a01, a10, a11 = z, z, z, z
+    for k0 in range(0, D, BK):
+        kk = k0 + tl.arange(0, BK)
+        x0, x1 = _input_limbs(x_ptr, src, kk, R, D, mean_ptr, scale)
+        pm = (kk[:, None] < D) & (cols[None, :] < K)
+        pidx = kk[:, None] * K + cols[None, :]
+        p0 = tl.load(p_ptr + pidx, mask=pm, other=0)
+        p1 = tl.load(p_ptr + D * K + pidx, mask=pm, other=0)
+        a00 += tl.dot(x0, p0)
+        a01 += tl.dot(x0, p1)
+        a10 += tl.dot(x1, p0)
+        a11 += tl.dot(x1, p1)
+    acc = (a00.to(tl.int64) + ((a01.to(tl.int64) + a10.to(tl.int64)) << 8)
+           + (a11.to(tl.int64) << 16))
+    y = (acc.to(tl.float64) * out_scale).to(tl.float32)     # exact, then one rounding
+    m = (rows[:, None] < R) & (cols[None, :] < K)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], y, mask=m)
+
+
+class DeviceForward:
+    """A transform's forward matrix on the device: int8 limbs [2, D, K], and the mean."""
+
+    def __init__(self, t: ref.Transform, device):
+        from tokenbits import transform_fit
+        fm = transform_fit.forward_matrix(t)
+        self.p = fm.p
+        self.limbs = torch.from_numpy(basis_limbs(fm.p_int)).to(device)
+        if self.limbs.shape[0] == 1:                 # a second limb of zeros
+            self.limbs = torch.cat([self.limbs, torch.zeros_like(self.limbs)])
+        self.mean = torch.from_numpy(t.mean_real()).to(device)
+        self.d, self.k = t.num_channels, t.num_coeffs
+
+
+def forward(x: torch.Tensor, src: torch.Tensor, fw: DeviceForward, a: int,
+            variant=None) -> torch.Tensor:
+    """Coefficients float32 [len(src), K] of rows ``src`` of x [N, D] (float16, float32
+    or bfloat16): transform_fit.forward on the device, bit for bit."""
+    r = src.numel()
+    out = torch.empty((max(r, 1), fw.k), dtype=torch.float32, device=x.device)
+    if r:
+        v = dict(FORWARD_VARIANT, **(variant or {}))
+        bm, bn, bk = v.pop("BM"), v.pop("BN"), v.pop("BK")
+        bn = min(bn, max(16, triton.next_power_of_2(fw.k)))
+        grid = (triton.cdiv(r, bm), triton.cdiv(fw.k, bn))
+        _forward_kernel[grid](x.contiguous(), src.contiguous(), fw.mean, fw.limbs, out, r,
+                              fw.d, fw.k, float(2.0 ** a), float(2.0 ** -(a + fw.p)),
+                              BM=bm, BN=bn, BK=bk, **v)
+    return out[:r]

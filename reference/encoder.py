@@ -525,7 +525,7 @@ class TrackEncoder:
         coefficients [K, num_coeffs] (Annex B.7) as float32."""
         if self.transform is None:
             return xf
-        return transform_fit.forward(xf, self.transform).astype(np.float32)
+        return transform_fit.forward(xf, self.transform, self.input_scale)
 
     def reconstruct(self, lv: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Decoded binary32 channels of levels at step codes (clauses 7.6.2, 7.6.3)."""
@@ -536,6 +536,9 @@ class TrackEncoder:
     def _fit_quant(self, arrs, pseudo: bool) -> None:
         o = self.opts
         self.xf = [_float_view(a, self.src)[p] for a, p in zip(arrs, self.positions)]
+        if self.transform is not None:   # the forward transform's input scale (B.7)
+            self.input_scale = transform_fit.input_scale(
+                np.concatenate(self.xf) if self.xf else np.zeros((0, self.d)), self.transform)
         self.cf = [self.coded_values(x) for x in self.xf]
         allx = np.concatenate(self.xf)
         allc = np.concatenate(self.cf)

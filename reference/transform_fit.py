@@ -11,7 +11,9 @@ to 4 times the largest seen in calibration fit the 2^24 - 1 of clause 7.6.3.
 """
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -103,18 +105,60 @@ def quantize_transform(mean: np.ndarray, basis: np.ndarray, calib: np.ndarray,
     return tr.make_transform(mint, bint, f, g, meta)
 
 
+INPUT_MAX = 32639        # |X|, |P| of the forward transform: two balanced 8-bit limbs
+
+
+@dataclass(frozen=True)
+class ForwardMatrix:
+    """The forward transform in fixed point: P = pinv(basis) [D, K] rounded at 2^p."""
+    p_int: np.ndarray        # int64 [D, K], |entries| <= INPUT_MAX
+    p: int
+
+    @functools.cached_property
+    def p_f64(self) -> np.ndarray:
+        return self.p_int.astype(np.float64)
+
+
 _FORWARD: dict = {}
 
 
-def forward(x: np.ndarray, t: tr.Transform) -> np.ndarray:
-    """Coefficients [N, K] (float64) of channels x [N, D]: the least-squares fit
-    (x - mean) pinv(basis), which is (x - mean) basis^T for an orthonormal basis."""
+def forward_matrix(t: tr.Transform) -> ForwardMatrix:
+    """The transform's forward matrix (computed once on the host, by numpy: every encoder
+    path, CPU or GPU, uses these same integers)."""
     m = _FORWARD.get(t.digest)
     if m is None:
         if len(_FORWARD) > 16:
             _FORWARD.clear()
-        m = _FORWARD[t.digest] = np.linalg.pinv(t.basis_real())
-    return (np.asarray(x, dtype=np.float64) - t.mean_real()) @ m
+        pinv = np.linalg.pinv(t.basis_real())
+        top = float(np.abs(pinv).max()) or 1.0
+        p = int(math.floor(math.log2(INPUT_MAX / top)))
+        p_int = np.clip(np.rint(np.ldexp(pinv, p)), -INPUT_MAX, INPUT_MAX).astype(np.int64)
+        m = _FORWARD[t.digest] = ForwardMatrix(p_int, p)
+    return m
+
+
+def input_scale(x: np.ndarray, t: tr.Transform) -> int:
+    """The exponent a of the forward transform's fixed-point input (x - mean) 2^a: the
+    largest whose values from ``x`` stay within INPUT_MAX (larger ones are clipped)."""
+    top = float(np.abs(np.asarray(x, dtype=np.float64) - t.mean_real()).max()) if np.size(x) \
+        else 0.0
+    return int(math.floor(math.log2(INPUT_MAX / top))) if top > 0 else 0
+
+
+def forward(x: np.ndarray, t: tr.Transform, a: int) -> np.ndarray:
+    """Coefficients [N, K] (float32) of channels x [N, D], in exact integer arithmetic so
+    that every encoder path computes the same bits (Annex B.7):
+
+        X = rint(clip((x - mean) 2^a, +-INPUT_MAX))       binary64, elementwise
+        y = binary32((X P) 2^-(a + p))                    X P exact: |X P| < 2^53
+
+    the least-squares coefficients (x - mean) pinv(basis), to about 2^-15 relative."""
+    m = forward_matrix(t)
+    v = (np.asarray(x, dtype=np.float32).astype(np.float64) - t.mean_real()) * 2.0 ** a
+    xq = np.rint(np.clip(v, -INPUT_MAX, INPUT_MAX))
+    acc = xq @ m.p_f64
+    acc *= 2.0 ** -(a + m.p)
+    return acc.astype(np.float32)
 
 
 def max_levels(codes: np.ndarray, coeff_frac_bits: int) -> np.ndarray:

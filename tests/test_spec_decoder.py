@@ -8,20 +8,20 @@ import pytest
 
 import tokenbits as tb
 
-from fuzzing import corpus, mutate
+from fuzzing import TRANSFORM, corpus, mutate
 from spec_decoder import E, decode_sha
 
 
 def outcome_reference(data):
     try:
-        return "ok", tb.canonical_sha256(tb.decode(data))
+        return "ok", tb.canonical_sha256(tb.decode(data, transforms=[TRANSFORM]))
     except tb.TKBError as e:
         return "error", type(e).__name__
 
 
 def outcome_spec(data):
     try:
-        return "ok", decode_sha(data)
+        return "ok", decode_sha(data, [TRANSFORM.data])
     except E as e:
         return "error", f"TKB{e.cls}Error"
 

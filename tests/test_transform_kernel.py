@@ -117,3 +117,59 @@ def test_gpu_decoder_decodes_transform_streams_like_the_reference(out_dtype, kee
         assert np.array_equal(v.view(np.uint8), b.values.view(np.uint8))
     assert tb.canonical_sha256(codec.to_numpy(codec.decode(data, device=DEV, transforms=[t]))) \
         == tb.canonical_sha256(ref)
+
+
+# -- the forward transform of the encoder (Annex B.7) --------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_forward_kernel_matches_reference(dtype):
+    from tokenbits import transform_fit as tf
+    rng = np.random.default_rng({"float32": 1, "float16": 2, "bfloat16": 3}[dtype])
+    d, k, n = 70, 13, 37
+    x = (rng.normal(size=(n, d)) * 3 + 1).astype(np.float32)
+    t = tb.fit_transform(x, coeffs=k)
+    a = tf.input_scale(x[:20], t)            # rows 20.. exceed the scale: clipped
+    x[25, 3] = 1e4
+    src = rng.permutation(n)[:30]
+    xt = torch.from_numpy(x)
+    if dtype == "float16":
+        xt = xt.to(torch.float16)
+    elif dtype == "bfloat16":
+        xt = xt.to(torch.bfloat16)
+    xv = xt.to(torch.float32).numpy()        # the values the encoder sees
+    want = tf.forward(xv[src], t, a)
+    for variant in (None, dict(BM=16, BN=16, BK=32), dict(BM=32, BN=32, BK=64)):
+        got = tk.forward(xt.to(DEV), torch.from_numpy(src).to(DEV),
+                         tk.DeviceForward(t, DEV), a, variant).cpu().numpy()
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), variant
+
+
+@pytest.mark.parametrize("opts", [dict(output_dtype="float16"),
+                                  dict(keep=0.5, predictor="up", per_channel_steps=True),
+                                  dict(predictor="left", token_scale=False)])
+def test_gpu_encoder_writes_the_reference_bytes_with_a_transform(opts):
+    rng = np.random.default_rng(11)
+    basis = rng.normal(size=(6, 40))
+    x = ((rng.normal(size=(3, 17, 6)) * [5, 3, 2, 1, .5, .2]) @ basis + 0.7).astype(np.float16)
+    t = tb.fit_transform(x[:2].astype(np.float32), energy=1.0)
+    kw = dict(target_cos=0.995, grid=(4, 4), prefix_tokens=1, transform=t, **opts)
+    ref = tb.encode(x, backend="reference", **kw)
+    gpu = tb.encode(torch.from_numpy(x).to(DEV), backend="gpu", device=DEV, **kw)
+    assert gpu == ref
+
+
+def test_gpu_encoder_falls_back_where_the_reference_clips_levels(monkeypatch):
+    """Coefficients beyond the clause 7.6.3 bound at the chosen step: the reference clips
+    their levels; the GPU path codes that batch through the reference, same bytes."""
+    seen = []
+    clipped = codec._clipped
+    monkeypatch.setattr(codec, "_clipped", lambda *a: seen.append(clipped(*a)) or seen[-1])
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(2, 9, 8)).astype(np.float32)
+    t = tr.make_transform(np.zeros(8, np.int64), np.eye(8, dtype=np.int64) * 100, 30, 7)
+    x[1, 3, 2] = 60.0            # a coefficient far beyond 2^(24 - F) at fine steps
+    ref = tb.encode(x, qp=-20, transform=t, embed_transform=True, backend="reference")
+    gpu = tb.encode(torch.from_numpy(x).to(DEV), qp=-20, transform=t, embed_transform=True,
+                    backend="gpu", device=DEV)
+    assert gpu == ref and seen == [True]
+    tb.decode(ref, backend="reference")      # and the stream is valid
