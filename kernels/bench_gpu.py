@@ -512,9 +512,9 @@ def profile(data: str, frames: int, num_tables=None, prob_bits=None, log=print) 
 
 
 TRANSFORM_SWEEP = [None] + [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=ns)
-                            for bm, bn, bk, w, ns in ((128, 64, 32, 4, 2), (64, 128, 32, 4, 2),
-                                                      (128, 128, 32, 8, 2), (64, 64, 64, 4, 3),
-                                                      (128, 64, 64, 8, 3), (64, 32, 32, 2, 2))]
+                            for bm, bn, bk, w, ns in ((64, 128, 64, 8, 3), (128, 128, 64, 8, 3),
+                                                      (64, 64, 64, 4, 3), (128, 64, 128, 8, 3),
+                                                      (256, 64, 64, 8, 3), (128, 64, 64, 8, 4))]
 
 
 def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,

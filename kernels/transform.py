@@ -31,8 +31,8 @@ from tokenbits import transform as ref
 from .recon import _store_out
 
 MAX_Y = tl.constexpr((1 << 24) - 1)
-BAD_COEFF = 4        # status bit of a row: a coefficient value beyond 2^24 - 1 (7.6.3)
-TRANSFORM_VARIANT = dict(BM=64, BN=64, BK=32, num_warps=4, num_stages=2)
+BAD_COEFF = tl.constexpr(4)    # status bit of a row: a coefficient value beyond 2^24 - 1 (7.6.3)
+TRANSFORM_VARIANT = dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3)
 
 
 @triton.jit
@@ -84,27 +84,48 @@ def _combine(a0, a1, a2, a3, shift: tl.constexpr):
 
 
 @triton.jit
-def _inverse_kernel(lev_ptr, delta_ptr, code_ptr, mant_ptr, basis_ptr, mean_ptr, out_ptr,
-                    out_row_ptr, status_ptr, R, K, D, F, scale,
+def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, mant_ptr, y_ptr, status_ptr, R, K, F,
+                   BR: tl.constexpr, BK: tl.constexpr):
+    """Y of a tile of coefficients, stored as four int8 limb planes y_ptr [4, R, K], and
+    each row's BAD_COEFF flag (atomic or over the K tiles)."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    kk = tl.program_id(1) * BK + tl.arange(0, BK)
+    y, bad = _coefficients(lev_ptr, delta_ptr, code_ptr, mant_ptr, rows, kk, R, K, F)
+    m = (rows[:, None] < R) & (kk[None, :] < K)
+    idx = rows[:, None].to(tl.int64) * K + kk[None, :]
+    plane = R.to(tl.int64) * K
+    y0, y = _limb(y)
+    y1, y = _limb(y)
+    y2, y = _limb(y)
+    tl.store(y_ptr + idx, y0, mask=m)
+    tl.store(y_ptr + plane + idx, y1, mask=m)
+    tl.store(y_ptr + 2 * plane + idx, y2, mask=m)
+    tl.store(y_ptr + 3 * plane + idx, y.to(tl.int8), mask=m)
+    tl.atomic_or(status_ptr + rows, bad * BAD_COEFF, mask=rows < R)
+
+
+@triton.jit
+def _inverse_kernel(y_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R, K, D, scale,
                     NB: tl.constexpr, OUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                     BK: tl.constexpr):
+    """acc = sum over limbs of (Y limb x basis limb) 2^(8 (i + j)) + mean, then binary32."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     cols = pid_n * BN + tl.arange(0, BN)
+    plane = R.to(tl.int64) * K
     z = tl.zeros((BM, BN), dtype=tl.int32)
     a00, a01, a02, a03 = z, z, z, z          # basis limb 0, Y limbs 0..3
     a10, a11, a12, a13 = z, z, z, z          # basis limb 1
     a20, a21, a22, a23 = z, z, z, z          # basis limb 2
-    bad = tl.zeros((BM,), dtype=tl.int32)
     for k0 in range(0, K, BK):
         kk = k0 + tl.arange(0, BK)
-        y, b = _coefficients(lev_ptr, delta_ptr, code_ptr, mant_ptr, rows, kk, R, K, F)
-        bad = tl.maximum(bad, b)
-        y0, y = _limb(y)
-        y1, y = _limb(y)
-        y2, y = _limb(y)
-        y3 = y.to(tl.int8)
+        ym = (rows[:, None] < R) & (kk[None, :] < K)
+        yidx = rows[:, None].to(tl.int64) * K + kk[None, :]
+        y0 = tl.load(y_ptr + yidx, mask=ym, other=0)
+        y1 = tl.load(y_ptr + plane + yidx, mask=ym, other=0)
+        y2 = tl.load(y_ptr + 2 * plane + yidx, mask=ym, other=0)
+        y3 = tl.load(y_ptr + 3 * plane + yidx, mask=ym, other=0)
         bm = (kk[:, None] < K) & (cols[None, :] < D)
         bidx = kk[:, None] * D + cols[None, :]
         b0 = tl.load(basis_ptr + bidx, mask=bm, other=0)
@@ -126,8 +147,6 @@ def _inverse_kernel(lev_ptr, delta_ptr, code_ptr, mant_ptr, basis_ptr, mean_ptr,
     orow = tl.load(out_row_ptr + rows, mask=rows < R, other=0)
     m = (rows[:, None] < R) & (cols[None, :] < D)
     _store_out(out_ptr, orow[:, None].to(tl.int64) * D + cols[None, :], v, m, OUT)
-    if pid_n == 0:
-        tl.store(status_ptr + rows, bad * BAD_COEFF, mask=rows < R)
 
 
 def basis_limbs(basis: np.ndarray) -> np.ndarray:
@@ -162,7 +181,8 @@ def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,
             variant=None) -> torch.Tensor:
     """Channels of coefficient levels ``levels`` (float32 [R, K], exact integers) at step
     codes code[j] + delta[r], written to ``out`` [*, D] (float32, float16 or int16 holding
-    bfloat16 bits) at rows ``out_row``.  Returns each row's status (BAD_COEFF or 0)."""
+    bfloat16 bits) at rows ``out_row``.  Returns each row's status (BAD_COEFF or 0).
+    Two launches: the coefficient values as int8 limb planes, then the limb products."""
     r = levels.shape[0]
     status = torch.zeros(max(r, 1), dtype=torch.int32, device=levels.device)
     if r == 0:
@@ -173,10 +193,13 @@ def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,
     v = dict(TRANSFORM_VARIANT, **(variant or {}))
     bm, bn, bk = v.pop("BM"), v.pop("BN"), v.pop("BK")
     bn = min(bn, max(16, triton.next_power_of_2(dt.d)))
+    limbs = torch.empty((4, r, dt.k), dtype=torch.int8, device=levels.device)
+    yr, yk = 32, min(128, max(16, triton.next_power_of_2(dt.k)))
+    _ylimbs_kernel[(triton.cdiv(r, yr), triton.cdiv(dt.k, yk))](
+        levels, delta, code, dt.mant, limbs, status, r, dt.k, dt.f, BR=yr, BK=yk, num_warps=4)
     grid = (triton.cdiv(r, bm), triton.cdiv(dt.d, bn))
-    _inverse_kernel[grid](levels, delta, code, dt.mant, dt.basis, dt.mean, out, out_row,
-                          status, r, dt.k, dt.d, dt.f, dt.scale, NB=dt.nb, OUT=kind, BM=bm,
-                          BN=bn, BK=bk, **v)
+    _inverse_kernel[grid](limbs, dt.basis, dt.mean, out, out_row, r, dt.k, dt.d, dt.scale,
+                          NB=dt.nb, OUT=kind, BM=bm, BN=bn, BK=bk, **v)
     return status[:r]
 
 
