@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import torch
+import triton
 
 from tokenbits import reconstruction, tables
 from tokenbits.encoder import INV_STEP
@@ -512,9 +513,45 @@ def profile(data: str, frames: int, num_tables=None, prob_bits=None, log=print) 
 
 
 TRANSFORM_SWEEP = [None] + [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=ns)
-                            for bm, bn, bk, w, ns in ((64, 128, 64, 8, 3), (128, 128, 64, 8, 3),
-                                                      (64, 64, 64, 4, 3), (128, 64, 128, 8, 3),
-                                                      (256, 64, 64, 8, 3), (128, 64, 64, 8, 4))]
+                            for bm, bn, bk, w, ns in ((128, 128, 64, 8, 3), (64, 128, 64, 4, 3),
+                                                      (128, 256, 64, 8, 3), (32, 128, 64, 4, 3),
+                                                      (128, 64, 64, 4, 4))]
+
+
+def _inverse_breakdown(ps, st, variant, bench_ms, log) -> dict:
+    """The two launches of kernels.transform.inverse timed alone, on levels of the batch's
+    shape (random small integers): where the time goes."""
+    from . import transform as tk
+    dt = ps.transform
+    r = int(st.kept.sum())
+    lev = torch.randint(-20, 21, (r, dt.k), device="cuda").to(torch.float32)
+    delta = torch.zeros(r, dtype=torch.int32, device="cuda")
+    out = torch.empty((r, dt.d), dtype=torch.float16, device="cuda")
+    rows = torch.arange(r, device="cuda")
+    status = torch.zeros(r, dtype=torch.int32, device="cuda")
+    limbs = torch.empty((4, r, dt.kp), dtype=torch.int8, device="cuda")
+    yr, yk = 32, 64
+    v = dict(tk.TRANSFORM_VARIANT, **(variant or {}))
+    bm, bn, bk = v.pop("BM"), v.pop("BN"), v.pop("BK")
+
+    def ylimbs():
+        tk._ylimbs_kernel[(triton.cdiv(r, yr), dt.kp // yk)](
+            lev, delta, ps.t_code, dt.mant, limbs, status, r, dt.k, dt.kp, dt.f, BR=yr, BK=yk,
+            num_warps=4)
+
+    def gemm():
+        tk._inverse_kernel[(triton.cdiv(r, bm), triton.cdiv(dt.d, bn))](
+            limbs, dt.basis, dt.mean, out, rows, r, dt.kp, dt.d, dt.scale, NB=dt.nb, OUT=1,
+            BM=bm, BN=bn, BK=min(bk, 64), **v)
+    res = dict(rows=r, coeffs=dt.k, basis_limbs=dt.nb, ylimbs_ms=bench_ms(ylimbs),
+               gemm_ms=bench_ms(gemm), full_ms=bench_ms(lambda: tk.inverse(
+                   lev, delta, ps.t_code, dt, out, rows, variant)))
+    macs = 4 * dt.nb * r * dt.k * dt.d
+    res["gemm_tmac_per_s"] = macs / res["gemm_ms"] / 1e9
+    log(f"  inverse alone {res['full_ms']:.2f} ms: coefficient limbs {res['ylimbs_ms']:.2f} ms, "
+        f"limb GEMM {res['gemm_ms']:.2f} ms ({res['gemm_tmac_per_s']:.0f} T int8 MAC/s, "
+        f"{dt.nb} basis limb(s))")
+    return res
 
 
 def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
@@ -566,6 +603,8 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
                 best = (t_ms, v)
         ms, variant = best
         out[name + "_variant"] = variant
+        if name == "transform" and device == "cuda":
+            out["inverse_breakdown"] = _inverse_breakdown(ps, st, variant, bench_ms, log)
         out[name] = dict(ms=ms, gb_per_s=nbytes / ms / 1e6, exact=exact,
                          bits_per_value=8 * len(stream) / base.size,
                          cosine=float(mean_token_cosine(x.reshape(-1, x.shape[2]),

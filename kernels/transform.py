@@ -32,7 +32,7 @@ from .recon import _store_out
 
 MAX_Y = tl.constexpr((1 << 24) - 1)
 BAD_COEFF = tl.constexpr(4)    # status bit of a row: a coefficient value beyond 2^24 - 1 (7.6.3)
-TRANSFORM_VARIANT = dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3)
+TRANSFORM_VARIANT = dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=3)
 
 
 @triton.jit
@@ -84,16 +84,17 @@ def _combine(a0, a1, a2, a3, shift: tl.constexpr):
 
 
 @triton.jit
-def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, mant_ptr, y_ptr, status_ptr, R, K, F,
+def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, mant_ptr, y_ptr, status_ptr, R, K, KP, F,
                    BR: tl.constexpr, BK: tl.constexpr):
-    """Y of a tile of coefficients, stored as four int8 limb planes y_ptr [4, R, K], and
-    each row's BAD_COEFF flag (atomic or over the K tiles)."""
+    """Y of a tile of coefficients, stored as four int8 limb planes y_ptr [4, R, KP] (rows
+    padded with zeros to KP, a multiple of 64: aligned rows for the GEMM's tensor-core
+    loads), and each row's BAD_COEFF flag (atomic or over the K tiles)."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     kk = tl.program_id(1) * BK + tl.arange(0, BK)
     y, bad = _coefficients(lev_ptr, delta_ptr, code_ptr, mant_ptr, rows, kk, R, K, F)
-    m = (rows[:, None] < R) & (kk[None, :] < K)
-    idx = rows[:, None].to(tl.int64) * K + kk[None, :]
-    plane = R.to(tl.int64) * K
+    m = (rows[:, None] < R) & (kk[None, :] < KP)
+    idx = rows[:, None].to(tl.int64) * KP + kk[None, :]
+    plane = R.to(tl.int64) * KP
     y0, y = _limb(y)
     y1, y = _limb(y)
     y2, y = _limb(y)
@@ -105,15 +106,17 @@ def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, mant_ptr, y_ptr, status_ptr, R,
 
 
 @triton.jit
-def _inverse_kernel(y_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R, K, D, scale,
+def _inverse_kernel(y_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R, KP, D, scale,
                     NB: tl.constexpr, OUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                     BK: tl.constexpr):
-    """acc = sum over limbs of (Y limb x basis limb) 2^(8 (i + j)) + mean, then binary32."""
+    """acc = sum over limbs of (Y limb x basis limb) 2^(8 (i + j)) + mean, then binary32.
+    Y limb planes [4, R, KP] and basis limbs [NB, KP, D], both zero past K."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     cols = pid_n * BN + tl.arange(0, BN)
-    plane = R.to(tl.int64) * K
+    plane = R.to(tl.int64) * KP
+    K = KP
     z = tl.zeros((BM, BN), dtype=tl.int32)
     a00, a01, a02, a03 = z, z, z, z          # basis limb 0, Y limbs 0..3
     a10, a11, a12, a13 = z, z, z, z          # basis limb 1
@@ -168,7 +171,10 @@ class DeviceTransform:
     def __init__(self, t: ref.Transform, device):
         limbs = basis_limbs(t.basis)
         self.nb = limbs.shape[0]
-        self.basis = torch.from_numpy(limbs).to(device)
+        self.kp = -(-t.num_coeffs // 64) * 64          # rows padded with zeros (aligned)
+        pad = np.zeros((self.nb, self.kp, t.num_channels), dtype=np.int8)
+        pad[:, :t.num_coeffs] = limbs
+        self.basis = torch.from_numpy(pad).to(device)
         self.mean = torch.from_numpy(t.mean.astype(np.int64)).to(device)
         self.mant = torch.from_numpy(ref.STEP_MANTISSA_INT.astype(np.int64)).to(device)
         self.k, self.d = t.num_coeffs, t.num_channels
@@ -193,13 +199,14 @@ def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,
     v = dict(TRANSFORM_VARIANT, **(variant or {}))
     bm, bn, bk = v.pop("BM"), v.pop("BN"), v.pop("BK")
     bn = min(bn, max(16, triton.next_power_of_2(dt.d)))
-    limbs = torch.empty((4, r, dt.k), dtype=torch.int8, device=levels.device)
-    yr, yk = 32, min(128, max(16, triton.next_power_of_2(dt.k)))
-    _ylimbs_kernel[(triton.cdiv(r, yr), triton.cdiv(dt.k, yk))](
-        levels, delta, code, dt.mant, limbs, status, r, dt.k, dt.f, BR=yr, BK=yk, num_warps=4)
+    limbs = torch.empty((4, r, dt.kp), dtype=torch.int8, device=levels.device)
+    yr, yk = 32, 64
+    _ylimbs_kernel[(triton.cdiv(r, yr), dt.kp // yk)](
+        levels, delta, code, dt.mant, limbs, status, r, dt.k, dt.kp, dt.f, BR=yr, BK=yk,
+        num_warps=4)
     grid = (triton.cdiv(r, bm), triton.cdiv(dt.d, bn))
-    _inverse_kernel[grid](limbs, dt.basis, dt.mean, out, out_row, r, dt.k, dt.d, dt.scale,
-                          NB=dt.nb, OUT=kind, BM=bm, BN=bn, BK=bk, **v)
+    _inverse_kernel[grid](limbs, dt.basis, dt.mean, out, out_row, r, dt.kp, dt.d, dt.scale,
+                          NB=dt.nb, OUT=kind, BM=bm, BN=bn, BK=min(bk, 64), **v)
     return status[:r]
 
 
