@@ -36,7 +36,6 @@ MAX_COEFF_VALUE = (1 << 24) - 1   # |Y| (clause 7.6.3)
 STEP_MANTISSA_INT = np.array([(b & 0x7FFFFF) | 0x800000 for b in STEP_MANTISSA_BITS],
                              dtype=np.int64)
 SOURCE_INLINE, SOURCE_REFERENCE = 0, 1
-DIGEST_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,10 @@ class Transform:
     data: bytes                      # the transform_data() bytes (the digest's input)
     meta: dict = field(default_factory=dict, compare=False)   # informative (.tkbt metadata)
 
-    @property
+    @functools.cached_property
     def digest(self) -> bytes:
+        """SHA-256 of ``data``: the transform's identity (computed once; the encoder looks
+        its forward matrix up by it for every frame)."""
         return hashlib.sha256(self.data).digest()
 
     @property
