@@ -514,43 +514,39 @@ def profile(data: str, frames: int, num_tables=None, prob_bits=None, log=print) 
 
 TRANSFORM_SWEEP = [None] + [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=ns)
                             for bm, bn, bk, w, ns in ((128, 128, 64, 8, 3), (64, 128, 64, 4, 3),
-                                                      (128, 256, 64, 8, 3), (32, 128, 64, 4, 3),
-                                                      (128, 64, 64, 4, 4))]
+                                                      (128, 256, 64, 8, 3), (64, 256, 64, 8, 3),
+                                                      (128, 128, 128, 8, 3), (32, 128, 64, 4, 3),
+                                                      (128, 64, 64, 4, 4), (64, 128, 128, 4, 4))]
 
 
 def _inverse_breakdown(ps, st, variant, bench_ms, log) -> dict:
     """The two launches of kernels.transform.inverse timed alone, on levels of the batch's
-    shape (random small integers): where the time goes."""
+    shape (random small integers, two Y limbs; and with one large value per block, four):
+    where the time goes."""
     from . import transform as tk
     dt = ps.transform
     r = int(st.kept.sum())
-    lev = torch.randint(-20, 21, (r, dt.k), device="cuda").to(torch.float32)
-    delta = torch.zeros(r, dtype=torch.int32, device="cuda")
-    out = torch.empty((r, dt.d), dtype=torch.float16, device="cuda")
-    rows = torch.arange(r, device="cuda")
-    status = torch.zeros(r, dtype=torch.int32, device="cuda")
-    limbs = torch.empty((4, r, dt.kp), dtype=torch.int8, device="cuda")
-    yr, yk = 32, 64
-    v = dict(tk.TRANSFORM_VARIANT, **(variant or {}))
-    bm, bn, bk = v.pop("BM"), v.pop("BN"), v.pop("BK")
-
-    def ylimbs():
-        tk._ylimbs_kernel[(triton.cdiv(r, yr), dt.kp // yk)](
-            lev, delta, ps.t_code, dt.mant, limbs, status, r, dt.k, dt.kp, dt.f, BR=yr, BK=yk,
-            num_warps=4)
-
-    def gemm():
-        tk._inverse_kernel[(triton.cdiv(r, bm), triton.cdiv(dt.d, bn))](
-            limbs, dt.basis, dt.mean, out, rows, r, dt.kp, dt.d, dt.scale, NB=dt.nb, OUT=1,
-            BM=bm, BN=bn, BK=min(bk, 64), **v)
-    res = dict(rows=r, coeffs=dt.k, basis_limbs=dt.nb, ylimbs_ms=bench_ms(ylimbs),
-               gemm_ms=bench_ms(gemm), full_ms=bench_ms(lambda: tk.inverse(
-                   lev, delta, ps.t_code, dt, out, rows, variant)))
-    macs = 4 * dt.nb * r * dt.k * dt.d
-    res["gemm_tmac_per_s"] = macs / res["gemm_ms"] / 1e9
-    log(f"  inverse alone {res['full_ms']:.2f} ms: coefficient limbs {res['ylimbs_ms']:.2f} ms, "
-        f"limb GEMM {res['gemm_ms']:.2f} ms ({res['gemm_tmac_per_s']:.0f} T int8 MAC/s, "
-        f"{dt.nb} basis limb(s))")
+    res = dict(rows=r, coeffs=dt.k, basis_limbs=dt.nb)
+    for tag, big in (("", False), ("_4limbs", True)):
+        lev = torch.randint(-20, 21, (r, dt.k), device="cuda").to(torch.float32)
+        if big:
+            lev[::tk.LIMB_ROWS, 0] = float(1 << 22)    # |Y| > 32639 in every block
+        delta = torch.zeros(r, dtype=torch.int32, device="cuda")
+        out = torch.empty((r, dt.d), dtype=torch.float16, device="cuda")
+        rows = torch.arange(r, device="cuda")
+        status = torch.zeros(r, dtype=torch.int32, device="cuda")
+        limbs, nl = tk.ylimbs(lev, delta, ps.t_code, dt, status)
+        res["limb_counts" + tag] = sorted(set(nl.cpu().tolist()))
+        res["ylimbs_ms" + tag] = bench_ms(lambda: tk.ylimbs(lev, delta, ps.t_code, dt, status))
+        res["gemm_ms" + tag] = bench_ms(lambda: tk.limb_gemm(limbs, nl, dt, out, rows, variant))
+        res["full_ms" + tag] = bench_ms(lambda: tk.inverse(lev, delta, ps.t_code, dt, out, rows,
+                                                           variant))
+        nlimb = max(res["limb_counts" + tag])
+        res["gemm_tmac_per_s" + tag] = nlimb * dt.nb * r * dt.kp * dt.d / res["gemm_ms" + tag] / 1e9
+        log(f"  inverse alone{tag} {res['full_ms' + tag]:.2f} ms: coefficient limbs "
+            f"{res['ylimbs_ms' + tag]:.2f} ms, limb GEMM {res['gemm_ms' + tag]:.2f} ms "
+            f"({res['gemm_tmac_per_s' + tag]:.0f} T int8 MAC/s, Y limbs "
+            f"{res['limb_counts' + tag]}, {dt.nb} basis limb(s))")
     return res
 
 

@@ -6,18 +6,28 @@ Twins: ``tokenbits.transform.coefficient_values`` and ``tokenbits.transform.inve
 
 The levels of a batch's coefficients come from ``recon.dequantize`` run with a step
 table of ones (binary32(level) * 1.0 is the level, exactly: abs(level) <= 2^24 - 1).
-One kernel then, per tile of rows x channels:
+Then two launches:
 
-1. Y = round_half_even(level * M[code mod 6] * 2^(F + code div 6 - 47)) in int64, with
-   code = step_code[j] + delta[row] (clause 7.6.1); abs(Y) > 2^24 - 1 is flagged;
-2. Y in four signed 8-bit limbs (Y = y0 + 2^8 y1 + 2^16 y2 + 2^24 y3, each in -128..127)
-   and the basis in one to three (basis_limbs: one for basis_bits <= 8), so that every
-   product is an int8 x int8 -> int32 tensor-core product: a limb sum over K <= 8192
-   coefficients is below 2^27 in magnitude, exact in int32;
-3. acc = sum of the limb sums shifted by 8 (i + j), plus mean[c], in int64 (|acc| < 2^53);
-4. binary32(acc) rounded once to nearest even (int64 -> float32), times 2^-(F + G)
-   (exact: a power of two, no underflow since F + G <= 80), then the output dtype
-   (clause 7.6.2).
+1. ``_ylimbs_kernel``, per block of LIMB_ROWS rows over all K coefficients:
+   Y = rint(level * FACTORS[code]) in binary64, with code = step_code[j] + delta[row]
+   (clause 7.6.1) and FACTORS[q] = M[q mod 6] * 2^(q div 6 - 47 + F), the reference's
+   own formula (exact: a product of at most 48 significant bits; rint rounds half to
+   even); abs(Y) > 2^24 - 1 sets the row's BAD_COEFF status.  Y is stored as balanced
+   signed 8-bit limbs, Y = y0 + 2^8 y1 + 2^16 y2 + 2^24 y3 (each in -128..127), in limb
+   planes [4, R, KP] (KP: K padded with zeros to a multiple of 64, aligned rows).  Planes
+   0 and 1 are always written; planes 2 and 3 only for a block holding some abs(Y) >
+   32639 (the most two limbs hold), and the block's limb count (1, 2 or 4) is stored.
+2. ``_inverse_kernel``, per tile of rows x channels (a tile's rows lie in one block): the
+   block's limb count of Y limbs times one to three basis limbs (basis_limbs; one for
+   basis_bits <= 8), each an int8 x int8 -> int32 tensor-core product over K (a limb sum
+   over K <= 8192 coefficients is below 2^27 in magnitude: exact in int32); then
+   acc = sum of the limb sums shifted by 8 (i + j), plus mean[c], in int64 (|acc| < 2^53),
+   binary32(acc) rounded once to nearest even (int64 -> float32), times 2^-(F + G)
+   (exact: a power of two, no underflow since F + G <= 80), and the output dtype
+   (clause 7.6.2).  The limb count changes only how many zero products are skipped.
+
+The basis limbs are stored transposed, [NB, D, KP] (K contiguous): int8 tensor-core
+products on Hopper take both operands K-major.
 """
 from __future__ import annotations
 
@@ -31,49 +41,126 @@ from tokenbits import transform as ref
 from .recon import _store_out
 
 MAX_Y = tl.constexpr((1 << 24) - 1)
+TWO_LIMBS = tl.constexpr(32639)             # 127 + 127 * 256: the most two balanced limbs hold
+ONE_LIMB = tl.constexpr(127)
 BAD_COEFF = tl.constexpr(4)    # status bit of a row: a coefficient value beyond 2^24 - 1 (7.6.3)
+RINT64 = tl.constexpr(6755399441055744.0)      # 1.5 * 2^52: (v + RINT64) - RINT64 = rint(v)
+LIMB_ROWS = 128                # rows of a limb-count block; a GEMM tile's BM divides it
 TRANSFORM_VARIANT = dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=3)
+YLIMBS_VARIANT = dict(BK=32, num_warps=8)
 
 
 @triton.jit
 def _limb(v):
-    """(the balanced low 8-bit digit of v as int8, (v - digit) / 256) for int64 v."""
+    """(the balanced low 8-bit digit of v as int8, (v - digit) / 256) for integer v."""
     d = ((v + 128) & 255) - 128
     return d.to(tl.int8), (v - d) >> 8
 
 
 @triton.jit
-def _coefficients(lev_ptr, delta_ptr, code_ptr, mant_ptr, rows, kk, R, K, F):
-    """Y [BM, BK] (int64) of rows ``rows`` and coefficients ``kk``, and a bad flag."""
+def _coefficients(lev_ptr, delta_ptr, code_ptr, fac_ptr, rows, kk, R, K):
+    """Y [LB, BK] (int32, clamped to +-2^24) of rows ``rows`` and coefficients ``kk``, and
+    each row's flag of a value beyond 2^24 - 1."""
     m = (rows[:, None] < R) & (kk[None, :] < K)
-    lev = tl.load(lev_ptr + rows[:, None] * K + kk[None, :], mask=m, other=0.0).to(tl.int64)
+    lev = tl.load(lev_ptr + rows[:, None].to(tl.int64) * K + kk[None, :], mask=m, other=0.0)
     dl = tl.load(delta_ptr + rows, mask=rows < R, other=0)
     code = tl.load(code_ptr + kk, mask=kk < K, other=0)[None, :] + dl[:, None]
     code = tl.minimum(tl.maximum(code, 0), 255)            # out-of-range codes: errors (7.6.1)
-    mant = tl.load(mant_ptr + code % 6, mask=m, other=0)
-    p = lev * mant                                        # |p| < 2^48
-    s = 47 - F - code // 6                                # -35 <= s <= 47
-    a = tl.abs(p)
-    sr = tl.maximum(s, 1)
-    q = a >> sr
-    rem = a - (q << sr)
-    half = tl.full(q.shape, 1, tl.int64) << (sr - 1)
-    up = (rem > half) | ((rem == half) & ((q & 1) == 1))
-    right = q + up.to(tl.int64)
-    sl = tl.minimum(tl.maximum(-s, 0), 40)
-    fits = a <= (MAX_Y >> sl)
-    left = tl.where(fits, a << sl, MAX_Y + 1)
-    y = tl.where(s > 0, right, left)
-    bad = tl.max(tl.where(m & (y > MAX_Y), 1, 0), 1)      # per row
-    y = tl.minimum(y, MAX_Y)                               # bad rows: any value
-    return tl.where(p < 0, -y, y), bad
+    fac = tl.load(fac_ptr + code, mask=m, other=0.0)
+    v = lev.to(tl.float64) * fac                          # exact (48 significant bits)
+    a = tl.abs(v)
+    bad = tl.max(tl.where(m & (a >= 16777215.5), 1, 0), 1)   # rint(a) > 2^24 - 1
+    a = tl.minimum(a, 16777216.0)
+    y = ((a + RINT64) - RINT64).to(tl.int32)              # rint, half to even
+    return tl.where(v < 0, -y, y), bad
 
 
 @triton.jit
-def _dot4(y0, y1, y2, y3, b, a0, a1, a2, a3):
-    """The four limb products of one basis limb, accumulated in int32 (exact)."""
-    return (a0 + tl.dot(y0, b), a1 + tl.dot(y1, b), a2 + tl.dot(y2, b),
-            a3 + tl.dot(y3, b))
+def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, nl_ptr, status_ptr, R, K, KP,
+                   LB: tl.constexpr, BK: tl.constexpr):
+    """Limb planes y_ptr [4, R, KP] of a block of LB rows, its limb count nl_ptr[block]
+    and its rows' BAD_COEFF status (see the module docstring)."""
+    rows = tl.program_id(0) * LB + tl.arange(0, LB)
+    plane = R.to(tl.int64) * KP
+    top = tl.zeros((LB,), dtype=tl.int32)
+    bad = tl.zeros((LB,), dtype=tl.int32)
+    for k0 in range(0, KP, BK):
+        kk = k0 + tl.arange(0, BK)
+        y, b = _coefficients(lev_ptr, delta_ptr, code_ptr, fac_ptr, rows, kk, R, K)
+        top = tl.maximum(top, tl.max(tl.abs(y), 1))
+        bad = bad | b
+        m = (rows[:, None] < R) & (kk[None, :] < KP)
+        idx = rows[:, None].to(tl.int64) * KP + kk[None, :]
+        y0, y = _limb(y)
+        y1, y = _limb(y)
+        tl.store(y_ptr + idx, y0, mask=m)
+        tl.store(y_ptr + plane + idx, y1, mask=m)
+    big = tl.max(top, 0)
+    if big > TWO_LIMBS:                      # rare: recompute and store the upper limbs
+        for k0 in range(0, KP, BK):
+            kk = k0 + tl.arange(0, BK)
+            y, b = _coefficients(lev_ptr, delta_ptr, code_ptr, fac_ptr, rows, kk, R, K)
+            m = (rows[:, None] < R) & (kk[None, :] < KP)
+            idx = rows[:, None].to(tl.int64) * KP + kk[None, :]
+            _, y = _limb(y)
+            _, y = _limb(y)
+            y2, y = _limb(y)
+            tl.store(y_ptr + 2 * plane + idx, y2, mask=m)
+            tl.store(y_ptr + 3 * plane + idx, y.to(tl.int8), mask=m)
+    nl = tl.where(big > TWO_LIMBS, 4, tl.where(big > ONE_LIMB, 2, 1))
+    tl.store(nl_ptr + tl.program_id(0), nl)
+    tl.store(status_ptr + rows, bad * BAD_COEFF, mask=rows < R)
+
+
+@triton.jit
+def _limb_gemm(y_ptr, basis_ptr, rows, cols, R, KP, D, NL: tl.constexpr, NB: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """sum over the NL Y limbs i and NB basis limbs j of (Y_i x B_j) 2^(8 (i + j)), int64
+    [BM, BN]: int8 tensor-core products accumulated in int32 (exact, see the docstring)."""
+    plane = R.to(tl.int64) * KP
+    z = tl.zeros((BM, BN), dtype=tl.int32)
+    a00, a01, a02, a03 = z, z, z, z          # basis limb 0, Y limbs 0..3
+    a10, a11, a12, a13 = z, z, z, z          # basis limb 1
+    a20, a21, a22, a23 = z, z, z, z          # basis limb 2
+    ym = rows[:, None] < R
+    bm = cols[:, None] < D
+    for k0 in range(0, KP, BK):
+        kk = k0 + tl.arange(0, BK)
+        yidx = rows[:, None].to(tl.int64) * KP + kk[None, :]
+        bidx = cols[:, None] * KP + kk[None, :]
+        y0 = tl.load(y_ptr + yidx, mask=ym, other=0)
+        b0 = tl.trans(tl.load(basis_ptr + bidx, mask=bm, other=0))
+        a00 += tl.dot(y0, b0)
+        if NL >= 2:
+            y1 = tl.load(y_ptr + plane + yidx, mask=ym, other=0)
+            a01 += tl.dot(y1, b0)
+        if NL >= 4:
+            y2 = tl.load(y_ptr + 2 * plane + yidx, mask=ym, other=0)
+            y3 = tl.load(y_ptr + 3 * plane + yidx, mask=ym, other=0)
+            a02 += tl.dot(y2, b0)
+            a03 += tl.dot(y3, b0)
+        if NB >= 2:
+            b1 = tl.trans(tl.load(basis_ptr + D * KP + bidx, mask=bm, other=0))
+            a10 += tl.dot(y0, b1)
+            if NL >= 2:
+                a11 += tl.dot(y1, b1)
+            if NL >= 4:
+                a12 += tl.dot(y2, b1)
+                a13 += tl.dot(y3, b1)
+        if NB >= 3:
+            b2 = tl.trans(tl.load(basis_ptr + 2 * D * KP + bidx, mask=bm, other=0))
+            a20 += tl.dot(y0, b2)
+            if NL >= 2:
+                a21 += tl.dot(y1, b2)
+            if NL >= 4:
+                a22 += tl.dot(y2, b2)
+                a23 += tl.dot(y3, b2)
+    acc = _combine(a00, a01, a02, a03, 0)
+    if NB >= 2:
+        acc += _combine(a10, a11, a12, a13, 8)
+    if NB >= 3:
+        acc += _combine(a20, a21, a22, a23, 16)
+    return acc
 
 
 @triton.jit
@@ -84,66 +171,23 @@ def _combine(a0, a1, a2, a3, shift: tl.constexpr):
 
 
 @triton.jit
-def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, mant_ptr, y_ptr, status_ptr, R, K, KP, F,
-                   BR: tl.constexpr, BK: tl.constexpr):
-    """Y of a tile of coefficients, stored as four int8 limb planes y_ptr [4, R, KP] (rows
-    padded with zeros to KP, a multiple of 64: aligned rows for the GEMM's tensor-core
-    loads), and each row's BAD_COEFF flag (atomic or over the K tiles)."""
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    kk = tl.program_id(1) * BK + tl.arange(0, BK)
-    y, bad = _coefficients(lev_ptr, delta_ptr, code_ptr, mant_ptr, rows, kk, R, K, F)
-    m = (rows[:, None] < R) & (kk[None, :] < KP)
-    idx = rows[:, None].to(tl.int64) * KP + kk[None, :]
-    plane = R.to(tl.int64) * KP
-    y0, y = _limb(y)
-    y1, y = _limb(y)
-    y2, y = _limb(y)
-    tl.store(y_ptr + idx, y0, mask=m)
-    tl.store(y_ptr + plane + idx, y1, mask=m)
-    tl.store(y_ptr + 2 * plane + idx, y2, mask=m)
-    tl.store(y_ptr + 3 * plane + idx, y.to(tl.int8), mask=m)
-    tl.atomic_or(status_ptr + rows, bad * BAD_COEFF, mask=rows < R)
-
-
-@triton.jit
-def _inverse_kernel(y_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R, KP, D, scale,
-                    NB: tl.constexpr, OUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                    BK: tl.constexpr):
-    """acc = sum over limbs of (Y limb x basis limb) 2^(8 (i + j)) + mean, then binary32.
-    Y limb planes [4, R, KP] and basis limbs [NB, KP, D], both zero past K."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _inverse_kernel(y_ptr, nl_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R, KP, D, scale,
+                    NB: tl.constexpr, OUT: tl.constexpr, LB: tl.constexpr, BM: tl.constexpr,
+                    BN: tl.constexpr, BK: tl.constexpr):
+    """Channels of a tile of rows x channels (module docstring, step 2).  The grid is one
+    dimension, the column tiles of a row tile consecutive (they share its Y limbs in L2)."""
+    num_n = tl.cdiv(D, BN)
+    pid_m = tl.program_id(0) // num_n
+    pid_n = tl.program_id(0) % num_n
     rows = pid_m * BM + tl.arange(0, BM)
     cols = pid_n * BN + tl.arange(0, BN)
-    plane = R.to(tl.int64) * KP
-    K = KP
-    z = tl.zeros((BM, BN), dtype=tl.int32)
-    a00, a01, a02, a03 = z, z, z, z          # basis limb 0, Y limbs 0..3
-    a10, a11, a12, a13 = z, z, z, z          # basis limb 1
-    a20, a21, a22, a23 = z, z, z, z          # basis limb 2
-    for k0 in range(0, K, BK):
-        kk = k0 + tl.arange(0, BK)
-        ym = (rows[:, None] < R) & (kk[None, :] < K)
-        yidx = rows[:, None].to(tl.int64) * K + kk[None, :]
-        y0 = tl.load(y_ptr + yidx, mask=ym, other=0)
-        y1 = tl.load(y_ptr + plane + yidx, mask=ym, other=0)
-        y2 = tl.load(y_ptr + 2 * plane + yidx, mask=ym, other=0)
-        y3 = tl.load(y_ptr + 3 * plane + yidx, mask=ym, other=0)
-        bm = (kk[:, None] < K) & (cols[None, :] < D)
-        bidx = kk[:, None] * D + cols[None, :]
-        b0 = tl.load(basis_ptr + bidx, mask=bm, other=0)
-        a00, a01, a02, a03 = _dot4(y0, y1, y2, y3, b0, a00, a01, a02, a03)
-        if NB >= 2:
-            b1 = tl.load(basis_ptr + K * D + bidx, mask=bm, other=0)
-            a10, a11, a12, a13 = _dot4(y0, y1, y2, y3, b1, a10, a11, a12, a13)
-        if NB >= 3:
-            b2 = tl.load(basis_ptr + 2 * K * D + bidx, mask=bm, other=0)
-            a20, a21, a22, a23 = _dot4(y0, y1, y2, y3, b2, a20, a21, a22, a23)
-    acc = _combine(a00, a01, a02, a03, 0)
-    if NB >= 2:
-        acc += _combine(a10, a11, a12, a13, 8)
-    if NB >= 3:
-        acc += _combine(a20, a21, a22, a23, 16)
+    nl = tl.load(nl_ptr + (pid_m * BM) // LB)
+    if nl == 1:
+        acc = _limb_gemm(y_ptr, basis_ptr, rows, cols, R, KP, D, 1, NB, BM, BN, BK)
+    elif nl == 2:
+        acc = _limb_gemm(y_ptr, basis_ptr, rows, cols, R, KP, D, 2, NB, BM, BN, BK)
+    else:
+        acc = _limb_gemm(y_ptr, basis_ptr, rows, cols, R, KP, D, 4, NB, BM, BN, BK)
     mean = tl.load(mean_ptr + cols, mask=cols < D, other=0)
     acc += mean[None, :]
     v = acc.to(tl.float32) * scale                         # one rounding, then exact
@@ -165,21 +209,49 @@ def basis_limbs(basis: np.ndarray) -> np.ndarray:
 
 
 class DeviceTransform:
-    """A transform's device tables: basis limbs (int8 [NB, K, D]), mean (int64 [D]),
-    the 24-bit step mantissas."""
+    """A transform's device tables: basis limbs (int8 [NB, D, KP], transposed, zero past
+    K), mean (int64 [D]), FACTORS (binary64 [256], the reference's table for F)."""
 
     def __init__(self, t: ref.Transform, device):
         limbs = basis_limbs(t.basis)
         self.nb = limbs.shape[0]
         self.kp = -(-t.num_coeffs // 64) * 64          # rows padded with zeros (aligned)
-        pad = np.zeros((self.nb, self.kp, t.num_channels), dtype=np.int8)
-        pad[:, :t.num_coeffs] = limbs
+        pad = np.zeros((self.nb, t.num_channels, self.kp), dtype=np.int8)
+        pad[:, :, :t.num_coeffs] = limbs.transpose(0, 2, 1)
         self.basis = torch.from_numpy(pad).to(device)
         self.mean = torch.from_numpy(t.mean.astype(np.int64)).to(device)
-        self.mant = torch.from_numpy(ref.STEP_MANTISSA_INT.astype(np.int64)).to(device)
+        self.factors = torch.from_numpy(ref.FACTORS[t.coeff_frac_bits]).to(device)
         self.k, self.d = t.num_coeffs, t.num_channels
         self.f = t.coeff_frac_bits
         self.scale = float(np.ldexp(np.float32(1.0), -t.scale_bits))
+
+
+def ylimbs(levels, delta, code, dt: DeviceTransform, status, variant=None):
+    """Launch 1: (limb planes int8 [4, R, KP], limb count per LIMB_ROWS block)."""
+    r = levels.shape[0]
+    v = dict(YLIMBS_VARIANT, **(variant or {}))
+    limbs = torch.empty((4, r, dt.kp), dtype=torch.int8, device=levels.device)
+    nl = torch.empty(triton.cdiv(r, LIMB_ROWS), dtype=torch.int32, device=levels.device)
+    _ylimbs_kernel[(triton.cdiv(r, LIMB_ROWS),)](
+        levels, delta, code, dt.factors, limbs, nl, status, r, dt.k, dt.kp, LB=LIMB_ROWS, **v)
+    return limbs, nl
+
+
+def limb_gemm(limbs, nl, dt: DeviceTransform, out, out_row, variant=None):
+    """Launch 2: the channels of the limb planes, written to ``out`` at rows ``out_row``."""
+    r = limbs.shape[1]
+    kind = {torch.float32: 0, torch.float16: 1, torch.int16: 2, torch.bfloat16: 2}[out.dtype]
+    if out.dtype == torch.bfloat16:
+        out = out.view(torch.int16)
+    v = dict(TRANSFORM_VARIANT, **(variant or {}))
+    bm, bn, bk = v.pop("BM"), v.pop("BN"), v.pop("BK")
+    if LIMB_ROWS % bm:
+        raise ValueError(f"BM {bm} does not divide LIMB_ROWS {LIMB_ROWS}")
+    bn = min(bn, max(16, triton.next_power_of_2(dt.d)))
+    grid = (triton.cdiv(r, bm) * triton.cdiv(dt.d, bn),)
+    _inverse_kernel[grid](limbs, nl, dt.basis, dt.mean, out, out_row, r, dt.kp, dt.d,
+                          dt.scale, NB=dt.nb, OUT=kind, LB=LIMB_ROWS, BM=bm, BN=bn,
+                          BK=bk, **v)
 
 
 def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,
@@ -193,26 +265,13 @@ def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,
     status = torch.zeros(max(r, 1), dtype=torch.int32, device=levels.device)
     if r == 0:
         return status[:0]
-    kind = {torch.float32: 0, torch.float16: 1, torch.int16: 2, torch.bfloat16: 2}[out.dtype]
-    if out.dtype == torch.bfloat16:
-        out = out.view(torch.int16)
-    v = dict(TRANSFORM_VARIANT, **(variant or {}))
-    bm, bn, bk = v.pop("BM"), v.pop("BN"), v.pop("BK")
-    bn = min(bn, max(16, triton.next_power_of_2(dt.d)))
-    limbs = torch.empty((4, r, dt.kp), dtype=torch.int8, device=levels.device)
-    yr, yk = 32, 64
-    _ylimbs_kernel[(triton.cdiv(r, yr), dt.kp // yk)](
-        levels, delta, code, dt.mant, limbs, status, r, dt.k, dt.kp, dt.f, BR=yr, BK=yk,
-        num_warps=4)
-    grid = (triton.cdiv(r, bm), triton.cdiv(dt.d, bn))
-    _inverse_kernel[grid](limbs, dt.basis, dt.mean, out, out_row, r, dt.kp, dt.d, dt.scale,
-                          NB=dt.nb, OUT=kind, BM=bm, BN=bn, BK=min(bk, 64), **v)
+    limbs, nl = ylimbs(levels, delta, code, dt, status)
+    limb_gemm(limbs, nl, dt, out, out_row, variant)
     return status[:r]
 
 
 # -- the forward transform of the encoder (Annex B.7) ---------------------------------
 
-RINT64 = tl.constexpr(6755399441055744.0)      # 1.5 * 2^52: (v + RINT64) - RINT64 = rint(v)
 FORWARD_VARIANT = dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=2)
 
 

@@ -7,7 +7,9 @@ count whose eigenvalues hold the fraction ``energy`` of the centred energy.
 
 Fixed point: the basis is scaled so that its largest entry uses ``basis_bits`` bits
 (G = ``basis_frac_bits``); F = ``coeff_frac_bits`` is chosen so that coefficients up
-to 4 times the largest seen in calibration fit the 2^24 - 1 of clause 7.6.3.
+to 4 times the largest seen in calibration fit COEFF_FAST_MAX = 32639, two balanced
+8-bit limbs: the GPU inverse's fast path (clause 7.6.3 keeps larger values up to
+2^24 - 1 exact; the GPU then spends more limb products on their block).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from . import transform as tr
 from .errors import TKBEncodeError
 
 DEFAULT_BASIS_BITS = 8     # +0.9 % rate against a float basis (shared/TRANSFORM-NOTES.md)
-COEFF_HEADROOM = 4.0       # coefficients up to 4x the calibration's largest are coded exactly
+COEFF_HEADROOM = 4.0       # coefficients up to 4x the calibration's largest ...
+COEFF_FAST_MAX = 32639     # ... fit two balanced int8 limbs (kernels/transform.py)
 DEFAULT_ENERGY = 0.999
 
 
@@ -96,7 +99,7 @@ def quantize_transform(mean: np.ndarray, basis: np.ndarray, calib: np.ndarray,
                    (1 << (basis_bits - 1)) - 1).astype(np.int64)
     bq = np.ldexp(bint.astype(np.float64), -g)
     ymax = float(np.abs((calib - mean) @ np.linalg.pinv(bq)).max()) if calib.size else 1.0
-    f = int(math.floor(math.log2(tr.MAX_COEFF_VALUE / (COEFF_HEADROOM * max(ymax, 1e-30)))))
+    f = int(math.floor(math.log2(COEFF_FAST_MAX / (COEFF_HEADROOM * max(ymax, 1e-30)))))
     f = max(0, min(f, tr.MAX_FRAC_BITS))
     # the mean at scale 2^-(F+G) within 2^52 - 1 (clause 6.7)
     while f > 0 and np.abs(np.ldexp(mean, f + g)).max() >= 2.0 ** 52:

@@ -79,6 +79,36 @@ def test_inverse_kernel_matches_reference(case, out_dtype):
         assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8)), variant
 
 
+def test_inverse_kernel_limb_counts_per_block():
+    """Blocks of LIMB_ROWS rows needing one, two and four Y limbs (and a bad row) in one
+    batch: each block skips only products that are zero, so the values stay exact."""
+    rng = np.random.default_rng(5)
+    lb = tk.LIMB_ROWS
+    k, d = 9, 20
+    t = tr.make_transform(rng.integers(-1000, 1000, d), rng.integers(-127, 128, (k, d)), 0, 3)
+    base = np.full(k, 144)                    # step 1.0, F = 0: Y = level
+    r = 3 * lb + 5
+    lev = rng.integers(-127, 128, (r, k))     # block 0: one limb
+    lev[lb:2 * lb] = rng.integers(-32639, 32640, (lb, k))       # block 1: two
+    lev[2 * lb:] = rng.integers(-300, 301, (r - 2 * lb, k))     # block 2: four (one value)
+    lev[2 * lb + 7, 3] = (1 << 24) - 1
+    lev[3 * lb + 2, 0] = -(1 << 23) - 12345   # block 3: four
+    lev[3 * lb + 4, 1] = 1 << 24              # and a bad row
+    codes = base[None, :].repeat(r, 0)
+    want, bad = _reference(lev, codes, t, 0)
+    assert bad.sum() == 1
+    status = torch.zeros(r, dtype=torch.int32, device=DEV)
+    _, nl = tk.ylimbs(torch.from_numpy(lev.astype(np.float32)).to(DEV),
+                      torch.zeros(r, dtype=torch.int32, device=DEV),
+                      torch.from_numpy(base.astype(np.int32)).to(DEV),
+                      tk.DeviceTransform(t, DEV), status)
+    assert nl.cpu().tolist() == [1, 2, 4, 4]
+    for variant in (None, dict(BM=32, BN=16, BK=64)):
+        got, gbad = _run(lev, base, np.zeros(r), t, 0, variant=variant)
+        assert np.array_equal(gbad, bad), variant
+        assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8)), variant
+
+
 def test_inverse_kernel_flags_overflow_and_scatters_rows():
     t = tr.make_transform(np.zeros(4, np.int64), np.array([[3, 1, 0, 2], [1, -3, 5, 0]]), 40, 2)
     lev = np.array([[2, 0], [0, 0], [0, 1], [-1, 0]])   # Y = +-2^24 .. 2^25: rows 0, 2, 3 bad
