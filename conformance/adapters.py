@@ -67,6 +67,15 @@ runs with the environment variable ``TKB_TRANSFORM_DIR`` set to the suite's
 transform unit; its ``transform_data()`` bytes are what the digest covers).  A decoder
 looks a needed digest up there; the manifest lists the digests each stream needs
 (``"transforms"``).  ``tkb decode`` reads the variable when no ``--transform`` is given.
+
+Dense output (version 1.1, clauses 7.8 and 10.4): a command template may contain
+``{dense}``.  The harness removes it (a word that is exactly ``{dense}`` is dropped)
+for the canonical output, and runs the decoder a second time on each positive stream
+with a dense digest in the manifest (``dense_canonical_sha256``) with ``{dense}``
+replaced by ``--dense``; the program then writes the dense canonical output of
+clause 10.4.  A Python adapter whose ``decode`` takes a keyword ``dense`` is called
+with ``dense=True`` for that second run.  ``cmd:tkb decode {input} --canonical -o
+{output} {dense}`` is the reference decoder under this contract.
 """
 from __future__ import annotations
 
@@ -173,12 +182,13 @@ def supplied_transforms() -> list:
     return sorted(Path(d).glob("*.tkbt")) if d and Path(d).is_dir() else []
 
 
-def _reference_decode(data: bytes, strict: bool, backend: str) -> DecodeResult:
+def _reference_decode(data: bytes, strict: bool, backend: str,
+                      dense: bool = False) -> DecodeResult:
     import tokenbits
     from tokenbits.errors import TKBBackendError
     try:
         stream = tokenbits.decode(data, strict=strict, backend=backend,
-                                  transforms=supplied_transforms())
+                                  transforms=supplied_transforms(), dense=dense)
     except TKBBackendError as e:
         raise NotSupported(str(e)) from None
     except tokenbits.TKBError as e:   # strict: the first error; else a stream header error
@@ -188,19 +198,30 @@ def _reference_decode(data: bytes, strict: bool, backend: str) -> DecodeResult:
                         "\n".join(str(e) for e in stream.errors))
 
 
-def decode_reference(data: bytes) -> DecodeResult:
-    """The reference decoder, resilient (clause 9.10)."""
-    return _reference_decode(data, False, "reference")
+def decode_reference(data: bytes, dense: bool = False) -> DecodeResult:
+    """The reference decoder, resilient (clause 9.10); ``dense``: the dense canonical
+    output (clause 10.4)."""
+    return _reference_decode(data, False, "reference", dense)
 
 
-def decode_reference_strict(data: bytes) -> DecodeResult:
+def decode_reference_strict(data: bytes, dense: bool = False) -> DecodeResult:
     """The reference decoder, stopping at the first error."""
-    return _reference_decode(data, True, "reference")
+    return _reference_decode(data, True, "reference", dense)
 
 
-def decode_gpu(data: bytes) -> DecodeResult:
+def decode_gpu(data: bytes, dense: bool = False) -> DecodeResult:
     """The reference decoding through the GPU kernels, resilient."""
-    return _reference_decode(data, False, "gpu")
+    return _reference_decode(data, False, "gpu", dense)
+
+
+def takes_dense(fn) -> bool:
+    """Whether a Python adapter's decode function accepts the keyword ``dense``."""
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "dense" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
 decode_reference_strict.resilient = False
@@ -287,6 +308,7 @@ class Decoder:
     """A decoder the harness runs: ``name``, ``kind`` ("python" or "command"),
     ``resilient`` (False: a strict decoder, clause 9.10)."""
     kind = "?"
+    dense = False          # produces the dense canonical output (clause 10.4) on request
 
     def __init__(self, spec: str, name: str, resilient: bool):
         self.spec, self.name, self.resilient = spec, name, resilient
@@ -314,6 +336,7 @@ class PythonDecoder(Decoder):
     def __init__(self, spec: str, strict: bool = False):
         fn, name, resilient = load_python(spec)   # validate now: a usage error if bad
         super().__init__(spec, name, resilient and not strict)
+        self.dense = takes_dense(fn)
         self._unavailable = None
         self._checked = False
 
@@ -344,10 +367,17 @@ class CommandDecoder(Decoder):
         self.words = words
         self.to_stdout = not any("{output}" in w for w in words)
         super().__init__(template, name or template, not strict)
+        self.dense = any("{dense}" in w for w in words)
 
-    def argv(self, input_path: str, output_path: str) -> list:
-        return [w.replace("{input}", input_path).replace("{output}", output_path)
-                for w in self.words]
+    def argv(self, input_path: str, output_path: str, dense: bool = False) -> list:
+        """The command line; ``{dense}``: ``--dense`` when ``dense``, else removed."""
+        out = []
+        for w in self.words:
+            v = w.replace("{input}", input_path).replace("{output}", output_path) \
+                .replace("{dense}", "--dense" if dense else "")
+            if v or "{dense}" not in w:         # a word that was only {dense}: dropped
+                out.append(v)
+        return out
 
     def runner(self) -> "Runner":
         return _CommandRunner(self)
@@ -411,11 +441,12 @@ class _CommandRunner(Runner):
         self.decoder = decoder
         self.tmp = tempfile.TemporaryDirectory(prefix="tkb-conformance-")
 
-    def run(self, path: str, timeout: float) -> Outcome:
+    def run(self, path, timeout: float) -> Outcome:
+        path, dense = path if isinstance(path, tuple) else (path, False)
         out_path = os.path.join(self.tmp.name, "canonical.bin")
         if os.path.exists(out_path):
             os.unlink(out_path)
-        argv = self.decoder.argv(str(path), out_path)
+        argv = self.decoder.argv(str(path), out_path, dense)
         t0 = time.perf_counter()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -488,9 +519,10 @@ def _worker_main(conn, spec: str, path: list) -> None:
             return
         t0 = time.perf_counter()
         try:
+            msg, dense = msg if isinstance(msg, tuple) else (msg, False)
             data = Path(msg).read_bytes()
             t0 = time.perf_counter()
-            res = normalize(fn(data))
+            res = normalize(fn(data, dense=True) if dense else fn(data))
             conn.send(("ok", res.canonical, res.errors, res.detail,
                        time.perf_counter() - t0))
         except BaseException as e:
@@ -545,14 +577,15 @@ class _WorkerRunner(Runner):
             self.conn.close()
         self.proc = self.conn = None
 
-    def run(self, path: str, timeout: float) -> Outcome:
+    def run(self, path, timeout: float) -> Outcome:
         if self.proc is None:
             why = self._start()
             if why:
                 return Outcome("error", message=why)
         t0 = time.perf_counter()
         try:
-            self.conn.send(str(path))
+            self.conn.send((str(path[0]), bool(path[1])) if isinstance(path, tuple)
+                           else str(path))
             ready = self.conn.poll(timeout)
         except (OSError, EOFError, BrokenPipeError):
             ready = True       # the worker is gone: recv below says how

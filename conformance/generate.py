@@ -32,6 +32,7 @@ from tokenbits import transform as tr
 from tokenbits import tkbt
 from tokenbits.bitio import BitWriter
 from tokenbits.crc32c import crc32c
+from tokenbits.merge_map import stand_in_bits, write_merge_map
 from tokenbits.presence import write_presence_map
 
 from . import MANIFEST_FORMAT, SUITE_DIR
@@ -207,7 +208,8 @@ def frame_values(data: bytes, i: int) -> tuple[dict, dict]:
     precede it in the same track)."""
     head, units = split(data)
     u = units[i]
-    tps = next(decoder.parse_tps(t.payload, levels.LEVELS[30], 2) for t in units[:i]
+    profile = head[6]          # the frame syntax depends on it (merge map, clause 6.4)
+    tps = next(decoder.parse_tps(t.payload, levels.LEVELS[30], profile) for t in units[:i]
                if t.unit_type == decoder.UNIT_TPS and t.track_id == u.track_id
                and t.payload[0] == u.payload[0])
     return tps, dict(decoder.parse_frame(u.payload, tps, levels.LEVELS[30]))
@@ -230,9 +232,20 @@ def frame_payload(tps: dict, v: dict) -> bytes:
         wr.packed(v["raw_data"], tps["raw_bits"])
         wr.align_zero()
 
+    def merge_map(wr, env):
+        # ``merge_pad``: the value of its alignment bits (0 in a valid stream)
+        n, stand = stand_in_bits(pos.size), np.asarray(v["stand_ins"], dtype=np.uint64)
+        wr.packed(stand, n)
+        pad = (-(stand.size * n)) % 8
+        if pad and v.get("merge_pad"):
+            wr.bits(pad, v["merge_pad"])
+        else:
+            write_merge_map(wr, pos.size, [])
+
     syntax.write(w, "frame", vals, dict(coding_mode=tps["coding_mode"]),
                  dict(presence_map=presence, rans_data=lambda wr, env: wr.array(
-                     "u16", v["rans_data"]), escape_data=escape_data, raw_data=raw_data))
+                     "u16", v["rans_data"]), escape_data=escape_data, raw_data=raw_data,
+                      merge_map=merge_map))
     return w.getvalue()
 
 
@@ -280,10 +293,13 @@ def quantized_track(levels_: list, *, step_code, predictor: int = 0, alphabet: i
                     lane_steps: int = 64, prob_bits: int = 12, num_tables: int = 1,
                     frame_step_delta: int = 0, token_step_delta=None, positions=None,
                     escape_bits=None, max_tokens=None, tps_id: int = 0,
-                    transform=None, transform_id: int = 0) -> tuple:
+                    transform=None, transform_id: int = 0, merge_maps=None,
+                    num_tokens=None) -> tuple:
     """(parameter set payload, frame payloads) of a quantized track written from
     explicit levels [K, D] per frame (clauses 6.3, 6.4, 7.4.1, 7.5 in reverse); with a
-    ``transform``, levels [K, num_coeffs] of its coefficients (coding_mode 2, 6.7)."""
+    ``transform``, levels [K, num_coeffs] of its coefficients (coding_mode 2, 6.7).
+    ``merge_maps``: per frame, its stand-ins (presence_present 2, clause 7.8), None
+    (no merge map) or "full" (no presence map); ``num_tokens``: per frame, without grid."""
     k0, d = levels_[0].shape
     step_code = np.atleast_1d(np.asarray(step_code, dtype=np.uint8))
     t = dict(tps_id=tps_id, track_kind=0, coding_mode=0, source_dtype=output_dtype,
@@ -318,10 +334,15 @@ def quantized_track(levels_: list, *, step_code, predictor: int = 0, alphabet: i
         ebits = escape_bits if escape_bits is not None else (
             int(escv.max()).bit_length() if escv.size else 0)
         n = n_tokens if grid else levels_[i].shape[0] if positions is None else n_tokens
+        if num_tokens is not None:
+            n = num_tokens[i]
         tdel = token_step_delta[i] if token_step_delta is not None else None
+        mm = merge_maps[i] if merge_maps is not None else None
+        presence = 0 if positions is None or (isinstance(mm, str) and mm == "full") else (
+            1 if mm is None else 2)
         payloads.append(frame_payload(t, dict(
             tps_id=tps_id, random_access=1, frame_number=i, num_tokens=n,
-            presence_present=int(positions is not None), positions=pos,
+            presence_present=presence, positions=pos, stand_ins=mm,
             frame_step_delta=frame_step_delta, token_scale_present=int(tdel is not None),
             token_step_delta=None if tdel is None else np.asarray(tdel, dtype=np.int8),
             escape_bits=ebits, num_escapes=int(escv.size), chunk_words=cw,
@@ -1276,6 +1297,88 @@ def declare_transform() -> None:
       restream([Unit(5, 255, 1, ref)] + units[1:]))
 
 
+def declare_merge_map() -> None:
+    """Version 1.1 merge maps (clauses 6.4, 7.8) and the dense output (clause 10.4)."""
+    P, N = positive, negative
+
+    def high(units: list) -> bytes:
+        return stream(units, profile=levels.PROFILE_HIGH, level=10, minor=1)
+
+    # an encoder stream: CLS + 4x4 grid, half the grid kept (quadtree presence map)
+    M = enc(F16, qp=-6, keep=0.5, predictor="up", merge_map=True, **GRID)
+    P("merge_map_grid_prefix", "High profile: three frames of a 4x4 grid with a prefix "
+      "token, half the grid tokens kept (quadtree presence map), each frame with a merge "
+      "map (9 kept: 4-bit stand-ins); dense output fills the pruned positions",
+      ["6.4", "7.8", "10.4"], ["merge_map", "presence", "dense"], M)
+    lv = [_ints(1000 + i, (k, 3), -6, 6) for i, k in enumerate((5, 3, 7))]
+    pos = [[0, 2, 3, 6, 9], [1, 4, 8], list(range(7))]
+    P("merge_map_mixed_frames", "three frames without grid: the first with a merge map "
+      "(5 kept of 10), the second pruned without one (its dense rows are zeros), the third "
+      "without presence map; left prediction, float32 out", ["6.4", "7.8", "10.4"],
+      ["merge_map", "presence", "dense"],
+      high(track_units(0, *quantized_track(
+          lv, step_code=140, predictor=1, output_dtype=0, alphabet=16, max_tokens=10,
+          positions=pos, num_tokens=[10, 10, 7],
+          merge_maps=[[4, 0, 1, 2, 3], None, "full"]))))
+    one = quantized_track([_ints(1010, (1, 4), -3, 3)], step_code=150, alphabet=8,
+                          grid=(2, 3), prefix=0, positions=[[4]],
+                          merge_maps=[[0, 0, 0, 0, 0]])
+    ONE = high(track_units(0, *one))
+    P("merge_map_one_kept", "one kept token of a 2x3 grid: num_kept 1, so every stand_in "
+      "has 0 bits and the merge map is empty; every dense row is the kept token's",
+      ["6.4", "7.8", "10.4"], ["merge_map", "merge_map:0-bit"], ONE)
+    A = model_a()
+    T = transform_stream(A, [_ints(1020 + i, (6, 6), -4, 4) for i in range(2)], step_code=141,
+                         alphabet=10, max_tokens=9, output_dtype=2,
+                         positions=[[0, 1, 3, 4, 6, 8], [0, 2, 3, 4, 5, 7]],
+                         merge_maps=[[5, 0, 3], None])
+    P("merge_map_transform", "a transform track (coding_mode 2, bfloat16 out) with pruned "
+      "frames, the first with a merge map", ["6.4", "6.7", "7.8", "10.4"],
+      ["merge_map", "transform", "dense"], T)
+    LL = enc(embeddings(1030, 2, 12, 4, "float32"), lossless=True, keep=0.5, merge_map=True)
+    P("merge_map_lossless", "a lossless float32 track without grid, half the tokens kept, "
+      "with merge maps (3-bit stand-ins): the dense rows are bit copies", ["6.4", "7.8"],
+      ["merge_map", "coding_mode:1"], LL)
+
+    # negative (clause 6.4 and the rows it adds to clause 9)
+    fr = units_of(M, decoder.UNIT_FRAME)[0]
+    tps, v = frame_values(M, fr)
+    N("merge_map_stand_in_out_of_range", "a stand_in 9 with num_kept 9",
+      _row("9.1", "a `stand_in` of the merge map"), "TKBFormatError", "6.4",
+      rewrite_frame(M, fr, stand_ins=np.r_[v["stand_ins"][:-1], 9]))
+    N("merge_map_nothing_pruned", "presence_present 2 on a frame whose presence map keeps "
+      "every token", _row("9.1", "without pruned position"), "TKBFormatError", "6.4",
+      high(track_units(0, *quantized_track([_ints(1040, (6, 2), -3, 3)], step_code=150,
+                                           alphabet=8, max_tokens=6,
+                                           positions=[list(range(6))], merge_maps=[[]]))))
+    N("merge_map_nothing_kept", "presence_present 2 on a frame whose presence map keeps "
+      "no token", _row("9.1", "without kept token"), "TKBFormatError", "6.4",
+      high(track_units(0, *quantized_track([np.zeros((0, 2), np.int64)], step_code=150,
+                                           alphabet=8, max_tokens=6, num_tokens=[6],
+                                           positions=[[]], merge_maps=[[]]))))
+    N("merge_map_alignment_bit", "merge_map_mixed_frames with the alignment bit after "
+      "its first frame's merge map set (5 stand-ins of 3 bits, then 1 alignment bit)",
+      _row("9.1", "the merge map,"), "TKBFormatError", "3.3", _merge_pad(lv, pos))
+    N("merge_map_in_main_profile", "presence_present 2 (a merge map) in a Main stream: a "
+      "TKBFormatError there, as in version 1.0", _row("9.1", "`presence_present` or"),
+      "TKBFormatError", "6.4", header(2, 10) + M[16:])
+    cut = find(M, "stand_in", fr)
+    N("merge_map_truncated", "a frame payload that ends inside the merge map",
+      _row("9.2", "the payload ends before its structure"), "TKBTruncatedError", "6.4",
+      with_payload(M, fr, lambda p: p[:cut.bit_offset // 8 - unit_offsets(M)[fr] - 8 + 2]))
+
+
+def _merge_pad(lv: list, pos: list) -> bytes:
+    """merge_map_mixed_frames with the merge map's alignment bit set (clause 3.3)."""
+    tps, frames = quantized_track(lv, step_code=140, predictor=1, output_dtype=0,
+                                  alphabet=16, max_tokens=10, positions=pos,
+                                  num_tokens=[10, 10, 7], merge_maps=[[4, 0, 1, 2, 3], None,
+                                                                      "full"])
+    data = stream(track_units(0, tps, frames), profile=levels.PROFILE_HIGH, level=10,
+                  minor=1)
+    return rewrite_frame(data, 1, merge_pad=1)
+
+
 # -- expectations, universe, files ------------------------------------------------
 
 VALUE_CLASSES = [
@@ -1312,7 +1415,7 @@ VALUE_CLASSES = [
     ("random_access", [1], "the only value of version 1"),
     ("frame_number", [0, (1 << 32) - 1], "minimum, maximum"),
     ("num_tokens", [0, 1, 4096], "empty frame, one token, max_tokens of level 10"),
-    ("presence_present", [0, 1], "both values"),
+    ("presence_present", [0, 1, 2], "every value (2: a merge map, High profile)"),
     ("frame_step_delta", [-128, 0, 127], "minimum, zero, maximum"),
     ("token_scale_present", [0, 1], "both values"),
     ("token_step_delta", [-128, 127], "minimum, maximum"),
@@ -1352,7 +1455,8 @@ def error_conditions(spec_dir: Path = SPEC_DIR) -> list:
 
 def universe(spec_dir: Path = SPEC_DIR) -> dict:
     elements = sorted({e.name for els in syntax.SYNTAX.values() for e in els}
-                      | {"unit_crc32c", "token_present", "prefix_present", "node_present"})
+                      | {"unit_crc32c", "token_present", "prefix_present", "node_present",
+                         "stand_in"})
     return dict(elements=elements,
                 error_classes=[c.__name__ for c in errors.ERROR_CLASSES],
                 conditions=error_conditions(spec_dir),
@@ -1369,10 +1473,13 @@ def outcome(data: bytes) -> dict:
         errs, frames, fatal = s.errors, s.frames, s.framing_error is not None
     except errors.TKBError as e:        # an error of the stream header is fatal
         errs, frames, fatal = [e], [], True
-    h = hashlib.sha256()
+    h, hd = hashlib.sha256(), hashlib.sha256()
     for f in frames:
         h.update(canonical.frame_bytes(f))
+        hd.update(canonical.frame_bytes(decoder.densify(f)))     # clause 10.4
+    pruned = any(f.num_kept < f.num_tokens for f in frames)
     return dict(canonical_sha256=h.hexdigest(), frames=len(frames),
+                dense_canonical_sha256=hd.hexdigest() if pruned else None,
                 errors=[dict({"class": type(e).__name__}, clause=e.clause, element=e.element,
                              offset=e.offset) for e in errs], fatal=fatal)
 
@@ -1397,6 +1504,8 @@ def _elements(data: bytes) -> tuple[list, dict]:
         values.setdefault(e.leaf, set()).update(vals)
     if any(n in names for n in ("token_present", "prefix_present", "node_present")):
         names.add("presence_map")
+    if "stand_in" in names:
+        names.add("merge_map")
     kept = {}
     for k, vs in sorted(values.items()):
         vs = sorted(vs)
@@ -1455,12 +1564,16 @@ def build(spec_dir: Path = SPEC_DIR, progress=None) -> tuple[dict, dict, dict]:
     declare_resilience()
     declare_negative()
     declare_transform()
+    declare_merge_map()
     uni = universe(spec_dir)
     conds = {c["id"]: c for c in uni["conditions"]}
     entries, files, traces = [], {}, {}
     for i, v in enumerate(VECTORS):
         out = outcome(v.data)
         _check(v, out, conds)
+        dense = out.pop("dense_canonical_sha256")
+        if dense is not None and v.suite == "positive":     # clause 11.1
+            out["dense_canonical_sha256"] = dense
         elements, values = _elements(v.data)
         prof, pidc, lidc, lvl = _profile(v.data)
         if v.suite == "negative" and any(c.startswith(("9.4-1", "9.4-2", "9.4-3", "9.1-3",

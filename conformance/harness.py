@@ -456,9 +456,38 @@ def run_suite(decoder: Decoder, suite: Suite, profile: str | None = None,
         r.output_bytes = None if res.canonical is None else len(res.canonical)
         r.detail = res.detail
         r.state, r.note = judge(s, path, res)
+    _check_dense(decoder, suite, todo, results, jobs, timeout, quiet)
     return RunReport(suite, decoder, [results[s["name"]] for s in streams], profile, level,
                      list(kinds) if kinds else None, list(globs) if globs else None,
                      timeout, jobs, time.perf_counter() - t0, unavailable)
+
+
+def _check_dense(decoder: Decoder, suite: Suite, todo: list, results: dict, jobs, timeout,
+                 quiet) -> None:
+    """Clause 11.2: a decoder that produces dense output (``{dense}`` in its command, a
+    ``dense`` keyword in a Python adapter) is run again on the passing positive streams
+    that have a dense canonical digest; a different digest fails the stream."""
+    dense = [(s, path, results[s["name"]]) for s, path, _ in todo
+             if s["suite"] == "positive" and s["expect"].get("dense_canonical_sha256")
+             and results[s["name"]].state == "pass"]
+    if not dense or not getattr(decoder, "dense", False):
+        return
+    progress = Progress(len(dense), quiet, "dense outputs")
+    with transform_dir(suite):
+        outcomes = decoder.run_many([(str(p), True) for _, p, _ in dense], jobs, timeout,
+                                    progress)
+    progress.done()
+    for (s, path, r), o in zip(dense, outcomes):
+        want = s["expect"]["dense_canonical_sha256"]
+        if o.state != "done":
+            r.state, r.note = o.state, f"dense output (clause 10.4): {o.message}"
+        elif o.result.errors:
+            r.state, r.note = "fail", (f"reported {_classes(o.result.errors)} when asked for "
+                                       "the dense output (clause 10.4)")
+        elif o.result.sha256 != want:
+            r.state, r.note = "fail", (f"dense canonical digest {o.result.sha256[:16]}... "
+                                       f"differs from the expected {want[:16]}... (clause "
+                                       "10.4)")
 
 
 # -- coverage ---------------------------------------------------------------------------

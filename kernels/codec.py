@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tokenbits import reconstruction, tables
+from tokenbits import pruning, reconstruction, tables
 from tokenbits.decoder import Decoder, Frame, parse_frame
 from tokenbits.decoder import decode as ref_decode
 from tokenbits.encoder import INV_STEP, SYMBOL_NOT_IN_TABLE, TrackEncoder, select_kept
@@ -231,6 +231,19 @@ def decode_batch(tps: dict, frames: list, ps: _ParamSet, device, dense: bool = F
     return results
 
 
+def dense_fill(v: torch.Tensor, positions, stand_ins) -> torch.Tensor:
+    """Clause 7.8 on a dense frame [num_tokens, ...] whose kept rows are in place: each
+    pruned position gets a bit copy of its stand-in's row (a gather on the device; the
+    stand-ins are parsed on the host with the frame)."""
+    pos = np.asarray(positions, dtype=np.int64)
+    mask = np.ones(v.shape[0], dtype=bool)
+    mask[pos] = False
+    pruned = _t(np.flatnonzero(mask), np.int64, v.device)
+    src = _t(pos[np.asarray(stand_ins, dtype=np.int64)], np.int64, v.device)
+    v[pruned] = v[src]
+    return v
+
+
 class GPUDecoder(Decoder):
     """The reference Decoder with frame values decoded on the GPU in batches.
 
@@ -293,10 +306,12 @@ class GPUDecoder(Decoder):
                     raise e
                 errors.append(e)
                 continue
+            if self.dense and fr["stand_ins"] is not None:
+                r = dense_fill(r, fr["positions"], fr["stand_ins"])
             self.stream.frames.append(Frame(u.track_id, fr["frame_number"], fr["num_tokens"],
                                             fr["positions"], r,
                                             reconstruction.DTYPES[tps["output_dtype"]],
-                                            tps["tps_id"], u.offset))
+                                            tps["tps_id"], u.offset, fr["stand_ins"]))
         self.stream.errors.extend(errors)
 
     def finish(self) -> None:
@@ -314,7 +329,8 @@ def decode(data, strict: bool = True, device=None, dense: bool = False, progress
     """Decode a stream with the GPU kernels (same contract as ``tokenbits.decode``).
     Frame values are torch tensors on ``device``: float32/float16/bfloat16 values, or
     uint32 ids as int32.  ``dense``: each frame's values are [num_tokens, D] with the
-    kept tokens scattered to their positions and zeros elsewhere."""
+    kept tokens scattered to their positions and each pruned position filled from its
+    stand-in (merge map, clause 7.8: a device gather after the batch) or zeros."""
     return ref_decode(data, strict, progress,
                       decoder=lambda header: GPUDecoder(header, strict, device, dense,
                                                         transforms))
@@ -394,11 +410,18 @@ def _clipped(c: torch.Tensor, delta: torch.Tensor, code: torch.Tensor, inv: torc
 
 
 def kept_positions(te: TrackEncoder, x: torch.Tensor, frames) -> list:
-    """Positions of each frame (Annex B.2 scores on the GPU, selection on the host)."""
+    """Positions of each frame (Annex B.2).  The ``farthest`` policy: scores on the GPU,
+    selection on the host.  Every other policy (the default included) and keep_coverage:
+    for now the reference selection (tokenbits.pruning) on the host copy of the frames, so
+    the GPU path selects the same tokens as the CPU; a Triton twin (similarity levels from
+    int8-limb tl.dot products, the greedy steps) is still to be written (issue 16,
+    deliverable 3)."""
     o = te.opts
     n = [a.shape[0] for a in frames]
-    if o.keep is None or o.keep >= 1 or not frames:
+    if o.keep_coverage is None and (o.keep is None or o.keep >= 1) or not frames:
         return [np.arange(k, dtype=np.uint32) for k in n]
+    if o.keep_coverage is not None or pruning.check_policy(o.prune) != "farthest":
+        return [te._positions(a) for a in frames]
     start = te.tps["num_prefix_tokens"]
     base = np.cumsum(n) - n
     nrows = np.maximum(np.asarray(n) - start, 0)
@@ -511,13 +534,17 @@ def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> l
             w1 = int(w_end[c_end[i] - 1]) if c_end[i] > 0 else w0
             s0, s1 = int(s_end[i] - kept[i] * d), int(s_end[i])
             number = a + i
+            # the merge map's stand-ins (clause 7.8) are chosen on the host, by the
+            # reference's assign_stand_ins: the same bytes as the reference encoder
+            merge = te.stand_ins(f, p)
             if te.lossless:
                 payloads.append(te.frame_payload(number, f.shape[0], p, words[w0:w1],
-                                                 cw[c0:c_end[i]], raw=raw_h[s0:s1]))
+                                                 cw[c0:c_end[i]], raw=raw_h[s0:s1],
+                                                 stand_ins=merge))
             else:
                 j0, j1 = np.searchsorted(esc_pos, [s0, s1])
                 payloads.append(te.frame_payload(number, f.shape[0], p, words[w0:w1],
                                                  cw[c0:c_end[i]],
                                                  tdelta=delta_h[row0[i]:row0[i] + kept[i]],
-                                                 escapes=esc_val[j0:j1]))
+                                                 escapes=esc_val[j0:j1], stand_ins=merge))
     return payloads

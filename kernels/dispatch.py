@@ -68,7 +68,8 @@ def decode_tensors(data, strict: bool = True, device=None, dense: bool = False, 
                    transforms=None):
     """A DecodedStream whose frame values are torch tensors on ``device``: float32,
     float16, bfloat16, or int32 (ids).  ``dense``: [num_tokens, D] per frame, the
-    kept tokens at their positions and zeros elsewhere."""
+    kept tokens at their positions and each pruned position a bit copy of its
+    stand-in's row (merge map, clause 7.8) or zeros when the frame has no merge map."""
     import numpy as np
     import torch
     from . import codec
@@ -80,16 +81,12 @@ def decode_tensors(data, strict: bool = True, device=None, dense: bool = False, 
     s = ref(data, strict, transforms=transforms)
     frames = []
     for f in s.frames:
-        v = f.values
+        v = f.dense_values() if dense else f.values      # clause 7.8 on the host
         if f.dtype == "bfloat16":
             t = torch.from_numpy(v.view(np.int16)).view(torch.bfloat16)
         elif f.dtype == "uint32":
             t = torch.from_numpy(v.view(np.int32))
         else:
             t = torch.from_numpy(v)
-        if dense:
-            full = torch.zeros((f.num_tokens,) + tuple(t.shape[1:]), dtype=t.dtype)
-            full[torch.from_numpy(f.positions.astype(np.int64))] = t
-            t = full
         frames.append(dataclasses.replace(f, values=t.to(dev)))
     return dataclasses.replace(s, frames=frames)

@@ -69,23 +69,28 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
 
 
 def decode(data, strict: bool = True, progress=None, backend: str | None = None,
-           device=None, transforms=None) -> DecodedStream:
+           device=None, transforms=None, dense: bool = False) -> DecodedStream:
     """Decode a stream held in memory; values are numpy arrays, identical whichever
     ``backend`` ("auto", "gpu", "reference") decodes them.  ``transforms``: the
     transforms (Transform objects, ``.tkbt`` paths or bytes) that the stream may name
-    by digest (clause 6.7)."""
+    by digest (clause 6.7).  ``dense``: every frame is clause 7.8's dense frame,
+    [num_tokens, D] with each pruned position filled from its stand-in (merge map) or
+    with zeros, positions 0 .. num_tokens-1 (its canonical output is clause 10.4's)."""
     if backend == "reference":
-        return _decoder.decode(data, strict, progress, transforms=transforms)
-    from .kernels import dispatch
-    return dispatch.decode(data, strict, progress, backend=backend, device=device,
-                           transforms=transforms)
+        s = _decoder.decode(data, strict, progress, transforms=transforms)
+    else:
+        from .kernels import dispatch
+        s = dispatch.decode(data, strict, progress, backend=backend, device=device,
+                            transforms=transforms)
+    return _decoder.densify_stream(s) if dense else s
 
 
 def decode_tensors(data, strict: bool = True, device=None, dense: bool = False,
                    backend: str | None = None, transforms=None) -> DecodedStream:
     """Decode into torch tensors on ``device`` (default: the GPU when there is one),
     through the GPU kernels when they can run.  ``dense``: each frame is
-    [num_tokens, D] with the kept tokens at their positions, zeros elsewhere."""
+    [num_tokens, D] with the kept tokens at their positions and each pruned position
+    filled from its stand-in (merge map, clause 7.8) or with zeros."""
     from .kernels import dispatch
     return dispatch.decode_tensors(data, strict, device, dense, backend, transforms)
 
@@ -98,20 +103,26 @@ def encode_file(array, path, **options) -> int:
 
 
 def decode_file(path, strict: bool = True, backend: str | None = None,
-                transforms=None) -> DecodedStream:
+                transforms=None, dense: bool = False) -> DecodedStream:
     return decode(Path(path).read_bytes(), strict=strict, backend=backend,
-                  transforms=transforms)
+                  transforms=transforms, dense=dense)
 
 
-def to_array(stream: DecodedStream, track_id: int = 0, torch_device=None):
+def to_array(stream: DecodedStream, track_id: int = 0, torch_device=None,
+             dense: bool = False):
     """The frames of one track as one array: [N, D] for one frame, [F, N, D] for several
-    (ids: [N] or [F, N]).  Pruned tracks cannot be stacked: use the frames' positions.
-    With ``torch_device`` the result is a torch tensor there (bfloat16 included)."""
+    (ids: [N] or [F, N]).  Pruned tracks cannot be stacked unless ``dense``: then each
+    frame is [num_tokens, D] with its pruned positions filled from their stand-ins
+    (merge map, clause 7.8) or with zeros.  With ``torch_device`` the result is a
+    torch tensor there (bfloat16 included)."""
     frames = stream.track_frames(track_id)
     if not frames:
         raise TKBError(f"no decoded frames in track {track_id}")
+    if dense:
+        frames = [_decoder.densify(f) for f in frames]
     if any(f.num_kept != f.num_tokens for f in frames):
-        raise TKBError("frames are pruned: read values with their positions from .frames")
+        raise TKBError("frames are pruned: read values with their positions from .frames, "
+                       "or ask for dense=True")
     if len({f.values.shape for f in frames}) != 1:
         raise TKBError("frames differ in size: read them from .frames")
     arr = frames[0].values if len(frames) == 1 else np.stack([f.values for f in frames])
@@ -122,9 +133,10 @@ def to_array(stream: DecodedStream, track_id: int = 0, torch_device=None):
 
 
 def read_frame(data, track_id: int, frame_number: int, strict: bool = True,
-               transforms=None) -> Frame:
+               transforms=None, dense: bool = False) -> Frame:
     """Random access: decode one frame using the stream's index unit (clause 6.6),
-    the track's parameter sets and the transforms they name."""
+    the track's parameter sets and the transforms they name.  ``dense``: clause 7.8's
+    dense frame."""
     from . import decoder as d
     header = d.parse_stream_header(data)
     dec = d.Decoder(header, strict, keep=False, transforms=transforms)
@@ -147,4 +159,4 @@ def read_frame(data, track_id: int, frame_number: int, strict: bool = True,
     if frame is None or frame.frame_number != frame_number:
         raise TKBFormatError("index entry does not point at the frame", clause="6.6",
                              element="unit_offset", offset=target)
-    return frame
+    return d.densify(frame) if dense else frame

@@ -10,6 +10,12 @@ payload against the empirical entropy of its symbols; TKB lossless; and
 float16 raw, zstd-19, int8 and int4 absmax measured in the same run.
 Also CPU speed on one 576 x 1024 float16 frame.
 
+``--pruning`` adds (``--only pruning`` runs alone) issue 16's measurements: every token
+selection policy of Annex B.2 side by side with task proxies (ViT-S/14: pooled cosine,
+coverage, the saliency head's error on the dense grid rebuilt from stand-ins or
+ToMe-style merged tokens; MiniLM: pooled sentence-embedding cosine and recall@10 of a
+retrieval task on the stdlib docs) and total bits per value.
+
 ``--transform`` adds (``--only transform`` runs alone) the measurements of transform
 coding (TKB 1.1, issue 15): ViT-S/14 images coded leave-one-out with a model
 transform fitted on the other images and named by reference, with the saliency
@@ -140,19 +146,22 @@ def large_frame() -> np.ndarray:
 
 
 def run(quick: bool = False, repeat: int = 3, progress=print, transform: bool = False,
-        only: str | None = None) -> dict:
-    """The benchmark; ``transform`` adds the transform section, ``only="transform"`` runs
-    it alone."""
+        only: str | None = None, pruning: bool = False) -> dict:
+    """The benchmark; ``transform`` / ``pruning`` add the transform / pruning sections,
+    ``only="transform"`` / ``only="pruning"`` runs one alone."""
     results = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                    machine=f"{platform.processor() or platform.machine()}, "
                            f"{platform.python_implementation()} {platform.python_version()}, "
                            f"numpy {np.__version__}")
-    if only != "transform":
+    if only is None:
         _codec_sections(results, quick, repeat, progress)
     if transform or only == "transform":
         progress("[bench] transform coding (TKB 1.1, issue 15)")
         results["transform"] = transform_section(transform_inputs(quick), repeat,
                                                  realdata.vit_saliency, progress)
+    if pruning or only == "pruning":
+        progress("[bench] pruning policies and task proxies (issue 16)")
+        results["pruning"] = pruning_section(quick, progress)
     return results
 
 
@@ -503,6 +512,353 @@ def transform_section(inp: dict, repeat: int = 3, saliency=None, progress=print)
                            frame=inp["frame"].get("note", "")))
 
 
+# -- pruning policies and task proxies (issue 16) -------------------------------------
+
+# images for the pruning proxies: every skimage.data image that loads offline except
+# binary_blobs (random on every call); the policies were designed looking at VIT_IMAGES,
+# the others are reported as held out
+PRUNE_IMAGES = DEV_IMAGES + ("checkerboard", "colorwheel", "logo", "shepp_logan_phantom")
+PRUNE_COUNTS = (32, 64)                 # kept patch tokens of 256
+PRUNE_POLICIES = ("farthest", "random", "uniform", "diversity", "density", "coverage",
+                  "uniform+diversity", "uniform+coverage")
+KEEP_COVERAGE = 0.98
+RETRIEVAL_CHUNKS_PER_TOPIC = 4          # passages: the first 4 chunks of each topic's body
+
+
+def random_policy(x, start, k, grid):
+    """The seeded random baseline: k sequence tokens drawn without replacement by numpy's
+    default_rng seeded with the frame's bytes (reproducible; not a GPU-twin policy)."""
+    import hashlib
+    seed = int.from_bytes(hashlib.sha256(np.ascontiguousarray(x).tobytes()).digest()[:8],
+                          "little")
+    return np.random.default_rng(seed).choice(x.shape[0] - start, k, replace=False)
+
+
+def _policy_arg(name):
+    return random_policy if name == "random" else name
+
+
+def merge_map_bits(num_kept, num_tokens) -> int:
+    """Estimated merge-map cost until the normative one lands: ceil(log2(num_kept)) bits
+    per pruned token."""
+    if num_kept <= 1 or num_kept >= num_tokens:
+        return 0
+    return (num_tokens - num_kept) * int(np.ceil(np.log2(num_kept)))
+
+
+def _cos(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    den = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / den) if den else 0.0
+
+
+def pruning_inputs(quick: bool = False) -> dict:
+    """ViT-S/14 last-layer tokens of PRUNE_IMAGES (duplicates dropped: cat = chelsea),
+    split into the design images and the held-out ones."""
+    vit = realdata.vit_tokens(PRUNE_IMAGES, layer="last")
+    names, idx = [], []
+    for i, n in enumerate(PRUNE_IMAGES):
+        if any(np.array_equal(vit[j], vit[i]) for j in idx):
+            continue
+        names.append(n)
+        idx.append(i)
+    held = [j for j, n in enumerate(names) if n not in VIT_IMAGES]
+    if quick:
+        held = held[:6]
+    return dict(names=tuple(names), tokens=vit[idx], held_out=held,
+                design=[j for j, n in enumerate(names) if n in VIT_IMAGES])
+
+
+def _vit_policy(x, policy, k, saliency, sal_ref):
+    """Proxies of one policy keeping k patch tokens of every frame of x [F, 257, 384]."""
+    from . import pruning
+    f, n, _ = x.shape
+    m = n - 1
+    pooled, pooled_m, pooled_d, cov, dense, merged, kept_all = [], [], [], [], [], [], []
+    xs = x.astype(np.float16).astype(np.float32)     # what the encoder selects on
+    for i in range(f):
+        kept = pruning.prune(xs[i], k / m, 1, _policy_arg(policy), (16, 16))
+        si = pruning.assign_stand_ins(xs[i], kept)
+        patch = kept[kept >= 1].astype(np.int64)
+        pooled.append(_cos(x[i, patch].mean(0), x[i, 1:].mean(0)))
+        cov.append(pruning.coverage(x[i], kept, 1))
+        dense.append(pruning.dense_fill(x[i, kept], kept, si, n))
+        pooled_d.append(_cos(dense[-1][1:].mean(0), x[i, 1:].mean(0)))
+        mv = pruning.merge_average(x[i], kept, si)
+        pooled_m.append(_cos(mv[kept >= 1].mean(0), x[i, 1:].mean(0)))
+        merged.append(pruning.dense_fill(mv, kept, si, n))
+        kept_all.append(kept)
+    err = lambda y: np.abs(saliency(np.stack(y).astype(np.float32)) - sal_ref)  # noqa: E731
+    e_dense = err(dense).mean(axis=(1, 2))
+    e_merged = err(merged).mean(axis=(1, 2))
+    # coded: the same selection through the encoder, target_cos 0.99, one stream
+    pol = _policy_arg(policy)
+    t = time.perf_counter()
+    data = encode(x.astype(np.float16), target_cos=TARGET_COS, grid=(16, 16), prefix_tokens=1,
+                  keep=k / m, prune=pol)
+    enc_s = time.perf_counter() - t
+    s = decoder.decode(data)
+    coded, mm = [], 0
+    for i, fr in enumerate(s.frames):
+        assert np.array_equal(fr.positions, kept_all[i])
+        si = pruning.assign_stand_ins(xs[i], fr.positions)
+        coded.append(pruning.dense_fill(fr.values.astype(np.float32), fr.positions, si, n))
+        mm += merge_map_bits(fr.num_kept, n)
+    e_coded = err(coded).mean(axis=(1, 2))
+    return dict(policy=policy, kept=k, pooled_cos=float(np.mean(pooled)),
+                pooled_cos_min=float(np.min(pooled)), pooled_cos_tome=float(np.mean(pooled_m)),
+                pooled_cos_dense=float(np.mean(pooled_d)), coverage=float(np.mean(cov)),
+                coverage_min=float(np.min(cov)),
+                saliency_err=float(e_dense.mean()), saliency_err_tome=float(e_merged.mean()),
+                saliency_err_coded=float(e_coded.mean()),
+                bits_per_value=(8 * len(data) + mm) / x.size,
+                stream_bits_per_value=8 * len(data) / x.size, merge_map_bits_per_value=mm / x.size,
+                encode_ms=enc_s * 1e3)
+
+
+def _keep_coverage_rows(x, policies=("coverage", "diversity", "uniform")):
+    """keep_coverage=KEEP_COVERAGE per frame against the smallest fixed keep count with
+    which every frame reaches KEEP_COVERAGE (same policy)."""
+    from . import pruning
+    f, n, _ = x.shape
+    m = n - 1
+    rows = []
+    for policy in policies:
+        ks, covs = [], []
+        for i in range(f):
+            kept = pruning.prune(x[i], None, 1, policy, (16, 16), keep_coverage=KEEP_COVERAGE)
+            ks.append(kept.size - 1)
+            covs.append(pruning.coverage(x[i], kept, 1))
+        s = [pruning.similarity_levels(x[i]) for i in range(f)]
+        fixed = m
+        for k in range(1, m + 1):          # smallest fixed count reaching it on every frame
+            ok = True
+            for i in range(f):
+                kept = pruning.prune(x[i], k / m, 1, policy, (16, 16))
+                if pruning.coverage_total(s[i], kept, 1) < KEEP_COVERAGE * m * pruning.SIM_ONE:
+                    ok = False
+                    break
+            if ok:
+                fixed = k
+                break
+        data = encode(x.astype(np.float16), target_cos=TARGET_COS, grid=(16, 16),
+                      prefix_tokens=1, keep_coverage=KEEP_COVERAGE, prune=policy)
+        mm = sum(merge_map_bits(fr.num_kept, n) for fr in decoder.decode(data).frames)
+        rows.append(dict(policy=policy, keep_coverage=KEEP_COVERAGE, mean_kept=float(np.mean(ks)),
+                         min_kept=int(min(ks)), max_kept=int(max(ks)),
+                         min_coverage=float(min(covs)), fixed_kept=fixed,
+                         met=min(covs) >= KEEP_COVERAGE and float(np.mean(ks)) < fixed,
+                         bits_per_value=(8 * len(data) + mm) / x.size))
+    return rows
+
+
+# MiniLM: mean-pooled sentence embeddings, retrieval on the stdlib docs
+
+def retrieval_corpus(cache_dir=None) -> dict:
+    """Queries and passages from ``pydoc_data.topics`` (sorted keys): each topic's title
+    line is a query; its body (after the title's underline) is cut into chunks of 126
+    tokens, the first RETRIEVAL_CHUNKS_PER_TOPIC of each topic (a last chunk of at least
+    16 tokens counts) become passages [CLS] + chunk + [SEP].  A passage is relevant to
+    the query of its topic.  Last-layer all-MiniLM-L6-v2 tokens, cached."""
+    import os
+    import pydoc_data.topics
+    key = dict(chunks=RETRIEVAL_CHUNKS_PER_TOPIC, body=126)
+    cache = {}
+
+    def compute():
+        if cache:
+            return cache
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        tf = realdata._require("transformers")
+        torch = realdata._require("torch")
+        tok = tf.AutoTokenizer.from_pretrained(realdata._minilm_dir(), local_files_only=True)
+        tf.utils.logging.disable_progress_bar()      # no "Loading weights" bar
+        model = tf.AutoModel.from_pretrained(realdata._minilm_dir(), local_files_only=True).eval()
+        topics = pydoc_data.topics.topics
+        queries, passages, topic_of = [], [], []
+        for t, k in enumerate(sorted(topics)):
+            lines = topics[k].split("\n")
+            title, body = lines[0].strip(), "\n".join(lines[2:])
+            queries.append(tok(title)["input_ids"])
+            ids = tok(body, add_special_tokens=False, verbose=False)["input_ids"]
+            for c in range(RETRIEVAL_CHUNKS_PER_TOPIC):
+                piece = ids[126 * c:126 * (c + 1)]
+                if len(piece) < 16:
+                    break
+                passages.append([tok.cls_token_id] + piece + [tok.sep_token_id])
+                topic_of.append(t)
+
+        def run(seqs):
+            out = []
+            with torch.no_grad():
+                for q in seqs:
+                    x = torch.tensor([q])
+                    out.append(model(input_ids=x, attention_mask=torch.ones_like(x))
+                               .last_hidden_state[0].float().numpy())
+            return out
+        qh, ph = run(queries), run(passages)
+        cache.update(
+            q_tokens=np.concatenate(qh), q_len=np.array([len(q) for q in qh], np.int64),
+            p_tokens=np.concatenate(ph), p_len=np.array([len(p) for p in ph], np.int64),
+            p_topic=np.array(topic_of, np.int64))
+        return cache
+    out = {name: realdata._cached("retrieval_" + name, cache_dir, lambda n=name: compute()[n],
+                                  **key)
+           for name in ("q_tokens", "q_len", "p_tokens", "p_len", "p_topic")}
+    split = lambda a, ln: np.split(a, np.cumsum(ln)[:-1])  # noqa: E731
+    return dict(queries=split(out["q_tokens"], out["q_len"]),
+                passages=split(out["p_tokens"], out["p_len"]), topic=out["p_topic"])
+
+
+def _unit(v):
+    v = np.asarray(v, np.float64)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def recall_at_10(q_emb, p_emb, topic) -> float:
+    """Mean over queries of |relevant in the top 10| / min(|relevant|, 10) (cosine
+    ranking, ties by passage order)."""
+    sim = _unit(q_emb) @ _unit(p_emb).T
+    rec = []
+    for qi in range(sim.shape[0]):
+        rel = topic == qi
+        if not rel.any():
+            continue
+        top = np.argsort(-sim[qi], kind="stable")[:10]
+        rec.append(rel[top].sum() / min(rel.sum(), 10))
+    return float(np.mean(rec))
+
+
+def _minilm_policy(policy, test, corpus, keep=0.5):
+    from . import pruning
+    pol = _policy_arg(policy)
+    cos, cos_m = [], []
+    for x in test:
+        kept = pruning.prune(x, keep, 0, pol)
+        cos.append(_cos(x[kept].mean(0), x.mean(0)))
+        mv = pruning.merge_average(x, kept, pruning.assign_stand_ins(x, kept))
+        cos_m.append(_cos(mv.mean(0), x.mean(0)))
+    q = np.stack([t.mean(0) for t in corpus["queries"]])
+    emb, emb_m = [], []
+    for x in corpus["passages"]:
+        kept = pruning.prune(x, keep, 0, pol)
+        emb.append(x[kept].mean(0))
+        mv = pruning.merge_average(x, kept, pruning.assign_stand_ins(x, kept))
+        emb_m.append(mv.mean(0))
+    data = encode(test.astype(np.float16), target_cos=TARGET_COS, keep=keep, prune=pol)
+    mm = sum(merge_map_bits(fr.num_kept, fr.num_tokens) for fr in decoder.decode(data).frames)
+    return dict(policy=policy, keep=keep, pooled_cos=float(np.mean(cos)),
+                pooled_cos_min=float(np.min(cos)), pooled_cos_tome=float(np.mean(cos_m)),
+                recall10=recall_at_10(q, np.stack(emb), corpus["topic"]),
+                recall10_tome=recall_at_10(q, np.stack(emb_m), corpus["topic"]),
+                bits_per_value=(8 * len(data) + mm) / test.size)
+
+
+def pruning_section(quick: bool = False, progress=print, policies=PRUNE_POLICIES) -> dict:
+    """Issue 16's measurements: every policy's proxies on ViT-S/14 (held-out images, keep
+    32 and 64 of 256) and MiniLM (50 %), keep_coverage, with total bits per value."""
+    t0 = time.perf_counter()
+    inp = pruning_inputs(quick)
+    names = inp["names"]
+    out = dict(images=[names[i] for i in inp["held_out"]],
+               design_images=[names[i] for i in inp["design"]], vit=[], vit_design=[])
+    for key, sel in (("vit", inp["held_out"]), ("vit_design", inp["design"])):
+        x = inp["tokens"][sel]
+        sal_ref = realdata.vit_saliency(x)
+        d0 = encode(x.astype(np.float16), target_cos=TARGET_COS, grid=(16, 16), prefix_tokens=1)
+        y0 = np.stack([f.values for f in decoder.decode(d0).frames]).astype(np.float32)
+        out[key + "_unpruned"] = dict(bits_per_value=8 * len(d0) / x.size, saliency_err_coded=float(
+            np.abs(realdata.vit_saliency(y0) - sal_ref).mean()))
+        for k in PRUNE_COUNTS:
+            for p in policies:
+                progress(f"[bench] pruning: ViT {key}, {p}, keep {k}/256")
+                out[key].append(_vit_policy(x, p, k, realdata.vit_saliency, sal_ref))
+        if quick and key == "vit":
+            break
+    progress("[bench] pruning: keep_coverage")
+    out["keep_coverage"] = _keep_coverage_rows(inp["tokens"][inp["held_out"]])
+    progress("[bench] pruning: MiniLM")
+    test = realdata.minilm_tokens(MINILM_TEST_CHUNKS, layer="last")
+    corpus = retrieval_corpus()
+    q = np.stack([t.mean(0) for t in corpus["queries"]])
+    p_full = np.stack([t.mean(0) for t in corpus["passages"]])
+    d0 = encode(test.astype(np.float16), target_cos=TARGET_COS)
+    out["minilm_full"] = dict(recall10=recall_at_10(q, p_full, corpus["topic"]),
+                              bits_per_value=8 * len(d0) / test.size,
+                              queries=len(corpus["queries"]), passages=len(corpus["passages"]))
+    out["minilm"] = []
+    for p in policies:
+        progress(f"[bench] pruning: MiniLM, {p}")
+        out["minilm"].append(_minilm_policy(p, test, corpus))
+    out["elapsed_s"] = time.perf_counter() - t0
+    return out
+
+
+def pruning_markdown(r: dict) -> str:
+    from . import pruning
+    out = [f"**Pruning policies (issue 16)**: reference encoder, {r['elapsed_s']:.0f} s. "
+           f"ViT-S/14 last layer, {len(r['images'])} held-out images "
+           f"({', '.join(r['images'])}), one frame each, CLS always kept. Default policy: "
+           f"`{pruning.DEFAULT_POLICY}`.", "",
+           "Columns: pooled cos = cosine of the mean of the kept patch tokens to the mean of "
+           "all 256; coverage = mean over the 256 patch tokens of the best cosine to a kept "
+           "token; pooled cos dense = the same for the mean of the dense stand-in grid "
+           "(what a consumer of the merge map can pool); saliency err = mean "
+           "|head(dense) - head(original)|, the dense grid with "
+           "every pruned token replaced by its stand-in (`assign_stand_ins`); ToMe = each "
+           "kept token replaced by the mean of the tokens it stands for (itself included); "
+           "coded = the stand-in grid from the decoded kept tokens (target_cos 0.99); "
+           "bits/value = the coded stream (target_cos 0.99) plus the merge map estimated at "
+           "ceil(log2(num_kept)) bits per pruned token, over all 257 x 384 values.", ""]
+    for key, title in (("vit", "held-out images"), ("vit_design", "design images")):
+        if not r.get(key):
+            continue
+        u = r[key + "_unpruned"]
+        out += [f"ViT-S/14, {title} (unpruned, target_cos 0.99: {u['bits_per_value']:.3f} "
+                f"b/v, coded saliency err {u['saliency_err_coded']:.5f})", "",
+                "| keep | policy | pooled cos (min) | pooled cos ToMe | pooled cos dense | "
+                "coverage (min) | saliency err | saliency err ToMe | saliency err coded | "
+                "bits/value (merge map) | target met |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for x in r[key]:
+            if x["kept"] == 32:
+                met = x["saliency_err"] <= 0.009 and x["pooled_cos"] >= 0.99
+            else:
+                met = x["saliency_err"] <= 0.006
+            out.append(
+                f"| {x['kept']}/256 | {x['policy']} | {x['pooled_cos']:.4f} "
+                f"({x['pooled_cos_min']:.4f}) | {x['pooled_cos_tome']:.4f} | "
+                f"{x['pooled_cos_dense']:.4f} | {x['coverage']:.4f} ({x['coverage_min']:.4f}) | "
+                f"{x['saliency_err']:.5f} | "
+                f"{x['saliency_err_tome']:.5f} | {x['saliency_err_coded']:.5f} | "
+                f"{x['bits_per_value']:.3f} ({x['merge_map_bits_per_value']:.3f}) | "
+                f"{'**met**' if met else 'not met'} |")
+        out.append("")
+    out += [f"keep_coverage {KEEP_COVERAGE} (held-out images): kept patch tokens per frame "
+            "against the smallest fixed count that reaches it on every frame", "",
+            "| policy | mean kept | min-max kept | min coverage | fixed count needed | "
+            "bits/value | target met |", "|---|---|---|---|---|---|---|"]
+    for x in r["keep_coverage"]:
+        out.append(f"| {x['policy']} | {x['mean_kept']:.1f} | {x['min_kept']}-{x['max_kept']} "
+                   f"| {x['min_coverage']:.4f} | {x['fixed_kept']} | {x['bits_per_value']:.3f} "
+                   f"| {'**met**' if x['met'] else 'not met'} |")
+    f = r["minilm_full"]
+    out += ["", f"MiniLM-L6 last layer, keep 50 % of the tokens: pooled cos on the 8 x 128 test "
+            f"chunks; recall@10 of {f['queries']} queries (topic titles of pydoc_data.topics) "
+            f"over {f['passages']} passages (chunks of the topic bodies, mean-pooled; "
+            f"queries unpruned). Full tokens: recall@10 {f['recall10']:.4f}, "
+            f"{f['bits_per_value']:.3f} b/v at target_cos 0.99.", "",
+            "| policy | pooled cos (min) | pooled cos ToMe | recall@10 | recall@10 ToMe | "
+            "bits/value | target met |", "|---|---|---|---|---|---|---|"]
+    for x in r["minilm"]:
+        met = x["recall10"] >= f["recall10"] - 0.02
+        out.append(f"| {x['policy']} | {x['pooled_cos']:.4f} ({x['pooled_cos_min']:.4f}) | "
+                   f"{x['pooled_cos_tome']:.4f} | {x['recall10']:.4f} | "
+                   f"{x['recall10_tome']:.4f} | {x['bits_per_value']:.3f} | "
+                   f"{'**met**' if met else 'not met'} |")
+    return "\n".join(out)
+
+
 def _fmt(v, f):
     return "" if v is None else format(v, f)
 
@@ -540,8 +896,9 @@ def transform_markdown(t: dict) -> str:
 
 def markdown(res: dict) -> str:
     out = [f"Date: {res['date']}. Machine: {res['machine']}.", ""]
-    if "ids" not in res:  # --only transform
-        return "\n".join(out + [transform_markdown(res["transform"])])
+    if "ids" not in res:  # --only transform / pruning
+        return "\n".join(out + [transform_markdown(res["transform"])] if "transform" in res
+                         else out + [pruning_markdown(res["pruning"])])
     for ds in res["datasets"]:
         out += [f"**{ds['name']}** — shape {ds['shape']}", "",
                 "| method | bits/value | mean token cosine | encode ms | decode ms | "
@@ -572,6 +929,8 @@ def markdown(res: dict) -> str:
                    f"{100 * r['rans_overhead']:+.2f} % | {r['decode_ms']:.1f} |")
     if "transform" in res:
         out += ["", transform_markdown(res["transform"])]
+    if "pruning" in res:
+        out += ["", pruning_markdown(res["pruning"])]
     return "\n".join(out)
 
 
@@ -582,10 +941,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results as JSON to this file")
     ap.add_argument("--transform", action="store_true",
                     help="also measure transform coding (TKB 1.1, issue 15)")
-    ap.add_argument("--only", choices=["transform"],
+    ap.add_argument("--pruning", action="store_true",
+                    help="also measure the pruning policies and task proxies (issue 16)")
+    ap.add_argument("--only", choices=["transform", "pruning"],
                     help="run only this section")
     a = ap.parse_args(argv)
-    res = run(a.quick, a.repeat, transform=a.transform, only=a.only)
+    res = run(a.quick, a.repeat, transform=a.transform, only=a.only, pruning=a.pruning)
     print(markdown(res))
     if a.json:
         with open(a.json, "w") as f:

@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from . import decoder as d
-from . import levels, prediction, reconstruction
+from . import levels, prediction, pruning, reconstruction
 from .encoder import QP_MAX, QP_MIN
 from .errors import TKBBackendError, TKBEncodeError, TKBError
+from .merge_map import stand_in_bits
 
 EXIT_OK, EXIT_DECODE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -186,7 +187,8 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
                            "source dtype)")
     if ids:
         for flag, v in (("--qp", a.qp), ("--bpv", a.bpv), ("--target-cos", a.target_cos),
-                        ("--keep", a.keep), ("--output-dtype", a.output_dtype)):
+                        ("--keep", a.keep), ("--keep-coverage", a.keep_coverage),
+                        ("--prune", a.prune), ("--output-dtype", a.output_dtype)):
             if v is not None:
                 raise CLIError(f"{flag} does not apply to token ids (integer input)")
         if a.predictor != "auto":
@@ -203,6 +205,12 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
         raise CLIError(f"--target-cos {a.target_cos}: must be in (0, 1]")
     if a.keep is not None and not 0 < a.keep <= 1:
         raise CLIError(f"--keep {a.keep}: must be in (0, 1]")
+    if a.keep_coverage is not None and not 0 < a.keep_coverage <= 1:
+        raise CLIError(f"--keep-coverage {a.keep_coverage}: must be in (0, 1]")
+    if a.keep is not None and a.keep_coverage is not None:
+        raise CLIError("--keep and --keep-coverage: give at most one")
+    if a.prune is not None and a.keep is None and a.keep_coverage is None:
+        raise CLIError(f"--prune {a.prune} needs --keep or --keep-coverage")
     if a.prefix < 0:
         raise CLIError(f"--prefix {a.prefix}: must be >= 0")
     if a.prefix and not a.grid:
@@ -218,6 +226,7 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
                        f"({', '.join(map(str, sorted(levels.LEVELS)))})")
 
     opts = dict(qp=a.qp, bpv=a.bpv, target_cos=a.target_cos, keep=a.keep,
+                keep_coverage=a.keep_coverage, prune=a.prune,
                 lossless=a.lossless, grid=_parse_grid(a.grid) if a.grid else None,
                 prefix_tokens=a.prefix, predictor=a.predictor, output_dtype=a.output_dtype,
                 vocab_size=a.vocab_size)
@@ -264,6 +273,10 @@ def cmd_encode(a) -> int:
     if a.transform:
         opts.update(transform=a.transform if a.transform == "auto" else
                     _load_transform(a.transform), embed_transform=a.embed_transform)
+    if a.merge_map:
+        if arr.dtype.kind in "iu" and not bf16:
+            raise CLIError("--merge-map applies to pruned embeddings, not token ids")
+        opts["merge_map"] = True
     meta = _parse_meta(a.meta)
     if arr.dtype == np.float64:
         if a.lossless:
@@ -407,6 +420,8 @@ def cmd_decode_canonical(a) -> int:
     fatal = False
     try:
         stream, framing = _decode(data, a.strict, a.quiet, a.backend, a.device, a.transform)
+        if a.dense:                        # clause 10.4: the dense canonical output
+            stream = d.densify_stream(stream)
         errs, canon, fatal = stream.errors, canonical_bytes(stream), framing is not None
     except TKBError as e:                  # stream header, or --strict
         errs, canon, fatal = [e], b"", True
@@ -426,6 +441,8 @@ def cmd_decode(a) -> int:
         raise CLIError(f"--track {a.track}: must be in 0..254")
     data = _read_stream(a.input)
     stream, _ = _decode(data, a.strict, a.quiet, a.backend, a.device, a.transform)
+    if a.dense:                            # [num_tokens, D] per frame (clause 7.8)
+        stream = d.densify_stream(stream)
     for e in stream.errors:
         _err(e)
     frames = stream.track_frames(a.track)
@@ -551,9 +568,12 @@ def _inspect_info(path: str, data: bytes, transforms=None) -> tuple[dict, bool]:
         nbytes = u.size if u is not None else None
         values = f.num_tokens * tps["num_channels"]
         total_values += values
+        merge = None if f.stand_ins is None else dict(
+            stand_ins=int(f.stand_ins.size),
+            bits=int(f.stand_ins.size) * stand_in_bits(f.num_kept))   # clause 7.8
         frames.append(dict(track=f.track_id, frame=f.frame_number, offset=f.offset,
                            tokens=f.num_tokens, kept=f.num_kept, channels=tps["num_channels"],
-                           dtype=f.dtype, bytes=nbytes,
+                           dtype=f.dtype, bytes=nbytes, merge_map=merge,
                            bits_per_value=(8 * nbytes / values) if values and nbytes else None))
         t = per_track.setdefault(f.track_id, [0, 0, 0])
         t[0] += 1
@@ -664,10 +684,16 @@ def _render_inspect(info: dict) -> str:
                          f"{energy}, {t['data_bytes']} bytes, sha256 {t['sha256']}")
     lines.append("frames")
     if info["frames"]:
-        rows = [dict(f, bpv=_fmt_bpv(f["bits_per_value"])) for f in info["frames"]]
-        lines += _table(rows, [("track", "track"), ("frame", "frame"), ("offset", "offset"),
-                               ("tokens", "tokens"), ("kept", "kept"), ("bytes", "bytes"),
-                               ("bits/value", "bpv")])
+        rows = [dict(f, bpv=_fmt_bpv(f["bits_per_value"]),
+                     merge="-" if f["merge_map"] is None else
+                     f"{f['merge_map']['stand_ins']} ({f['merge_map']['bits']} bits)")
+                for f in info["frames"]]
+        cols = [("track", "track"), ("frame", "frame"), ("offset", "offset"),
+                ("tokens", "tokens"), ("kept", "kept"), ("bytes", "bytes"),
+                ("bits/value", "bpv")]
+        if any(f["merge_map"] is not None for f in info["frames"]):
+            cols.append(("merge map", "merge"))
+        lines += _table(rows, cols)
     else:
         lines.append("  (none decoded)")
     tot = info["totals"]
@@ -800,6 +826,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="coarsest quality with mean token cosine >= C")
     e.add_argument("--keep", type=float, metavar="FRACTION",
                    help="keep this fraction of the (non-prefix) tokens of each frame")
+    e.add_argument("--keep-coverage", type=float, metavar="C",
+                   help="keep per frame the fewest tokens whose coverage (mean over the "
+                        "tokens of the best cosine to a kept token) reaches C (Annex B.2)")
+    e.add_argument("--prune", choices=list(pruning.POLICIES), metavar="POLICY",
+                   help="token selection policy for --keep/--keep-coverage (Annex B.2): "
+                        f"{', '.join(pruning.POLICIES)}; default {pruning.DEFAULT_POLICY}")
     e.add_argument("--lossless", action="store_true", help="bit-exact (split) coding")
     e.add_argument("--meta", action="append", metavar="KEY=VALUE",
                    help="stream-level metadata entry (repeatable)")
@@ -820,6 +852,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "used only where the stream gets smaller)")
     e.add_argument("--embed-transform", action="store_true",
                    help="carry the --transform file inline instead of by reference")
+    e.add_argument("--merge-map", action="store_true",
+                   help="pruned frames carry a merge map: the kept token that stands in for "
+                        "each pruned one, so that `tkb decode --dense` fills them (clause "
+                        "7.8; High profile)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     _backend_args(e)
     lay = e.add_argument_group("entropy-coder layout (default: chosen by the encoder)")
@@ -853,6 +889,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the canonical decoded output of all tracks (spec clause 10) "
                          "to OUT, errors with their class on stderr (the conformance "
                          "decoder contract)")
+    dd.add_argument("--dense", action="store_true",
+                    help="every frame [num_tokens, D]: pruned positions filled from their "
+                         "stand-ins (merge map) or zeros (clause 7.8), so pruned tracks "
+                         "write [F, N, D]; with --canonical, the dense canonical output "
+                         "(clause 10.4)")
     _backend_args(dd)
     dd.set_defaults(func=cmd_decode)
 

@@ -19,6 +19,7 @@ from .bitio import BitReader
 from .crc32c import crc32c
 from .errors import (TKBCRCError, TKBError, TKBFormatError, TKBReferenceError, TKBTableError,
                      TKBTruncatedError, TKBUnsupportedError, TKBValueError)
+from .merge_map import PRESENCE_WITH_MERGE_MAP, dense_values, read_merge_map
 from .presence import read_presence_map
 
 VERSION_MAJOR = 1
@@ -69,10 +70,36 @@ class Frame:
     dtype: str              # output dtype name; bfloat16 values are uint16 bit patterns
     tps_id: int
     offset: int             # byte offset of the frame unit
+    stand_ins: np.ndarray | None = None   # uint32, the merge map's (clause 7.8; High)
+    kept_positions: np.ndarray | None = None   # of a dense frame: the kept positions
 
     @property
     def num_kept(self) -> int:
         return int(self.positions.size)
+
+    def dense_values(self) -> np.ndarray:
+        """[num_tokens, D] (ids: [num_tokens]) of clause 7.8: kept rows at their
+        positions, each pruned position a bit copy of its stand-in's row (merge map)
+        or zeros (no merge map)."""
+        if self.kept_positions is not None:        # already dense
+            return self.values
+        return dense_values(self.values, self.positions, self.num_tokens, self.stand_ins)
+
+
+def densify(frame: Frame) -> Frame:
+    """The frame as clause 7.8's dense frame: values [num_tokens, ...], positions 0 ..
+    num_tokens-1 (so that its canonical record is the dense record of clause 10.4);
+    ``kept_positions`` keeps the positions that were decoded."""
+    if frame.kept_positions is not None:
+        return frame
+    return replace(frame, values=frame.dense_values(),
+                   positions=np.arange(frame.num_tokens, dtype=np.uint32),
+                   kept_positions=frame.positions)
+
+
+def densify_stream(stream: "DecodedStream") -> "DecodedStream":
+    """``stream`` with every frame dense (clause 7.8)."""
+    return replace(stream, frames=[densify(f) for f in stream.frames])
 
 
 @dataclass
@@ -274,6 +301,7 @@ def parse_tps(payload: bytes, level: levels.Level, profile_idc: int,
     alph = np.array([t.size for t in tps["tables"]], dtype=np.int64)
     tps["channel_esc"] = alph[tps["channel_table"]] - 1
     tps["payload"] = payload
+    tps["profile_idc"] = profile_idc     # the frame syntax depends on it (merge map, 6.4)
     return tps
 
 
@@ -286,6 +314,11 @@ def _check_consumed(r: BitReader, what: str) -> None:
 # -- frames (clauses 6.4, 7) -----------------------------------------------------
 
 def _frame_checker(tps: dict, level: levels.Level):
+    # presence_present 2 (a merge map) exists in High streams only; elsewhere it is
+    # a TKBFormatError as in version 1.0 (clause 6.4)
+    presence_values = ((0, 1, PRESENCE_WITH_MERGE_MAP)
+                       if tps.get("profile_idc") == levels.PROFILE_HIGH else (0, 1))
+
     def check(name, v, env):
         if name == "random_access" and v == 0:
             raise TKBUnsupportedError("random_access 0 (inter-frame prediction) is not "
@@ -302,7 +335,11 @@ def _frame_checker(tps: dict, level: levels.Level):
             # num_coded <= num_channels: this bounds the coded values too (clause 6.7)
             levels.check_limit(v * tps["num_channels"], level.max_values,
                                "num_tokens * num_channels", level)
-        elif name in ("presence_present", "token_scale_present") and v not in (0, 1):
+        elif name == "presence_present" and v not in presence_values:
+            raise TKBFormatError(f"presence_present {v} is not one of "
+                                 f"{', '.join(map(str, presence_values))}", clause="6.4",
+                                 element=name)
+        elif name == "token_scale_present" and v not in (0, 1):
             raise TKBFormatError(f"{name} must be 0 or 1", clause="6.4", element=name)
         elif name == "escape_bits" and v > symbols.MAX_ESCAPE_BITS:
             raise TKBFormatError(f"escape_bits {v} > {symbols.MAX_ESCAPE_BITS}",
@@ -322,6 +359,9 @@ def parse_frame(payload: bytes, tps: dict, level: levels.Level,
     def presence(reader, env):
         return read_presence_map(reader, tps, env["num_tokens"])
 
+    def merge_map(reader, env):
+        return read_merge_map(reader, env["num_tokens"], env["num_kept"])
+
     def rans_data(reader, env):
         total = int(np.sum(env["chunk_words"], dtype=np.int64))
         return reader.words16(total, "rans_data")
@@ -336,13 +376,14 @@ def parse_frame(payload: bytes, tps: dict, level: levels.Level,
         reader.align_zero()
         return v
 
-    parsers = {"presence_map": presence, "rans_data": rans_data,
+    parsers = {"presence_map": presence, "merge_map": merge_map, "rans_data": rans_data,
                "escape_data": escape_data, "raw_data": raw_data}
     values = dict(syntax.parse(r, "frame", ctx, parsers, check=_frame_checker(tps, level)))
     _check_consumed(r, "frame")
     values["positions"] = (values["presence_map"] if values["presence_present"]
                            else np.arange(values["num_tokens"], dtype=np.uint32))
     values["num_kept"] = int(values["positions"].size)     # derived variable, clause 7.1
+    values["stand_ins"] = values.get("merge_map")           # clause 7.8 (None: no map)
     return values
 
 
@@ -555,7 +596,8 @@ class Decoder:
         fr = parse_frame(u.payload, tps, self.level)
         values = decode_frame_values(fr, tps, self._lookup(u.track_id, tps))
         frame = Frame(u.track_id, fr["frame_number"], fr["num_tokens"], fr["positions"],
-                      values, reconstruction.DTYPES[tps["output_dtype"]], tps_id, u.offset)
+                      values, reconstruction.DTYPES[tps["output_dtype"]], tps_id, u.offset,
+                      fr["stand_ins"])
         if self.keep:
             self.stream.frames.append(frame)
         return frame
@@ -626,16 +668,18 @@ def parsed_frames(data, transforms=None) -> Iterator[tuple]:
 
 
 def iter_frames(f: BinaryIO, strict: bool = True, errors: list | None = None,
-                transforms=None) -> Iterator[Frame]:
+                transforms=None, dense: bool = False) -> Iterator[Frame]:
     """Streaming decode from a binary file object: yields frames as their units arrive.
     Non-strict: the errors of skipped units are appended to ``errors``, and a framing
-    error (the next unit cannot be found) ends the iteration after being appended."""
+    error (the next unit cannot be found) ends the iteration after being appended.
+    ``dense``: frames as clause 7.8's dense frames (:func:`densify`)."""
     head = f.read(STREAM_HEADER_SIZE)
     header = parse_stream_header(head)
     dec = Decoder(header, strict, keep=False, transforms=transforms)
     dec.stream.errors = errors if errors is not None else []
     try:
-        yield from _iter_units_from_file(f, dec)
+        for frame in _iter_units_from_file(f, dec):
+            yield densify(frame) if dense else frame
     except TKBError as e:
         if strict:
             raise

@@ -3,8 +3,9 @@
 Nothing here is normative: any choice that yields a valid stream is allowed.
 What it does, per track:
 
-* pruning (``keep``, B.2): prefix tokens are always kept; of the other tokens
-  the fraction ``keep`` farthest from the frame's mean token (1 - cosine) is kept;
+* pruning (``keep`` or ``keep_coverage``, ``prune``, B.2; module ``pruning``): prefix
+  tokens are always kept; of the other tokens the fraction ``keep`` chosen by the policy
+  ``prune`` (default: the coverage greedy), or the fewest reaching ``keep_coverage``;
 * steps (B.1): one step code ``qp + 144`` (step = 2^(qp/6)), optional
   per-channel offsets, and a per-token offset round(6 log2(|token| / median
   |token|)) so that every token gets the same relative error (mean token cosine
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import levels, prediction, rans, reconstruction, symbols, syntax, tables
+from . import levels, prediction, pruning, rans, reconstruction, symbols, syntax, tables
 from . import transform as tr
 from . import transform_fit
 from .bitio import BitWriter
@@ -34,6 +35,7 @@ from .crc32c import crc32c
 from .decoder import (STREAM_TRACK, UNIT_FRAME, UNIT_INDEX, UNIT_METADATA, UNIT_TPS,
                       UNIT_TRANSFORM, VERSION_MAJOR, VERSION_MINOR)
 from .errors import TKBEncodeError, TKBError
+from .merge_map import PRESENCE_WITH_MERGE_MAP, write_merge_map
 from .presence import write_presence_map
 
 QP_MIN, QP_MAX = -144, 111
@@ -98,6 +100,8 @@ class TrackOptions:
     bpv: float | None = None
     target_cos: float | None = None
     keep: float | None = None
+    prune: str | None = None           # B.2 selection policy (pruning.POLICIES; None: default)
+    keep_coverage: float | None = None  # B.2: per frame, the fewest tokens reaching it
     lossless: bool = False
     grid: tuple | None = None          # (grid_height, grid_width)
     prefix_tokens: int = 0
@@ -115,6 +119,7 @@ class TrackOptions:
     max_tokens: int | None = None      # tracks without grid: the largest frame (default: seen)
     transform: object = None           # a Transform, a .tkbt path or bytes, or "auto" (B.7)
     embed_transform: bool = False      # carry the transform inline instead of by reference
+    merge_map: bool = False            # pruned frames carry a merge map (6.4, 7.8; High)
 
     def __post_init__(self):
         def bad(msg):
@@ -125,6 +130,16 @@ class TrackOptions:
             bad(f"predictor {self.predictor!r}: auto, none, left or up")
         if self.keep is not None and not 0 <= self.keep <= 1:
             bad(f"keep {self.keep} is not a fraction in 0..1")
+        if self.keep_coverage is not None:
+            if isinstance(self.keep_coverage, bool) or not 0 < self.keep_coverage <= 1:
+                bad(f"keep_coverage {self.keep_coverage} is not in (0, 1]")
+            if self.keep is not None:
+                bad("give at most one of keep, keep_coverage")
+        if self.prune is not None:
+            if not callable(self.prune):
+                pruning.check_policy(self.prune)
+            if self.keep is None and self.keep_coverage is None:
+                bad(f"prune {self.prune!r} needs keep or keep_coverage")
         if self.qp is not None and not QP_MIN <= self.qp <= QP_MAX:
             bad(f"qp {self.qp} not in {QP_MIN}..{QP_MAX}")
         if self.bpv is not None and self.bpv <= 0:
@@ -308,40 +323,8 @@ def token_norms(xf: np.ndarray) -> np.ndarray:
 
 # -- pruning ------------------------------------------------------------------------
 
-def _sequential_sum(a: np.ndarray, axis: int) -> np.ndarray:
-    """Sum in float64 in index order (np.cumsum is sequential; np.sum is pairwise)."""
-    a = np.moveaxis(np.asarray(a, dtype=np.float64), axis, -1)
-    return np.cumsum(a, axis=-1)[..., -1] if a.shape[-1] else np.zeros(a.shape[:-1])
-
-
-def prune_scores(x: np.ndarray, start: int) -> np.ndarray:
-    """Pruning score of each sequence token x[start:] (Annex B.2): 1 - cosine to the
-    frame's mean token, every sum in float64 in index order so a GPU kernel that sums
-    in the same order finds the same scores."""
-    seq = np.asarray(x[start:], dtype=np.float64)
-    if seq.shape[0] == 0:
-        return np.zeros(0)
-    m = _sequential_sum(seq, 0) / seq.shape[0]
-    mnorm = np.sqrt(_sequential_sum(m * m, 0)) or 1.0
-    norms = token_norms(seq) * mnorm
-    dot = _sequential_sum(seq * m[None, :], 1)
-    return 1.0 - dot / np.where(norms > 0, norms, 1.0)
-
-
-def select_kept(dist: np.ndarray, keep: float, start: int) -> np.ndarray:
-    """Kept positions: the prefix tokens, then the fraction ``keep`` of the sequence
-    tokens of highest score (ties: the earlier token), in position order."""
-    k = int(round(keep * dist.size))
-    chosen = np.sort(np.argsort(-dist, kind="stable")[:k]) + start
-    return np.concatenate((np.arange(start), chosen)).astype(np.uint32)
-
-
-def prune(x: np.ndarray, keep: float, start: int) -> np.ndarray:
-    """Kept positions of one frame [N, D] (Annex B.2): prefix tokens plus the fraction
-    ``keep`` of the other tokens farthest (1 - cosine) from the frame's mean token."""
-    if x.shape[0] == 0:
-        return np.zeros(0, np.uint32)
-    return select_kept(prune_scores(x, start), keep, start)
+# Annex B.2 lives in pruning.py; these names stay importable from here
+prune_scores, select_kept, prune = pruning.prune_scores, pruning.select_kept, pruning.prune
 
 
 # -- one track ----------------------------------------------------------------------
@@ -353,6 +336,7 @@ class TrackEncoder:
         self.opts = opts
         self.level = level
         self._frames = frames
+        self.merge_maps = 0      # frames written with a merge map (they need High, 8.1)
         first = frames[0]
         self.src = opts.source_dtype or _source_dtype(first)
         self.ids = self.src == "uint32"
@@ -408,11 +392,15 @@ class TrackEncoder:
         return t
 
     def _positions(self, a: np.ndarray) -> np.ndarray:
-        if self.opts.keep is None or self.opts.keep >= 1:
+        o = self.opts
+        if o.keep_coverage is None and (o.keep is None or o.keep >= 1):
             return np.arange(a.shape[0], dtype=np.uint32)
         if self.ids:
             raise TKBEncodeError("pruning applies to embedding tracks")
-        return prune(_float_view(a, self.src), self.opts.keep, self.tps["num_prefix_tokens"])
+        t = self.tps
+        grid = (t["grid_height"], t["grid_width"]) if t["grid_present"] else None
+        return pruning.prune(_float_view(a, self.src), o.keep, t["num_prefix_tokens"],
+                             o.prune, grid, o.keep_coverage)
 
     # split (lossless) coding
     def _split_symbols(self, a: np.ndarray, raw_bits: int, pos: np.ndarray):
@@ -732,15 +720,30 @@ class TrackEncoder:
                                 self.tps["num_lanes"], self.tps["lane_steps"],
                                 self.tps["prob_bits"])
         return self.frame_payload(frame_number, a.shape[0], pos, words, cw, tdelta=tdelta,
-                                  escapes=escapes, raw=raw)
+                                  escapes=escapes, raw=raw, stand_ins=self.stand_ins(a, pos))
+
+    def stand_ins(self, a, pos) -> np.ndarray | None:
+        """The merge map of frame ``a`` with kept positions ``pos`` (clauses 6.4, 7.8):
+        with the option ``merge_map``, on a frame that keeps some tokens and prunes
+        others, each pruned token's most similar kept token
+        (``pruning.assign_stand_ins``); otherwise None (no map)."""
+        n = np.asarray(a).shape[0]
+        if not self.opts.merge_map or self.ids or not 0 < len(pos) < n:
+            return None
+        from .pruning import assign_stand_ins
+        return assign_stand_ins(_float_view(np.asarray(a), self.src), np.asarray(pos))
 
     def frame_payload(self, frame_number: int, n: int, pos: np.ndarray, words, cw,
-                      tdelta=None, escapes=None, raw=None) -> bytes:
+                      tdelta=None, escapes=None, raw=None, stand_ins=None) -> bytes:
         """Write a frame unit payload (clause 6.4) from its coded parts: rANS words and
         chunk_words, and token_step_delta and escape values (quantized tracks) or raw
-        values (split tracks)."""
+        values (split tracks); ``stand_ins``: a merge map (clause 7.8), or None."""
+        presence = int(pos.size != n)
+        if stand_ins is not None:
+            presence = PRESENCE_WITH_MERGE_MAP
+            self.merge_maps += 1
         v = dict(tps_id=self.tps["tps_id"], random_access=1, frame_number=frame_number,
-                 num_tokens=n, presence_present=int(pos.size != n), chunk_words=cw,
+                 num_tokens=n, presence_present=presence, chunk_words=cw,
                  num_kept=pos.size, num_chunks=len(cw))
         ebits = 0
         if not self.lossless:
@@ -750,7 +753,7 @@ class TrackEncoder:
                      num_escapes=int(escapes.size))
         w = BitWriter()
 
-        def presence(wr, env):
+        def presence_map(wr, env):
             write_presence_map(wr, self.tps, n, pos)
 
         def rans_data(wr, env):
@@ -764,9 +767,13 @@ class TrackEncoder:
             wr.packed(raw, self.tps["raw_bits"])
             wr.align_zero()
 
+        def merge_map(wr, env):
+            write_merge_map(wr, pos.size, stand_ins)
+
         ctx = dict(coding_mode=self.tps["coding_mode"])
-        syntax.write(w, "frame", v, ctx, dict(presence_map=presence, rans_data=rans_data,
-                                              escape_data=escape_data, raw_data=raw_data))
+        syntax.write(w, "frame", v, ctx, dict(presence_map=presence_map, rans_data=rans_data,
+                                              escape_data=escape_data, raw_data=raw_data,
+                                              merge_map=merge_map))
         return w.getvalue()
 
 
@@ -891,8 +898,6 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
         if opts.meta:
             meta_payloads.append(metadata_payload(opts.meta))
     transform_units = _transform_units([te for te, _ in encs])
-    profile = (levels.PROFILE_HIGH if transform_units else
-               levels.PROFILE_LOSSLESS if lossless_only else levels.PROFILE_MAIN)
     payloads = []
     total = sum(len(f) for _, f in encs)
     done = 0
@@ -909,6 +914,9 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
             if progress:
                 progress(done, total)
         payloads.append(fr)
+    # High for a transform or a merge map (a frame that carries one), B.8
+    profile = (levels.PROFILE_HIGH if transform_units or any(te.merge_maps for te, _ in encs)
+               else levels.PROFILE_LOSSLESS if lossless_only else levels.PROFILE_MAIN)
     max_unit = max([len(p) for fr in payloads for p in fr] + [len(p) for p in meta_payloads]
                    + [len(te.tps_payload) for te, _ in encs] + [len(p) for p in transform_units]
                    + [4 + 12 * sum(len(fr) for fr in payloads)])   # the largest unit
@@ -1024,7 +1032,8 @@ class StreamWriter:
     def _start(self) -> None:
         lossless = all(t.lossless for t in self.tracks)
         units = _transform_units(self.tracks)
-        profile = (levels.PROFILE_HIGH if units else
+        merge = any(t.opts.merge_map for t in self.tracks)     # frames may carry merge maps
+        profile = (levels.PROFILE_HIGH if units or merge else
                    levels.PROFILE_LOSSLESS if lossless else levels.PROFILE_MAIN)
         self._emit(stream_header(profile, self.level_idc))
         if self.meta:

@@ -98,6 +98,8 @@ SYNTAX: dict[str, tuple[Element, ...]] = {
         Element("presence_present", "u8", clause="6.4"),
         Element("presence_map", "payload presence_map()", condition="presence_present",
                 clause="7.2"),
+        Element("merge_map", "payload merge_map()", condition="presence_present == 2",
+                clause="7.8"),
         Element("frame_step_delta", "i8", condition="coding_mode != 1", clause="6.4"),
         Element("token_scale_present", "u8", condition="coding_mode != 1", clause="6.4"),
         Element("token_step_delta", "i8", count="num_kept",

@@ -51,6 +51,10 @@ def corpus() -> list[bytes]:
                   embed_transform=True, backend="reference"),
         tb.encode(x, qp=-12, keep=0.7, transform=TRANSFORM, output_dtype="bfloat16",
                   backend="reference"),
+        # version 1.1 merge maps (clause 7.8): a grid with a prefix token, and no grid
+        tb.encode(x.astype(np.float16), qp=-10, keep=0.4, grid=(4, 4), prefix_tokens=1,
+                  merge_map=True, backend="reference"),
+        tb.encode(x, qp=-12, keep=0.3, predictor="left", merge_map=True, backend="reference"),
     ]
 
 

@@ -162,8 +162,9 @@ class R:
 
 
 class Decoder:
-    def __init__(self, data, transforms=None):
+    def __init__(self, data, transforms=None, dense=False):
         self.data = data
+        self.dense = dense        # records of the dense frames of clause 7.8 (clause 10.4)
         # transform_data() bytes the application supplies, by SHA-256 (clause 6.7)
         self.supplied = {hashlib.sha256(b).digest(): bytes(b) for b in transforms or ()}
         self.transforms = {}      # transform_id -> (payload, transform)
@@ -528,13 +529,26 @@ class Decoder:
         if nt * t["num_channels"] > L["max_values"]:
             raise E("Level", "8.2")
         pp = r.u(1)
-        if pp not in (0, 1):
+        if pp not in ((0, 1, 2) if self.profile == 3 else (0, 1)):
             raise E("Format", "6.4")
         if pp:
             pos = self.presence(r, t, nt)
         else:
             pos = list(range(nt))
         K = len(pos)
+        stand = None
+        if pp == 2:                     # merge map, clauses 6.4 and 7.8
+            if K == 0:
+                raise E("Format", "6.4")
+            if K == nt:
+                raise E("Format", "6.4")
+            n = 0
+            while (1 << n) < K:
+                n += 1
+            stand = [r.b(n) if n else 0 for _ in range(nt - K)]
+            r.align()
+            if any(s >= K for s in stand):
+                raise E("Format", "6.4")
         n = K * D
         C = t["chunk_size"]
         nch = (n + C - 1) // C
@@ -647,6 +661,16 @@ class Decoder:
         self.frame_at[off] = fn
         D = t["num_channels"]
         size = {0: 4, 1: 2, 2: 2, 3: 4}[dt]
+        if self.dense:                  # clause 7.8: rows of every position; clause 10.4
+            rows = [[0] * D for _ in range(nt)]
+            for k, p in enumerate(pos):
+                rows[p] = vals[k * D:(k + 1) * D]
+            if stand is not None:
+                prn = [p for p in range(nt) if p not in set(pos)]
+                for j, p in enumerate(prn):
+                    rows[p] = vals[stand[j] * D:(stand[j] + 1) * D]
+            pos, K = list(range(nt)), nt
+            vals = [v for row in rows for v in row]
         rec = struct.pack("<6I", tid, fn, nt, K, D, dt) + b"".join(struct.pack("<I", p) for p in pos)
         rec += b"".join(int(v).to_bytes(size, "little") for v in vals)
         self.frames.append(rec)
@@ -785,8 +809,10 @@ def transform_data_of_tkbt(data):
     return payload[2:]
 
 
-def decode_sha(data, transforms=None):
-    frames = Decoder(bytes(data), transforms).run()
+def decode_sha(data, transforms=None, dense=False):
+    """SHA-256 of the canonical output (clause 10.2), or of the dense canonical output
+    (clause 10.4) when ``dense``."""
+    frames = Decoder(bytes(data), transforms, dense).run()
     h = hashlib.sha256()
     for f in frames:
         h.update(f)
