@@ -612,6 +612,51 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
     return out
 
 
+def prune_encode(data: str, frames: int = 256, keep: float = 0.125, log=print,
+                 device: str = "cuda") -> dict:
+    """GPU encode (``tokenbits.encode``, backend "gpu", fixed qp) of ``frames`` frames of
+    576 x 1024 real tokens (the distinct frames repeated), pruned to ``keep`` by the
+    default policy (coverage: similarity levels and greedy on the GPU, kernels/prune.py)
+    with merge maps, beside the same encode unpruned, in the same run; and the selection
+    alone.  The pruned stream of the distinct frames is compared with the reference
+    encoder's bytes."""
+    import tokenbits as tb
+    from . import prune as prune_k
+    base = np.load(data)
+    n, d = base.shape[1], base.shape[2]
+    x = torch.from_numpy(np.concatenate([base] * -(-frames // len(base)))[:frames]).to(device)
+    opts = dict(qp=-6, num_lanes=32, predictor="left")
+    pruned = dict(opts, keep=keep, merge_map=True)
+    small = torch.from_numpy(base).to(device)
+    exact = tb.encode(small, backend="gpu", device=device, **pruned) == \
+        tb.encode(base, backend="reference", **pruned)
+    log(f"pruned GPU encode of the {len(base)} distinct frames equals the reference: {exact}")
+    out = dict(frames=frames, keep=keep, exact=bool(exact), options=pruned)
+    for name, o in (("unpruned", opts), ("pruned", pruned)):
+        tb.encode(x, backend="gpu", device=device, **o)              # compile, warm up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        stream = tb.encode(x, backend="gpu", device=device, **o)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        sec = time.perf_counter() - t0
+        out[name] = dict(s=sec, frames_per_s=frames / sec, bytes=len(stream),
+                         bits_per_value=8 * len(stream) / x.numel())
+        log(f"{name:9s} GPU encode {frames} frames: {sec * 1e3:9.1f} ms "
+            f"({frames / sec:7.1f} frames/s), {out[name]['bits_per_value']:.3f} b/v")
+    counts = np.full(frames, n, dtype=np.int64)
+    starts = np.arange(frames, dtype=np.int64) * n
+    rows = x.reshape(-1, d)
+    bench_ms = _timer(device)
+    out["select_ms"] = bench_ms(lambda: prune_k.select_coverage(rows, starts, counts, 0, keep))
+    kept = prune_k.select_coverage(rows, starts, counts, 0, keep)
+    out["stand_ins_ms"] = bench_ms(lambda: prune_k.stand_ins(rows, starts, counts, kept))
+    log(f"selection alone {out['select_ms']:.1f} ms, stand-ins alone {out['stand_ins_ms']:.1f} ms"
+        f" ({frames} frames of {n} tokens, keep {keep})")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prepare", metavar="DIR", help="write DIR/vit_frames.npy and stop")
@@ -634,7 +679,16 @@ def main(argv=None) -> int:
     p.add_argument("--transform", type=int, nargs="?", const=2048, metavar="FRAMES",
                    help="only the transform decode (TKB 1.1) against today's path")
     p.add_argument("--coeffs", type=int, help="--transform: K (default: energy 0.999)")
+    p.add_argument("--prune", type=int, nargs="?", const=256, metavar="FRAMES",
+                   help="only the pruned GPU encode (issue 16) against the unpruned one")
     a = p.parse_args(argv)
+    if a.prune:
+        res = prune_encode(a.data, a.prune, log=lambda m: print(m, flush=True),
+                           device="cuda" if torch.cuda.is_available() else "cpu")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1, default=str)
+        return 0
     if a.transform:
         res = transform_decode(a.data, a.transform, coeffs=a.coeffs,
                                log=lambda m: print(m, flush=True),

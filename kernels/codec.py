@@ -25,6 +25,7 @@ from tokenbits.decoder import decode as ref_decode
 from tokenbits.encoder import INV_STEP, SYMBOL_NOT_IN_TABLE, TrackEncoder, select_kept
 from tokenbits.errors import TKBEncodeError, TKBEntropyError, TKBError, TKBValueError
 
+from . import prune as prune_k
 from . import quant, rans, recon
 from . import transform as transform_k
 from tokenbits import transform_fit
@@ -410,18 +411,27 @@ def _clipped(c: torch.Tensor, delta: torch.Tensor, code: torch.Tensor, inv: torc
 
 
 def kept_positions(te: TrackEncoder, x: torch.Tensor, frames) -> list:
-    """Positions of each frame (Annex B.2).  The ``farthest`` policy: scores on the GPU,
-    selection on the host.  Every other policy (the default included) and keep_coverage:
-    for now the reference selection (tokenbits.pruning) on the host copy of the frames, so
-    the GPU path selects the same tokens as the CPU; a Triton twin (similarity levels from
-    int8-limb tl.dot products, the greedy steps) is still to be written (issue 16,
-    deliverable 3)."""
+    """Positions of each frame (Annex B.2).  ``coverage`` (the default policy), with
+    ``keep`` or ``keep_coverage``: similarity levels and the greedy on the GPU
+    (kernels/prune.py).  ``farthest``: scores on the GPU, selection on the host.  The
+    other policies (uniform, diversity, density, the hybrids): the reference selection
+    (tokenbits.pruning) on the host copy of the frames.  Every path selects the tokens
+    the reference encoder selects."""
     o = te.opts
     n = [a.shape[0] for a in frames]
     if o.keep_coverage is None and (o.keep is None or o.keep >= 1) or not frames:
         return [np.arange(k, dtype=np.uint32) for k in n]
-    if o.keep_coverage is not None or pruning.check_policy(o.prune) != "farthest":
-        return [te._positions(a) for a in frames]
+    policy = pruning.check_policy(o.prune)
+    t = te.tps
+    start = t["num_prefix_tokens"]
+    grid_bad = t["grid_present"] and any(0 < k - start != t["grid_height"] * t["grid_width"]
+                                         for k in n)
+    if policy == "coverage" and not te.ids and not grid_bad:
+        counts = np.asarray(n, dtype=np.int64)
+        return prune_k.select_coverage(x, np.cumsum(counts) - counts, counts, start,
+                                       o.keep, o.keep_coverage)
+    if o.keep_coverage is not None or policy != "farthest":
+        return [te._positions(a) for a in frames]      # errors as the reference raises them
     start = te.tps["num_prefix_tokens"]
     base = np.cumsum(n) - n
     nrows = np.maximum(np.asarray(n) - start, 0)
@@ -440,6 +450,16 @@ def kept_positions(te: TrackEncoder, x: torch.Tensor, frames) -> list:
         dist = 1.0 - dot[r0[i]:r0[i] + nrows[i]] / np.where(norms > 0, norms, 1.0)
         out.append(select_kept(dist, o.keep, start))
     return out
+
+
+def _merge_maps(te: TrackEncoder, x: torch.Tensor, pos, n, base) -> list:
+    """Each frame's merge map (clause 7.8), or None: with the option ``merge_map``, on a
+    frame that keeps some tokens and prunes others, the stand-ins chosen on the GPU
+    (kernels/prune.stand_ins, the twin of TrackEncoder.stand_ins)."""
+    if not te.opts.merge_map or te.ids:
+        return [None] * len(pos)
+    si = prune_k.stand_ins(x, base, n, pos)
+    return [s if 0 < p.size < k else None for s, p, k in zip(si, pos, n)]
 
 
 def _split_symbols(te: TrackEncoder, x: torch.Tensor, src: torch.Tensor, pred: torch.Tensor):
@@ -490,6 +510,7 @@ def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> l
         n = np.array([f.shape[0] for f in batch], dtype=np.int64)
         kept = np.array([p.size for p in pos], dtype=np.int64)
         base, row0 = np.cumsum(n) - n, np.cumsum(kept) - kept
+        merges = _merge_maps(te, x, pos, n, base)
         src_h = np.concatenate([bb + p.astype(np.int64) for bb, p in zip(base, pos)]
                                + [np.zeros(0, np.int64)])
         pred_h = np.concatenate([np.where(p >= 0, p + r, -1) for p, r in
@@ -534,9 +555,7 @@ def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> l
             w1 = int(w_end[c_end[i] - 1]) if c_end[i] > 0 else w0
             s0, s1 = int(s_end[i] - kept[i] * d), int(s_end[i])
             number = a + i
-            # the merge map's stand-ins (clause 7.8) are chosen on the host, by the
-            # reference's assign_stand_ins: the same bytes as the reference encoder
-            merge = te.stand_ins(f, p)
+            merge = merges[i]
             if te.lossless:
                 payloads.append(te.frame_payload(number, f.shape[0], p, words[w0:w1],
                                                  cw[c0:c_end[i]], raw=raw_h[s0:s1],

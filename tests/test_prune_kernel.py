@@ -1,0 +1,89 @@
+"""The GPU selection (kernels/prune.py) against its reference twin (tokenbits.pruning):
+similarity levels, the coverage greedy (keep and keep_coverage) and the merge map's
+stand-ins, with exact equality, on seeded random and boundary inputs.  On CPU the
+kernels run in Triton's interpreter (tests/conftest.py); TKB_TEST_DEVICE=cuda runs them
+on a GPU."""
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from tokenbits import pruning  # noqa: E402
+from tokenbits.kernels import prune as pk  # noqa: E402
+
+DEV = os.environ.get("TKB_TEST_DEVICE", "cpu")
+TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _frames(seed, sizes, d, dtype="float16"):
+    """Token frames with structure (clusters), duplicates (ties), a zero token, a
+    non-finite value and a subnormal-scale token."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in sizes:
+        centres = rng.normal(size=(4, d)) * 3
+        x = centres[rng.integers(0, 4, n)] + rng.normal(size=(n, d))
+        if n > 6:
+            x[3] = x[5]                                  # identical tokens: ties
+            x[4] = 0.0                                   # a zero token
+            x[6] *= 1e-6                                 # tiny (float16 subnormals)
+        out.append(x.astype(np.float32))
+    if dtype == "float32" and sizes[0] > 2:
+        out[0][1, 0] = np.inf                            # non-finite counts as 0
+    return out
+
+
+def _device(frames, dtype):
+    t = torch.from_numpy(np.concatenate(frames)).to(TORCH[dtype])
+    host = t.to(torch.float32).numpy()                  # the values the encoder sees
+    counts = np.array([f.shape[0] for f in frames])
+    starts = np.cumsum(counts) - counts
+    return t.to(DEV), host, starts, counts
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_similarity_levels_and_cosines_match_reference(dtype):
+    frames = _frames(1, [19, 8], 40, dtype)
+    x, host, starts, counts = _device(frames, dtype)
+    q, norms = pk.directions(x)
+    for f, (s0, n) in enumerate(zip(starts, counts)):
+        rows = torch.arange(s0, s0 + n, device=DEV)[None, :]
+        want = pruning.similarity_levels(host[s0:s0 + n])
+        for variant in (None, dict(BI=16, BJ=16, BK=16)):
+            got = pk.similarities(q, norms, rows, rows, True, variant)[0].cpu().numpy()
+            assert np.array_equal(got.astype(np.int64), want), (f, variant)
+        qd = pruning.quantized_directions(host[s0:s0 + n])
+        want_cos = pruning.cosines(qd, qd)
+        got_cos = pk.similarities(q, norms, rows, rows, False)[0].cpu().numpy()
+        assert np.array_equal(got_cos.view(np.uint64), want_cos.view(np.uint64))
+
+
+@pytest.mark.parametrize("start, keep, keep_coverage, sizes", [
+    (1, 0.25, None, [17, 17, 9]),          # CLS kept, a fraction
+    (0, 0.5, None, [12, 5]),               # no prefix: the medoid first
+    (1, None, 0.95, [17, 12]),             # a coverage target: stops early
+    (0, None, 0.999, [9]),                 # a target that needs most tokens
+    (2, 0.1, None, [3, 2, 12]),            # frames with one or no sequence token; k = 0 or 1
+])
+def test_coverage_greedy_matches_reference(start, keep, keep_coverage, sizes):
+    frames = _frames(2, sizes, 24)
+    x, host, starts, counts = _device(frames, "float16")
+    for variant in (None, dict(BI=8, BJ=4)):
+        got = pk.select_coverage(x, starts, counts, start, keep, keep_coverage, variant)
+        for f, (s0, n) in enumerate(zip(starts, counts)):
+            want = pruning.prune(host[s0:s0 + n], keep, start, "coverage",
+                                 keep_coverage=keep_coverage)
+            assert np.array_equal(got[f], want), (f, variant)
+
+
+def test_stand_ins_match_reference():
+    frames = _frames(3, [17, 17, 6], 32)
+    x, host, starts, counts = _device(frames, "float16")
+    kept = [np.array([0, 2, 5, 9, 16]), np.arange(17), np.array([3])]   # incl. ties (3 = 5)
+    got = pk.stand_ins(x, starts, counts, kept)
+    for f, (s0, n) in enumerate(zip(starts, counts)):
+        want = pruning.assign_stand_ins(host[s0:s0 + n], kept[f])
+        assert got[f].dtype == np.uint32 and np.array_equal(got[f], want), f
