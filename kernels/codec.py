@@ -511,6 +511,9 @@ def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> l
         kept = np.array([p.size for p in pos], dtype=np.int64)
         base, row0 = np.cumsum(n) - n, np.cumsum(kept) - kept
         merges = _merge_maps(te, x, pos, n, base)
+        if te.opts.merge_tokens:        # B.2 merging: on the host, by the reference
+            batch = [te.merged(f, p) for f, p in zip(batch, pos)]
+            x = _input_tensor(batch, te, device)
         src_h = np.concatenate([bb + p.astype(np.int64) for bb, p in zip(base, pos)]
                                + [np.zeros(0, np.int64)])
         pred_h = np.concatenate([np.where(p >= 0, p + r, -1) for p, r in

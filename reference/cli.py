@@ -255,9 +255,10 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
 
 
 def _backend_args(p) -> None:
-    p.add_argument("--backend", choices=("auto", "gpu", "reference"), default=None,
-                   help="GPU kernels or numpy reference (default: auto, i.e. the GPU when "
-                        "one is present; same bytes and values either way)")
+    p.add_argument("--backend", choices=("auto", "gpu", "native", "reference"), default=None,
+                   help="GPU kernels, native (libtkb, the C decoder; decoding only) or numpy "
+                        "reference (default: auto, i.e. the GPU when one is present, else "
+                        "native for decoding; same bytes and values either way)")
     p.add_argument("--device", metavar="DEV", help="torch device of the GPU backend (cuda)")
 
 
@@ -277,6 +278,8 @@ def cmd_encode(a) -> int:
         if arr.dtype.kind in "iu" and not bf16:
             raise CLIError("--merge-map applies to pruned embeddings, not token ids")
         opts["merge_map"] = True
+    if a.merge_tokens:
+        opts["merge_tokens"] = True
     meta = _parse_meta(a.meta)
     if arr.dtype == np.float64:
         if a.lossless:
@@ -771,6 +774,26 @@ def cmd_transform_fit(a) -> int:
     return EXIT_OK
 
 
+def backends_report() -> str:
+    """One line per backend: whether it can run here, and why not (``tkb backends``)."""
+    from .kernels import dispatch
+    lines = []
+    for name, why in dispatch.backends().items():
+        extra = ""
+        if name == "native" and why is None:
+            from . import native
+            extra = f" ({native.version()}, {native.simd()}; tkbdec: {native.tkbdec_path()})"
+        lines.append(f"{name:10} {'available' + extra if why is None else 'missing: ' + why}")
+    auto = [dispatch.choose(None, "encode"), dispatch.choose(None, "decode")]
+    lines.append(f"auto       encodes with {auto[0]}, decodes with {auto[1]}")
+    return "\n".join(lines)
+
+
+def cmd_backends(a) -> int:
+    print(backends_report())
+    return EXIT_OK
+
+
 def cmd_validate(a) -> int:
     from .validate import render, validate
     reports = []
@@ -809,7 +832,8 @@ def _delegate(name: str, args: list) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     p = _Parser(prog="tkb", description="TKB token bitstreams: encode, decode, inspect.")
-    p.add_argument("--version", action="version", version=f"tkb (tokenbits) {__version__}")
+    p.add_argument("--version", action="version", version=f"tkb (tokenbits) {__version__}; "
+                   "backends: see 'tkb backends'")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -856,6 +880,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pruned frames carry a merge map: the kept token that stands in for "
                         "each pruned one, so that `tkb decode --dense` fills them (clause "
                         "7.8; High profile)")
+    e.add_argument("--merge-tokens", action="store_true",
+                   help="code each kept token as the mean of the tokens it stands in for "
+                        "(ToMe-style merging, Annex B.2)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
     _backend_args(e)
     lay = e.add_argument_group("entropy-coder layout (default: chosen by the encoder)")
@@ -939,6 +966,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a transform the streams name by digest, or a folder of .tkbt "
                         "files (repeatable; default: $TKB_TRANSFORM_DIR)")
     v.set_defaults(func=cmd_validate)
+
+    b = sub.add_parser("backends", help="the implementations that can run here (reference, "
+                                        "native, gpu) and what auto picks")
+    b.set_defaults(func=cmd_backends)
 
     for name, what in (("bench", "benchmarks (tokenbits.bench)"),
                        ("demo", "demonstration (tokenbits.demo)"),

@@ -120,6 +120,8 @@ class TrackOptions:
     transform: object = None           # a Transform, a .tkbt path or bytes, or "auto" (B.7)
     embed_transform: bool = False      # carry the transform inline instead of by reference
     merge_map: bool = False            # pruned frames carry a merge map (6.4, 7.8; High)
+    merge_tokens: bool = False         # B.2: a kept token coded as the mean of the tokens
+    #                                    it stands in for (ToMe-style merging)
 
     def __post_init__(self):
         def bad(msg):
@@ -140,6 +142,11 @@ class TrackOptions:
                 pruning.check_policy(self.prune)
             if self.keep is None and self.keep_coverage is None:
                 bad(f"prune {self.prune!r} needs keep or keep_coverage")
+        if self.merge_tokens:
+            if self.keep is None and self.keep_coverage is None:
+                bad("merge_tokens needs keep or keep_coverage")
+            if self.lossless:
+                bad("merge_tokens changes the kept tokens: not with lossless")
         if self.qp is not None and not QP_MIN <= self.qp <= QP_MAX:
             bad(f"qp {self.qp} not in {QP_MIN}..{QP_MAX}")
         if self.bpv is not None and self.bpv <= 0:
@@ -167,6 +174,9 @@ def _source_dtype(a) -> str:
         return "uint32"
     raise TKBEncodeError(f"unsupported input dtype {name}; use float32, float16, bfloat16 "
                          "or an integer type for token ids")
+
+
+_DTYPE_CODE = {"float32": 0, "float16": 1, "bfloat16": 2}    # clause 7.6.2's output types
 
 
 def _float_view(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -352,6 +362,9 @@ class TrackEncoder:
         self.dc = self.d if self.transform is None else self.transform.num_coeffs
         self.tps = self._base_tps(arrs)
         self.positions = [self._positions(a) for a in arrs]
+        if self.ids and opts.merge_tokens:
+            raise TKBEncodeError("merge_tokens applies to embedding tracks")
+        arrs = [self.merged(a, p) for a, p in zip(arrs, self.positions)]
         if self.lossless:
             self._fit_split(arrs, pseudo)
         else:
@@ -706,7 +719,7 @@ class TrackEncoder:
             if fitted is not None:
                 tdelta, u = fitted
             else:
-                xf = _float_view(a, self.src)[pos]
+                xf = _float_view(self.merged(a, pos), self.src)[pos]
                 lv, codes, tdelta = self._quantize(self.coded_values(xf), self.qp,
                                                    token_norms(xf))
                 u = symbols.zigzag(prediction.residuals_from_levels(lv, pos, self.tps))
@@ -721,6 +734,21 @@ class TrackEncoder:
                                 self.tps["prob_bits"])
         return self.frame_payload(frame_number, a.shape[0], pos, words, cw, tdelta=tdelta,
                                   escapes=escapes, raw=raw, stand_ins=self.stand_ins(a, pos))
+
+    def merged(self, a: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Frame ``a`` as coded (B.2): with the option ``merge_tokens``, on a frame that
+        keeps some tokens and prunes others, a copy in which each kept token is the mean
+        of itself and the pruned tokens it stands in for (``pruning.merge_average`` over
+        the stand-ins of ``pruning.assign_stand_ins``), rounded to the source type to
+        nearest even; otherwise ``a`` itself."""
+        if not self.opts.merge_tokens or not 0 < len(pos) < a.shape[0]:
+            return a
+        xf = _float_view(a, self.src)
+        pos = np.asarray(pos)
+        mv = pruning.merge_average(xf, pos, pruning.assign_stand_ins(xf, pos))
+        out = a.copy()
+        out[pos] = reconstruction.to_output(mv.astype(np.float32), _DTYPE_CODE[self.src])
+        return out
 
     def stand_ins(self, a, pos) -> np.ndarray | None:
         """The merge map of frame ``a`` with kept positions ``pos`` (clauses 6.4, 7.8):

@@ -168,10 +168,42 @@ def test_stand_ins_dense_fill_and_merging():
     (dict(keep_coverage=1.5), "keep_coverage"),
     (dict(keep=0.5, keep_coverage=0.9), "at most one"),
     (dict(prune="diversity"), "needs keep"),
+    (dict(merge_tokens=True), "merge_tokens needs keep"),
+    (dict(merge_tokens=True, keep=0.5, lossless=True), "not with lossless"),
 ])
 def test_bad_options(opts, words):
     with pytest.raises(TKBEncodeError, match=words):
         tb.encode(X, qp=-10, grid=(6, 6), prefix_tokens=1, **opts)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16"])
+def test_merge_tokens_codes_the_averages(dtype):
+    """merge_tokens: the stream codes, at the kept positions, the mean of each kept token
+    and the tokens it stands in for (rounded to the source type), not the token itself;
+    the GPU path (interpreter) writes the same bytes."""
+    x = X.astype(np.float32)
+    src = x.astype(np.float16) if dtype == "float16" else x
+    if dtype == "bfloat16":
+        src = (x.view(np.uint32) >> 16).astype(np.uint16)
+    kw = dict(keep=0.25, grid=(6, 6), prefix_tokens=1, qp=-40, merge_map=True,
+              source_dtype="bfloat16" if dtype == "bfloat16" else None)
+    plain = tb.decode(tb.encode(src, **kw))
+    data = tb.encode(src, merge_tokens=True, **kw)
+    merged = tb.decode(data)
+    for i, (fp, fm) in enumerate(zip(plain.frames, merged.frames)):
+        assert np.array_equal(fp.positions, fm.positions)
+        xf = (src[i].astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" \
+            else src[i].astype(np.float32)
+        want = pruning.merge_average(xf, fm.positions,
+                                     pruning.assign_stand_ins(xf, fm.positions))
+        got = np.asarray(fm.values, dtype=np.float32) if dtype != "bfloat16" else \
+            (np.asarray(fm.values).astype(np.uint32) << 16).view(np.float32)
+        err_m = np.abs(got - want).max()
+        err_x = np.abs(got - xf[fm.positions]).max()
+        assert err_m < 0.05 < err_x          # qp -40: steps far below the merge's change
+    pytest.importorskip("triton")
+    assert tb.encode(src, backend="gpu", device="cpu", merge_tokens=True, lane_steps=16,
+                     **kw) == tb.encode(src, merge_tokens=True, lane_steps=16, **kw)
 
 
 def test_pruning_ids_is_refused():
@@ -228,6 +260,7 @@ def _run(capsys, *argv):
 @pytest.mark.parametrize("flags, expect", [
     (["--keep", "0.25", "--prune", "diversity"], dict(keep=0.25, policy="diversity")),
     (["--keep", "0.25"], dict(keep=0.25, policy=None)),
+    (["--keep", "0.25", "--merge-tokens", "--merge-map"], dict(keep=0.25, policy=None)),
     (["--keep-coverage", "0.97", "--prune", "uniform"], dict(keep_coverage=0.97,
                                                               policy="uniform")),
 ])
