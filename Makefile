@@ -16,7 +16,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 # directory; the rule above is how this project heeds it, so the notice is not shown.
 EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 
-.PHONY: demo test test-latest constraints bench fuzz syntax conformance clean
+.PHONY: demo test test-latest constraints bench fuzz fuzz-native native syntax conformance clean
 
 # the CPU build of torch first: an unpinned torch would pull the CUDA packages;
 # triton (the gpu extra) runs the kernel tests in its interpreter on the CPU
@@ -35,7 +35,13 @@ $(BIN)/tkb: pyproject.toml constraints.txt
 demo: $(BIN)/tkb          ## encode real ViT tokens at a few qualities, compare with float16/int8/int4
 	$(BIN)/tkb demo
 
-test: $(BIN)/tkb          ## the whole test suite
+# libtkb is built by the install (setup.py); rebuilt here when its sources change (a
+# machine without a C compiler keeps going: the native tests are then skipped)
+NATIVE_SRC := $(wildcard native/src/*.c native/src/*.h native/include/*.h native/tools/*.c)
+native/python/libtkb.so: $(NATIVE_SRC) | $(BIN)/tkb
+	-$(BIN)/python -P native/build.py native/python
+
+test: $(BIN)/tkb native/python/libtkb.so   ## the whole test suite
 	$(BIN)/pytest -q
 
 test-latest:              ## the whole test suite against the newest releases (torch stays 2.13.0)
@@ -56,6 +62,13 @@ bench: $(BIN)/tkb         ## size, fidelity and speed on real tokens (BENCHMARKS
 fuzz: $(BIN)/tkb          ## 100 000 stream mutations against the decoder
 	$(BIN)/python tests/fuzzing.py --n 100000
 
+native: $(BIN)/tkb        ## rebuild libtkb and tkbdec (native/) in place; `tkb backends` shows them
+	$(BIN)/python -P native/build.py native/python
+
+FUZZ_SECONDS ?= 600
+fuzz-native: $(BIN)/tkb   ## libFuzzer + ASan/UBSan on libtkb (needs clang); crashes kept in tests/regressions/
+	$(BIN)/python -P native/fuzz/fuzz.py --seconds $(FUZZ_SECONDS)
+
 conformance: $(BIN)/tkb   ## regenerate the conformance suite, then run the reference decoder on it
 	$(BIN)/tkb conformance reference
 	$(BIN)/tkb conformance run --decoder reference --coverage
@@ -64,4 +77,5 @@ syntax: $(BIN)/tkb        ## print the syntax tables that spec/5-syntax.md must 
 	$(BIN)/python -P -m tokenbits.syntax
 
 clean:
-	rm -rf $(VENV) $(LATEST) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LATEST) *.egg-info .pytest_cache .hypothesis native/build \
+	    native/python/libtkb.so native/python/tkbdec

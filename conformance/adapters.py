@@ -10,6 +10,9 @@ Decoder specifications (``--decoder SPEC``):
 * ``reference-strict`` - the reference decoder stopping at the first error;
 * ``gpu`` - the reference decoding through the GPU kernels; "not supported"
   for every stream where no GPU can run them;
+* ``native`` - libtkb, the C decoder (``native/``), through its Python binding,
+  resilient; ``native-cmd`` - its command ``tkbdec`` under the command-line contract
+  below (with ``{dense}``); both "not supported" where libtkb is not built;
 * ``module:attr`` or ``path/to/file.py:attr`` - a Python adapter: ``attr`` is a
   callable ``decode(data: bytes) -> (canonical: bytes | None, errors: list)``,
   or a class or object with such a ``decode`` method; optional attributes
@@ -103,7 +106,7 @@ UNKNOWN_ERROR = "?"
 DEFAULT_TIMEOUT = 60.0
 #: exit statuses of a command-line decoder (contract, point 4)
 EXIT_OK, EXIT_ERRORS, EXIT_PARTIAL, EXIT_NOT_SUPPORTED = 0, 1, 3, 4
-REGISTERED = ("reference", "reference-strict", "gpu")
+REGISTERED = ("reference", "reference-strict", "gpu", "native", "native-cmd")
 
 
 class NotSupported(Exception):
@@ -214,6 +217,20 @@ def decode_gpu(data: bytes, dense: bool = False) -> DecodeResult:
     return _reference_decode(data, False, "gpu", dense)
 
 
+def decode_native(data: bytes, dense: bool = False) -> DecodeResult:
+    """libtkb (the C decoder of native/) through its binding, resilient (clause 9.10)."""
+    return _reference_decode(data, False, "native", dense)
+
+
+def native_unavailable() -> str | None:
+    """Why libtkb cannot run here (None when it can)."""
+    try:
+        from tokenbits import native
+        return native.available()
+    except Exception as e:
+        return f"the native backend cannot be loaded: {type(e).__name__}: {e}"
+
+
 def takes_dense(fn) -> bool:
     """Whether a Python adapter's decode function accepts the keyword ``dense``."""
     import inspect
@@ -241,7 +258,7 @@ def gpu_unavailable() -> str | None:
 
 
 _REGISTERED_FUNCS = {"reference": decode_reference, "reference-strict": decode_reference_strict,
-                     "gpu": decode_gpu}
+                     "gpu": decode_gpu, "native": decode_native}
 
 
 # -- loading Python adapters ------------------------------------------------------------
@@ -341,8 +358,9 @@ class PythonDecoder(Decoder):
         self._checked = False
 
     def unavailable(self) -> str | None:
-        if self.spec == "gpu" and not self._checked:
-            self._unavailable, self._checked = gpu_unavailable(), True
+        if self.spec in ("gpu", "native") and not self._checked:
+            self._unavailable = gpu_unavailable() if self.spec == "gpu" else native_unavailable()
+            self._checked = True
         return self._unavailable
 
     def runner(self) -> "Runner":
@@ -388,6 +406,13 @@ def make_decoder(spec: str, strict: bool = False, name: str | None = None) -> De
     spec = spec.strip()
     if spec.startswith("strict:"):
         spec, strict = spec[len("strict:"):].strip(), True
+    if spec == "native-cmd":               # libtkb's command, tkbdec (clause 11.2)
+        from tokenbits import native
+        exe = native.tkbdec_path()
+        if exe is None:
+            raise AdapterError(f"native-cmd: tkbdec is not built ({native_unavailable() or 'no tkbdec'})")
+        return CommandDecoder(f"{shlex.quote(exe)} {{input}} {{output}} {{dense}}", strict,
+                              name or "native-cmd")
     if spec.startswith("cmd:"):
         return CommandDecoder(spec[4:].strip(), strict, name)
     if "{input}" in spec:

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Decode every selected stream with one decoder and judge "
                                    "it (pass / fail / error / timeout / not-supported).")
     r.add_argument("--decoder", default="reference", metavar="SPEC",
-                   help="reference, reference-strict, gpu, module:attr, or a command "
+                   help="reference, reference-strict, gpu, native, native-cmd, module:attr, or a command "
                         "template: 'cmd:mydec {input} {output}' (default: reference)")
     r.add_argument("--strict-decoder", action="store_true",
                    help="the decoder stops at the first error: resilience streams are "

@@ -2,10 +2,12 @@
 
 ``backend``: "auto" (the GPU path when torch, triton and a CUDA device are
 present), "gpu" (insist; also runs in Triton's interpreter when
-TRITON_INTERPRET=1, on device "cpu"), "reference" (numpy).  The environment
-variable TKB_BACKEND sets the default.  Both paths write byte-identical
-streams and decode bit-identical values; this module imports torch only when
-the GPU path is taken.
+TRITON_INTERPRET=1, on device "cpu"), "reference" (numpy), "native" (libtkb, the C decoder of
+``native/``, ``tokenbits.native``: decoding only for now).  "auto" takes the GPU,
+else (for decoding) native, else the reference.  The environment
+variable TKB_BACKEND sets the default.  Every path writes byte-identical
+streams and decodes bit-identical values; this module imports torch only when
+the GPU path is taken, and libtkb only when the native path is.
 """
 from __future__ import annotations
 
@@ -16,33 +18,50 @@ from tokenbits.errors import TKBBackendError
 
 from . import available
 
-BACKENDS = ("auto", "gpu", "reference")
+BACKENDS = ("auto", "gpu", "native", "reference")
 
 
-def choose(backend: str | None = None) -> str:
-    """The backend to use: "gpu" or "reference"."""
+def native_unavailable() -> str | None:
+    """Why libtkb (the native backend) cannot run here, or None when it can."""
+    from tokenbits import native
+    return native.available()
+
+
+def choose(backend: str | None = None, op: str = "encode") -> str:
+    """The backend to use for ``op`` ("encode" or "decode"): "gpu", "native" (decode
+    only) or "reference"."""
     b = backend or os.environ.get("TKB_BACKEND") or "auto"
     if b not in BACKENDS:
-        raise TKBBackendError(f"unknown backend {b!r}: auto, gpu or reference")
+        raise TKBBackendError(f"unknown backend {b!r}: auto, gpu, native or reference")
     if b == "reference":
         return b
+    if b == "native":
+        if op != "decode":
+            raise TKBBackendError("the native backend (libtkb) decodes only: its encoder is "
+                                  "not written yet; use backend='auto', 'gpu' or 'reference'")
+        why = native_unavailable()
+        if why is not None:
+            raise TKBBackendError(f"the native backend cannot run: {why}")
+        return b
     if b == "auto" and not glob.glob("/dev/nvidia[0-9]*"):
-        return "reference"          # no GPU: do not pay for importing torch
+        # no GPU: do not pay for importing torch; decoding takes libtkb when it is built
+        return "native" if op == "decode" and native_unavailable() is None else "reference"
     why = available()
     if why is None and b == "auto":
         import torch
         if not torch.cuda.is_available():     # interpreter mode is for tests, not speed
-            return "reference"
+            return ("native" if op == "decode" and native_unavailable() is None
+                    else "reference")
     if why is not None:
         if b == "gpu":
             raise TKBBackendError(f"the GPU backend cannot run: {why}")
-        return "reference"
+        return "native" if op == "decode" and native_unavailable() is None else "reference"
     return "gpu"
 
 
 def encode_tracks(tracks, backend=None, device=None, **kwargs) -> bytes:
     from tokenbits.encoder import encode_tracks as ref
-    if choose(backend) == "reference":
+    if choose(backend, "encode") == "reference":
         return ref(tracks, **kwargs)
     from . import codec
     dev = device or codec.default_device()
@@ -54,11 +73,15 @@ def encode_tracks(tracks, backend=None, device=None, **kwargs) -> bytes:
 
 
 def decode(data, strict: bool = True, progress=None, backend=None, device=None,
-           transforms=None):
+           transforms=None, threads=None):
     """A DecodedStream with numpy values, identical whichever backend decodes."""
     from tokenbits.decoder import decode as ref
-    if choose(backend) == "reference":
+    which = choose(backend, "decode")
+    if which == "reference":
         return ref(data, strict, progress, transforms=transforms)
+    if which == "native":
+        from tokenbits import native
+        return native.decode(data, strict, progress, transforms=transforms, threads=threads)
     from . import codec
     return codec.to_numpy(codec.decode(data, strict, device or codec.default_device(),
                                        progress=progress, transforms=transforms))
@@ -74,7 +97,7 @@ def decode_tensors(data, strict: bool = True, device=None, dense: bool = False, 
     import torch
     from . import codec
     dev = device or codec.default_device()
-    if choose(backend) == "gpu":
+    if choose(backend, "decode") == "gpu":
         return codec.decode(data, strict, dev, dense, transforms=transforms)
     import dataclasses
     from tokenbits.decoder import decode as ref
@@ -90,3 +113,34 @@ def decode_tensors(data, strict: bool = True, device=None, dense: bool = False, 
             t = torch.from_numpy(v)
         frames.append(dataclasses.replace(f, values=t.to(dev)))
     return dataclasses.replace(s, frames=frames)
+
+
+def iter_frames(f, strict: bool = True, errors=None, transforms=None, dense: bool = False,
+                backend=None):
+    """Streaming decode (frames as their units arrive): libtkb or the reference."""
+    if choose(backend, "decode") == "native":
+        from tokenbits import native
+        return native.iter_frames(f, strict, errors, transforms, dense)
+    from tokenbits.decoder import iter_frames as ref
+    return ref(f, strict, errors, transforms, dense)
+
+
+def read_frame(data, track_id: int, frame_number: int, strict: bool = True, transforms=None,
+               dense: bool = False, backend=None):
+    """Random access to one frame (clause 6.6): libtkb or the reference."""
+    if choose(backend, "decode") == "native":
+        from tokenbits import native
+        return native.read_frame(data, track_id, frame_number, strict, transforms, dense)
+    return None     # the caller runs the reference
+
+
+def backends() -> dict:
+    """Each backend and why it cannot run here (None: it can)."""
+    try:
+        gpu = available()
+        if gpu is None and not os.environ.get("TRITON_INTERPRET") == "1":
+            import torch
+            gpu = None if torch.cuda.is_available() else "no CUDA device"
+    except Exception as e:   # a broken torch / triton install
+        gpu = f"{type(e).__name__}: {e}"
+    return {"reference": None, "native": native_unavailable(), "gpu": gpu}

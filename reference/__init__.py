@@ -13,9 +13,10 @@ Public API (mirrors the ``tkb`` command line):
 * :class:`TKBError` and its subclasses for every decoding failure.
 
 The normative text is ``spec/``; module docstrings name the clauses they implement.
-The codec modules never import the GPU kernels (``tokenbits.kernels``); the
-functions above reach them through ``tokenbits.kernels.dispatch`` when asked
-(``backend=``) or when a CUDA device is present.
+The codec modules never import the GPU kernels (``tokenbits.kernels``) nor libtkb
+(``tokenbits.native``, the C decoder); the functions above reach them through
+``tokenbits.kernels.dispatch`` when asked (``backend=``) or when they can run
+("auto": the GPU, else native for decoding, else the reference).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import numpy as np
 from .canonical import canonical_bytes, canonical_sha256
 from . import decoder as _decoder
 from . import encoder as _encoder
-from .decoder import DecodedStream, Frame, iter_frames
+from .decoder import DecodedStream, Frame
 from .encoder import StreamWriter, TrackOptions
 from .transform import Transform
 from .transform_fit import fit_transform
@@ -69,11 +70,13 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
 
 
 def decode(data, strict: bool = True, progress=None, backend: str | None = None,
-           device=None, transforms=None, dense: bool = False) -> DecodedStream:
+           device=None, transforms=None, dense: bool = False,
+           threads: int | None = None) -> DecodedStream:
     """Decode a stream held in memory; values are numpy arrays, identical whichever
-    ``backend`` ("auto", "gpu", "reference") decodes them.  ``transforms``: the
+    ``backend`` ("auto", "gpu", "native", "reference") decodes them.  ``transforms``: the
     transforms (Transform objects, ``.tkbt`` paths or bytes) that the stream may name
-    by digest (clause 6.7).  ``dense``: every frame is clause 7.8's dense frame,
+    by digest (clause 6.7).  ``threads``: frames and chunks decoded in parallel (the
+    native backend; default $TKB_THREADS or 1).  ``dense``: every frame is clause 7.8's dense frame,
     [num_tokens, D] with each pruned position filled from its stand-in (merge map) or
     with zeros, positions 0 .. num_tokens-1 (its canonical output is clause 10.4's)."""
     if backend == "reference":
@@ -81,7 +84,7 @@ def decode(data, strict: bool = True, progress=None, backend: str | None = None,
     else:
         from .kernels import dispatch
         s = dispatch.decode(data, strict, progress, backend=backend, device=device,
-                            transforms=transforms)
+                            transforms=transforms, threads=threads)
     return _decoder.densify_stream(s) if dense else s
 
 
@@ -132,11 +135,26 @@ def to_array(stream: DecodedStream, track_id: int = 0, torch_device=None,
     return arr
 
 
+def iter_frames(f, strict: bool = True, errors: list | None = None, transforms=None,
+                dense: bool = False, backend: str | None = None):
+    """Streaming decode from a binary file object: yields frames as their units arrive
+    (see :func:`tokenbits.decoder.iter_frames`); ``backend``: "auto", "native",
+    "reference"."""
+    from .kernels import dispatch
+    return dispatch.iter_frames(f, strict, errors, transforms, dense, backend=backend)
+
+
 def read_frame(data, track_id: int, frame_number: int, strict: bool = True,
-               transforms=None, dense: bool = False) -> Frame:
+               transforms=None, dense: bool = False, backend: str | None = None) -> Frame:
     """Random access: decode one frame using the stream's index unit (clause 6.6),
     the track's parameter sets and the transforms they name.  ``dense``: clause 7.8's
-    dense frame."""
+    dense frame.  ``backend``: "auto", "native", "reference"."""
+    if backend != "reference":
+        from .kernels import dispatch
+        frame = dispatch.read_frame(data, track_id, frame_number, strict, transforms, dense,
+                                    backend=backend)
+        if frame is not None:
+            return frame
     from . import decoder as d
     header = d.parse_stream_header(data)
     dec = d.Decoder(header, strict, keep=False, transforms=transforms)
