@@ -411,8 +411,8 @@ def _clipped(c: torch.Tensor, delta: torch.Tensor, code: torch.Tensor, inv: torc
 
 
 def kept_positions(te: TrackEncoder, x: torch.Tensor, frames) -> list:
-    """Positions of each frame (Annex B.2).  ``coverage`` (the default policy), with
-    ``keep`` or ``keep_coverage``: similarity levels and the greedy on the GPU
+    """Positions of each frame (Annex B.2).  ``balanced`` (the default policy) and
+    ``coverage``, with ``keep`` or ``keep_coverage``: similarity levels and the greedy on the GPU
     (kernels/prune.py).  ``farthest``: scores on the GPU, selection on the host.  The
     other policies (uniform, diversity, density, the hybrids): the reference selection
     (tokenbits.pruning) on the host copy of the frames.  Every path selects the tokens
@@ -426,10 +426,10 @@ def kept_positions(te: TrackEncoder, x: torch.Tensor, frames) -> list:
     start = t["num_prefix_tokens"]
     grid_bad = t["grid_present"] and any(0 < k - start != t["grid_height"] * t["grid_width"]
                                          for k in n)
-    if policy == "coverage" and not te.ids and not grid_bad:
+    if policy in ("coverage", "balanced") and not te.ids and not grid_bad:
         counts = np.asarray(n, dtype=np.int64)
         return prune_k.select_coverage(x, np.cumsum(counts) - counts, counts, start,
-                                       o.keep, o.keep_coverage)
+                                       o.keep, o.keep_coverage, balance=policy == "balanced")
     if o.keep_coverage is not None or policy != "farthest":
         return [te._positions(a) for a in frames]      # errors as the reference raises them
     start = te.tps["num_prefix_tokens"]
@@ -502,6 +502,10 @@ def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> l
         fw = transform_k.DeviceForward(te.transform, device)
         lim = _t(transform_fit.max_levels(np.arange(256), te.transform.coeff_frac_bits),
                  np.int64, device)
+    closed = getattr(te, "closed_loop", False) and not te.lossless
+    deadzone = te.deadzone if closed else 0.0
+    if closed and te.transform is None:     # closed loop (B.1): levels within 2^24 - 1
+        lim = torch.full((256,), reconstruction.MAX_LEVEL, dtype=torch.int64, device=device)
     payloads = []
     for a, b in _batches([f.size for f in frames], BATCH_SYMBOLS):
         batch = frames[a:b]
@@ -534,13 +538,18 @@ def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> l
             if te.transform is not None:
                 xs = transform_k.forward(x, src, fw, te.input_scale)
                 srcs = torch.arange(src_h.size, dtype=torch.int64, device=device)
-                if _clipped(xs, delta, code, inv, lim):
+                if not closed and _clipped(xs, delta, code, inv, lim):
                     # a level the reference clips (clause 7.6.3 bound): code this batch there
                     payloads += [te.encode_frame(f, a + i, p) for i, (f, p) in
                                  enumerate(zip(batch, pos))]
                     continue
-            sym, esc_pos, esc_val = quant.symbols(xs, srcs, delta, pred, code, inv, esc,
-                                                  quant.prev_rows_only(pred_h))
+            if closed:            # the closed-loop quantizer, along prediction chains
+                sym, esc_pos, esc_val = quant.symbols_closed_loop(
+                    xs, srcs, delta, pred_h, tps["predictor"], code, inv, lim, esc, deadzone,
+                    row0)
+            else:
+                sym, esc_pos, esc_val = quant.symbols(xs, srcs, delta, pred, code, inv, esc,
+                                                      quant.prev_rows_only(pred_h))
             esc_pos, esc_val = esc_pos.cpu().numpy(), esc_val.cpu().numpy()
             delta_h = delta.cpu().numpy().astype(np.int64)
         plan = rans.ChunkPlan(kept * d, tps["num_lanes"], tps["lane_steps"], d, device)

@@ -1,7 +1,8 @@
 """Token selection on the GPU (Annex B.2): exact-integer similarities by int8-limb
-``tl.dot`` products, the coverage greedy (the default policy), and the merge map's
-stand-ins.  Twins: ``tokenbits.pruning.similarity_levels``, ``_greedy_coverage`` (through
-``pruning.prune`` with policy "coverage", ``keep`` or ``keep_coverage``) and
+``tl.dot`` products, the coverage greedy (policies ``coverage`` and ``balanced``, the
+default), and the merge map's stand-ins.  Twins: ``tokenbits.pruning.similarity_levels``,
+``_greedy_coverage`` (through ``pruning.prune`` with policy "coverage" or "balanced",
+``keep`` or ``keep_coverage``) and
 ``assign_stand_ins``; every value is computed as the reference defines it:
 
 * directions q = rint(x 2^(14 - e)) (e from frexp of the token's largest magnitude,
@@ -14,7 +15,8 @@ stand-ins.  Twins: ``tokenbits.pruning.similarity_levels``, ``_greedy_coverage``
 * the greedy adds, step by step, the token of largest coverage gain
   sum_i max(s[i, j] - best_i, 0) (int64: any summation order), ties to the lower index,
   chosen tokens excluded; with a coverage target it stops as soon as sum_i best_i
-  (int64, compared in binary64 with the target) reaches it.
+  (int64, compared in binary64 with the target) reaches it; ``balanced`` adds its
+  herding term in binary64 exactly as the reference does (one division, one addition).
 
 Other policies select on the host through the reference (kernels/codec.kept_positions).
 """
@@ -30,6 +32,8 @@ from tokenbits import pruning
 RINT64 = tl.constexpr(6755399441055744.0)      # 1.5 * 2^52: (v + RINT64) - RINT64 = rint(v)
 SIM_ONE = tl.constexpr(pruning.SIM_ONE)
 NONE_YET = tl.constexpr(-pruning.SIM_ONE - 1)  # best level before anything is kept
+BAL_NUM = tl.constexpr(pruning.BALANCE_NUM)    # ``balanced``: the herding weight's
+BAL_DEN = tl.constexpr(pruning.BALANCE_DEN)    # numerator and denominator
 SIM_VARIANT = dict(BI=32, BJ=32, BK=64, num_warps=4)
 GREEDY_VARIANT = dict(BI=64, BJ=32, num_warps=4)
 FRAMES_PER_LAUNCH = 256                        # bounds the [F, N, N] level scratch
@@ -120,12 +124,14 @@ def similarities(q, norms, a_rows: torch.Tensor, b_rows: torch.Tensor, levels: b
 
 
 @triton.jit
-def _greedy_coverage_kernel(s_ptr, n_ptr, k_ptr, stop_ptr, best_ptr, free_ptr, chosen_ptr,
-                            count_ptr, NMAX, START, BI: tl.constexpr, BJ: tl.constexpr):
+def _greedy_coverage_kernel(s_ptr, n_ptr, k_ptr, stop_ptr, best_ptr, free_ptr, col_ptr,
+                            herd_ptr, chosen_ptr, count_ptr, NMAX, START,
+                            BALANCE: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr):
     """One frame per program: the coverage greedy over its levels s [NMAX, NMAX] (the
     frame's n tokens first), prefix tokens 0 .. START-1 kept; up to k choices or until the
-    coverage total reaches stop (binary64; +inf: no target).  Scratch: best (int64) and
-    free (int8) [NMAX] per frame."""
+    coverage total reaches stop (binary64; +inf: no target).  BALANCE: the ``balanced``
+    score, gain + (3 herd) / (2 m (t + 1)) in binary64.  Scratch per frame [NMAX]: best
+    (int64), free (int8), and for BALANCE the column sums and the kept rows' sums (int64)."""
     f = tl.program_id(0)
     n = tl.load(n_ptr + f)
     m = n - START
@@ -142,6 +148,15 @@ def _greedy_coverage_kernel(s_ptr, n_ptr, k_ptr, stop_ptr, best_ptr, free_ptr, c
             b = tl.maximum(b, sv.to(tl.int64))
         tl.store(best_ptr + b0 + ii, b, mask=ii < m)
         tl.store(free_ptr + b0 + ii, tl.full((BI,), 1, tl.int8), mask=ii < m)
+        if BALANCE:                              # column sums over the sequence tokens
+            tl.store(herd_ptr + b0 + ii, tl.zeros((BI,), dtype=tl.int64), mask=ii < m)
+            c = tl.zeros((BI,), dtype=tl.int64)
+            for r0 in range(0, m, BJ):
+                rr = r0 + tl.arange(0, BJ)
+                sm = (rr[:, None] < m) & (ii[None, :] < m)
+                c += tl.sum(tl.load(s_ptr + s0 + (START + rr[:, None]).to(tl.int64) * NMAX
+                                    + START + ii[None, :], mask=sm, other=0).to(tl.int64), 0)
+            tl.store(col_ptr + b0 + ii, c, mask=ii < m)
     tl.debug_barrier()
     cnt = 0
     done = 0
@@ -156,7 +171,9 @@ def _greedy_coverage_kernel(s_ptr, n_ptr, k_ptr, stop_ptr, best_ptr, free_ptr, c
                     done = 1
         if done == 0:
             gbest = tl.full((), -3, tl.int64)
+            fbest = tl.full((), float("-inf"), tl.float64)
             jbest = tl.full((), 0, tl.int32)
+            den = (m * (cnt + 1) * BAL_DEN).to(tl.float64)
             for j0 in range(0, m, BJ):
                 jj = j0 + tl.arange(0, BJ)
                 g = tl.zeros((BJ,), dtype=tl.int64)
@@ -168,12 +185,24 @@ def _greedy_coverage_kernel(s_ptr, n_ptr, k_ptr, stop_ptr, best_ptr, free_ptr, c
                     b = tl.load(best_ptr + b0 + ii, mask=ii < m, other=0)
                     g += tl.sum(tl.where(sm, tl.maximum(st - b[:, None], 0), 0), 0)
                 fr = tl.load(free_ptr + b0 + jj, mask=jj < m, other=0)
-                g = tl.where(jj < m, tl.where(fr != 0, g, -1), -2)
-                mx = tl.max(g, 0)
-                idx = tl.min(tl.where(g == mx, jj, 2147483647), 0)
-                if mx > gbest:                   # strictly: a tie keeps the lower index
-                    gbest = mx
-                    jbest = idx
+                if BALANCE:
+                    c = tl.load(col_ptr + b0 + jj, mask=jj < m, other=0)
+                    hs = tl.load(herd_ptr + b0 + jj, mask=jj < m, other=0)
+                    herd = (cnt + 1) * c - m * hs
+                    sc = g.to(tl.float64) + (herd * BAL_NUM).to(tl.float64) / den
+                    sc = tl.where((jj < m) & (fr != 0), sc, float("-inf"))
+                    fx = tl.max(sc, 0)
+                    idx = tl.min(tl.where(sc == fx, jj, 2147483647), 0)
+                    if fx > fbest:               # strictly: a tie keeps the lower index
+                        fbest = fx
+                        jbest = idx
+                else:
+                    g = tl.where(jj < m, tl.where(fr != 0, g, -1), -2)
+                    mx = tl.max(g, 0)
+                    idx = tl.min(tl.where(g == mx, jj, 2147483647), 0)
+                    if mx > gbest:               # strictly: a tie keeps the lower index
+                        gbest = mx
+                        jbest = idx
             tl.store(chosen_ptr + b0 + cnt, jbest)
             tl.store(free_ptr + b0 + jbest, tl.full((), 0, tl.int8))
             for i0 in range(0, m, BI):
@@ -182,6 +211,11 @@ def _greedy_coverage_kernel(s_ptr, n_ptr, k_ptr, stop_ptr, best_ptr, free_ptr, c
                              mask=ii < m, other=0).to(tl.int64)
                 b = tl.load(best_ptr + b0 + ii, mask=ii < m, other=0)
                 tl.store(best_ptr + b0 + ii, tl.maximum(b, sv), mask=ii < m)
+                if BALANCE:                      # the kept rows' sums: + s[jbest, :]
+                    rv = tl.load(s_ptr + s0 + (START + jbest).to(tl.int64) * NMAX + START + ii,
+                                 mask=ii < m, other=0).to(tl.int64)
+                    h = tl.load(herd_ptr + b0 + ii, mask=ii < m, other=0)
+                    tl.store(herd_ptr + b0 + ii, h + rv, mask=ii < m)
             tl.debug_barrier()
             cnt += 1
     tl.store(count_ptr + f, cnt)
@@ -189,10 +223,11 @@ def _greedy_coverage_kernel(s_ptr, n_ptr, k_ptr, stop_ptr, best_ptr, free_ptr, c
 
 def select_coverage(x: torch.Tensor, starts: np.ndarray, counts: np.ndarray, start: int,
                     keep: float | None = None, keep_coverage: float | None = None,
-                    variant=None) -> list:
+                    variant=None, balance: bool = False) -> list:
     """Kept positions (uint32, increasing) of frames x[starts[i] : starts[i] + counts[i]]
-    (rows of x [R, D]) by the coverage policy, as ``pruning.prune(frame, keep, start,
-    "coverage", keep_coverage=...)`` returns them."""
+    (rows of x [R, D]) by the coverage policy (``balance``: the balanced one), as
+    ``pruning.prune(frame, keep, start, "coverage" or "balanced", keep_coverage=...)``
+    returns them."""
     v = dict(GREEDY_VARIANT, **(variant or {}))
     sv = {k: v.pop(k) for k in ("BI", "BJ")}
     out: list = [None] * len(counts)
@@ -232,10 +267,12 @@ def select_coverage(x: torch.Tensor, starts: np.ndarray, counts: np.ndarray, sta
         stop_t = torch.tensor([st for _, _, st in chunk], dtype=torch.float64, device=dev)
         best = torch.empty((nf, nmax), dtype=torch.int64, device=dev)
         free = torch.empty((nf, nmax), dtype=torch.int8, device=dev)
+        col = torch.empty((nf, nmax) if balance else (1,), dtype=torch.int64, device=dev)
+        herd = torch.empty((nf, nmax) if balance else (1,), dtype=torch.int64, device=dev)
         chosen = torch.zeros((nf, nmax), dtype=torch.int32, device=dev)
         cnt = torch.zeros(nf, dtype=torch.int32, device=dev)
-        _greedy_coverage_kernel[(nf,)](s, n_t, k_t, stop_t, best, free, chosen, cnt, nmax,
-                                       start, **sv, **v)
+        _greedy_coverage_kernel[(nf,)](s, n_t, k_t, stop_t, best, free, col, herd, chosen,
+                                       cnt, nmax, start, BALANCE=balance, **sv, **v)
         chosen, cnt = chosen.cpu().numpy(), cnt.cpu().numpy()
         for r, (i, _, _) in enumerate(chunk):
             picked = np.sort(chosen[r, :cnt[r]].astype(np.int64)) + start

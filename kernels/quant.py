@@ -2,7 +2,9 @@
 histograms (Annex B.1 and B.3; clauses 7.4.1 and 7.5 run in reverse).
 
 Twins in the reference encoder: ``quantize_levels`` (one binary32 multiply by
-INV_STEP, round half to even, clip), ``prediction.residuals_from_levels``,
+INV_STEP, round half to even, clip), ``quantize_closed_loop`` (the same product, the
+prediction residual quantized with a deadzone along each prediction chain),
+``prediction.residuals_from_levels``,
 ``symbols.zigzag`` with escapes at ESC, ``token_norms`` (a float64 sum in
 channel order) and ``_histograms``.
 
@@ -137,6 +139,44 @@ def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_
     flat = r[:, None].to(tl.int64) * num_channels + c[None, :]
     tl.store(sym_ptr + flat, tl.minimum(u, esc).to(tl.int16), mask=m)
     tl.store(u_ptr + flat, u, mask=m & (u >= esc))
+
+
+@triton.jit
+def _closed_loop_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, rows_ptr, offs_ptr, code_ptr,
+                        inv_ptr, lim_ptr, esc_ptr, sym_ptr, u_ptr, num_channels, dz,
+                        BC: tl.constexpr):
+    """The closed-loop quantizer (Annex B.1, ``encoder.quantize_closed_loop``): one
+    program runs down a chain (``recon.chains``: rows rows[offs[j]:offs[j+1]], each one
+    predicted by the row before it in the chain or not at all) for a block of channels,
+    carrying the levels; every operation is the reference's binary32 operation."""
+    j = tl.program_id(0)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    cm = c < num_channels
+    r0 = tl.load(offs_ptr + j)
+    r1 = tl.load(offs_ptr + j + 1)
+    base = tl.load(code_ptr + c, mask=cm, other=0)
+    esc = tl.load(esc_ptr + c, mask=cm, other=1 << 30)      # masked lanes never escape
+    prev = tl.zeros([BC], tl.int32)
+    for i in tl.range(r0, r1):
+        r = tl.load(rows_ptr + i)
+        code = base + tl.load(delta_ptr + r)
+        x = tl.load(x_ptr + tl.load(src_ptr + r) * num_channels + c, mask=cm, other=0)
+        y = x.to(tl.float32) * tl.load(inv_ptr + code, mask=cm, other=0.0)
+        lim = tl.load(lim_ptr + code, mask=cm, other=0)
+        p = tl.where(tl.load(pred_ptr + r) >= 0, prev, 0)
+        rr = y - p.to(tl.float32)
+        a = tl.maximum(tl.abs(rr) - dz, 0.0)
+        # round half to even (exact below 2^23; larger binary32 values are integers),
+        # capped at 2^25 (any level then clips to lim)
+        q = tl.minimum(tl.where(a < 8388608.0, (a + 8388608.0) - 8388608.0, a),
+                       33554432.0).to(tl.int32)
+        lev = tl.minimum(tl.maximum(p + tl.where(rr < 0, -q, q), -lim), lim)
+        res = lev - p
+        prev = lev
+        u = (res << 1) ^ (res >> 31)                        # zigzag (clause 7.4.1)
+        flat = r.to(tl.int64) * num_channels + c
+        tl.store(sym_ptr + flat, tl.minimum(u, esc).to(tl.int16), mask=cm)
+        tl.store(u_ptr + flat, u, mask=cm & (u >= esc))
 
 
 @triton.jit
@@ -387,6 +427,37 @@ def symbols(x: torch.Tensor, src: torch.Tensor, delta: torch.Tensor, pred: torch
                    sym, u, variant, prev_row=prev_row)
     sym = sym[:k * d]
     # escapes: symbols equal to their channel's ESC (compared by broadcasting, rows x D)
+    pos = torch.nonzero((sym.view(k, d) == esc.to(dev, torch.int16)[None, :]).view(-1)).flatten() \
+        if k and d else torch.zeros(0, dtype=torch.int64, device=dev)
+    vals = u[pos].to(torch.int64) - esc.to(dev, torch.int64)[pos % max(d, 1)]
+    return sym, pos, vals
+
+
+def symbols_closed_loop(x: torch.Tensor, src: torch.Tensor, delta: torch.Tensor,
+                        pred_h: np.ndarray, predictor: int, code: torch.Tensor,
+                        inv_step: torch.Tensor, lim: torch.Tensor, esc: torch.Tensor,
+                        deadzone: float, frame_rows=None, bc: int = 128):
+    """:func:`symbols` with the closed-loop quantizer of deadzone ``deadzone`` (Annex
+    B.1): ``pred_h`` [K] the predicting row of each kept token (host array, -1: none),
+    ``predictor`` the track's, ``lim`` [256] the largest level of each step code,
+    ``frame_rows`` the first row of each frame.  Same return values."""
+    from .recon import chains
+    k, d = src.numel(), x.shape[1]
+    dev = x.device
+    sym = torch.empty(max(k * d, 1), dtype=torch.int16, device=dev)
+    u = torch.empty(max(k * d, 1), dtype=torch.int32, device=dev)
+    if k and d:
+        rows, offs = chains(np.asarray(pred_h, dtype=np.int64), predictor, frame_rows)
+        bc = min(bc, triton.next_power_of_2(d))
+        grid = (offs.size - 1, triton.cdiv(d, bc))
+        _closed_loop_kernel[grid](
+            x.contiguous(), _c(src, torch.int64), _c(delta, torch.int32),
+            torch.from_numpy(np.asarray(pred_h, dtype=np.int64)).to(dev),
+            torch.from_numpy(rows.astype(np.int64)).to(dev),
+            torch.from_numpy(offs.astype(np.int64)).to(dev), _c(code, torch.int32),
+            inv_step, _c(lim, torch.int32), _c(esc, torch.int32), sym, u, d, float(deadzone),
+            BC=bc, **NO_FMA)
+    sym = sym[:k * d]
     pos = torch.nonzero((sym.view(k, d) == esc.to(dev, torch.int16)[None, :]).view(-1)).flatten() \
         if k and d else torch.zeros(0, dtype=torch.int64, device=dev)
     vals = u[pos].to(torch.int64) - esc.to(dev, torch.int64)[pos % max(d, 1)]

@@ -210,6 +210,9 @@ def _codec_sections(results: dict, quick: bool, repeat: int, progress) -> None:
                            rans_overhead=entropy_report(data)["overhead"],
                            decode_ms=dec_s * 1e3))
     results["lane_steps_tradeoff"] = layout
+    native = native_section(x, qp, max(repeat, 5), progress)
+    if native:
+        results["native"] = native
 
 
 # -- transform coding (TKB 1.1, issue 15) ----------------------------------------------
@@ -520,7 +523,7 @@ def transform_section(inp: dict, repeat: int = 3, saliency=None, progress=print)
 PRUNE_IMAGES = DEV_IMAGES + ("checkerboard", "colorwheel", "logo", "shepp_logan_phantom")
 PRUNE_COUNTS = (32, 64)                 # kept patch tokens of 256
 PRUNE_POLICIES = ("farthest", "random", "uniform", "diversity", "density", "coverage",
-                  "uniform+diversity", "uniform+coverage")
+                  "balanced", "uniform+diversity", "uniform+coverage")
 KEEP_COVERAGE = 0.98
 RETRIEVAL_CHUNKS_PER_TOPIC = 4          # passages: the first 4 chunks of each topic's body
 
@@ -616,7 +619,7 @@ def _vit_policy(x, policy, k, saliency, sal_ref):
                 encode_ms=enc_s * 1e3)
 
 
-def _keep_coverage_rows(x, policies=("coverage", "diversity", "uniform")):
+def _keep_coverage_rows(x, policies=("balanced", "coverage", "diversity", "uniform")):
     """keep_coverage=KEEP_COVERAGE per frame against the smallest fixed keep count with
     which every frame reaches KEEP_COVERAGE (same policy)."""
     from . import pruning
@@ -927,11 +930,83 @@ def markdown(res: dict) -> str:
     for r in res["lane_steps_tradeoff"]:
         out.append(f"| {r['lane_steps']} | {r['bits_per_value']:.4f} | "
                    f"{100 * r['rans_overhead']:+.2f} % | {r['decode_ms']:.1f} |")
+    if res.get("native"):
+        out += ["", native_markdown(res["native"])]
     if "transform" in res:
         out += ["", transform_markdown(res["transform"])]
     if "pruning" in res:
         out += ["", pruning_markdown(res["pruning"])]
     return "\n".join(out)
+
+
+# -- libtkb, the C decoder (issue 17) ---------------------------------------------------
+
+def _tkbdec_bench(exe: str, data: bytes, reps: int, *flags) -> dict:
+    """tkbdec --bench: the best of ``reps`` whole-stream decodes, timed in C."""
+    import os
+    import subprocess
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix=".tkb", delete=False) as f:
+        f.write(data)
+    try:
+        r = subprocess.run([exe, "--bench", str(reps), *flags, f.name], capture_output=True,
+                           text=True, check=True)
+        return json.loads(r.stdout)
+    finally:
+        os.unlink(f.name)
+
+
+def native_section(x: np.ndarray, qp: int, repeat: int, progress=print) -> dict | None:
+    """Decode speed of libtkb (native/) on the 576 x 1024 frame coded at ``qp`` (one core:
+    the AVX2 path and the plain C path; through the Python binding), a 64-frame stream of
+    such frames (1 and 2 threads), the reference, and zstd -3 decompression of the raw
+    float16 frame, in the same run.  None when libtkb is not built."""
+    from . import native
+    if native.available() is not None or native.tkbdec_path() is None:
+        progress(f"[bench] native decoder skipped: {native.available() or 'no tkbdec'}")
+        return None
+    progress("[bench] libtkb (native C decoder) on the 576 x 1024 frame and 64 frames")
+    exe = native.tkbdec_path()
+    data = encode(x, qp=qp)
+    reps = max(repeat, 20)
+    c1 = _tkbdec_bench(exe, data, reps, "--threads", "1")
+    c2 = _tkbdec_bench(exe, data, reps, "--threads", "2")
+    sc = _tkbdec_bench(exe, data, reps, "--threads", "1", "--scalar")
+    py_s, _ = _best(lambda: native.decode(data, threads=1), reps)
+    ref_s, _ = _best(lambda: decoder.decode(data), repeat)
+    import zstandard
+    raw = np.ascontiguousarray(x).tobytes()
+    z = zstandard.ZstdCompressor(level=3).compress(raw)
+    dz = zstandard.ZstdDecompressor()
+    zs, _ = _best(lambda: dz.decompress(z), reps)
+    frames = np.stack([np.roll(x, 9 * i, axis=0) for i in range(64)])  # 64 distinct frames
+    data64 = encode(frames, qp=qp)
+    m1 = _tkbdec_bench(exe, data64, 5, "--threads", "1")
+    m2 = _tkbdec_bench(exe, data64, 5, "--threads", "2")
+    return dict(simd=c1["simd"], qp=qp, bytes=len(data), bits_per_value=8 * len(data) / x.size,
+                c_ms=c1["best_ms"], c_2threads_ms=c2["best_ms"], c_scalar_ms=sc["best_ms"],
+                binding_ms=py_s * 1e3, reference_ms=ref_s * 1e3, zstd3_decompress_ms=zs * 1e3,
+                zstd3_bytes=len(z), frames64_1thread_ms_per_frame=m1["ms_per_frame"],
+                frames64_2threads_ms_per_frame=m2["ms_per_frame"],
+                frames64_speedup=m1["best_ms"] / m2["best_ms"])
+
+
+def native_markdown(n: dict) -> str:
+    return "\n".join([
+        f"**libtkb (C decoder, `native/`) on the 576 x 1024 float16 frame** (qp {n['qp']}, "
+        f"{n['bits_per_value']:.3f} bits/value; fast path {n['simd']}; zstd -3 of the raw "
+        f"frame measured in the same run)", "",
+        "| decoder | ms per frame |", "|---|---|",
+        f"| libtkb, 1 thread ({n['simd']}) | {n['c_ms']:.2f} |",
+        f"| libtkb, 1 thread (plain C path) | {n['c_scalar_ms']:.2f} |",
+        f"| libtkb, 2 threads (chunks in parallel) | {n['c_2threads_ms']:.2f} |",
+        f"| libtkb through the Python binding | {n['binding_ms']:.2f} |",
+        f"| reference (numpy) | {n['reference_ms']:.1f} |",
+        f"| zstd -3 decompression of the raw float16 frame ({n['zstd3_bytes']} bytes) | "
+        f"{n['zstd3_decompress_ms']:.2f} |",
+        f"| libtkb, 64-frame stream, 1 thread | {n['frames64_1thread_ms_per_frame']:.2f} |",
+        f"| libtkb, 64-frame stream, 2 threads | {n['frames64_2threads_ms_per_frame']:.2f} "
+        f"({n['frames64_speedup']:.2f}x) |"])
 
 
 def main(argv=None) -> int:

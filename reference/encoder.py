@@ -10,6 +10,9 @@ What it does, per track:
   per-channel offsets, and a per-token offset round(6 log2(|token| / median
   |token|)) so that every token gets the same relative error (mean token cosine
   is what users measure); ``target_cos`` and ``bpv`` search the qp;
+* quantization (B.1): rounding, or (option ``deadzone``, the default with a transform)
+  a closed-loop quantizer that quantizes each prediction residual with a deadzone,
+  with ``target_cos`` tuned between two qp by the token deltas' reference norm;
 * prediction (B.4): none / left / up, chosen by the smallest estimated size;
 * tables (B.3): channels sorted by scale, cut into 2^k groups and refined by
   Lloyd iterations (each channel to the table that codes it in fewest bits);
@@ -39,6 +42,9 @@ from .merge_map import PRESENCE_WITH_MERGE_MAP, write_merge_map
 from .presence import write_presence_map
 
 QP_MIN, QP_MAX = -144, 111
+# the closed-loop quantizer's deadzones tried with a transform (B.1), the first the default
+DEADZONES = (0.3125, 0.125, 0.0)
+FINE_STEPS = 6
 MAX_ALPHABET = 4096
 
 
@@ -108,6 +114,9 @@ class TrackOptions:
     predictor: str = "auto"            # none | left | up | auto
     per_channel_steps: bool = False
     token_scale: bool = True
+    deadzone: float | None = None      # B.1: > 0 the closed-loop quantizer's deadzone; None:
+    #                                    with a transform, closed loop with the best of
+    #                                    DEADZONES, else rounding (as 0)
     output_dtype: str | None = None    # lossy: float32 | float16 | bfloat16 (default: source)
     num_tables: int | None = None      # None: chosen by size
     prob_bits: int | None = None       # None: chosen from the alphabet (Annex B.3)
@@ -149,6 +158,8 @@ class TrackOptions:
                 bad("merge_tokens changes the kept tokens: not with lossless")
         if self.qp is not None and not QP_MIN <= self.qp <= QP_MAX:
             bad(f"qp {self.qp} not in {QP_MIN}..{QP_MAX}")
+        if self.deadzone is not None and not 0 <= self.deadzone <= 0.5:
+            bad(f"deadzone {self.deadzone} not in 0..0.5")
         if self.bpv is not None and self.bpv <= 0:
             bad("bpv must be positive")
         if self.target_cos is not None and not 0 < self.target_cos <= 1:
@@ -210,6 +221,16 @@ def _largest_true(ok, lo: int, hi: int) -> int:
 def _entropy_bits(counts: np.ndarray) -> float:
     c = counts[counts > 0].astype(np.float64)
     return float(-(c * np.log2(c / c.sum())).sum()) if c.size else 0.0
+
+
+def _channel_entropy_bits(u: np.ndarray, channel: np.ndarray, d: int) -> float:
+    """Order-0 entropy of symbols u (capped at 2^12) summed over their channels."""
+    u = np.minimum(u, 1 << 12)
+    a = int(u.max()) + 1 if u.size else 1
+    h = np.bincount(channel * a + u, minlength=d * a).reshape(d, a).astype(np.float64)
+    tot = h.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(-(h * np.log2(np.where(h > 0, h / np.maximum(tot, 1), 1))).sum())
 
 
 def _with_pseudo_counts(freqs, hist, tmap, alphabet: int, prob_bits: int) -> list:
@@ -314,6 +335,41 @@ def quantize_levels(xf: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return lv.astype(np.int64)
 
 
+def quantize_closed_loop(xf: np.ndarray, codes: np.ndarray, pred: np.ndarray,
+                         deadzone: float, lim=None) -> np.ndarray:
+    """Levels of float32 values ``xf`` [K, C] at step codes ``codes`` (broadcast) by a
+    closed-loop quantizer with a deadzone (Annex B.1): row k is predicted by the level of
+    row pred[k] (-1: by 0), as the decoder predicts it (clause 7.5), and its prediction
+    residual is quantized towards zero, in binary32:
+
+        y = x * INV_STEP[code]          r = y - plev
+        q = sign(r) * rint(max(|r| - deadzone, 0))         (half to even)
+        lev = clip(plev + q, -lim, lim)                   (lim: MAX_LEVEL by default)
+
+    Rows are quantized after the rows that predict them (in waves of equal chain depth),
+    so every residual that is coded is the quantized one: a small residual becomes 0, the
+    likeliest symbol, whatever the level."""
+    y = np.asarray(xf, dtype=np.float32) * INV_STEP[codes]
+    lim = np.broadcast_to(np.asarray(reconstruction.MAX_LEVEL if lim is None else lim),
+                          y.shape)
+    dz = np.float32(deadzone)
+    lv = np.zeros(y.shape, dtype=np.int64)
+    pred = np.asarray(pred, dtype=np.int64)
+    depth = prediction.chain_depths(pred)
+    order = np.argsort(depth, kind="stable")
+    bounds = np.searchsorted(depth[order], np.arange(int(depth.max(initial=0)) + 2))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        rows = order[a:b]
+        p = pred[rows]
+        plv = np.where((p >= 0)[:, None], lv[np.maximum(p, 0)], 0)
+        r = y[rows] - plv.astype(np.float32)
+        q = np.minimum(np.rint(np.maximum(np.abs(r) - dz, np.float32(0))),
+                       np.float32(1 << 25)).astype(np.int64)     # |plev + q| clips to lim
+        lim_r = lim[rows]
+        lv[rows] = np.clip(plv + np.where(r < 0, -q, q), -lim_r, lim_r)
+    return lv
+
+
 def step_deltas_of_norms(norms: np.ndarray, ref: float, lo: int, hi: int) -> np.ndarray:
     """Annex B.1: round(6 log2(max(norm, ref 2^-10) / ref)), clipped to -60..60 and then
     to lo..hi (TrackEncoder.delta_bounds), in float64, ties to even."""
@@ -347,6 +403,8 @@ class TrackEncoder:
         self.level = level
         self._frames = frames
         self.merge_maps = 0      # frames written with a merge map (they need High, 8.1)
+        self.deadzone = 0.0      # the closed-loop quantizer's deadzone (B.1; _fit_quant)
+        self.closed_loop = False
         first = frames[0]
         self.src = opts.source_dtype or _source_dtype(first)
         self.ids = self.src == "uint32"
@@ -506,20 +564,40 @@ class TrackEncoder:
         """step_code of every channel at qp (clause 6.3.2)."""
         return np.clip(qp + reconstruction.STEP_CODE_UNITY + self.chan_offset, 0, 255)
 
-    def _quantize(self, xf: np.ndarray, qp: int, norms: np.ndarray | None = None):
+    def _quantize(self, xf: np.ndarray, qp: int, norms: np.ndarray | None = None,
+                  pred: np.ndarray | None = None):
         """Levels, step codes [K, C] and token_step_delta [K] of kept tokens at qp; xf: the
         coded values (channels, or coefficients with a transform, clause 7.6.3); norms:
         the tokens' norms in channels (default: of xf), which set the token step deltas
-        (the fidelity measured is the cosine of the channels, Annex B.1)."""
+        (the fidelity measured is the cosine of the channels, Annex B.1); pred: each
+        row's predicting row or -1 (``predictor_rows``; default: none), used by the
+        closed-loop quantizer (a deadzone, Annex B.1)."""
         if norms is None:
             norms = token_norms(xf) if self.opts.token_scale else np.zeros(xf.shape[0])
         delta = self.token_step_deltas(norms, qp)
         codes = self._step_codes(qp)[None, :] + delta[:, None]
-        lv = quantize_levels(xf, codes)
+        lim = None
         if self.transform is not None:   # coefficient values within 2^24 - 1 (7.6.3)
             lim = transform_fit.max_levels(codes, self.transform.coeff_frac_bits)
+        if self.closed_loop:
+            if pred is None:
+                pred = np.full(xf.shape[0], -1, dtype=np.int64)
+            return quantize_closed_loop(xf, codes, pred, self.deadzone, lim), codes, delta
+        lv = quantize_levels(xf, codes)
+        if lim is not None:
             lv = np.clip(lv, -lim, lim)
         return lv, codes, delta
+
+    def predictor_rows(self, positions_list, predictor: int | None = None) -> np.ndarray:
+        """The predicting row (clause 7.5) of every kept token of frames with kept
+        ``positions_list``, rows numbered across the frames in order (-1: none)."""
+        tps = self.tps if predictor is None else {**self.tps, "predictor": predictor}
+        out, base = [], 0
+        for pos in positions_list:
+            p = prediction.predictor_rows(pos, tps)
+            out.append(np.where(p >= 0, p + base, -1))
+            base += len(pos)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def coded_values(self, xf: np.ndarray) -> np.ndarray:
         """The values coded for kept tokens xf [K, D]: the channels, or their transform
@@ -551,8 +629,9 @@ class TrackEncoder:
             rms = np.sqrt((allc.astype(np.float64) ** 2).mean(axis=0)) + 1e-30
             self.chan_offset = np.clip(np.round(3 * np.log2(rms / np.median(rms))), -24, 24
                                        ).astype(np.int64)
-        qp = self._choose_qp(allx, allc)
-        self.qp = qp
+        self.deadzone = float(o.deadzone or 0.0)
+        self.closed_loop = self.deadzone > 0 or (o.deadzone is None and
+                                                 self.transform is not None)
         # predictor
         names = {"none": 0, "left": 1, "up": 2}
         if o.predictor == "auto":
@@ -563,18 +642,37 @@ class TrackEncoder:
             cands = [names[o.predictor]]
         if 2 in cands and not self.tps["grid_present"]:
             raise TKBEncodeError("predictor 'up' needs a grid")
-        quantized = [self._quantize(c, qp, n) for c, n in zip(self.cf, self.norms)]
-        lvls = [q[0] for q in quantized]
-        best = None
-        for p in cands:
-            self.tps["predictor"] = p
-            us = [symbols.zigzag(prediction.residuals_from_levels(lv, pos, self.tps))
-                  for lv, pos in zip(lvls, self.positions)]
-            u = np.concatenate([x.ravel() for x in us]) if us else np.zeros(0, np.int64)
-            est = _entropy_bits(np.bincount(np.minimum(u, 1 << 16)))
-            if best is None or est < best[0]:
-                best = (est, p, u, us)
-        _, self.tps["predictor"], u, us = best
+        if self.closed_loop and o.deadzone is None:
+            # the deadzone of DEADZONES whose residuals cost least (estimated per coded
+            # channel): large ones pay at low rates, small ones at high rates (B.1)
+            ref0, best = self.norm_ref, None
+            for z in DEADZONES:
+                self.deadzone, self.norm_ref = z, ref0
+                fit = self._closed_loop_fit(allx, allc, cands)
+                u = fit[2]
+                ch = np.tile(np.arange(self.dc), u.size // self.dc)
+                est = _channel_entropy_bits(u, ch, self.dc)
+                if best is None or est < best[0]:
+                    best = (est, z, self.norm_ref, self.tps["predictor"], fit)
+            _, self.deadzone, self.norm_ref, self.tps["predictor"], fit = best
+            qp, quantized, u, us = fit
+        elif self.closed_loop:
+            qp, quantized, u, us = self._closed_loop_fit(allx, allc, cands)
+        else:
+            qp = self._choose_qp(allx, allc)
+            quantized = [self._quantize(c, qp, n) for c, n in zip(self.cf, self.norms)]
+            lvls = [q[0] for q in quantized]
+            best = None
+            for p in cands:
+                self.tps["predictor"] = p
+                us = [symbols.zigzag(prediction.residuals_from_levels(lv, pos, self.tps))
+                      for lv, pos in zip(lvls, self.positions)]
+                u = np.concatenate([x.ravel() for x in us]) if us else np.zeros(0, np.int64)
+                est = _entropy_bits(np.bincount(np.minimum(u, 1 << 16)))
+                if best is None or est < best[0]:
+                    best = (est, p, u, us)
+            _, self.tps["predictor"], u, us = best
+        self.qp = qp
         # the frames' zigzag residuals and step deltas, reused when the same frames are coded
         self._fitted = [(q[2], v) for q, v in zip(quantized, us)]
         self.tps["per_channel_steps"] = int(bool(o.per_channel_steps))
@@ -597,7 +695,10 @@ class TrackEncoder:
             freqs = _with_pseudo_counts(freqs, hist, tmap, alphabet, pb)
         self._set_tables(tmap, freqs)
 
-    def _choose_qp(self, allx: np.ndarray, allc: np.ndarray) -> int:
+    def _choose_qp(self, allx: np.ndarray, allc: np.ndarray, near: int | None = None) -> int:
+        """The track's qp (Annex B.1); ``near``: with ``target_cos``, a qp close to the
+        answer (the open-loop one, for the closed-loop quantizer): the search walks from
+        it a qp at a time instead of bisecting."""
         o = self.opts
         if o.qp is not None:
             return int(o.qp)
@@ -612,15 +713,86 @@ class TrackEncoder:
         out_name = reconstruction.DTYPES[self.tps["output_dtype"]]
         allnorms = np.concatenate(self.norms)
 
+        pred = self.predictor_rows(self.positions) if self.closed_loop else None
+
         def ok(qp):
-            lv, codes, _ = self._quantize(allc, qp, allnorms)
+            lv, codes, _ = self._quantize(allc, qp, allnorms, pred)
             rec = reconstruction.to_output(self.reconstruct(lv, codes), self.tps["output_dtype"])
             return mean_token_cosine(allx, _float_view(rec, out_name)) >= target
-        if self.transform is not None and not ok(QP_MIN + 60):
+        lo, hi = QP_MIN + 60, QP_MAX - 24
+        if near is not None:
+            q = min(max(int(near), lo), hi)
+            if ok(q):
+                while q < hi and ok(q + 1):
+                    q += 1
+                return q
+            while q > lo:
+                q -= 1
+                if ok(q):
+                    return q
+        if self.transform is not None and (near is not None or not ok(lo)):
             raise TKBEncodeError(f"mean token cosine {target} is out of reach with this "
                                  f"transform ({self.transform.num_coeffs} of "
                                  f"{self.d} coefficients): fit one with more coefficients")
-        return _largest_true(ok, QP_MIN + 60, QP_MAX - 24)
+        if near is not None:
+            raise TKBEncodeError("the target cannot be met at any quality")
+        return _largest_true(ok, lo, hi)
+
+    def _closed_loop_fit(self, allx, allc, cands):
+        """qp, quantized frames and zigzag residuals with the closed-loop quantizer (Annex
+        B.1): the predictor is chosen by the open-loop levels at the open-loop qp (as
+        without a deadzone), then qp is searched again with the closed loop."""
+        saved, self.deadzone = self.deadzone, 0.0
+        qp0 = self._choose_qp(allx, allc)
+        self.deadzone = saved
+        best = None
+        for p in cands:
+            self.tps["predictor"] = p
+            u = np.concatenate([symbols.zigzag(prediction.residuals_from_levels(
+                self._quantize(c, qp0, n, prediction.predictor_rows(pos, self.tps))[0],
+                pos, self.tps)).ravel()
+                for c, n, pos in zip(self.cf, self.norms, self.positions)]
+                + [np.zeros(0, np.int64)])
+            est = _entropy_bits(np.bincount(np.minimum(u, 1 << 16)))
+            if best is None or est < best[0]:
+                best = (est, p)
+        self.tps["predictor"] = best[1]
+        qp = self._choose_qp(allx, allc, near=qp0)
+        if FINE_STEPS and self.opts.qp is None and self.opts.bpv is None and self.opts.token_scale:
+            self._fine_ref(allx, allc, qp)
+        quantized = [self._quantize(c, qp, n, prediction.predictor_rows(pos, self.tps))
+                     for c, n, pos in zip(self.cf, self.norms, self.positions)]
+        us = [symbols.zigzag(prediction.residuals_from_levels(q[0], pos, self.tps))
+              for q, pos in zip(quantized, self.positions)]
+        u = np.concatenate([x.ravel() for x in us]) if us else np.zeros(0, np.int64)
+        return qp, quantized, u, us
+
+    def _fine_ref(self, allx, allc, qp: int) -> None:
+        """Between qp and qp + 1 (Annex B.1): the largest b in 0 .. 1 (FINE_STEPS
+        bisection steps) at which the target cosine still holds with the token step deltas
+        taken against the reference norm ref 2^(-b/6), so that tokens whose
+        6 log2(|x| / ref) lies within b below a rounding boundary get the next coarser
+        step; sets norm_ref."""
+        from .baselines import mean_token_cosine
+        target = self.opts.target_cos if self.opts.target_cos is not None else 0.99
+        out_name = reconstruction.DTYPES[self.tps["output_dtype"]]
+        allnorms = np.concatenate(self.norms)
+        pred = self.predictor_rows(self.positions) if self.closed_loop else None
+        ref0 = self.norm_ref
+
+        def ok(b):
+            self.norm_ref = ref0 * 2.0 ** (-b / 64 / 6)
+            lv, codes, _ = self._quantize(allc, qp, allnorms, pred)
+            rec = reconstruction.to_output(self.reconstruct(lv, codes), self.tps["output_dtype"])
+            return mean_token_cosine(allx, _float_view(rec, out_name)) >= target
+        lo, hi = 0, 64
+        for _ in range(FINE_STEPS):
+            mid = (lo + hi) // 2
+            if ok(mid):
+                lo = mid
+            else:
+                hi = mid
+        self.norm_ref = ref0 * 2.0 ** (-lo / 64 / 6)
 
     def _trial_bpv(self, qp: int) -> float:
         trial = TrackEncoder(self._frames, TrackOptions(**{**self.opts.__dict__, "qp": qp,
@@ -720,8 +892,9 @@ class TrackEncoder:
                 tdelta, u = fitted
             else:
                 xf = _float_view(self.merged(a, pos), self.src)[pos]
-                lv, codes, tdelta = self._quantize(self.coded_values(xf), self.qp,
-                                                   token_norms(xf))
+                lv, codes, tdelta = self._quantize(
+                    self.coded_values(xf), self.qp, token_norms(xf),
+                    self.predictor_rows([pos]) if self.closed_loop else None)
                 u = symbols.zigzag(prediction.residuals_from_levels(lv, pos, self.tps))
             sym, escapes, _ = self.escape_split(u)
         alph = self.freq_all.shape[1]

@@ -73,3 +73,39 @@ def residuals_from_levels(levels: np.ndarray, positions: np.ndarray, tps) -> np.
     above[w:] = np.where(kept[:-w, None], dense[:-w], 0)
     res[seq] = (dense - above)[g]
     return res
+
+
+def predictor_rows(positions: np.ndarray, tps) -> np.ndarray:
+    """For each kept token of a frame (increasing ``positions``), the row of the kept token
+    whose level predicts it (clause 7.5), or -1 (no prediction: a prefix token, the first
+    sequence token with ``left``, row 0 or a token whose upper neighbour is not kept with
+    ``up``, every token with ``none``)."""
+    pos = np.asarray(positions, dtype=np.int64)
+    pred = np.full(pos.size, -1, dtype=np.int64)
+    p = tps.get("predictor", 0) or 0
+    seq = np.nonzero(pos >= _sequence_start(tps))[0]
+    if p == 1 and seq.size > 1:
+        pred[seq[1:]] = seq[:-1]
+    elif p == 2 and seq.size:
+        w = tps["grid_width"]
+        g = pos[seq] - _sequence_start(tps)
+        where = np.full(tps["grid_height"] * w, -1, dtype=np.int64)
+        where[g] = seq
+        pred[seq] = np.where(g >= w, where[np.maximum(g - w, 0)], -1)
+    return pred
+
+
+def chain_depths(pred: np.ndarray) -> np.ndarray:
+    """The number of predictions between each row and the unpredicted row its chain starts
+    at (rows ``pred`` >= 0 are predicted by an earlier row), by pointer jumping."""
+    pred = np.asarray(pred, dtype=np.int64)
+    depth = (pred >= 0).astype(np.int64)
+    nxt = pred.copy()
+    while True:
+        live = nxt >= 0
+        if not live.any():
+            return depth
+        i = np.nonzero(live)[0]
+        j = nxt[i]
+        depth[i] += depth[j]
+        nxt[i] = nxt[j]

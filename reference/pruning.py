@@ -16,7 +16,7 @@ Ties are broken towards the lower index.  Non-finite values count as 0 (a lossle
 track may hold them).
 
 The selection policies of Annex B.2 (``prune``: ``farthest``, ``uniform``, ``diversity``,
-``coverage``, ``density`` and two hybrids) compare and sum only the integer similarity
+``coverage``, ``balanced``, ``density`` and two hybrids) compare and sum only the integer similarity
 levels rint(cos 2^24) of these cosines, so that a GPU twin reproduces them bit for bit;
 ``keep_coverage`` keeps per frame the fewest tokens whose coverage reaches a target.
 Also the informative helpers of the benchmark's proxies: coverage, stand-ins, dense fill
@@ -118,33 +118,54 @@ def coverage(x: np.ndarray, kept: np.ndarray, start: int = 0) -> float:
 # greedily: their choice for k is the first k tokens of one order, which is what
 # keep_coverage walks along.
 
-def _greedy_coverage(s, start, k, stop=None, seed=()):
+BALANCE_NUM, BALANCE_DEN = 3, 2     # the pooled term's weight in `balanced` (3/2)
+
+
+def _greedy_coverage(s, start, k, stop=None, seed=(), balance=False):
     """Facility-location greedy: each step adds the sequence token with the largest
     coverage gain sum_i max(s[i, j] - best_i, 0) over the sequence tokens i, best_i the
     best level of i to the kept set so far (prefix tokens and ``seed`` included; -2^24 - 1
     before anything is kept, so the first token is the medoid: the largest sum of levels).
-    ``stop``: stop as soon as coverage_total reaches it (keep_coverage)."""
+    ``stop``: stop as soon as coverage_total reaches it (keep_coverage).
+
+    ``balance`` (policy ``balanced``): the score adds a kernel-herding term that keeps the
+    mean of the kept tokens near the frame's mean, with t sequence tokens kept so far:
+    score_j = gain_j + (3 herd_j) / (2 m (t + 1)),  herd_j = (t + 1) sum_i s[i, j]
+    - m sum_{c kept} s[c, j] (exact integers below 2^51), the division and the addition
+    binary64 rounded to nearest (IEEE)."""
     n = s.shape[0]
     ss = s[start:, start:]
     m = n - start
     best = np.full(m, -SIM_ONE - 1, dtype=np.int64)
     if start:
         best = np.maximum(best, s[start:, :start].max(axis=1))
+    col = ss.sum(axis=0) if balance else None
+    herd_sum = np.zeros(m, dtype=np.int64)
     chosen = []
     free = np.ones(m, dtype=bool)
     for j in seed:
         best = np.maximum(best, ss[:, j])
+        herd_sum += ss[j]
         free[j] = False
         chosen.append(int(j))
     while len(chosen) < k and free.any():
         if stop is not None and (chosen or start) and int(best.sum()) >= stop:
             break
         gain = np.maximum(ss - best[:, None], 0).sum(axis=0)
-        gain[~free] = -1
-        j = int(np.argmax(gain))
+        if balance:
+            t1 = len(chosen) + 1
+            herd = t1 * col - m * herd_sum
+            score = gain.astype(np.float64) + (BALANCE_NUM * herd).astype(np.float64) \
+                / float(BALANCE_DEN * m * t1)
+            score[~free] = -np.inf
+        else:
+            score = gain
+            score[~free] = -1
+        j = int(np.argmax(score))
         chosen.append(j)
         free[j] = False
         best = np.maximum(best, ss[:, j])
+        herd_sum += ss[j]
     return chosen
 
 
@@ -301,11 +322,13 @@ POLICIES = {
     "uniform": (lambda s, st, k, g, stop=None: _uniform(s, st, k, g), False),
     "diversity": (lambda s, st, k, g, stop=None: _greedy_diversity(s, st, k, stop), True),
     "coverage": (lambda s, st, k, g, stop=None: _greedy_coverage(s, st, k, stop), True),
+    "balanced": (lambda s, st, k, g, stop=None: _greedy_coverage(s, st, k, stop,
+                                                                 balance=True), True),
     "density": (lambda s, st, k, g, stop=None: _density(s, st, k, g), False),
     "uniform+coverage": (_uniform_coverage, False),
     "uniform+diversity": (_uniform_diversity, False),
 }
-DEFAULT_POLICY = "coverage"
+DEFAULT_POLICY = "balanced"
 
 
 def check_policy(policy):

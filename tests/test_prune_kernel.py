@@ -68,15 +68,41 @@ def test_similarity_levels_and_cosines_match_reference(dtype):
     (0, None, 0.999, [9]),                 # a target that needs most tokens
     (2, 0.1, None, [3, 2, 12]),            # frames with one or no sequence token; k = 0 or 1
 ])
-def test_coverage_greedy_matches_reference(start, keep, keep_coverage, sizes):
+@pytest.mark.parametrize("policy", ["coverage", "balanced"])
+def test_coverage_greedy_matches_reference(start, keep, keep_coverage, sizes, policy):
     frames = _frames(2, sizes, 24)
     x, host, starts, counts = _device(frames, "float16")
     for variant in (None, dict(BI=8, BJ=4)):
-        got = pk.select_coverage(x, starts, counts, start, keep, keep_coverage, variant)
+        got = pk.select_coverage(x, starts, counts, start, keep, keep_coverage, variant,
+                                 balance=policy == "balanced")
         for f, (s0, n) in enumerate(zip(starts, counts)):
-            want = pruning.prune(host[s0:s0 + n], keep, start, "coverage",
+            want = pruning.prune(host[s0:s0 + n], keep, start, policy,
                                  keep_coverage=keep_coverage)
             assert np.array_equal(got[f], want), (f, variant)
+
+
+def _clustered(seed, n, d):
+    """A frame of clusters of unequal sizes: ``balanced`` (and its weight) then chooses
+    differently from ``coverage``."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.multinomial(n, rng.dirichlet(np.ones(6) * 0.5))
+    c = rng.normal(size=(6, d)) * 2 + 1.0
+    x = np.concatenate([c[i] + rng.normal(size=(k, d)) * rng.uniform(0.3, 1.5)
+                        for i, k in enumerate(sizes)])
+    return x[rng.permutation(n)].astype(np.float32)
+
+
+def test_balanced_weight_matters_and_matches(monkeypatch):
+    frames = [_clustered(s, 24, 16) for s in (0, 1, 3)]
+    x, host, starts, counts = _device(frames, "float16")
+    got = pk.select_coverage(x, starts, counts, 1, 0.4, None, balance=True)
+    want = [pruning.prune(host[s0:s0 + n], 0.4, 1, "balanced") for s0, n in zip(starts, counts)]
+    cov = [pruning.prune(host[s0:s0 + n], 0.4, 1, "coverage") for s0, n in zip(starts, counts)]
+    monkeypatch.setattr(pruning, "BALANCE_NUM", 2)
+    other = [pruning.prune(host[s0:s0 + n], 0.4, 1, "balanced") for s0, n in zip(starts, counts)]
+    for f in range(3):
+        assert np.array_equal(got[f], want[f]), f
+        assert not np.array_equal(want[f], cov[f]) and not np.array_equal(want[f], other[f])
 
 
 def test_stand_ins_match_reference():

@@ -200,7 +200,7 @@ def test_merge_tokens_codes_the_averages(dtype):
             (np.asarray(fm.values).astype(np.uint32) << 16).view(np.float32)
         err_m = np.abs(got - want).max()
         err_x = np.abs(got - xf[fm.positions]).max()
-        assert err_m < 0.05 < err_x          # qp -40: steps far below the merge's change
+        assert err_m < 0.1 < err_x and 4 * err_m < err_x   # qp -40: steps far below the change
     pytest.importorskip("triton")
     assert tb.encode(src, backend="gpu", device="cpu", merge_tokens=True, lane_steps=16,
                      **kw) == tb.encode(src, merge_tokens=True, lane_steps=16, **kw)

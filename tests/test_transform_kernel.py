@@ -190,7 +190,8 @@ def test_gpu_encoder_writes_the_reference_bytes_with_a_transform(opts):
 
 def test_gpu_encoder_falls_back_where_the_reference_clips_levels(monkeypatch):
     """Coefficients beyond the clause 7.6.3 bound at the chosen step: the reference clips
-    their levels; the GPU path codes that batch through the reference, same bytes."""
+    their levels; the GPU path codes that batch through the reference, same bytes (the
+    open-loop quantizer, deadzone 0)."""
     seen = []
     clipped = codec._clipped
     monkeypatch.setattr(codec, "_clipped", lambda *a: seen.append(clipped(*a)) or seen[-1])
@@ -198,8 +199,48 @@ def test_gpu_encoder_falls_back_where_the_reference_clips_levels(monkeypatch):
     x = rng.normal(size=(2, 9, 8)).astype(np.float32)
     t = tr.make_transform(np.zeros(8, np.int64), np.eye(8, dtype=np.int64) * 100, 30, 7)
     x[1, 3, 2] = 60.0            # a coefficient far beyond 2^(24 - F) at fine steps
-    ref = tb.encode(x, qp=-20, transform=t, embed_transform=True, backend="reference")
-    gpu = tb.encode(torch.from_numpy(x).to(DEV), qp=-20, transform=t, embed_transform=True,
-                    backend="gpu", device=DEV)
+    kw = dict(qp=-20, transform=t, embed_transform=True, deadzone=0)
+    ref = tb.encode(x, backend="reference", **kw)
+    gpu = tb.encode(torch.from_numpy(x).to(DEV), backend="gpu", device=DEV, **kw)
     assert gpu == ref and seen == [True]
     tb.decode(ref, backend="reference")      # and the stream is valid
+
+
+@pytest.mark.parametrize("predictor", ["none", "left", "up"])
+def test_closed_loop_kernel_clips_levels_like_the_reference(monkeypatch, predictor):
+    """The closed-loop quantizer (the default with a transform) clips levels at the
+    clause 7.6.3 bound inside its loop, on the GPU as in the reference: same bytes, no
+    fallback."""
+    calls = []
+    closed = codec.quant.symbols_closed_loop
+    monkeypatch.setattr(codec.quant, "symbols_closed_loop",
+                        lambda *a, **k: calls.append(1) or closed(*a, **k))
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(2, 10, 8)).astype(np.float32)
+    t = tr.make_transform(np.zeros(8, np.int64), np.eye(8, dtype=np.int64) * 100, 30, 7)
+    x[1, 3, 2] = 60.0            # a coefficient far beyond 2^(24 - F) at fine steps
+    x[1, 4:, 2] = 60.0 - np.arange(6)
+    kw = dict(qp=-20, transform=t, embed_transform=True, grid=(3, 3), prefix_tokens=1,
+              predictor=predictor)
+    ref = tb.encode(x, backend="reference", **kw)
+    gpu = tb.encode(torch.from_numpy(x).to(DEV), backend="gpu", device=DEV, **kw)
+    assert gpu == ref and calls
+    tb.decode(ref, backend="reference")      # and the stream is valid
+
+
+@pytest.mark.parametrize("deadzone", [0.125, 0.3125, 0.5])
+@pytest.mark.parametrize("opts", [dict(predictor="up"), dict(predictor="left", keep=0.6),
+                                  dict(predictor="none", per_channel_steps=True)])
+def test_gpu_encoder_closed_loop_writes_the_reference_bytes(deadzone, opts):
+    """The closed-loop quantizer (Annex B.1) on the GPU, with and without a transform:
+    the reference's bytes."""
+    rng = np.random.default_rng(13)
+    basis = rng.normal(size=(6, 24))
+    x = ((rng.normal(size=(3, 17, 6)) * [5, 3, 2, 1, .5, .2]) @ basis + 0.7).astype(np.float16)
+    t = tb.fit_transform(x[:2].astype(np.float32), energy=1.0)
+    for tf in (t, None):
+        kw = dict(target_cos=0.99, grid=(4, 4), prefix_tokens=1, transform=tf,
+                  deadzone=deadzone, **opts)
+        ref = tb.encode(x, backend="reference", **kw)
+        gpu = tb.encode(torch.from_numpy(x).to(DEV), backend="gpu", device=DEV, **kw)
+        assert gpu == ref
