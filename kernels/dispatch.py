@@ -2,9 +2,10 @@
 
 ``backend``: "auto" (the GPU path when torch, triton and a CUDA device are
 present), "gpu" (insist; also runs in Triton's interpreter when
-TRITON_INTERPRET=1, on device "cpu"), "reference" (numpy), "native" (libtkb, the C decoder of
-``native/``, ``tokenbits.native``: decoding only for now).  "auto" takes the GPU,
-else (for decoding) native, else the reference.  The environment
+TRITON_INTERPRET=1, on device "cpu"), "reference" (numpy), "native" (libtkb of
+``native/``, ``tokenbits.native``: the C decoder, and for encoding the C encoder core
+coding the frames of tracks fitted by the reference encoder, ``tokenbits.native.encoder``).
+"auto" takes the GPU, else native, else the reference.  The environment
 variable TKB_BACKEND sets the default.  Every path writes byte-identical
 streams and decodes bit-identical values; this module imports torch only when
 the GPU path is taken, and libtkb only when the native path is.
@@ -21,48 +22,57 @@ from . import available
 BACKENDS = ("auto", "gpu", "native", "reference")
 
 
-def native_unavailable() -> str | None:
-    """Why libtkb (the native backend) cannot run here, or None when it can."""
+def native_unavailable(op: str = "decode") -> str | None:
+    """Why libtkb (the native backend) cannot run ``op`` here, or None when it can
+    (encoding needs the encoder core, ``tokenbits.native.encoder``)."""
     from tokenbits import native
-    return native.available()
+    why = native.available()
+    if why is None and op == "encode":
+        from tokenbits.native import encoder
+        why = encoder.available()
+    return why
 
 
 def choose(backend: str | None = None, op: str = "encode") -> str:
-    """The backend to use for ``op`` ("encode" or "decode"): "gpu", "native" (decode
-    only) or "reference"."""
+    """The backend to use for ``op`` ("encode" or "decode"): "gpu", "native" or
+    "reference".  Encoding with "native": the reference encoder fits each track (Annex
+    B rate control) and libtkb's core codes its frames; it covers every option (a track
+    it cannot code falls back to the reference with a warning)."""
     b = backend or os.environ.get("TKB_BACKEND") or "auto"
     if b not in BACKENDS:
         raise TKBBackendError(f"unknown backend {b!r}: auto, gpu, native or reference")
     if b == "reference":
         return b
     if b == "native":
-        if op != "decode":
-            raise TKBBackendError("the native backend (libtkb) decodes only: its encoder is "
-                                  "not written yet; use backend='auto', 'gpu' or 'reference'")
-        why = native_unavailable()
+        why = native_unavailable(op)
         if why is not None:
             raise TKBBackendError(f"the native backend cannot run: {why}")
         return b
+
+    def cpu() -> str:          # without the GPU: libtkb when it is built, else numpy
+        return "native" if native_unavailable(op) is None else "reference"
     if b == "auto" and not glob.glob("/dev/nvidia[0-9]*"):
-        # no GPU: do not pay for importing torch; decoding takes libtkb when it is built
-        return "native" if op == "decode" and native_unavailable() is None else "reference"
+        return cpu()           # no GPU: do not pay for importing torch
     why = available()
     if why is None and b == "auto":
         import torch
         if not torch.cuda.is_available():     # interpreter mode is for tests, not speed
-            return ("native" if op == "decode" and native_unavailable() is None
-                    else "reference")
+            return cpu()
     if why is not None:
         if b == "gpu":
             raise TKBBackendError(f"the GPU backend cannot run: {why}")
-        return "native" if op == "decode" and native_unavailable() is None else "reference"
+        return cpu()
     return "gpu"
 
 
 def encode_tracks(tracks, backend=None, device=None, **kwargs) -> bytes:
     from tokenbits.encoder import encode_tracks as ref
-    if choose(backend, "encode") == "reference":
+    which = choose(backend, "encode")
+    if which == "reference":
         return ref(tracks, **kwargs)
+    if which == "native":      # libtkb's encoder core codes the frames (same bytes)
+        from tokenbits.native import encoder as native_encoder
+        return ref(tracks, frame_coder=native_encoder.encode_frames, **kwargs)
     from . import codec
     dev = device or codec.default_device()
     sources = iter([arr for arr, _ in tracks])    # frame_coder is called track by track

@@ -14,9 +14,9 @@ Public API (mirrors the ``tkb`` command line):
 
 The normative text is ``spec/``; module docstrings name the clauses they implement.
 The codec modules never import the GPU kernels (``tokenbits.kernels``) nor libtkb
-(``tokenbits.native``, the C decoder); the functions above reach them through
-``tokenbits.kernels.dispatch`` when asked (``backend=``) or when they can run
-("auto": the GPU, else native for decoding, else the reference).
+(``tokenbits.native``, the C decoder and encoder core); the functions above reach them
+through ``tokenbits.kernels.dispatch`` when asked (``backend=``) or when they can run
+("auto": the GPU, else native, else the reference).
 """
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ def encode(array, *, meta: dict | None = None, level_idc: int | None = None,
            index: bool = True, progress=None, backend: str | None = None, device=None,
            **options) -> bytes:
     """Encode one track (see :class:`TrackOptions` for ``options``).  ``backend``:
-    "auto" (the GPU kernels when a CUDA device is present), "gpu" or "reference";
-    every backend writes the same bytes."""
+    "auto" (the GPU kernels when a CUDA device is present, else libtkb when it is built,
+    else the reference), "gpu", "native" (the reference's rate control, libtkb's C core
+    coding the frames) or "reference"; every backend writes the same bytes."""
     return encode_tracks([(array, TrackOptions(**options))], meta=meta, level_idc=level_idc,
                          index=index, progress=progress, backend=backend, device=device)
 

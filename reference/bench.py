@@ -275,12 +275,13 @@ def transform_inputs(quick: bool = False) -> dict:
                         f"dev images not in the frame ({len(other) * 256} tokens)"))
 
 
-def _tkb_code(x: np.ndarray, transform=None, grid=None, prefix=0, repeat=0):
-    """Code float32 tokens ``x`` as float16 at TARGET_COS with the reference encoder
-    (``transform``: None, a Transform named by reference, or "auto"), decode them, and
-    measure against ``x``.  None when the target is out of reach with the transform."""
+def _tkb_code(x: np.ndarray, transform=None, grid=None, prefix=0, repeat=0, target=None):
+    """Code float32 tokens ``x`` as float16 at TARGET_COS (or ``target``) with the
+    reference encoder (``transform``: None, a Transform named by reference, or "auto"),
+    decode them, and measure against ``x``.  None when the target is out of reach with
+    the transform."""
     try:
-        data = encode(x.astype(np.float16), target_cos=TARGET_COS, grid=grid,
+        data = encode(x.astype(np.float16), target_cos=target or TARGET_COS, grid=grid,
                       prefix_tokens=prefix, transform=transform)
     except TKBEncodeError as e:
         if "out of reach" in str(e):
@@ -335,14 +336,19 @@ def _vit_loo(v, saliency, progress):
     x, names, n = v["tokens"], v["names"], len(v["tokens"])
     held = v["held_out"]
     per, sums = [], {m: dict(bits=0, values=0, cos=[], sal=[], k=[], miss=0)
-                     for m in ("none", "model", "best", "e999")}
+                     for m in ("none", "model", "best", "e999", "same")}
     for i in held:
         rest = [j for j in range(n) if j != i]
         progress(f"[bench] transform: ViT leave-one-out, {names[i]}")
         rec = dict(image=names[i])
-        for m, t in (("none", None), ("model", fit_transform([x[rest]], energy=1.0)),
-                     ("e999", fit_transform([x[rest]], energy=0.999))):
-            r = _tkb_code(x[i], t, v["grid"], v["prefix"])
+        model = fit_transform([x[rest]], energy=1.0)
+        for m, t in (("none", None), ("model", model),
+                     ("e999", fit_transform([x[rest]], energy=0.999)), ("same", model)):
+            # "same": the model transform at the cosine today's codec reached on this
+            # image (it overshoots TARGET_COS), so that saliency errors compare at equal
+            # cosine
+            same = rec["none"]["mean_cos"] if m == "same" and rec.get("none") else None
+            r = _tkb_code(x[i], t, v["grid"], v["prefix"], target=same)
             sm = sums[m]
             if r is None:
                 sm["miss"] += 1
@@ -378,7 +384,9 @@ def _vit_loo(v, saliency, progress):
                                 f"other {n - 1} images"),
                       ("best", "the same transform or none, whichever stream is smaller"),
                       ("e999", "model transform by reference, energy 0.999, fitted on the "
-                               f"other {n - 1} images")):
+                               f"other {n - 1} images"),
+                      ("same", "model transform, energy 1.0, at the cosine today's codec "
+                               "reaches on each image (saliency at equal cosine)")):
         sm = sums[m]
         k = _krange(sm["k"])
         sal = float(np.mean(sm["sal"])) if sm["sal"] else None
@@ -403,6 +411,10 @@ def _vit_loo(v, saliency, progress):
                 note += f"; transform chosen for {chosen} of {len(held)} images"
             elif m == "model":
                 note += f"; {v.get('note', '')}"
+            elif m == "same" and sal is not None and sums["none"]["sal"]:
+                base_sal = float(np.mean(sums["none"]["sal"]))
+                note += (f"; saliency err {sal:.5f} vs {base_sal:.5f} without the transform "
+                         f"({'no worse' if sal <= base_sal else 'worse'})")
         row = _row(data, method, r, sal, target, met, note, reachable=True,
                    min_cos=min(sm["cos"]))
         row["num_coeffs"] = k
@@ -983,7 +995,9 @@ def native_section(x: np.ndarray, qp: int, repeat: int, progress=print) -> dict 
     data64 = encode(frames, qp=qp)
     m1 = _tkbdec_bench(exe, data64, 5, "--threads", "1")
     m2 = _tkbdec_bench(exe, data64, 5, "--threads", "2")
-    return dict(simd=c1["simd"], qp=qp, bytes=len(data), bits_per_value=8 * len(data) / x.size,
+    enc = native_encode_rows(x, qp, repeat, progress)
+    return dict(**enc, simd=c1["simd"], qp=qp, bytes=len(data),
+                bits_per_value=8 * len(data) / x.size,
                 c_ms=c1["best_ms"], c_2threads_ms=c2["best_ms"], c_scalar_ms=sc["best_ms"],
                 binding_ms=py_s * 1e3, reference_ms=ref_s * 1e3, zstd3_decompress_ms=zs * 1e3,
                 zstd3_bytes=len(z), frames64_1thread_ms_per_frame=m1["ms_per_frame"],
@@ -991,7 +1005,58 @@ def native_section(x: np.ndarray, qp: int, repeat: int, progress=print) -> dict 
                 frames64_speedup=m1["best_ms"] / m2["best_ms"])
 
 
+def native_encode_rows(x: np.ndarray, qp: int, repeat: int, progress=print) -> dict:
+    """Encode speed with libtkb's encoder core (backend="native": the reference's rate
+    control fits the track in Python, the C core codes the frame) against the reference,
+    at the fixed ``qp`` and at target_cos 0.99 (search included), one core; and where the
+    time goes: the Python fit (TrackEncoder: qp search, predictor, tables) and the frame
+    coding (C core through the binding, or numpy).  Empty when the core is not built."""
+    from . import encode as tkb_encode, levels
+    from .encoder import TrackEncoder, TrackOptions
+    from .native import encoder as native_encoder
+    if native_encoder.available() is not None:
+        progress(f"[bench] native encoder skipped: {native_encoder.available()}")
+        return {}
+    progress("[bench] libtkb encoder core on the 576 x 1024 frame")
+    out = {}
+    for key, opts in (("qp", dict(qp=qp)), ("cos", dict(target_cos=TARGET_COS))):
+        nat_s, nat = _best(lambda: tkb_encode(x, backend="native", **opts), repeat)
+        ref_s, ref = _best(lambda: tkb_encode(x, backend="reference", **opts), repeat)
+        fit_s, te = _best(lambda: TrackEncoder([x], TrackOptions(**opts), levels.LEVELS[30]),
+                          repeat)
+        tabs = native_encoder._Tables(te)
+        core_s, _ = _best(lambda: native_encoder.encode_frame(te, x, 0, te.positions[0], tabs),
+                          max(repeat, 10))
+        refc_s, _ = _best(lambda: te.encode_frame(x, 0, te.positions[0]), repeat)
+        out.update({f"enc_{key}_native_ms": nat_s * 1e3, f"enc_{key}_reference_ms": ref_s * 1e3,
+                    f"enc_{key}_fit_ms": fit_s * 1e3, f"enc_{key}_core_ms": core_s * 1e3,
+                    f"enc_{key}_frame_reference_ms": refc_s * 1e3,
+                    f"enc_{key}_same_bytes": nat == ref})
+    import zstandard
+    raw = np.ascontiguousarray(x).tobytes()
+    zc = zstandard.ZstdCompressor(level=3)
+    zs, _ = _best(lambda: zc.compress(raw), max(repeat, 10))
+    out["zstd3_compress_ms"] = zs * 1e3
+    out["enc_simd"] = native_encoder.simd()
+    return out
+
+
 def native_markdown(n: dict) -> str:
+    enc = [] if "enc_qp_native_ms" not in n else [
+        "", f"**libtkb encoder core on the same frame** (backend=\"native\": the reference's "
+        f"rate control in Python fits the track, the C core ({n['enc_simd']}) codes the frame; "
+        "one core; same bytes as the reference: "
+        f"{'yes' if n['enc_qp_same_bytes'] and n['enc_cos_same_bytes'] else 'NO'})", "",
+        "| encode | whole encode, native | whole encode, reference | of which: Python fit "
+        "| of which: frame coding, C core | frame coding, numpy |", "|---|---|---|---|---|---|",
+        f"| fixed qp {n['qp']} | {n['enc_qp_native_ms']:.1f} | {n['enc_qp_reference_ms']:.1f} "
+        f"| {n['enc_qp_fit_ms']:.1f} | {n['enc_qp_core_ms']:.2f} "
+        f"| {n['enc_qp_frame_reference_ms']:.1f} |",
+        f"| target_cos {TARGET_COS} (search included) | {n['enc_cos_native_ms']:.1f} "
+        f"| {n['enc_cos_reference_ms']:.1f} | {n['enc_cos_fit_ms']:.1f} "
+        f"| {n['enc_cos_core_ms']:.2f} | {n['enc_cos_frame_reference_ms']:.1f} |",
+        f"| zstd -3 compression of the raw float16 frame | {n['zstd3_compress_ms']:.2f} "
+        "| | | | |"]
     return "\n".join([
         f"**libtkb (C decoder, `native/`) on the 576 x 1024 float16 frame** (qp {n['qp']}, "
         f"{n['bits_per_value']:.3f} bits/value; fast path {n['simd']}; zstd -3 of the raw "
@@ -1006,7 +1071,7 @@ def native_markdown(n: dict) -> str:
         f"{n['zstd3_decompress_ms']:.2f} |",
         f"| libtkb, 64-frame stream, 1 thread | {n['frames64_1thread_ms_per_frame']:.2f} |",
         f"| libtkb, 64-frame stream, 2 threads | {n['frames64_2threads_ms_per_frame']:.2f} "
-        f"({n['frames64_speedup']:.2f}x) |"])
+        f"({n['frames64_speedup']:.2f}x) |"] + enc)
 
 
 def main(argv=None) -> int:

@@ -256,9 +256,10 @@ def _encode_options(a, arr: np.ndarray, bf16: bool) -> tuple[dict, dict]:
 
 def _backend_args(p) -> None:
     p.add_argument("--backend", choices=("auto", "gpu", "native", "reference"), default=None,
-                   help="GPU kernels, native (libtkb, the C decoder; decoding only) or numpy "
-                        "reference (default: auto, i.e. the GPU when one is present, else "
-                        "native for decoding; same bytes and values either way)")
+                   help="GPU kernels, native (libtkb: the C decoder; for encoding its C core "
+                        "codes the frames) or numpy reference (default: auto, i.e. the GPU "
+                        "when one is present, else native when built; same bytes and values "
+                        "either way)")
     p.add_argument("--device", metavar="DEV", help="torch device of the GPU backend (cuda)")
 
 

@@ -1,0 +1,85 @@
+/* libtkb encoder core (informative, spec Annex B): the per-frame hot loops of the
+ * reference encoder, driven by the Python encoder's rate control (tokenbits.native.encoder).
+ *
+ * The track parameter set (steps, tables, predictor, lanes, transform) is chosen by the
+ * caller; these functions compute, for one frame, exactly the bits the reference encoder
+ * (reference/encoder.py) computes: same binary32 / binary64 operations in the same order,
+ * no fused operations (build with -ffp-contract=off), round half to even.
+ *
+ * Every function returns 0 on success or a negative TKB_ENC_* code. */
+#ifndef TKB_ENC_H
+#define TKB_ENC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TKB_ENC_OK 0
+#define TKB_ENC_NOT_IN_TABLE (-1)   /* a symbol has no frequency in its table (7.3.1) */
+#define TKB_ENC_USAGE (-2)          /* an argument out of range */
+
+/* Source dtypes of frames (clause 6.3: source_dtype): 0 float32, 1 float16, 2 bfloat16
+ * (uint16 bit patterns), 3 uint32 (token ids). */
+
+/* Kept rows pos[0..k) of a frame src [n][d] of source dtype src_dtype (0, 1 or 2) as
+ * binary32 [k][d] (exact conversions). */
+int tkb_enc_gather_f32(const void *src, int src_dtype, size_t n, size_t d,
+                       const uint32_t *pos, size_t k, float *out);
+
+/* Annex B.1 token norms: sqrt of the binary64 squares summed in channel order. */
+void tkb_enc_token_norms(const float *x, size_t k, size_t d, double *norms);
+
+/* 1 / step(q) rounded to binary32 (Annex B.1's INV_STEP), q in 0..255. */
+float tkb_enc_inv_step(int q);
+
+/* Annex B.7 forward transform: coefficients [k][kc] (binary32) of channels x [k][d]:
+ *   X = rint(clip((x - mean) * scale, +-INPUT_MAX))   binary64, elementwise
+ *   y = binary32(sum_c X[c] P[c][j] * 2^-(a + p))     the sum exact in int64
+ * mean [d] binary64 (Transform.mean_real), scale = 2^a, p_int [d][kc], out_scale =
+ * 2^-(a + p). */
+int tkb_enc_forward(const float *x, size_t k, size_t d, const double *mean, double scale,
+                    const int64_t *p_int, size_t kc, double out_scale, float *out);
+
+/* Annex B.1 quantization of coded values xc [k][c] at step codes code[c] + delta[row]
+ * (each in 0..255), then clause 7.5 residuals against row pred[row] (-1: none; pred[row]
+ * < row), their zigzag index (7.4.1) and the escape split (esc[c]: the channel's ESC):
+ *   deadzone < 0:  level = clip(rint(x * INV_STEP), +-lim)                       (rounding)
+ *   deadzone >= 0: the closed-loop quantizer: r = x * INV_STEP - plev,
+ *                  q = min(rint(max(|r| - deadzone, 0)), 2^25),
+ *                  level = clip(plev + sign(r) q, +-lim)
+ * lim = lim_of_code[code] (NULL: 2^24 - 1).  Outputs: sym [k*c] (coding order), the
+ * escape values (u - ESC) of escaped symbols in coding order into escapes [k*c] and their
+ * count, and levels [k*c] (scratch, the quantized levels). */
+int tkb_enc_quantize(const float *xc, size_t k, size_t c, const uint8_t *code,
+                     const int32_t *delta, const int64_t *lim_of_code, const int64_t *pred,
+                     float deadzone, const uint32_t *esc, uint32_t *sym, uint64_t *escapes,
+                     size_t *num_escapes, int32_t *levels);
+
+/* Clause 7.4.2 in reverse for split (lossless) tracks: values of kept rows pos[0..k) of
+ * src [n][d] (width 16: uint16 bit patterns; 32: uint32 bit patterns or token ids).
+ * predict != 0: the zigzag index of the residual of the order-preserving integer against
+ * row pred[row] (embedding tracks); else the bit pattern itself.  sym = u >> raw_bits
+ * (saturated to 2^32 - 1), raw = u & (2^raw_bits - 1). */
+int tkb_enc_split(const void *src, int width, size_t n, size_t d, const uint32_t *pos,
+                  size_t k, const int64_t *pred, int predict, unsigned raw_bits,
+                  uint32_t *sym, uint32_t *raw);
+
+/* Clause 7.3 interleaved rANS encode (Annex B's encoder): symbols sym[0..n) (symbol i of
+ * channel i mod c, table offset chan_base[c] into freq/cum, alph entries per table).
+ * Words in stream order into words (capacity: n + 2 * num_lanes * chunks), their count
+ * into *num_words, and chunk_words[chunks]. */
+int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_base,
+                 const uint32_t *freq, const uint32_t *cum, uint32_t alph,
+                 uint32_t num_lanes, uint32_t lane_steps, uint32_t prob_bits,
+                 uint16_t *words, size_t *num_words, uint32_t *chunk_words);
+
+/* "avx2" or "scalar": the encoder's fast path on this CPU ($TKB_NATIVE_SIMD=scalar). */
+const char *tkb_enc_simd_name(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,233 @@
+/* Encoder core, Annex B.1 (informative): input conversion, token norms, quantization by
+ * rounding and by the closed-loop deadzone quantizer, clause 7.5 residuals, clause 7.4.1
+ * zigzag symbols and escapes.  Every binary32 / binary64 operation is the one the
+ * reference encoder performs, in the same order (no fused operations: -ffp-contract=off),
+ * so the levels are the same bits. */
+#include "internal.h"
+#include "../include/tkb_enc.h"
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#define MAX_LEVEL ((1 << 24) - 1)          /* clause 7.6.1 */
+
+/* round half to even of binary32 / binary64 values (libm's rintf / rint in the default
+ * rounding mode, without libm): below 2^23 (2^52) adding and subtracting 2^23 (2^52)
+ * rounds once at the unit; larger values, infinities and NaN are returned as they are */
+static inline float rint_f32(float x)
+{
+    /* branch-free: the rounding of |x|, with the sign of x (rint is odd-symmetric) */
+    float a = __builtin_fabsf(x);
+    float r = (a + 8388608.0f) - 8388608.0f;
+    return __builtin_copysignf(a < 8388608.0f ? r : a, x);
+}
+
+static inline double rint_f64(double x)
+{
+    if (!(__builtin_fabs(x) < 4503599627370496.0))
+        return x;
+    return x >= 0.0 ? (x + 4503599627370496.0) - 4503599627370496.0
+                    : (x - 4503599627370496.0) + 4503599627370496.0;
+}
+
+static inline double sqrt_f64(double s)     /* correctly rounded (IEEE 754 squareRoot) */
+{
+#if defined(__SSE2__)
+    return _mm_cvtsd_f64(_mm_sqrt_sd(_mm_setzero_pd(), _mm_set_sd(s)));
+#else
+    return __builtin_sqrt(s);
+#endif
+}
+
+/* binary16 -> binary32, exact (clause 7.6.2's conversions in reverse need none) */
+static float f16_to_f32(uint16_t h)
+{
+    uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1F, m = h & 0x3FFu, b;
+    if (e == 0x1F)
+        b = s | 0x7F800000u | (m << 13);                 /* inf, NaN (payload kept) */
+    else if (e != 0)
+        b = s | ((e + 112) << 23) | (m << 13);           /* normal */
+    else if (m == 0)
+        b = s;                                           /* zero */
+    else {                                               /* subnormal: normalise */
+        e = 113;
+        while (!(m & 0x400u)) {
+            m <<= 1;
+            e--;
+        }
+        b = s | (e << 23) | ((m & 0x3FFu) << 13);
+    }
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+int tkb_enc_gather_f32(const void *src, int src_dtype, size_t n, size_t d,
+                       const uint32_t *pos, size_t k, float *out)
+{
+    if (src_dtype < 0 || src_dtype > 2)
+        return TKB_ENC_USAGE;
+    for (size_t i = 0; i < k; i++) {
+        if (pos[i] >= n)
+            return TKB_ENC_USAGE;
+        size_t r = (size_t)pos[i] * d;
+        float *o = out + i * d;
+        if (src_dtype == 0) {
+            memcpy(o, (const float *)src + r, d * sizeof(float));
+        } else if (src_dtype == 1) {
+            const uint16_t *h = (const uint16_t *)src + r;
+            for (size_t c = 0; c < d; c++)
+                o[c] = f16_to_f32(h[c]);
+        } else {
+            const uint16_t *h = (const uint16_t *)src + r;
+            for (size_t c = 0; c < d; c++) {
+                uint32_t b = (uint32_t)h[c] << 16;
+                memcpy(o + c, &b, 4);
+            }
+        }
+    }
+    return TKB_ENC_OK;
+}
+
+void tkb_enc_token_norms(const float *x, size_t k, size_t d, double *norms)
+{
+    for (size_t i = 0; i < k; i++) {
+        const float *r = x + i * d;
+        double s = 0.0;
+        for (size_t c = 0; c < d; c++) {
+            double v = (double)r[c];
+            s += v * v;                 /* exact product (24-bit mantissas), rounded sum */
+        }
+        norms[i] = sqrt_f64(s);
+    }
+}
+
+float tkb_enc_inv_step(int q)
+{
+    /* the binary64 reciprocal of the binary32 step, rounded once to binary32 */
+    return (float)(1.0 / (double)tkb_step(q));
+}
+
+static inline uint64_t zigzag(int64_t r)    /* 7.4.1 in reverse: r >= 0 -> 2r, else -2r - 1 */
+{
+    return ((uint64_t)r << 1) ^ (0 - (uint64_t)(r < 0));   /* branch-free */
+}
+
+int tkb_enc_quantize(const float *xc, size_t k, size_t c, const uint8_t *code,
+                     const int32_t *delta, const int64_t *lim_of_code, const int64_t *pred,
+                     float deadzone, const uint32_t *esc, uint32_t *sym, uint64_t *escapes,
+                     size_t *num_escapes, int32_t *levels)
+{
+    float inv[256], limf[256];
+    for (int q = 0; q < 256; q++) {
+        inv[q] = tkb_enc_inv_step(q);
+        int64_t l = lim_of_code ? lim_of_code[q] : MAX_LEVEL;
+        if (l < 0 || l > MAX_LEVEL)
+            return TKB_ENC_USAGE;
+        limf[q] = (float)l;                   /* exact: below 2^24 */
+    }
+    int cmin = 255, cmax = 0;
+    for (size_t j = 0; j < c; j++) {
+        cmin = code[j] < cmin ? code[j] : cmin;
+        cmax = code[j] > cmax ? code[j] : cmax;
+    }
+    const int closed = deadzone >= 0.0f;
+    size_t ne = 0;
+    for (size_t i = 0; i < k; i++) {
+        int64_t p = pred ? pred[i] : -1;
+        if (p >= (int64_t)i)
+            return TKB_ENC_USAGE;              /* a row is predicted by an earlier row */
+        const int32_t *plv = p >= 0 ? levels + (size_t)p * c : NULL;
+        const float *x = xc + i * c;
+        int32_t *lv = levels + i * c;
+        int32_t dl = delta ? delta[i] : 0;
+        if (c && (cmin + dl < 0 || cmax + dl > 255))
+            return TKB_ENC_USAGE;              /* step codes within 0..255 (6.3.2) */
+        int bad = 0;
+        /* the row's levels: no dependency between channels (branch-free) */
+        if (!closed) {
+            for (size_t j = 0; j < c; j++) {
+                int q = code[j] + dl;
+                float t = rint_f32(x[j] * inv[q]);         /* binary32 product, half even */
+                float l = limf[q];
+                bad |= t != t;                             /* lossy values are finite */
+                t = t > l ? l : t;
+                t = t < -l ? -l : t;                       /* clip(+-MAX_LEVEL), then +-lim */
+                lv[j] = (int32_t)(t == t ? t : 0.0f);
+            }
+        } else {
+            for (size_t j = 0; j < c; j++) {
+                int32_t pl = plv ? plv[j] : 0;
+                int q = code[j] + dl;
+                float r = x[j] * inv[q] - (float)pl;       /* |plev| < 2^24: exact */
+                float a = __builtin_fabsf(r) - deadzone;
+                float t = rint_f32(a > 0.0f ? a : 0.0f);
+                bad |= r != r;
+                t = t < 33554432.0f ? t : 33554432.0f;     /* 2^25: |plev + q| clips */
+                int32_t qv = (int32_t)(t == t ? t : 0.0f);
+                int32_t l = pl + (r < 0.0f ? -qv : qv);
+                int32_t li = (int32_t)limf[q];
+                l = l > li ? li : l;
+                lv[j] = l < -li ? -li : l;
+            }
+        }
+        if (bad)
+            return TKB_ENC_USAGE;
+        /* clause 7.5 residuals, 7.4.1 zigzag and escapes */
+        uint32_t *sy = sym + i * c;
+        for (size_t j = 0; j < c; j++) {
+            uint64_t u = zigzag((int64_t)lv[j] - (plv ? plv[j] : 0));
+            if (u >= esc[j]) {
+                escapes[ne++] = u - esc[j];
+                sy[j] = esc[j];
+            } else {
+                sy[j] = (uint32_t)u;
+            }
+        }
+    }
+    *num_escapes = ne;
+    return TKB_ENC_OK;
+}
+
+int tkb_enc_split(const void *src, int width, size_t n, size_t d, const uint32_t *pos,
+                  size_t k, const int64_t *pred, int predict, unsigned raw_bits,
+                  uint32_t *sym, uint32_t *raw)
+{
+    if ((width != 16 && width != 32) || raw_bits > 32)
+        return TKB_ENC_USAGE;
+    const uint64_t mask = raw_bits >= 32 ? 0xFFFFFFFFu : (((uint64_t)1 << raw_bits) - 1);
+    const int64_t sign = (int64_t)1 << (width - 1);
+    for (size_t i = 0; i < k; i++) {
+        if (pos[i] >= n)
+            return TKB_ENC_USAGE;
+        int64_t p = predict && pred ? pred[i] : -1;
+        if (p >= (int64_t)i)
+            return TKB_ENC_USAGE;
+        size_t r = (size_t)pos[i] * d, rp = p >= 0 ? (size_t)pos[p] * d : 0;
+        for (size_t j = 0; j < d; j++) {
+            int64_t b = width == 16 ? ((const uint16_t *)src)[r + j]
+                                    : ((const uint32_t *)src)[r + j];
+            uint64_t u;
+            if (predict) {                   /* order-preserving integers (7.4.2), 7.5 */
+                int64_t m = (b & sign) ? -(b - sign) - 1 : b, mp = 0;
+                if (p >= 0) {
+                    int64_t bp = width == 16 ? ((const uint16_t *)src)[rp + j]
+                                             : ((const uint32_t *)src)[rp + j];
+                    mp = (bp & sign) ? -(bp - sign) - 1 : bp;
+                }
+                u = zigzag(m - mp);
+            } else {
+                u = (uint64_t)b;
+            }
+            uint64_t s = raw_bits >= 64 ? 0 : u >> raw_bits;
+            sym[i * d + j] = s > 0xFFFFFFFFu ? 0xFFFFFFFFu : (uint32_t)s;
+            raw[i * d + j] = (uint32_t)(u & mask);
+        }
+    }
+    return TKB_ENC_OK;
+}
+
+const char *tkb_enc_simd_name(void)
+{
+    return "scalar";        /* the encoder core has only plain C paths so far */
+}
