@@ -72,7 +72,8 @@ def encode_tracks(tracks, backend=None, device=None, **kwargs) -> bytes:
         return ref(tracks, **kwargs)
     if which == "native":      # libtkb's encoder core codes the frames (same bytes)
         from tokenbits.native import encoder as native_encoder
-        return ref(tracks, frame_coder=native_encoder.encode_frames, **kwargs)
+        return ref(tracks, frame_coder=native_encoder.encode_frames,
+                   kernels=native_encoder.fit_kernels(), **kwargs)
     from . import codec
     dev = device or codec.default_device()
     sources = iter([arr for arr, _ in tracks])    # frame_coder is called track by track

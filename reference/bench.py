@@ -1019,11 +1019,18 @@ def native_encode_rows(x: np.ndarray, qp: int, repeat: int, progress=print) -> d
         return {}
     progress("[bench] libtkb encoder core on the 576 x 1024 frame")
     out = {}
-    for key, opts in (("qp", dict(qp=qp)), ("cos", dict(target_cos=TARGET_COS))):
+    kern = native_encoder.fit_kernels()
+    from .transform_fit import fit_transform
+    trf = fit_transform(x, energy=0.999)
+    for key, opts in (("qp", dict(qp=qp)), ("cos", dict(target_cos=TARGET_COS)),
+                      ("tqp", dict(qp=qp, transform=trf)),
+                      ("tcos", dict(target_cos=TARGET_COS, transform=trf))):
         nat_s, nat = _best(lambda: tkb_encode(x, backend="native", **opts), repeat)
         ref_s, ref = _best(lambda: tkb_encode(x, backend="reference", **opts), repeat)
         fit_s, te = _best(lambda: TrackEncoder([x], TrackOptions(**opts), levels.LEVELS[30]),
                           repeat)
+        fitn_s, te = _best(lambda: TrackEncoder([x], TrackOptions(**opts), levels.LEVELS[30],
+                                                kernels=kern), repeat)
         tabs = native_encoder._Tables(te)
         core_s, _ = _best(lambda: native_encoder.encode_frame(te, x, 0, te.positions[0], tabs),
                           max(repeat, 10))
@@ -1031,6 +1038,7 @@ def native_encode_rows(x: np.ndarray, qp: int, repeat: int, progress=print) -> d
         out.update({f"enc_{key}_native_ms": nat_s * 1e3, f"enc_{key}_reference_ms": ref_s * 1e3,
                     f"enc_{key}_fit_ms": fit_s * 1e3, f"enc_{key}_core_ms": core_s * 1e3,
                     f"enc_{key}_frame_reference_ms": refc_s * 1e3,
+                    f"enc_{key}_fit_native_ms": fitn_s * 1e3,
                     f"enc_{key}_same_bytes": nat == ref})
     import zstandard
     raw = np.ascontiguousarray(x).tobytes()
@@ -1038,25 +1046,34 @@ def native_encode_rows(x: np.ndarray, qp: int, repeat: int, progress=print) -> d
     zs, _ = _best(lambda: zc.compress(raw), max(repeat, 10))
     out["zstd3_compress_ms"] = zs * 1e3
     out["enc_simd"] = native_encoder.simd()
+    out["enc_transform_coeffs"] = trf.num_coeffs
     return out
+
+
+_ENC_KEYS = ("qp", "cos", "tqp", "tcos")
 
 
 def native_markdown(n: dict) -> str:
     enc = [] if "enc_qp_native_ms" not in n else [
         "", f"**libtkb encoder core on the same frame** (backend=\"native\": the reference's "
-        f"rate control in Python fits the track, the C core ({n['enc_simd']}) codes the frame; "
+        f"rate control in Python fits the track with libtkb's fit kernels, the C core "
+        f"({n['enc_simd']}) codes the frame; "
         "one core; same bytes as the reference: "
-        f"{'yes' if n['enc_qp_same_bytes'] and n['enc_cos_same_bytes'] else 'NO'})", "",
-        "| encode | whole encode, native | whole encode, reference | of which: Python fit "
-        "| of which: frame coding, C core | frame coding, numpy |", "|---|---|---|---|---|---|",
-        f"| fixed qp {n['qp']} | {n['enc_qp_native_ms']:.1f} | {n['enc_qp_reference_ms']:.1f} "
-        f"| {n['enc_qp_fit_ms']:.1f} | {n['enc_qp_core_ms']:.2f} "
-        f"| {n['enc_qp_frame_reference_ms']:.1f} |",
-        f"| target_cos {TARGET_COS} (search included) | {n['enc_cos_native_ms']:.1f} "
-        f"| {n['enc_cos_reference_ms']:.1f} | {n['enc_cos_fit_ms']:.1f} "
-        f"| {n['enc_cos_core_ms']:.2f} | {n['enc_cos_frame_reference_ms']:.1f} |",
+        f"{'yes' if all(n.get(f'enc_{k}_same_bytes', True) for k in _ENC_KEYS) else 'NO'})",
+        "", "| encode | whole encode, native | whole encode, reference | of which: fit, native "
+        "kernels | fit, numpy kernels | of which: frame coding, C core | frame coding, numpy |",
+        "|---|---|---|---|---|---|---|"] + [
+        f"| {label} | {n[f'enc_{k}_native_ms']:.1f} | {n[f'enc_{k}_reference_ms']:.1f} "
+        f"| {n.get(f'enc_{k}_fit_native_ms', float('nan')):.1f} | {n[f'enc_{k}_fit_ms']:.1f} "
+        f"| {n[f'enc_{k}_core_ms']:.2f} | {n[f'enc_{k}_frame_reference_ms']:.1f} |"
+        for k, label in (("qp", f"fixed qp {n['qp']}"),
+                         ("cos", f"target_cos {TARGET_COS} (search included)"),
+                         ("tqp", f"fixed qp {n['qp']}, transform "
+                                 f"({n.get('enc_transform_coeffs', '?')} coefficients)"),
+                         ("tcos", f"target_cos {TARGET_COS}, transform"))
+        if f"enc_{k}_native_ms" in n] + [
         f"| zstd -3 compression of the raw float16 frame | {n['zstd3_compress_ms']:.2f} "
-        "| | | | |"]
+        "| | | | | |"]
     return "\n".join([
         f"**libtkb (C decoder, `native/`) on the 576 x 1024 float16 frame** (qp {n['qp']}, "
         f"{n['bits_per_value']:.3f} bits/value; fast path {n['simd']}; zstd -3 of the raw "

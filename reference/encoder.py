@@ -258,15 +258,16 @@ def _group_sum(hist: np.ndarray, group: np.ndarray, t: int) -> np.ndarray:
     return out
 
 
-def _refine_groups(hist: np.ndarray, group: np.ndarray, t: int, iters: int = 6) -> np.ndarray:
+def _refine_groups(hist: np.ndarray, group: np.ndarray, t: int, iters: int = 6,
+                   kernels=None) -> np.ndarray:
     """Lloyd iterations: give each channel the table that codes its histogram in the
     fewest bits, then re-estimate the tables from their channels."""
     hf = hist.astype(np.float64)
+    kernels = kernels or NUMPY_KERNELS
     for _ in range(iters):
-        ghist = _group_sum(hf, group, t)
+        ghist = kernels.group_sum(hist, hf, group, t)
         q = (ghist + 1e-3) / (ghist + 1e-3).sum(axis=1, keepdims=True)
-        cost = hf @ -np.log2(q).T                       # [channels, tables] bits
-        new = np.argmin(cost, axis=1)
+        new = kernels.table_argmin(hist, hf, q)     # least [channels, tables] bits
         if np.array_equal(new, group):
             break
         group = new
@@ -276,7 +277,7 @@ def _refine_groups(hist: np.ndarray, group: np.ndarray, t: int, iters: int = 6) 
 
 
 def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob_bits: int,
-                  forced: int | None, escape_slot: bool = False):
+                  forced: int | None, escape_slot: bool = False, kernels=None):
     """Choose channel groups; returns (table_map or None, list of freq arrays).
     ``escape_slot`` (quantized tracks, Annex B.3): each table ends one symbol past its
     largest symbol, an unused escape symbol, so that the largest value is not escaped."""
@@ -288,9 +289,10 @@ def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob
         group = np.empty(d, dtype=np.int64)
         group[order] = np.arange(d) * t // d
         if t > 1:
-            group = _refine_groups(hist, group, t)
+            group = _refine_groups(hist, group, t, kernels=kernels)
         t_used = int(group.max()) + 1
-        ghist = np.rint(_group_sum(hist.astype(np.float64), group, t_used)).astype(np.int64)
+        ghist = np.rint((kernels or NUMPY_KERNELS).group_sum(hist, None, group, t_used)
+                        ).astype(np.int64)
         freqs = []
         bits = 0.0
         for g in range(t_used):
@@ -387,6 +389,68 @@ def token_norms(xf: np.ndarray) -> np.ndarray:
     return np.sqrt(np.cumsum(x * x, axis=1)[:, -1])
 
 
+# -- the fit's numeric steps ---------------------------------------------------------
+
+class FitKernels:
+    """The numeric steps of a track's fit (Annex B.1, B.3) that the rate control of
+    :class:`TrackEncoder` calls: numpy here (the reference); a backend may pass its own
+    (``tokenbits.native.encoder.NativeFitKernels``: libtkb's C) that returns the same
+    values, or the same decisions, bit for bit.  The search logic is the TrackEncoder's."""
+
+    name = "numpy"
+
+    def kept_values(self, a: np.ndarray, src: str, pos: np.ndarray) -> np.ndarray:
+        """The kept rows ``pos`` of frame ``a`` [N, D] as float32 (source dtype ``src``)."""
+        return _float_view(a, src)[pos]
+
+    def token_norms(self, xf: np.ndarray) -> np.ndarray:
+        return token_norms(xf)
+
+    def quantize_levels(self, xf: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return quantize_levels(xf, codes)
+
+    def reaches(self, te, allx, allc, qp: int, allnorms, pred, target: float) -> bool:
+        """Whether the mean token cosine of the kept tokens ``allx`` reconstructed from
+        their coded values ``allc`` quantized at ``qp`` (te's current norm_ref, deadzone,
+        predictor rows ``pred``) is at least ``target`` (the qp search, Annex B.1)."""
+        from .baselines import mean_token_cosine
+        out_name = reconstruction.DTYPES[te.tps["output_dtype"]]
+        lv, codes, _ = te._quantize(allc, qp, allnorms, pred)
+        rec = reconstruction.to_output(te.reconstruct(lv, codes), te.tps["output_dtype"])
+        return mean_token_cosine(allx, _float_view(rec, out_name)) >= target
+
+    def quantize_closed_loop(self, xf: np.ndarray, codes: np.ndarray, pred: np.ndarray,
+                             deadzone: float, lim) -> np.ndarray:
+        return quantize_closed_loop(xf, codes, pred, deadzone, lim)
+
+    def zigzag_residuals(self, lv: np.ndarray, pos: np.ndarray, tps) -> np.ndarray:
+        """Zigzag indices (7.4.1) of the clause 7.5 residuals of a frame's levels."""
+        return symbols.zigzag(prediction.residuals_from_levels(lv, pos, tps))
+
+    def symbol_entropy(self, u: np.ndarray) -> float:
+        """The order-0 entropy estimate that picks the predictor."""
+        return _entropy_bits(np.bincount(np.minimum(u, 1 << 16)))
+
+    def channel_histograms(self, u: np.ndarray, d: int, alphabet: int) -> np.ndarray:
+        """[d, alphabet] histograms of min(u, alphabet - 1), value i of channel i mod d."""
+        channel = np.tile(np.arange(d), u.size // d)
+        return _histograms(np.minimum(u, alphabet - 1), channel, d, alphabet)
+
+    def group_sum(self, hist: np.ndarray, hf: np.ndarray | None, group: np.ndarray,
+                  t: int) -> np.ndarray:
+        """Histograms summed per group [t, alphabet] as float64 (hf: hist as float64)."""
+        return _group_sum(hist.astype(np.float64) if hf is None else hf, group, t)
+
+    def table_argmin(self, hist: np.ndarray, hf: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """The Lloyd step of the table grouping: each channel's table of least cost
+        (hf: hist as float64; q: the tables' probabilities [tables, alphabet])."""
+        cost = hf @ -np.log2(q).T                       # [channels, tables] bits
+        return np.argmin(cost, axis=1)
+
+
+NUMPY_KERNELS = FitKernels()
+
+
 # -- pruning ------------------------------------------------------------------------
 
 # Annex B.2 lives in pruning.py; these names stay importable from here
@@ -398,8 +462,10 @@ prune_scores, select_kept, prune = pruning.prune_scores, pruning.select_kept, pr
 class TrackEncoder:
     """Builds a track parameter set from sample frames, then encodes frames against it."""
 
-    def __init__(self, frames, opts: TrackOptions, level: levels.Level, pseudo: bool = False):
+    def __init__(self, frames, opts: TrackOptions, level: levels.Level, pseudo: bool = False,
+                 kernels: FitKernels | None = None):
         self.opts = opts
+        self.kernels = kernels or NUMPY_KERNELS   # the fit's numeric steps (FitKernels)
         self.level = level
         self._frames = frames
         self.merge_maps = 0      # frames written with a merge map (they need High, 8.1)
@@ -530,7 +596,8 @@ class TrackEncoder:
         hist = _histograms(sym, channel, self.d, alphabet)
         key = np.zeros(self.d) if self.ids else \
             (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
-        tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb, self.opts.num_tables)
+        tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb, self.opts.num_tables,
+                                    kernels=self.kernels)
         if pseudo:  # a streaming table must code every possible symbol
             full = (-(-self.tps["vocab_size"] >> rb) if self.ids else
                     min(MAX_ALPHABET, 1 << (width - rb + (1 if p else 0))))
@@ -573,7 +640,8 @@ class TrackEncoder:
         row's predicting row or -1 (``predictor_rows``; default: none), used by the
         closed-loop quantizer (a deadzone, Annex B.1)."""
         if norms is None:
-            norms = token_norms(xf) if self.opts.token_scale else np.zeros(xf.shape[0])
+            norms = (self.kernels.token_norms(xf) if self.opts.token_scale
+                     else np.zeros(xf.shape[0]))
         delta = self.token_step_deltas(norms, qp)
         codes = self._step_codes(qp)[None, :] + delta[:, None]
         lim = None
@@ -582,8 +650,9 @@ class TrackEncoder:
         if self.closed_loop:
             if pred is None:
                 pred = np.full(xf.shape[0], -1, dtype=np.int64)
-            return quantize_closed_loop(xf, codes, pred, self.deadzone, lim), codes, delta
-        lv = quantize_levels(xf, codes)
+            return (self.kernels.quantize_closed_loop(xf, codes, pred, self.deadzone, lim),
+                    codes, delta)
+        lv = self.kernels.quantize_levels(xf, codes)
         if lim is not None:
             lv = np.clip(lv, -lim, lim)
         return lv, codes, delta
@@ -614,14 +683,15 @@ class TrackEncoder:
 
     def _fit_quant(self, arrs, pseudo: bool) -> None:
         o = self.opts
-        self.xf = [_float_view(a, self.src)[p] for a, p in zip(arrs, self.positions)]
+        self.xf = [self.kernels.kept_values(a, self.src, p)
+                   for a, p in zip(arrs, self.positions)]
         if self.transform is not None:   # the forward transform's input scale (B.7)
             self.input_scale = transform_fit.input_scale(
                 np.concatenate(self.xf) if self.xf else np.zeros((0, self.d)), self.transform)
         self.cf = [self.coded_values(x) for x in self.xf]
         allx = np.concatenate(self.xf)
         allc = np.concatenate(self.cf)
-        self.norms = [token_norms(x) for x in self.xf]
+        self.norms = [self.kernels.token_norms(x) for x in self.xf]
         norms = np.linalg.norm(allx.astype(np.float64), axis=1)
         self.norm_ref = float(np.median(norms)) if norms.size and np.median(norms) > 0 else 1.0
         self.chan_offset = np.zeros(self.dc, dtype=np.int64)
@@ -665,10 +735,10 @@ class TrackEncoder:
             best = None
             for p in cands:
                 self.tps["predictor"] = p
-                us = [symbols.zigzag(prediction.residuals_from_levels(lv, pos, self.tps))
+                us = [self.kernels.zigzag_residuals(lv, pos, self.tps)
                       for lv, pos in zip(lvls, self.positions)]
                 u = np.concatenate([x.ravel() for x in us]) if us else np.zeros(0, np.int64)
-                est = _entropy_bits(np.bincount(np.minimum(u, 1 << 16)))
+                est = self.kernels.symbol_entropy(u)
                 if best is None or est < best[0]:
                     best = (est, p, u, us)
             _, self.tps["predictor"], u, us = best
@@ -683,14 +753,12 @@ class TrackEncoder:
         if u.size:
             cap = int(np.quantile(u, 0.9999, method="higher")) + 2
             alphabet = int(np.clip(cap, 2, MAX_ALPHABET))
-        channel = np.tile(np.arange(self.dc), u.size // self.dc)
-        sym = np.minimum(u, alphabet - 1)
-        hist = _histograms(sym, channel, self.dc, alphabet)
+        hist = self.kernels.channel_histograms(u, self.dc, alphabet)
         pb = self._prob_bits(alphabet)
         self.tps["prob_bits"] = pb
         key = (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
         tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb, o.num_tables,
-                                    escape_slot=True)
+                                    escape_slot=True, kernels=self.kernels)
         if pseudo:  # a streaming table must code any symbol up to ESC
             freqs = _with_pseudo_counts(freqs, hist, tmap, alphabet, pb)
         self._set_tables(tmap, freqs)
@@ -709,16 +777,12 @@ class TrackEncoder:
         target = o.target_cos if o.target_cos is not None else 0.99
         if allx.size == 0:      # nothing kept: any step will do
             return 0
-        from .baselines import mean_token_cosine
-        out_name = reconstruction.DTYPES[self.tps["output_dtype"]]
         allnorms = np.concatenate(self.norms)
 
         pred = self.predictor_rows(self.positions) if self.closed_loop else None
 
         def ok(qp):
-            lv, codes, _ = self._quantize(allc, qp, allnorms, pred)
-            rec = reconstruction.to_output(self.reconstruct(lv, codes), self.tps["output_dtype"])
-            return mean_token_cosine(allx, _float_view(rec, out_name)) >= target
+            return self.kernels.reaches(self, allx, allc, qp, allnorms, pred, target)
         lo, hi = QP_MIN + 60, QP_MAX - 24
         if near is not None:
             q = min(max(int(near), lo), hi)
@@ -748,12 +812,12 @@ class TrackEncoder:
         best = None
         for p in cands:
             self.tps["predictor"] = p
-            u = np.concatenate([symbols.zigzag(prediction.residuals_from_levels(
+            u = np.concatenate([self.kernels.zigzag_residuals(
                 self._quantize(c, qp0, n, prediction.predictor_rows(pos, self.tps))[0],
-                pos, self.tps)).ravel()
+                pos, self.tps).ravel()
                 for c, n, pos in zip(self.cf, self.norms, self.positions)]
                 + [np.zeros(0, np.int64)])
-            est = _entropy_bits(np.bincount(np.minimum(u, 1 << 16)))
+            est = self.kernels.symbol_entropy(u)
             if best is None or est < best[0]:
                 best = (est, p)
         self.tps["predictor"] = best[1]
@@ -762,7 +826,7 @@ class TrackEncoder:
             self._fine_ref(allx, allc, qp)
         quantized = [self._quantize(c, qp, n, prediction.predictor_rows(pos, self.tps))
                      for c, n, pos in zip(self.cf, self.norms, self.positions)]
-        us = [symbols.zigzag(prediction.residuals_from_levels(q[0], pos, self.tps))
+        us = [self.kernels.zigzag_residuals(q[0], pos, self.tps)
               for q, pos in zip(quantized, self.positions)]
         u = np.concatenate([x.ravel() for x in us]) if us else np.zeros(0, np.int64)
         return qp, quantized, u, us
@@ -773,18 +837,14 @@ class TrackEncoder:
         taken against the reference norm ref 2^(-b/6), so that tokens whose
         6 log2(|x| / ref) lies within b below a rounding boundary get the next coarser
         step; sets norm_ref."""
-        from .baselines import mean_token_cosine
         target = self.opts.target_cos if self.opts.target_cos is not None else 0.99
-        out_name = reconstruction.DTYPES[self.tps["output_dtype"]]
         allnorms = np.concatenate(self.norms)
         pred = self.predictor_rows(self.positions) if self.closed_loop else None
         ref0 = self.norm_ref
 
         def ok(b):
             self.norm_ref = ref0 * 2.0 ** (-b / 64 / 6)
-            lv, codes, _ = self._quantize(allc, qp, allnorms, pred)
-            rec = reconstruction.to_output(self.reconstruct(lv, codes), self.tps["output_dtype"])
-            return mean_token_cosine(allx, _float_view(rec, out_name)) >= target
+            return self.kernels.reaches(self, allx, allc, qp, allnorms, pred, target)
         lo, hi = 0, 64
         for _ in range(FINE_STEPS):
             mid = (lo + hi) // 2
@@ -796,7 +856,8 @@ class TrackEncoder:
 
     def _trial_bpv(self, qp: int) -> float:
         trial = TrackEncoder(self._frames, TrackOptions(**{**self.opts.__dict__, "qp": qp,
-                                                           "bpv": None}), self.level)
+                                                           "bpv": None}), self.level,
+                             kernels=self.kernels)
         # stream header, parameter set unit, frame units, index unit (12 bytes per entry)
         size = 16 + len(trial.tps_payload) + 12 + 16 + sum(
             len(trial.encode_frame(f, i, p)) + 12 + 12
@@ -1075,12 +1136,14 @@ def _checked(frames: list, opts: TrackOptions) -> list:
 
 
 def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None = None,
-                  index: bool = True, progress=None, frame_coder=None) -> bytes:
+                  index: bool = True, progress=None, frame_coder=None,
+                  kernels: FitKernels | None = None) -> bytes:
     """Encode several tracks into one stream.
 
     ``tracks``: list of (array, TrackOptions or dict).  Returns the stream bytes.
     ``frame_coder(track_encoder, frames)``: codes a track's frames into frame unit
     payloads instead of ``TrackEncoder.encode_frame`` (the GPU path passes one).
+    ``kernels``: the fit's numeric steps (:class:`FitKernels`; default numpy's).
     """
     prepared = [_prepare(arr, opts) for arr, opts in tracks]
     for frames, opts, ids in prepared:
@@ -1095,7 +1158,7 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
     probe = levels.LEVELS[30] if level_idc is None else levels.get_level(level_idc)
     encs = []
     for frames, opts, ids in prepared:
-        encs.append((TrackEncoder(frames, opts, probe), frames))
+        encs.append((TrackEncoder(frames, opts, probe, kernels=kernels), frames))
         if opts.meta:
             meta_payloads.append(metadata_payload(opts.meta))
     transform_units = _transform_units([te for te, _ in encs])

@@ -76,7 +76,51 @@ int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_b
                  uint32_t num_lanes, uint32_t lane_steps, uint32_t prob_bits,
                  uint16_t *words, size_t *num_words, uint32_t *chunk_words);
 
-/* "avx2" or "scalar": the encoder's fast path on this CPU ($TKB_NATIVE_SIMD=scalar). */
+/* -- the track fit's numeric steps (src/enc_fit.c; tokenbits.native.encoder's
+ * NativeFitKernels, called by the reference encoder's rate control) -- */
+
+/* Levels of n binary32 values x at step codes codes[i] (0..255): clip(rint(x *
+ * INV_STEP[code]), +-(2^24 - 1)) (Annex B.1's rounding quantizer). */
+int tkb_enc_levels(const float *x, const int64_t *codes, size_t n, int64_t *lv);
+
+/* The mean token cosine (float64) of tokens x [k][d] against their reconstruction at step
+ * codes code[c] + delta[row] by the rounding quantizer (7.6.1 dequantization, 7.6.2
+ * conversion to out_dtype 0 float32, 1 float16, 2 bfloat16), and a bound on its
+ * difference from numpy's value (baselines.mean_token_cosine).  Returns 1 (undecided:
+ * compute it with numpy) when a value is not finite. */
+int tkb_enc_trial_cosine(const float *x, size_t k, size_t d, const uint8_t *code,
+                         const int32_t *delta, int out_dtype, double *mean_cos,
+                         double *bound);
+
+/* Annex B.1's closed-loop deadzone quantizer (reference: encoder.quantize_closed_loop) of
+ * x [k][c] at step codes codes [k][c], clipped to +-lim [k][c] (NULL: 2^24 - 1), row i
+ * predicted by row pred[i] < i (-1: none), rows in order; levels into lv [k][c]. */
+int tkb_enc_levels_closed(const float *x, size_t k, size_t c, const int64_t *codes,
+                          const int64_t *lim, const int64_t *pred, float deadzone,
+                          int64_t *lv);
+
+/* Zigzag indices (7.4.1) of the clause 7.5 residuals of levels lv [k][c] against row
+ * pred[row] (-1: none). */
+int tkb_enc_residuals(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
+                      int64_t *u);
+
+/* Histogram (added into hist) of min(u[i], cap), u >= 0: c == 0: one [cap + 1]; else per
+ * channel (value i of channel i mod c) [c][cap + 1]. */
+int tkb_enc_histogram(const int64_t *u, size_t n, size_t c, int64_t cap, int64_t *hist);
+
+/* The table grouping's Lloyd step (Annex B.3): for each channel the table g of least
+ * cost sum_s hist[i][s] nlq[g][s] (first on ties).  Returns the number of channels whose
+ * choice a rounding difference could change (then the caller uses numpy's), or -1. */
+long tkb_enc_table_argmin(const int64_t *hist, size_t d, size_t a, const double *nlq,
+                          size_t t, int64_t *group);
+
+/* Histograms hist [d][a] (counts >= 0) summed per group (group[i] in 0..t-1) into out
+ * [t][a], exactly (as binary64; TKB_ENC_USAGE beyond 2^53). */
+int tkb_enc_group_sum(const int64_t *hist, size_t d, size_t a, const int64_t *group,
+                      size_t t, double *out);
+
+/* "avx2" or "scalar": the encoder's fast paths on this CPU ($TKB_NATIVE_SIMD=scalar): the
+ * forward transform, the trial cosine and the table costs; the same bits either way. */
 const char *tkb_enc_simd_name(void);
 
 #ifdef __cplusplus

@@ -14,6 +14,11 @@ merge maps and ``merge_tokens`` (B.2), the predictor rows (7.5), the token step 
 from the C norms (6 log2 of a norm ratio, Annex B.1: numpy's log2, so that the rounding
 is numpy's) and the frame payload syntax (6.4).
 
+The track fit itself (``TrackEncoder``: qp search, predictor, tables) is the reference's
+Python logic; ``backend="native"`` passes it :func:`fit_kernels`, libtkb's C for its numeric
+steps (``native/src/enc_fit.c``; see :class:`_NativeFitKernels`), which give numpy's values
+or numpy's decisions bit for bit.
+
 A track the core cannot code falls back to the reference (``TrackEncoder.encode_frame``)
 with a :class:`NativeFallbackWarning` naming the reason; :data:`fallbacks` records them.
 """
@@ -63,6 +68,14 @@ def _lib():
         "tkb_enc_rans": (C.c_int, [vp, sz, sz, vp, vp, vp, C.c_uint32, C.c_uint32,
                                    C.c_uint32, C.c_uint32, vp, P(sz), vp]),
         "tkb_enc_simd_name": (C.c_char_p, []),
+        "tkb_enc_levels": (C.c_int, [vp, vp, sz, vp]),
+        "tkb_enc_trial_cosine": (C.c_int, [vp, sz, sz, vp, vp, C.c_int, P(C.c_double),
+                                           P(C.c_double)]),
+        "tkb_enc_residuals": (C.c_int, [vp, sz, sz, vp, vp]),
+        "tkb_enc_histogram": (C.c_int, [vp, sz, sz, C.c_int64, vp]),
+        "tkb_enc_table_argmin": (C.c_long, [vp, sz, sz, vp, sz, vp]),
+        "tkb_enc_group_sum": (C.c_int, [vp, sz, sz, vp, sz, vp]),
+        "tkb_enc_levels_closed": (C.c_int, [vp, sz, sz, vp, vp, vp, C.c_float, vp]),
     }
     try:
         for name, (res, args) in sig.items():
@@ -183,6 +196,172 @@ def rans_encode(sym: np.ndarray, channels: int, tables, num_lanes: int, lane_ste
                                _p(tables.cum), tables.alph, num_lanes, lane_steps, prob_bits,
                                _p(words), C.byref(nw), _p(cw)), "rans")
     return words[:nw.value], cw
+
+
+# -- the track fit's numeric steps (FitKernels) ---------------------------------------
+
+def _fit_kernels_base():
+    from tokenbits.encoder import FitKernels
+    return FitKernels
+
+
+class _NativeFitKernels:
+    """Mixin over ``tokenbits.encoder.FitKernels``: the fit's numeric steps in libtkb's C
+    (``native/src/enc_fit.c``), same values (integers; binary32 quantization) or same
+    decisions (the mean cosine of the qp search and the table grouping's costs, summed
+    by numpy in its own orders, are decided here only when a bound on the difference
+    cannot flip the comparison; else numpy computes them, as the reference does).  Any
+    case the C does not cover goes to numpy (the reference's own code).
+    ``stats`` counts the steps taken by each side."""
+
+    name = "native"
+
+    def __init__(self):
+        self.stats = {}
+
+    def _n(self, key):
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    def kept_values(self, a, src, pos):
+        a = np.asarray(a)
+        ok = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}.get(src)
+        p = np.asarray(pos)
+        if (ok is None or a.dtype != ok or a.ndim != 2 or p.ndim != 1
+                or not np.issubdtype(p.dtype, np.integer)
+                or (p.size and (p.min() < 0 or p.max() >= a.shape[0]))):
+            return super().kept_values(a, src, pos)
+        self._n("kept_values")
+        return gather_f32(a, src, p)
+
+    def token_norms(self, xf):
+        if xf.dtype != np.float32 or xf.ndim != 2:
+            return super().token_norms(xf)
+        self._n("token_norms")
+        return token_norms(xf)
+
+    def quantize_levels(self, xf, codes):
+        xf = np.asarray(xf)
+        if xf.dtype != np.float32 or np.shape(codes) != xf.shape:
+            return super().quantize_levels(xf, codes)
+        x = np.ascontiguousarray(xf)
+        c = np.ascontiguousarray(codes, dtype=np.int64)
+        lv = np.empty(x.shape, dtype=np.int64)
+        if _lib().tkb_enc_levels(_p(x), _p(c), x.size, _p(lv)) != ENC_OK:
+            return super().quantize_levels(xf, codes)      # NaN: numpy's result
+        self._n("levels")
+        return lv
+
+    def quantize_closed_loop(self, xf, codes, pred, deadzone, lim):
+        xf = np.asarray(xf)
+        if (xf.dtype != np.float32 or xf.ndim != 2 or np.shape(codes) != xf.shape
+                or (lim is not None and np.shape(lim) != xf.shape)
+                or np.shape(pred) != xf.shape[:1]):
+            return super().quantize_closed_loop(xf, codes, pred, deadzone, lim)
+        x = np.ascontiguousarray(xf)
+        c = np.ascontiguousarray(codes, dtype=np.int64)
+        li = None if lim is None else np.ascontiguousarray(lim, dtype=np.int64)
+        pr = np.ascontiguousarray(pred, dtype=np.int64)
+        lv = np.empty(x.shape, dtype=np.int64)
+        if _lib().tkb_enc_levels_closed(_p(x), x.shape[0], x.shape[1], _p(c), _p(li), _p(pr),
+                                        float(np.float32(deadzone)), _p(lv)) != ENC_OK:
+            return super().quantize_closed_loop(xf, codes, pred, deadzone, lim)
+        self._n("levels_closed")
+        return lv
+
+    def reaches(self, te, allx, allc, qp, allnorms, pred, target):
+        od = te.tps["output_dtype"]
+        if (te.closed_loop or te.transform is not None or od not in (0, 1, 2)
+                or allc.dtype != np.float32 or allc.ndim != 2 or allc.shape != allx.shape):
+            self._n("reaches_numpy")
+            return super().reaches(te, allx, allc, qp, allnorms, pred, target)
+        delta = np.ascontiguousarray(te.token_step_deltas(allnorms, qp), dtype=np.int32)
+        sc = te._step_codes(qp)
+        code = np.ascontiguousarray(sc, dtype=np.uint8)
+        x = np.ascontiguousarray(allc)
+        mean, bound = C.c_double(0), C.c_double(0)
+        rc = _lib().tkb_enc_trial_cosine(_p(x), x.shape[0], x.shape[1], _p(code), _p(delta),
+                                         od, C.byref(mean), C.byref(bound))
+        if rc == ENC_OK and abs(mean.value - target) > bound.value:
+            self._n("reaches_c")
+            return mean.value >= target
+        self._n("reaches_numpy")
+        return super().reaches(te, allx, allc, qp, allnorms, pred, target)
+
+    def zigzag_residuals(self, lv, pos, tps):
+        if lv.dtype != np.int64 or lv.ndim != 2:
+            return super().zigzag_residuals(lv, pos, tps)
+        from tokenbits import prediction
+        pred = np.ascontiguousarray(prediction.predictor_rows(pos, tps), dtype=np.int64)
+        lv = np.ascontiguousarray(lv)
+        u = np.empty(lv.shape, dtype=np.int64)
+        _check(_lib().tkb_enc_residuals(_p(lv), lv.shape[0], lv.shape[1], _p(pred), _p(u)),
+               "residuals")
+        self._n("residuals")
+        return u
+
+    def symbol_entropy(self, u):
+        from tokenbits.encoder import _entropy_bits
+        u = np.ascontiguousarray(u, dtype=np.int64)
+        if u.size == 0:
+            return super().symbol_entropy(u)
+        cap = 1 << 16
+        h = np.zeros(cap + 1, dtype=np.int64)
+        if _lib().tkb_enc_histogram(_p(u), u.size, 0, cap, _p(h)) != ENC_OK:
+            return super().symbol_entropy(u)               # negative values: numpy's error
+        self._n("entropy")
+        # bincount's counts up to the largest value; only the nonzero ones count
+        return _entropy_bits(h)
+
+    def channel_histograms(self, u, d, alphabet):
+        u = np.ascontiguousarray(u, dtype=np.int64)
+        if d <= 0 or alphabet < 1:
+            return super().channel_histograms(u, d, alphabet)
+        n = (u.size // d) * d                          # np.tile covers whole rows only
+        h = np.zeros((d, alphabet), dtype=np.int64)
+        if n != u.size or _lib().tkb_enc_histogram(_p(u), n, d, alphabet - 1, _p(h)) != ENC_OK:
+            return super().channel_histograms(u, d, alphabet)
+        self._n("histograms")
+        return h
+
+    def group_sum(self, hist, hf, group, t):
+        hist = np.ascontiguousarray(hist)
+        group = np.ascontiguousarray(group, dtype=np.int64)
+        if hist.dtype != np.int64 or hist.ndim != 2 or group.shape != hist.shape[:1] or t < 1:
+            return super().group_sum(hist, hf, group, t)
+        out = np.empty((t, hist.shape[1]), dtype=np.float64)
+        if _lib().tkb_enc_group_sum(_p(hist), hist.shape[0], hist.shape[1], _p(group), t,
+                                    _p(out)) != ENC_OK:
+            return super().group_sum(hist, hf, group, t)
+        self._n("group_sum")
+        return out
+
+    def table_argmin(self, hist, hf, q):
+        hist = np.ascontiguousarray(hist)
+        if hist.dtype != np.int64 or hist.ndim != 2 or q.ndim != 2 or q.shape[1] != hist.shape[1]:
+            return super().table_argmin(hist, hf, q)
+        nlq = np.ascontiguousarray(-np.log2(q))          # numpy's log2, as the reference's
+        group = np.empty(hist.shape[0], dtype=np.int64)
+        amb = _lib().tkb_enc_table_argmin(_p(hist), hist.shape[0], hist.shape[1], _p(nlq),
+                                          nlq.shape[0], _p(group))
+        if amb != 0:
+            self._n("argmin_numpy")
+            return super().table_argmin(hist, hf, q)
+        self._n("argmin_c")
+        return group
+
+
+_native_kernels = None
+
+
+def fit_kernels():
+    """The fit's kernels with libtkb's C (a FitKernels), or None when the core is absent."""
+    global _native_kernels
+    if available() is not None:
+        return None
+    if _native_kernels is None:
+        cls = type("NativeFitKernels", (_NativeFitKernels, _fit_kernels_base()), {})
+        _native_kernels = cls()
+    return _native_kernels
 
 
 # -- the frame coder ------------------------------------------------------------------

@@ -229,5 +229,7 @@ int tkb_enc_split(const void *src, int width, size_t n, size_t d, const uint32_t
 
 const char *tkb_enc_simd_name(void)
 {
-    return "scalar";        /* the encoder core has only plain C paths so far */
+    /* AVX2 paths: the forward transform (enc_transform.c, with FMA, exact), the fit's
+     * trial cosine and table costs (enc_fit.c); quantization and rANS are plain C */
+    return tkb_cpu_avx2() ? "avx2" : "scalar";
 }
