@@ -697,8 +697,9 @@ class TrackEncoder:
         self.chan_offset = np.zeros(self.dc, dtype=np.int64)
         if o.per_channel_steps:
             rms = np.sqrt((allc.astype(np.float64) ** 2).mean(axis=0)) + 1e-30
-            self.chan_offset = np.clip(np.round(3 * np.log2(rms / np.median(rms))), -24, 24
-                                       ).astype(np.int64)
+            with np.errstate(invalid="ignore"):       # inf / inf (overflowing values): 0
+                off = np.nan_to_num(np.round(3 * np.log2(rms / np.median(rms))), nan=0.0)
+            self.chan_offset = np.clip(off, -24, 24).astype(np.int64)
         self.deadzone = float(o.deadzone or 0.0)
         self.closed_loop = self.deadzone > 0 or (o.deadzone is None and
                                                  self.transform is not None)
