@@ -892,6 +892,9 @@ static int decode_values(const tkb_frame *f, void *values, int threads, int work
     int parts = threads;
     if ((uint64_t)parts > f->num_chunks)
         parts = (int)f->num_chunks;
+    if (parts <= 1 && t->coding_mode != 1 && f->num_chunks > 1 &&
+        tkb_decode_quantized_fused(f, sym, values, f->simd) == 0)
+        return 0;
     if (parts > 1) {
         int rc[64];
         tkb_error errs[64];

@@ -193,6 +193,9 @@ void tkb_dense_fill(const tkb_frame_info *fi, const uint32_t *pos, const uint32_
 void tkb_rans_init(void);   /* once, before any decoding (tables of the fast path) */
 int tkb_rans_decode_chunks(const tkb_frame *f, uint64_t c0, uint64_t c1, uint16_t *sym,
                            int simd, tkb_error *err);
+/* The same, from the word offset *woff of chunk c0 (advanced past the chunks decoded). */
+int tkb_rans_decode_chunks_at(const tkb_frame *f, uint64_t c0, uint64_t c1, uint64_t *woff,
+                              uint16_t *sym, int simd, tkb_error *err);
 
 /* ---- symbols.c (7.4), prediction.c (7.5), reconstruction.c (7.6) ----------------- */
 extern const uint32_t TKB_STEP_MANTISSA_BITS[6];
@@ -203,6 +206,9 @@ uint16_t tkb_f32_to_bf16_bits(uint32_t b);
 /* Decode a quantized frame's values (clauses 7.4.1, 7.5, 7.6) from its symbols. */
 int tkb_reconstruct_quantized(const tkb_frame *f, const uint16_t *sym, void *values,
                               int simd, int threads, tkb_error *err);
+/* rANS decoding and tkb_reconstruct_quantized alternating chunk by chunk (symbols still
+ * in cache); 0, or -1: not done (an error or out of memory: decode the plain way). */
+int tkb_decode_quantized_fused(const tkb_frame *f, uint16_t *sym, void *values, int simd);
 /* Decode a split frame's values (clause 7.4.2 with 7.5). */
 int tkb_reconstruct_split(const tkb_frame *f, const uint16_t *sym, void *values,
                           tkb_error *err);

@@ -229,12 +229,10 @@ static int decode_chunk_avx2(const tkb_frame *f, uint64_t c, const uint8_t *w, u
 void tkb_rans_init(void) {}
 #endif
 
-int tkb_rans_decode_chunks(const tkb_frame *f, uint64_t c0, uint64_t c1, uint16_t *sym,
-                           int simd, tkb_error *err)
+int tkb_rans_decode_chunks_at(const tkb_frame *f, uint64_t c0, uint64_t c1, uint64_t *woffp,
+                              uint16_t *sym, int simd, tkb_error *err)
 {
-    uint64_t woff = 0;
-    for (uint64_t c = 0; c < c0; c++)
-        woff += le32(f->chunk_words + 4 * c);
+    uint64_t woff = *woffp;
     for (uint64_t c = c0; c < c1; c++) {
         uint32_t cw = le32(f->chunk_words + 4 * c);
         const uint8_t *w = f->rans_data + 2 * woff;
@@ -249,6 +247,16 @@ int tkb_rans_decode_chunks(const tkb_frame *f, uint64_t c0, uint64_t c1, uint16_
         if (e)
             return e;
         woff += cw;
+        *woffp = woff;
     }
     return 0;
+}
+
+int tkb_rans_decode_chunks(const tkb_frame *f, uint64_t c0, uint64_t c1, uint16_t *sym,
+                           int simd, tkb_error *err)
+{
+    uint64_t woff = 0;
+    for (uint64_t c = 0; c < c0; c++)
+        woff += le32(f->chunk_words + 4 * c);
+    return tkb_rans_decode_chunks_at(f, c0, c1, &woff, sym, simd, err);
 }

@@ -244,12 +244,22 @@ out:
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+/* 16 bytes out: a streaming (non-temporal) store when nt (p is then 16-byte aligned) */
+__attribute__((target("avx2,f16c"), always_inline))
+static inline void st16(void *p, __m128i v, int nt)
+{
+    if (nt)
+        _mm_stream_si128((__m128i *)p, v);
+    else
+        _mm_storeu_si128((__m128i *)p, v);
+}
 /* One row without escapes: residuals from symbols, plus the prediction row (NULL: 0),
  * range check, levels out; then v = binary32(lev) * step, converted to dtype.
  * Returns nonzero when a level is out of range. */
 __attribute__((target("avx2,f16c")))
 static int row_avx2(const qctx *q, const uint16_t *s, const int32_t *pred, int32_t *lev,
-                    const float *step, uint32_t C, uint32_t dtype, void *out, uint64_t *e)
+                    const float *step, uint32_t C, uint32_t dtype, void *out, uint64_t *e,
+                    int nt)
 {
     const __m256i one = _mm256_set1_epi32(1), lim = _mm256_set1_epi32(MAX_LEVEL);
     const uint16_t *esc = q->t->esc;
@@ -281,10 +291,11 @@ static int row_avx2(const qctx *q, const uint16_t *s, const int32_t *pred, int32
         __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(r), _mm256_loadu_ps(step + c));
         if (dtype == TKB_FLOAT16) {
             /* vcvtps2ph: IEEE convertFormat, round to nearest even: clause 7.6.2 */
-            _mm_storeu_si128((__m128i *)((uint16_t *)out + c),
-                             _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            st16((uint16_t *)out + c,
+                 _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nt);
         } else if (dtype == TKB_FLOAT32) {
-            _mm256_storeu_ps((float *)out + c, v);
+            st16((float *)out + c, _mm256_castsi256_si128(_mm256_castps_si256(v)), nt);
+            st16((float *)out + c + 4, _mm256_extracti128_si256(_mm256_castps_si256(v), 1), nt);
         } else {
             /* (b + 0x7FFF + ((b >> 16) & 1)) >> 16 on 32-bit lanes: a finite v32 has
              * b < 0xD5000000, so the sum does not wrap */
@@ -292,7 +303,7 @@ static int row_avx2(const qctx *q, const uint16_t *s, const int32_t *pred, int32
             b = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)),
                                                    _mm256_and_si256(_mm256_srli_epi32(b, 16), one)), 16);
             __m128i p = _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
-            _mm_storeu_si128((__m128i *)((uint16_t *)out + c), p);
+            st16((uint16_t *)out + c, p, nt);
         }
     }
     int badm = !_mm256_testz_si256(bad, bad);
@@ -323,7 +334,7 @@ static int row_avx2(const qctx *q, const uint16_t *s, const int32_t *pred, int32
 /* binary32(lev) * step, converted to dtype (clauses 7.6.1, 7.6.2), eight at a time */
 __attribute__((target("avx2,f16c")))
 static void out_avx2(const int32_t *lev, const float *step, uint32_t C, uint32_t dtype,
-                     void *out)
+                     void *out, int nt)
 {
     const __m256i one = _mm256_set1_epi32(1);
     uint32_t c = 0;
@@ -331,16 +342,17 @@ static void out_avx2(const int32_t *lev, const float *step, uint32_t C, uint32_t
         __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(lev + c))),
                                  _mm256_loadu_ps(step + c));
         if (dtype == TKB_FLOAT16) {
-            _mm_storeu_si128((__m128i *)((uint16_t *)out + c),
-                             _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            st16((uint16_t *)out + c,
+                 _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nt);
         } else if (dtype == TKB_FLOAT32) {
-            _mm256_storeu_ps((float *)out + c, v);
+            st16((float *)out + c, _mm256_castsi256_si128(_mm256_castps_si256(v)), nt);
+            st16((float *)out + c + 4, _mm256_extracti128_si256(_mm256_castps_si256(v), 1), nt);
         } else {
             __m256i b = _mm256_castps_si256(v);
             b = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)),
                                                    _mm256_and_si256(_mm256_srli_epi32(b, 16), one)), 16);
-            _mm_storeu_si128((__m128i *)((uint16_t *)out + c),
-                             _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
+            st16((uint16_t *)out + c,
+                 _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)), nt);
         }
     }
     for (; c < C; c++) {
@@ -379,16 +391,69 @@ static int row_scalar(const qctx *q, const uint16_t *s, const int32_t *pred, int
     return bad;
 }
 
-int tkb_reconstruct_quantized(const tkb_frame *f, const uint16_t *sym, void *values,
-                              int simd, int threads, tkb_error *err)
+/* The reconstruction of a quantized frame as a resumable process over its rows (tokens in
+ * coding order), so that rANS decoding and reconstruction can alternate chunk by chunk
+ * while the symbols are still in cache (tkb_decode_quantized_fused).  `lazy`: the
+ * symbols may not all be decoded yet, so an error is not diagnosed (ordered_error reads
+ * every symbol): the process returns -1 and the caller decodes the frame the plain way,
+ * which reports the same error as ever. */
+typedef struct qstate {
+    qctx q;
+    void *values;
+    int lazy, use_avx2, nt;
+    int32_t *buf, *col;
+    float *step;
+    int64_t *tag, *Y;
+    double *acc;
+    float *v32;
+    int32_t *prev, *cur, *tmp;
+    int have_prev;
+    int32_t step_row_tsd;
+    uint64_t e;
+    uint32_t nb, bstart, W;
+    float steptab[256];             /* STEP[q], Table 7.6-1 */
+} qstate;
+
+static const uint32_t NT = 32;     /* tokens per inverse transform batch */
+
+static void q_end(qstate *st)
 {
-    TKB_UNUSED(threads);
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (st->nt)
+        _mm_sfence();   /* the streaming stores ordered before whatever follows */
+#endif
+    free(st->buf);
+    free(st->step);
+    free(st->col);
+    free(st->tag);
+    free(st->Y);
+    free(st->acc);
+    free(st->v32);
+    st->buf = st->col = NULL;
+    st->step = st->v32 = NULL;
+    st->tag = st->Y = NULL;
+    st->acc = NULL;
+}
+
+static int q_error(qstate *st, tkb_error *err)
+{
+    return st->lazy ? -1 : ordered_error(&st->q, err);
+}
+
+/* 0: ready (q_rows, then q_finish, then q_end); 1: K == 0, nothing to do; else an error */
+static int q_begin(qstate *st, const tkb_frame *f, const uint16_t *sym, void *values, int simd,
+                   int lazy, tkb_error *err)
+{
     const tkb_tps *t = f->tps;
-    qctx q = {f, t, sym, f->info.num_kept, t->num_coded, t->num_channels,
-              t->grid_present ? t->num_prefix_tokens : 0, f->payload + f->escape_off};
-    uint32_t K = q.K, C = q.C, D = q.D;
+    memset(st, 0, sizeof *st);
+    qctx q0 = {f, t, sym, f->info.num_kept, t->num_coded, t->num_channels,
+               t->grid_present ? t->num_prefix_tokens : 0, f->payload + f->escape_off};
+    st->q = q0;
+    st->values = values;
+    st->lazy = lazy;
+    uint32_t K = st->q.K, C = st->q.C, D = st->q.D;
     if (K == 0)
-        return 0;     /* no value, no step code (clause 7.6.1) */
+        return 1;     /* no value, no step code (clause 7.6.1) */
     /* step codes: all in range?  (reported after the level checks, clause 9.0) */
     int code_min = 255, code_max = 0;
     for (uint32_t c = 0; c < (t->per_channel_steps ? C : 1); c++) {
@@ -405,87 +470,95 @@ int tkb_reconstruct_quantized(const tkb_frame *f, const uint16_t *sym, void *val
         }
     }
     if (code_min + f->frame_step_delta + tmin < 0 || code_max + f->frame_step_delta + tmax > 255)
-        return ordered_error(&q, err);
-    size_t vs = f->info.value_size;
-    uint32_t W = t->grid_width;
-    int32_t *buf = malloc(3 * (size_t)C * sizeof *buf);
-    float *step = malloc((size_t)C * sizeof *step);
-    int32_t *col = NULL;
-    int64_t *tag = NULL;
-    int64_t *Y = NULL;
-    double *acc = NULL;
-    float *v32 = NULL;
-    int rc = 0;
+        return q_error(st, err);
+    uint32_t W = st->W = t->grid_width;
+    st->buf = malloc(3 * (size_t)C * sizeof *st->buf);
+    st->step = malloc((size_t)C * sizeof *st->step);
     if (t->predictor == 2) {
-        col = malloc(((size_t)W * C + 1) * sizeof *col);
-        tag = malloc(((size_t)W + 1) * sizeof *tag);
+        st->col = malloc(((size_t)W * C + 1) * sizeof *st->col);
+        st->tag = malloc(((size_t)W + 1) * sizeof *st->tag);
     }
-    const uint32_t NT = 32;     /* tokens per inverse transform batch */
     if (t->coding_mode == 2) {
-        Y = malloc((size_t)NT * C * sizeof *Y);
-        acc = malloc((size_t)NT * D * sizeof *acc);
-        v32 = malloc((size_t)NT * D * sizeof *v32);
+        st->Y = malloc((size_t)NT * C * sizeof *st->Y);
+        st->acc = malloc((size_t)NT * D * sizeof *st->acc);
+        st->v32 = malloc((size_t)NT * D * sizeof *st->v32);
     }
-    if (!buf || !step || (t->predictor == 2 && (!col || !tag)) ||
-        (t->coding_mode == 2 && (!Y || !acc || !v32))) {
-        rc = tkb_fail(err, TKB_NOMEM, "7.6", "rans_data", -1, "out of memory");
-        goto out;
+    if (!st->buf || !st->step || (t->predictor == 2 && (!st->col || !st->tag)) ||
+        (t->coding_mode == 2 && (!st->Y || !st->acc || !st->v32))) {
+        q_end(st);
+        return tkb_fail(err, TKB_NOMEM, "7.6", "rans_data", -1, "out of memory");
     }
-    if (tag)
+    if (st->tag)
         for (uint32_t x = 0; x < W; x++)
-            tag[x] = -2;
-    int32_t *prev = buf, *cur = buf + C, *tmp = buf + 2 * C;
-    int have_prev = 0;
-    int32_t step_row_tsd = 1000;
-    float steptab[256];             /* STEP[q], Table 7.6-1 */
+            st->tag[x] = -2;
+    st->prev = st->buf;
+    st->cur = st->buf + C;
+    st->tmp = st->buf + 2 * C;
+    st->step_row_tsd = 1000;
     for (int qq = 0; qq < 256; qq++)
-        steptab[qq] = tkb_step(qq);
-    uint64_t e = 0;
-    uint32_t nb = 0, bstart = 0;
-    int use_avx2 = 0;
+        st->steptab[qq] = tkb_step(qq);
 #if defined(__x86_64__) && defined(__GNUC__)
-    use_avx2 = simd && t->coding_mode == 0;
+    st->use_avx2 = simd && t->coding_mode == 0;
+    /* a frame of 1 MiB or more (larger than half a typical L2 cache): streaming stores,
+     * the values go to memory without first reading their lines in */
+    st->nt = st->use_avx2 && f->info.values_bytes >= ((size_t)1 << 20) &&
+             ((uintptr_t)values & 15) == 0 && (D * f->info.value_size) % 16 == 0;
 #else
     TKB_UNUSED(simd);
 #endif
-    for (uint32_t k = 0; k < K; k++) {
+    return 0;
+}
+
+/* rows [k0, k1): their symbols must be decoded */
+static int q_rows(qstate *st, uint32_t k0, uint32_t k1, tkb_error *err)
+{
+    const qctx *qc = &st->q;
+    const tkb_frame *f = qc->f;
+    const tkb_tps *t = qc->t;
+    const uint16_t *sym = qc->sym;
+    uint32_t K = qc->K, C = qc->C, D = qc->D, W = st->W;
+    size_t vs = f->info.value_size;
+    float *step = st->step;
+    int32_t *col = st->col;
+    int64_t *tag = st->tag, *Y = st->Y;
+    for (uint32_t k = k0; k < k1; k++) {
         const uint16_t *s = sym + (size_t)k * C;
-        int seq = is_seq(&q, k);
+        int seq = is_seq(qc, k);
         const int32_t *pred = NULL;
-        int32_t *lev = tmp;
+        int32_t *lev = st->tmp;
         uint32_t x = 0, y = 0;
         if (seq && t->predictor == 1) {
-            pred = have_prev ? prev : NULL;
-            lev = cur;
+            pred = st->have_prev ? st->prev : NULL;
+            lev = st->cur;
         } else if (seq && t->predictor == 2) {
-            uint32_t g = f->pos[k] - q.start;
+            uint32_t g = f->pos[k] - qc->start;
             y = g / W;
             x = g % W;
             pred = tag[x] == (int64_t)y - 1 ? col + (size_t)x * C : NULL;
         }
         int32_t d = tsd(f, k);
-        if (d != step_row_tsd) {    /* the row's steps, clause 7.6.1 (codes checked above) */
+        if (d != st->step_row_tsd) {    /* the row's steps, clause 7.6.1 (codes checked above) */
             if (t->per_channel_steps) {
                 for (uint32_t c = 0; c < C; c++)
-                    step[c] = steptab[t->step_code[c] + f->frame_step_delta + d];
+                    step[c] = st->steptab[t->step_code[c] + f->frame_step_delta + d];
             } else {
-                float v = steptab[t->step_code[0] + f->frame_step_delta + d];
+                float v = st->steptab[t->step_code[0] + f->frame_step_delta + d];
                 for (uint32_t c = 0; c < C; c++)
                     step[c] = v;
             }
-            step_row_tsd = d;
+            st->step_row_tsd = d;
         }
-        void *out = (uint8_t *)values + (size_t)k * D * vs;
+        void *out = (uint8_t *)st->values + (size_t)k * D * vs;
         int bad = 2;
 #if defined(__x86_64__) && defined(__GNUC__)
-        if (use_avx2)
-            bad = row_avx2(&q, s, pred, lev, step, C, t->output_dtype, out, &e);
+        if (st->use_avx2)
+            bad = row_avx2(qc, s, pred, lev, step, C, t->output_dtype, out, &st->e, st->nt);
 #endif
         if (bad == 2) {
-            bad = row_scalar(&q, s, pred, lev, &e);
+            bad = row_scalar(qc, s, pred, lev, &st->e);
 #if defined(__x86_64__) && defined(__GNUC__)
-            if (!bad && use_avx2) {
-                out_avx2(lev, step, C, t->output_dtype, out);
+            if (!bad && st->use_avx2) {
+                out_avx2(lev, step, C, t->output_dtype, out, st->nt);
             } else
 #endif
             if (!bad && t->coding_mode == 0) {
@@ -498,50 +571,97 @@ int tkb_reconstruct_quantized(const tkb_frame *f, const uint16_t *sym, void *val
                 }
             }
         }
-        if (bad) {
-            rc = ordered_error(&q, err);
-            goto out;
-        }
+        if (bad)
+            return q_error(st, err);
         if (t->coding_mode == 2) {   /* clause 7.6.3 step 1, then batches of tokens */
-            int64_t *yr = Y + (size_t)nb * C;
+            int64_t *yr = Y + (size_t)st->nb * C;
             for (uint32_t c = 0; c < C; c++) {
                 int code = t->step_code[t->per_channel_steps ? c : 0] + f->frame_step_delta + d;
-                if (coefficient(lev[c], code, t->transform->coeff_frac_bits, &yr[c])) {
-                    rc = ordered_error(&q, err);
-                    goto out;
-                }
+                if (coefficient(lev[c], code, t->transform->coeff_frac_bits, &yr[c]))
+                    return q_error(st, err);
             }
-            if (nb++ == 0)
-                bstart = k;
+            if (st->nb++ == 0)
+                st->bstart = k;
         }
         if (seq && t->predictor == 1) {
-            int32_t *sw = prev;
-            prev = cur;
-            cur = sw;
-            have_prev = 1;
+            int32_t *sw = st->prev;
+            st->prev = st->cur;
+            st->cur = sw;
+            st->have_prev = 1;
         } else if (seq && t->predictor == 2) {
             memcpy(col + (size_t)x * C, lev, C * sizeof *lev);
             tag[x] = y;
         }
-        if (t->coding_mode == 2 && (nb == NT || k + 1 == K)) {
-            tkb_inverse_transform(t->transform, Y, nb, v32, acc);
-            for (uint32_t i = 0; i < nb; i++)
-                store_row(v32 + (size_t)i * D, D, t->output_dtype,
-                          (uint8_t *)values + (size_t)(bstart + i) * D * vs);
-            nb = 0;
+        if (t->coding_mode == 2 && (st->nb == NT || k + 1 == K)) {
+            tkb_inverse_transform(t->transform, Y, st->nb, st->v32, st->acc);
+            for (uint32_t i = 0; i < st->nb; i++)
+                store_row(st->v32 + (size_t)i * D, D, t->output_dtype,
+                          (uint8_t *)st->values + (size_t)(st->bstart + i) * D * vs);
+            st->nb = 0;
         }
     }
-    if (e != f->num_escapes)
-        rc = ordered_error(&q, err);
-out:
-    free(buf);
-    free(step);
-    free(col);
-    free(tag);
-    free(Y);
-    free(acc);
-    free(v32);
+    return 0;
+}
+
+static int q_finish(qstate *st, tkb_error *err)
+{
+    return st->e != st->q.f->num_escapes ? q_error(st, err) : 0;
+}
+
+int tkb_reconstruct_quantized(const tkb_frame *f, const uint16_t *sym, void *values,
+                              int simd, int threads, tkb_error *err)
+{
+    TKB_UNUSED(threads);
+    qstate st;
+    int rc = q_begin(&st, f, sym, values, simd, 0, err);
+    if (rc)
+        return rc == 1 ? 0 : rc;
+    rc = q_rows(&st, 0, st.q.K, err);
+    if (!rc)
+        rc = q_finish(&st, err);
+    q_end(&st);
     return rc;
+}
+
+/* rANS decoding (clause 7.3.2) and reconstruction alternating: chunks of about 64 KiB of
+ * symbols, then the rows they complete, so the symbols are read back from cache rather
+ * than memory (one thread per frame).  Same values as tkb_rans_decode_chunks followed by
+ * tkb_reconstruct_quantized; returns 0, or -1 when anything went wrong (an error, or out
+ * of memory): the caller then decodes the frame the plain way, which reports the error. */
+int tkb_decode_quantized_fused(const tkb_frame *f, uint16_t *sym, void *values, int simd)
+{
+    const tkb_tps *t = f->tps;
+    tkb_error e0;
+    qstate st;
+    uint32_t C = t->num_coded, K = f->info.num_kept;
+    if (t->coding_mode == 1 || C == 0 || f->num_symbols != (uint64_t)K * C)
+        return -1;
+    int rc = q_begin(&st, f, sym, values, simd, 1, &e0);
+    if (rc)
+        return rc == 1 ? 0 : -1;
+    const uint64_t target = 32768;  /* symbols per step (64 KiB) */
+    uint64_t woff = 0, c = 0;
+    uint32_t done = 0;
+    while (!rc && c < f->num_chunks) {
+        uint64_t c1 = c, have;
+        do {
+            c1++;
+            have = c1 * (uint64_t)t->chunk_size;
+            if (have > f->num_symbols)
+                have = f->num_symbols;
+        } while (c1 < f->num_chunks && have - (uint64_t)done * C < target);
+        rc = tkb_rans_decode_chunks_at(f, c, c1, &woff, sym, simd, &e0);
+        c = c1;
+        uint32_t rows = (uint32_t)(have / C);
+        if (!rc && rows > done) {
+            rc = q_rows(&st, done, rows, &e0);
+            done = rows;
+        }
+    }
+    if (!rc)
+        rc = q_finish(&st, &e0);
+    q_end(&st);
+    return rc ? -1 : 0;
 }
 
 /* ---- split frames (clause 7.4.2 with the prediction of 7.5) ----------------------- */
