@@ -657,6 +657,12 @@ def prune_encode(data: str, frames: int = 256, keep: float = 0.125, log=print,
     return out
 
 
+def _write_json(res: dict, path) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prepare", metavar="DIR", help="write DIR/vit_frames.npy and stop")
@@ -682,20 +688,12 @@ def main(argv=None) -> int:
     p.add_argument("--prune", type=int, nargs="?", const=256, metavar="FRAMES",
                    help="only the pruned GPU encode (issue 16) against the unpruned one")
     a = p.parse_args(argv)
-    if a.prune:
-        res = prune_encode(a.data, a.prune, log=lambda m: print(m, flush=True),
-                           device="cuda" if torch.cuda.is_available() else "cpu")
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(res, f, indent=1, default=str)
-        return 0
-    if a.transform:
-        res = transform_decode(a.data, a.transform, coeffs=a.coeffs,
-                               log=lambda m: print(m, flush=True),
-                               device="cuda" if torch.cuda.is_available() else "cpu")
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(res, f, indent=1, default=str)
+    if a.prune or a.transform:      # one section alone: issue 16's or issue 15's
+        log = lambda m: print(m, flush=True)  # noqa: E731
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        res = (prune_encode(a.data, a.prune, log=log, device=dev) if a.prune else
+               transform_decode(a.data, a.transform, coeffs=a.coeffs, log=log, device=dev))
+        _write_json(res, a.json)
         return 0
     if a.prepare:
         print(prepare(a.prepare))
@@ -708,9 +706,7 @@ def main(argv=None) -> int:
               log=lambda m: print(m, flush=True),
               variants=tuple(v for v in a.variants.split(",") if v), num_tables=a.tables,
               prob_bits=a.prob_bits, baselines_=not a.no_baselines)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1, default=str)
+    _write_json(res, a.json)
     if a.dump:
         dump_kernels(a.dump)
     return 0

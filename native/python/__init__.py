@@ -110,15 +110,24 @@ def _load():
                                         P(C.c_int), P(Error)]),
         "tkb_frame_free": (None, [vp]),
     }
+    missing = _bind(lib, sig)
+    if missing:
+        _why = f"{path} is not a matching libtkb: {missing}"
+        return None
+    _lib = lib
+    return lib
+
+
+def _bind(lib, sig: dict) -> str | None:
+    """Set restype and argtypes of each function of ``sig`` (name -> (restype, argtypes));
+    the error text when libtkb lacks one of them, else None."""
     try:
         for name, (res, args) in sig.items():
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
     except AttributeError as e:
-        _why = f"{path} is not a matching libtkb: {e}"
-        return None
-    _lib = lib
-    return lib
+        return str(e)
+    return None
 
 
 def available() -> str | None:

@@ -50,7 +50,7 @@ def _lib():
     global _enc, _enc_why
     if _enc is not None or _enc_why is not None:
         return _enc
-    from . import _load, available
+    from . import _bind, _load, available
     lib = _load()
     if lib is None:
         _enc_why = available()
@@ -77,12 +77,9 @@ def _lib():
         "tkb_enc_group_sum": (C.c_int, [vp, sz, sz, vp, sz, vp]),
         "tkb_enc_levels_closed": (C.c_int, [vp, sz, sz, vp, vp, vp, C.c_float, vp]),
     }
-    try:
-        for name, (res, args) in sig.items():
-            fn = getattr(lib, name)
-            fn.restype, fn.argtypes = res, args
-    except AttributeError as e:
-        _enc_why = f"this libtkb has no encoder core (rebuild it: make native): {e}"
+    missing = _bind(lib, sig)
+    if missing:
+        _enc_why = f"this libtkb has no encoder core (rebuild it: make native): {missing}"
         return None
     _enc = lib
     return lib

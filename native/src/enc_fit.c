@@ -15,62 +15,9 @@
  * No fused operations (-ffp-contract=off). */
 #include "internal.h"
 #include "../include/tkb_enc.h"
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include "enc_scalar.h"
 
-#define MAX_LEVEL ((1 << 24) - 1)          /* clause 7.6.1 */
 #define U64 (1.0 / 9007199254740992.0)      /* unit roundoff of binary64, 2^-53 */
-
-static inline float rint_f32(float x)
-{
-    float a = __builtin_fabsf(x);
-    float r = (a + 8388608.0f) - 8388608.0f;
-    return __builtin_copysignf(a < 8388608.0f ? r : a, x);
-}
-
-static inline float bits_f32(uint32_t b)
-{
-    float f;
-    memcpy(&f, &b, 4);
-    return f;
-}
-
-static inline uint32_t f32_bits(float v)
-{
-    uint32_t b;
-    memcpy(&b, &v, 4);
-    return b;
-}
-
-static float f16_to_f32(uint16_t h)         /* exact */
-{
-    uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1F, m = h & 0x3FFu, b;
-    if (e == 0x1F)
-        b = s | 0x7F800000u | (m << 13);
-    else if (e != 0)
-        b = s | ((e + 112) << 23) | (m << 13);
-    else if (m == 0)
-        b = s;
-    else {
-        e = 113;
-        while (!(m & 0x400u)) {
-            m <<= 1;
-            e--;
-        }
-        b = s | (e << 23) | ((m & 0x3FFu) << 13);
-    }
-    return bits_f32(b);
-}
-
-static inline double sqrt_f64(double s)     /* correctly rounded (IEEE 754 squareRoot) */
-{
-#if defined(__SSE2__)
-    return _mm_cvtsd_f64(_mm_sqrt_sd(_mm_setzero_pd(), _mm_set_sd(s)));
-#else
-    return __builtin_sqrt(s);
-#endif
-}
 
 /* the AVX2 paths: tkb_cpu_avx2's answer, the CPU probed once (cpuid can be slow under a
  * hypervisor); $TKB_NATIVE_SIMD=scalar read on every call */

@@ -5,62 +5,7 @@
  * so the levels are the same bits. */
 #include "internal.h"
 #include "../include/tkb_enc.h"
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
-#define MAX_LEVEL ((1 << 24) - 1)          /* clause 7.6.1 */
-
-/* round half to even of binary32 / binary64 values (libm's rintf / rint in the default
- * rounding mode, without libm): below 2^23 (2^52) adding and subtracting 2^23 (2^52)
- * rounds once at the unit; larger values, infinities and NaN are returned as they are */
-static inline float rint_f32(float x)
-{
-    /* branch-free: the rounding of |x|, with the sign of x (rint is odd-symmetric) */
-    float a = __builtin_fabsf(x);
-    float r = (a + 8388608.0f) - 8388608.0f;
-    return __builtin_copysignf(a < 8388608.0f ? r : a, x);
-}
-
-static inline double rint_f64(double x)
-{
-    if (!(__builtin_fabs(x) < 4503599627370496.0))
-        return x;
-    return x >= 0.0 ? (x + 4503599627370496.0) - 4503599627370496.0
-                    : (x - 4503599627370496.0) + 4503599627370496.0;
-}
-
-static inline double sqrt_f64(double s)     /* correctly rounded (IEEE 754 squareRoot) */
-{
-#if defined(__SSE2__)
-    return _mm_cvtsd_f64(_mm_sqrt_sd(_mm_setzero_pd(), _mm_set_sd(s)));
-#else
-    return __builtin_sqrt(s);
-#endif
-}
-
-/* binary16 -> binary32, exact (clause 7.6.2's conversions in reverse need none) */
-static float f16_to_f32(uint16_t h)
-{
-    uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1F, m = h & 0x3FFu, b;
-    if (e == 0x1F)
-        b = s | 0x7F800000u | (m << 13);                 /* inf, NaN (payload kept) */
-    else if (e != 0)
-        b = s | ((e + 112) << 23) | (m << 13);           /* normal */
-    else if (m == 0)
-        b = s;                                           /* zero */
-    else {                                               /* subnormal: normalise */
-        e = 113;
-        while (!(m & 0x400u)) {
-            m <<= 1;
-            e--;
-        }
-        b = s | (e << 23) | ((m & 0x3FFu) << 13);
-    }
-    float f;
-    memcpy(&f, &b, 4);
-    return f;
-}
+#include "enc_scalar.h"
 
 int tkb_enc_gather_f32(const void *src, int src_dtype, size_t n, size_t d,
                        const uint32_t *pos, size_t k, float *out)

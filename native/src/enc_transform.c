@@ -9,15 +9,7 @@
 #include <stdlib.h>
 #include "internal.h"
 #include "../include/tkb_enc.h"
-
-/* round half to even (as enc_quant.c's; no libm) */
-static inline double rint_f64(double x)
-{
-    if (!(__builtin_fabs(x) < 4503599627370496.0))
-        return x;
-    return x >= 0.0 ? (x + 4503599627370496.0) - 4503599627370496.0
-                    : (x - 4503599627370496.0) + 4503599627370496.0;
-}
+#include "enc_scalar.h"
 
 #define INPUT_MAX 32639.0
 #define ROWS 4096                   /* rows per block (P is read once per block) */
