@@ -390,7 +390,8 @@ def _vit_loo(v, saliency, progress):
         sm = sums[m]
         k = _krange(sm["k"])
         sal = float(np.mean(sm["sal"])) if sm["sal"] else None
-        target = None if m == "none" else "<= 1.0 b/v at cos >= 0.99"
+        target = (None if m == "none" else "saliency err <= without, at equal cos"
+                  if m == "same" else "<= 1.0 b/v at cos >= 0.99")
         if sm["miss"]:
             rows.append(_row(data, method, None, target=target, met=False if target else None,
                              num_coeffs=k, reachable=False,
@@ -404,6 +405,9 @@ def _vit_loo(v, saliency, progress):
             base = sums["none"]["bits"] / sums["none"]["values"]
             under = sum(1 for p in per if p[m] and p[m]["bits_per_value"] <= 1.0)
             met = r["bits_per_value"] <= 1.0 and min(sm["cos"]) >= TARGET_COS
+            if m == "same":
+                met = sal is not None and bool(sums["none"]["sal"]) and \
+                    sal <= float(np.mean(sums["none"]["sal"]))
             note = (f"{1 - r['bits_per_value'] / base:.1%} smaller than today's codec; "
                     f"{under} of {len(held)} images <= 1.0 b/v")
             if m == "best":

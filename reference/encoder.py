@@ -44,6 +44,10 @@ from .presence import write_presence_map
 QP_MIN, QP_MAX = -144, 111
 # the closed-loop quantizer's deadzones tried with a transform (B.1), the first the default
 DEADZONES = (0.3125, 0.125, 0.0)
+# per-channel step offsets round(tilt x log2(rms / median rms)) (B.1): coarser steps for
+# strong channels without a transform (option), finer ones for strong coefficients with
+# one (the default there, B.7)
+STEP_TILT, STEP_TILT_TRANSFORM = 3, -2
 FINE_STEPS = 6
 MAX_ALPHABET = 4096
 
@@ -112,7 +116,10 @@ class TrackOptions:
     grid: tuple | None = None          # (grid_height, grid_width)
     prefix_tokens: int = 0
     predictor: str = "auto"            # none | left | up | auto
-    per_channel_steps: bool = False
+    per_channel_steps: bool | None = None  # B.1 offsets per coded channel; None: on with a
+    #                                    transform (B.7), else off
+    step_tilt: float | None = None     # B.1 offsets round(tilt x log2(rms / median rms));
+    #                                    None: -2 with a transform (B.7), else 3
     token_scale: bool = True
     deadzone: float | None = None      # B.1: > 0 the closed-loop quantizer's deadzone; None:
     #                                    with a transform, closed loop with the best of
@@ -695,10 +702,14 @@ class TrackEncoder:
         norms = np.linalg.norm(allx.astype(np.float64), axis=1)
         self.norm_ref = float(np.median(norms)) if norms.size and np.median(norms) > 0 else 1.0
         self.chan_offset = np.zeros(self.dc, dtype=np.int64)
-        if o.per_channel_steps:
+        self.per_channel_steps = bool(o.per_channel_steps if o.per_channel_steps is not None
+                                      else self.transform is not None)
+        if self.per_channel_steps:
             rms = np.sqrt((allc.astype(np.float64) ** 2).mean(axis=0)) + 1e-30
+            tilt = o.step_tilt if o.step_tilt is not None else (
+                STEP_TILT_TRANSFORM if self.transform is not None else STEP_TILT)
             with np.errstate(invalid="ignore"):       # inf / inf (overflowing values): 0
-                off = np.nan_to_num(np.round(3 * np.log2(rms / np.median(rms))), nan=0.0)
+                off = np.nan_to_num(np.round(tilt * np.log2(rms / np.median(rms))), nan=0.0)
             self.chan_offset = np.clip(off, -24, 24).astype(np.int64)
         self.deadzone = float(o.deadzone or 0.0)
         self.closed_loop = self.deadzone > 0 or (o.deadzone is None and
@@ -746,9 +757,9 @@ class TrackEncoder:
         self.qp = qp
         # the frames' zigzag residuals and step deltas, reused when the same frames are coded
         self._fitted = [(q[2], v) for q, v in zip(quantized, us)]
-        self.tps["per_channel_steps"] = int(bool(o.per_channel_steps))
+        self.tps["per_channel_steps"] = int(self.per_channel_steps)
         sc = self._step_codes(qp)
-        self.tps["step_code"] = (sc if o.per_channel_steps else sc[:1]).astype(np.uint8)
+        self.tps["step_code"] = (sc if self.per_channel_steps else sc[:1]).astype(np.uint8)
         # alphabet: escape the rarest 0.01 % (at least values beyond 4094)
         alphabet = 2
         if u.size:

@@ -415,3 +415,32 @@ def test_closed_loop_quantizer_residuals_and_deadzone():
         plv = np.where((pred >= 0)[:, None], lv[np.maximum(pred, 0)], 0)
         assert np.all(res[np.abs(y - plv) < 0.5 + dz] == 0)
     assert np.array_equal(prediction.chain_depths(pred)[[0, 1, 5, 9, 13]], [0, 0, 1, 2, 3])
+
+
+def test_per_coefficient_steps_with_a_transform(model):
+    """Annex B.1/B.7: with a transform the encoder gives each coefficient its own step
+    code, finer for the strong coefficients (tilt -2); without one, one step code unless
+    asked; per_channel_steps=False and step_tilt override the defaults."""
+    x = tokens(seed=8)
+
+    def tps_of(**kw):
+        data = tb.encode(x, qp=-8, backend="reference", **kw)
+        return tb.decode(data, transforms=[model], backend="reference").tracks[0][0], data
+    t, _ = tps_of(transform=model)
+    codes = np.asarray(t["step_code"], dtype=np.int64)
+    assert t["per_channel_steps"] == 1 and codes.size == model.num_coeffs
+    c = tb.transform_fit.forward(x.reshape(-1, 48), model,
+                                 tb.transform_fit.input_scale(x.reshape(-1, 48), model))
+    rms = np.sqrt((c.astype(np.float64) ** 2).mean(axis=0))
+    off = np.clip(np.round(-2 * np.log2(rms / np.median(rms))), -24, 24)
+    assert np.array_equal(codes, np.clip(-8 + 144 + off, 0, 255))
+    assert codes[np.argmax(rms)] < codes[np.argmin(rms)]
+    t, _ = tps_of(transform=model, per_channel_steps=False)
+    assert t["per_channel_steps"] == 0 and len(t["step_code"]) == 1
+    t, _ = tps_of(transform=model, step_tilt=3)
+    codes3 = np.asarray(t["step_code"], dtype=np.int64)
+    assert codes3[np.argmax(rms)] > codes3[np.argmin(rms)]
+    t, _ = tps_of()
+    assert t["per_channel_steps"] == 0
+    t, _ = tps_of(per_channel_steps=True)
+    assert t["per_channel_steps"] == 1 and len(t["step_code"]) == 48
