@@ -616,7 +616,7 @@ def prune_encode(data: str, frames: int = 256, keep: float = 0.125, log=print,
                  device: str = "cuda") -> dict:
     """GPU encode (``tokenbits.encode``, backend "gpu", fixed qp) of ``frames`` frames of
     576 x 1024 real tokens (the distinct frames repeated), pruned to ``keep`` by the
-    default policy (coverage: similarity levels and greedy on the GPU, kernels/prune.py)
+    default policy (balanced: similarity levels and greedy on the GPU, kernels/prune.py)
     with merge maps, beside the same encode unpruned, in the same run; and the selection
     alone.  The pruned stream of the distinct frames is compared with the reference
     encoder's bytes."""
@@ -649,8 +649,9 @@ def prune_encode(data: str, frames: int = 256, keep: float = 0.125, log=print,
     starts = np.arange(frames, dtype=np.int64) * n
     rows = x.reshape(-1, d)
     bench_ms = _timer(device)
-    out["select_ms"] = bench_ms(lambda: prune_k.select_coverage(rows, starts, counts, 0, keep))
-    kept = prune_k.select_coverage(rows, starts, counts, 0, keep)
+    out["select_ms"] = bench_ms(lambda: prune_k.select_coverage(rows, starts, counts, 0, keep,
+                                                                balance=True))
+    kept = prune_k.select_coverage(rows, starts, counts, 0, keep, balance=True)
     out["stand_ins_ms"] = bench_ms(lambda: prune_k.stand_ins(rows, starts, counts, kept))
     log(f"selection alone {out['select_ms']:.1f} ms, stand-ins alone {out['stand_ins_ms']:.1f} ms"
         f" ({frames} frames of {n} tokens, keep {keep})")
