@@ -24,6 +24,7 @@ TOOL = HERE / "tools" / "tkbdec.c"
 # paths are chosen at run time (target attributes)
 CFLAGS = ["-std=c11", "-O2", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing",
           "-Wall", "-Wextra", "-pthread"]
+LIBS = ["-lm"]           # log2 (the encoder's table grouping, src/enc_tables.c)
 SANITIZE = ["-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer"]
 
@@ -46,8 +47,10 @@ def build(outdir, cc: str | None = None, sanitize: bool = False, quiet: bool = T
     out.mkdir(parents=True, exist_ok=True)
     flags = CFLAGS + (SANITIZE if sanitize else [])
     lib, exe = out / "libtkb.so", out / "tkbdec"
-    cmds = [cc.split() + flags + ["-shared", "-o", str(lib) + ".tmp"] + [str(s) for s in SOURCES],
-            cc.split() + flags + ["-o", str(exe) + ".tmp", str(TOOL)] + [str(s) for s in SOURCES]]
+    cmds = [cc.split() + flags + ["-shared", "-o", str(lib) + ".tmp"] + [str(s) for s in SOURCES]
+            + LIBS,
+            cc.split() + flags + ["-o", str(exe) + ".tmp", str(TOOL)] + [str(s) for s in SOURCES]
+            + LIBS]
     for cmd in cmds:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:

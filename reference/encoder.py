@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import math
+
 import numpy as np
 
 from . import levels, prediction, pruning, rans, reconstruction, symbols, syntax, tables
@@ -230,6 +232,23 @@ def _entropy_bits(counts: np.ndarray) -> float:
     return float(-(c * np.log2(c / c.sum())).sum()) if c.size else 0.0
 
 
+def _joined(arrs: list) -> np.ndarray:
+    """The arrays concatenated along their first axis (one array: itself, not a copy)."""
+    return arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
+
+
+def _alphabet(counts: np.ndarray, n: int, quantile: float = 0.9999) -> int:
+    """Annex B.3's alphabet size of n zigzag indices u counted in ``counts`` (counts of
+    min(u, 2^16), FitKernels.symbol_counts): their ``quantile`` (np.quantile's "higher":
+    the value at sorted index ceil((n - 1) quantile)) plus 2, clipped to 2 .. MAX_ALPHABET
+    (a value counted in the last bin, 2^16, is beyond the clip)."""
+    if n == 0:
+        return 2
+    rank = math.ceil((n - 1) * quantile)            # binary64, as numpy computes it
+    value = int(np.searchsorted(np.cumsum(counts), rank, side="right"))
+    return int(np.clip(value + 2, 2, MAX_ALPHABET))
+
+
 def _channel_entropy_bits(u: np.ndarray, channel: np.ndarray, d: int) -> float:
     """Order-0 entropy of symbols u (capped at 2^12) summed over their channels."""
     u = np.minimum(u, 1 << 12)
@@ -267,18 +286,9 @@ def _group_sum(hist: np.ndarray, group: np.ndarray, t: int) -> np.ndarray:
 
 def _refine_groups(hist: np.ndarray, group: np.ndarray, t: int, iters: int = 6,
                    kernels=None) -> np.ndarray:
-    """Lloyd iterations: give each channel the table that codes its histogram in the
-    fewest bits, then re-estimate the tables from their channels."""
-    hf = hist.astype(np.float64)
-    kernels = kernels or NUMPY_KERNELS
-    for _ in range(iters):
-        ghist = kernels.group_sum(hist, hf, group, t)
-        q = (ghist + 1e-3) / (ghist + 1e-3).sum(axis=1, keepdims=True)
-        new = kernels.table_argmin(hist, hf, q)     # least [channels, tables] bits
-        if np.array_equal(new, group):
-            break
-        group = new
-    # drop emptied tables, keep the numbering dense
+    """Lloyd iterations (FitKernels.lloyd_groups), the emptied tables dropped (dense
+    numbering)."""
+    group = (kernels or NUMPY_KERNELS).lloyd_groups(hist, group, t, iters)
     used, group = np.unique(group, return_inverse=True)
     return group
 
@@ -288,6 +298,7 @@ def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob
     """Choose channel groups; returns (table_map or None, list of freq arrays).
     ``escape_slot`` (quantized tracks, Annex B.3): each table ends one symbol past its
     largest symbol, an unused escape symbol, so that the largest value is not escaped."""
+    kernels = kernels or NUMPY_KERNELS
     d = hist.shape[0]
     order = np.argsort(scale_key, kind="stable")
     best = None
@@ -298,25 +309,33 @@ def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob
         if t > 1:
             group = _refine_groups(hist, group, t, kernels=kernels)
         t_used = int(group.max()) + 1
-        ghist = np.rint((kernels or NUMPY_KERNELS).group_sum(hist, None, group, t_used)
-                        ).astype(np.int64)
-        freqs = []
-        bits = 0.0
-        for g in range(t_used):
-            h = ghist[g]
-            used = int(np.flatnonzero(h).max()) + 1 if h.any() else 1
-            used = min(used + 1, h.size) if escape_slot else used
-            f = tables.normalize(h[:used], prob_bits)
-            freqs.append(f)
-            nz = h[:used] > 0
-            bits += float(-(h[:used][nz] * np.log2(f[nz] / (1 << prob_bits))).sum())
-            bits += tables.table_cost_bits(f)
+        ghist = np.rint(kernels.group_sum(hist, None, group, t_used)).astype(np.int64)
+        freqs, bits, err = kernels.table_set(ghist, prob_bits, escape_slot)
         if t_used > 1:
             bits += 8 * d
-        if best is not None and bits >= best[0]:
-            break   # more tables stopped paying for themselves
-        best = (bits, group if t_used > 1 else None, freqs)
+        if best is not None:
+            if abs(bits - best[0]) <= err + best[3]:
+                # the kernel's bound cannot tell: numpy's bits of both (same tables)
+                bits = _tables_bits(ghist, freqs, prob_bits, 8 * d if t_used > 1 else 0)
+                best = (_tables_bits(best[4], best[2], prob_bits,
+                                     8 * d if best[1] is not None else 0), *best[1:3],
+                        0.0, best[4])
+            if bits >= best[0]:
+                break   # more tables stopped paying for themselves
+        best = (bits, group if t_used > 1 else None, freqs, err, ghist)
     return best[1], best[2]
+
+
+def _tables_bits(ghist: np.ndarray, freqs: list, prob_bits: int, extra: int) -> float:
+    """The bits of the symbols counted in ghist under tables ``freqs`` and of the tables
+    themselves, plus ``extra`` (the table map), summed as the reference sums them."""
+    bits = 0.0
+    for h, f in zip(ghist, freqs):
+        h = h[:f.size]
+        nz = h > 0
+        bits += float(-(h[nz] * np.log2(f[nz] / (1 << prob_bits))).sum())
+        bits += tables.table_cost_bits(f)
+    return bits + extra if extra else bits
 
 
 def _choose_prob_bits(alphabet: int) -> int:
@@ -416,6 +435,11 @@ class FitKernels:
     def quantize_levels(self, xf: np.ndarray, codes: np.ndarray) -> np.ndarray:
         return quantize_levels(xf, codes)
 
+    def quantize_rows(self, xf: np.ndarray, step_codes: np.ndarray,
+                      delta: np.ndarray) -> np.ndarray:
+        """quantize_levels of xf [K, C] at step codes step_codes[c] + delta[k]."""
+        return self.quantize_levels(xf, step_codes[None, :] + delta[:, None])
+
     def reaches(self, te, allx, allc, qp: int, allnorms, pred, target: float) -> bool:
         """Whether the mean token cosine of the kept tokens ``allx`` reconstructed from
         their coded values ``allc`` quantized at ``qp`` (te's current norm_ref, deadzone,
@@ -436,7 +460,27 @@ class FitKernels:
 
     def symbol_entropy(self, u: np.ndarray) -> float:
         """The order-0 entropy estimate that picks the predictor."""
-        return _entropy_bits(np.bincount(np.minimum(u, 1 << 16)))
+        return _entropy_bits(self.symbol_counts(u))
+
+    def residual_histograms(self, lvls: list, positions: list, tps, d: int,
+                            alphabet: int) -> np.ndarray:
+        """channel_histograms of the zigzag residuals of every frame's levels (as
+        residual_counts takes them)."""
+        return self.channel_histograms(self._all_residuals(lvls, positions, tps), d, alphabet)
+
+    def symbol_counts(self, u: np.ndarray) -> np.ndarray:
+        """Counts of min(u, 2^16) for zigzag indices u (np.bincount's: up to the largest)."""
+        return np.bincount(np.minimum(u, 1 << 16))
+
+    def residual_counts(self, lvls: list, positions: list, tps) -> np.ndarray:
+        """symbol_counts of the zigzag residuals (zigzag_residuals) of every frame's levels
+        ``lvls`` (kept ``positions``) under ``tps``'s predictor, taken together."""
+        return self.symbol_counts(self._all_residuals(lvls, positions, tps))
+
+    def _all_residuals(self, lvls: list, positions: list, tps) -> np.ndarray:
+        """The frames' zigzag residuals (zigzag_residuals), concatenated."""
+        return np.concatenate([self.zigzag_residuals(lv, pos, tps).ravel()
+                               for lv, pos in zip(lvls, positions)] + [np.zeros(0, np.int64)])
 
     def channel_histograms(self, u: np.ndarray, d: int, alphabet: int) -> np.ndarray:
         """[d, alphabet] histograms of min(u, alphabet - 1), value i of channel i mod d."""
@@ -447,6 +491,33 @@ class FitKernels:
                   t: int) -> np.ndarray:
         """Histograms summed per group [t, alphabet] as float64 (hf: hist as float64)."""
         return _group_sum(hist.astype(np.float64) if hf is None else hf, group, t)
+
+    def lloyd_groups(self, hist: np.ndarray, group: np.ndarray, t: int,
+                     iters: int) -> np.ndarray:
+        """The table grouping's Lloyd iterations (Annex B.3): give each channel the table
+        that codes its histogram in the fewest bits, then re-estimate the tables from
+        their channels; at most ``iters`` times, until no channel moves."""
+        hf = hist.astype(np.float64)
+        for _ in range(iters):
+            ghist = self.group_sum(hist, hf, group, t)
+            q = (ghist + 1e-3) / (ghist + 1e-3).sum(axis=1, keepdims=True)
+            new = self.table_argmin(hist, hf, q)     # least [channels, tables] bits
+            if np.array_equal(new, group):
+                break
+            group = new
+        return group
+
+    def table_set(self, ghist: np.ndarray, prob_bits: int, escape_slot: bool):
+        """(tables, bits, bound) of group histograms ghist [t, alphabet] (int64): table g
+        normalizes ghist[g] up to its largest counted symbol (and the escape symbol past
+        it, ``escape_slot``); bits: those of the counted symbols under the tables and of
+        the tables themselves; bound: on the difference of bits from numpy's (0 here)."""
+        freqs = []
+        for h in ghist:
+            used = int(np.flatnonzero(h).max()) + 1 if h.any() else 1
+            used = min(used + 1, h.size) if escape_slot else used
+            freqs.append(tables.normalize(h[:used], prob_bits))
+        return freqs, _tables_bits(ghist, freqs, prob_bits, 0), 0.0
 
     def table_argmin(self, hist: np.ndarray, hf: np.ndarray, q: np.ndarray) -> np.ndarray:
         """The Lloyd step of the table grouping: each channel's table of least cost
@@ -639,17 +710,20 @@ class TrackEncoder:
         return np.clip(qp + reconstruction.STEP_CODE_UNITY + self.chan_offset, 0, 255)
 
     def _quantize(self, xf: np.ndarray, qp: int, norms: np.ndarray | None = None,
-                  pred: np.ndarray | None = None):
+                  pred: np.ndarray | None = None, want_codes: bool = True):
         """Levels, step codes [K, C] and token_step_delta [K] of kept tokens at qp; xf: the
         coded values (channels, or coefficients with a transform, clause 7.6.3); norms:
         the tokens' norms in channels (default: of xf), which set the token step deltas
         (the fidelity measured is the cosine of the channels, Annex B.1); pred: each
         row's predicting row or -1 (``predictor_rows``; default: none), used by the
-        closed-loop quantizer (a deadzone, Annex B.1)."""
+        closed-loop quantizer (a deadzone, Annex B.1); want_codes False: the step codes
+        may be returned as None."""
         if norms is None:
             norms = (self.kernels.token_norms(xf) if self.opts.token_scale
                      else np.zeros(xf.shape[0]))
         delta = self.token_step_deltas(norms, qp)
+        if not (want_codes or self.closed_loop or self.transform is not None):
+            return self.kernels.quantize_rows(xf, self._step_codes(qp), delta), None, delta
         codes = self._step_codes(qp)[None, :] + delta[:, None]
         lim = None
         if self.transform is not None:   # coefficient values within 2^24 - 1 (7.6.3)
@@ -696,10 +770,10 @@ class TrackEncoder:
             self.input_scale = transform_fit.input_scale(
                 np.concatenate(self.xf) if self.xf else np.zeros((0, self.d)), self.transform)
         self.cf = [self.coded_values(x) for x in self.xf]
-        allx = np.concatenate(self.xf)
-        allc = np.concatenate(self.cf)
+        allx, allc = _joined(self.xf), _joined(self.cf)
         self.norms = [self.kernels.token_norms(x) for x in self.xf]
-        norms = np.linalg.norm(allx.astype(np.float64), axis=1)
+        # the reference norm: the median of the token norms (B.1)
+        norms = np.concatenate(self.norms) if self.norms else np.zeros(0)
         self.norm_ref = float(np.median(norms)) if norms.size and np.median(norms) > 0 else 1.0
         self.chan_offset = np.zeros(self.dc, dtype=np.int64)
         self.per_channel_steps = bool(o.per_channel_steps if o.per_channel_steps is not None
@@ -742,30 +816,31 @@ class TrackEncoder:
             qp, quantized, u, us = self._closed_loop_fit(allx, allc, cands)
         else:
             qp = self._choose_qp(allx, allc)
-            quantized = [self._quantize(c, qp, n) for c, n in zip(self.cf, self.norms)]
+            quantized = [self._quantize(c, qp, n, want_codes=False)
+                         for c, n in zip(self.cf, self.norms)]
             lvls = [q[0] for q in quantized]
             best = None
-            for p in cands:
+            for p in cands:         # the predictor of least order-0 entropy estimate
                 self.tps["predictor"] = p
-                us = [self.kernels.zigzag_residuals(lv, pos, self.tps)
-                      for lv, pos in zip(lvls, self.positions)]
-                u = np.concatenate([x.ravel() for x in us]) if us else np.zeros(0, np.int64)
-                est = self.kernels.symbol_entropy(u)
+                counts = self.kernels.residual_counts(lvls, self.positions, self.tps)
+                est = _entropy_bits(counts)
                 if best is None or est < best[0]:
-                    best = (est, p, u, us)
-            _, self.tps["predictor"], u, us = best
+                    best = (est, p, counts)
+            _, self.tps["predictor"], counts = best
         self.qp = qp
-        # the frames' zigzag residuals and step deltas, reused when the same frames are coded
-        self._fitted = [(q[2], v) for q, v in zip(quantized, us)]
+        # the frames' step deltas and levels, reused when the same frames are coded
+        self._fitted = [(q[2], q[0]) for q in quantized]
         self.tps["per_channel_steps"] = int(self.per_channel_steps)
         sc = self._step_codes(qp)
         self.tps["step_code"] = (sc if self.per_channel_steps else sc[:1]).astype(np.uint8)
         # alphabet: escape the rarest 0.01 % (at least values beyond 4094)
-        alphabet = 2
-        if u.size:
-            cap = int(np.quantile(u, 0.9999, method="higher")) + 2
-            alphabet = int(np.clip(cap, 2, MAX_ALPHABET))
-        hist = self.kernels.channel_histograms(u, self.dc, alphabet)
+        if self.closed_loop:        # (the residuals u are at hand)
+            alphabet = _alphabet(self.kernels.symbol_counts(u), u.size)
+            hist = self.kernels.channel_histograms(u, self.dc, alphabet)
+        else:                       # (counts: the chosen predictor's)
+            alphabet = _alphabet(counts, sum(q[0].size for q in quantized))
+            hist = self.kernels.residual_histograms([q[0] for q in quantized], self.positions,
+                                                    self.tps, self.dc, alphabet)
         pb = self._prob_bits(alphabet)
         self.tps["prob_bits"] = pb
         key = (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
@@ -914,7 +989,7 @@ class TrackEncoder:
 
     # frames
     def _fitted_frame(self, a, pos):
-        """The fit's (token_step_delta, zigzag residuals) of frame ``a`` if it is one of
+        """The fit's (token_step_delta, levels) of frame ``a`` if it is one of
         the frames the parameter set was fitted on, with the same kept positions."""
         for i, f in enumerate(self._frames):
             if f is a and np.array_equal(self.positions[i], pos):
@@ -962,13 +1037,13 @@ class TrackEncoder:
         else:
             fitted = self._fitted_frame(a, pos)
             if fitted is not None:
-                tdelta, u = fitted
+                tdelta, lv = fitted
             else:
                 xf = _float_view(self.merged(a, pos), self.src)[pos]
                 lv, codes, tdelta = self._quantize(
                     self.coded_values(xf), self.qp, token_norms(xf),
                     self.predictor_rows([pos]) if self.closed_loop else None)
-                u = symbols.zigzag(prediction.residuals_from_levels(lv, pos, self.tps))
+            u = symbols.zigzag(prediction.residuals_from_levels(lv, pos, self.tps))
             sym, escapes, _ = self.escape_split(u)
         alph = self.freq_all.shape[1]
         flat = np.tile(self.chan_table * alph, pos.size) + np.minimum(sym, alph - 1)

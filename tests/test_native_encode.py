@@ -201,7 +201,10 @@ def test_inv_step_and_norms():
     assert NE.token_norms(x).tobytes() == E.token_norms(x).tobytes()
 
 
-def test_conversions_of_every_16_bit_pattern():
+@pytest.mark.parametrize("simd", ["avx2", "scalar"])
+def test_conversions_of_every_16_bit_pattern(simd, monkeypatch):
+    if simd == "scalar":
+        monkeypatch.setenv("TKB_NATIVE_SIMD", "scalar")
     bits = np.arange(1 << 16, dtype=np.uint16).reshape(-1, 64)
     pos = np.arange(bits.shape[0], dtype=np.uint32)
     h = NE.gather_f32(bits.view(np.float16), "float16", pos)
@@ -274,3 +277,58 @@ def test_same_bytes_hypothesis(seed, f, n, d, dtype, scale, opts):
     if dtype == "bfloat16":
         opts["source_dtype"] = "bfloat16"
     same(x, **opts)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 16), st.integers(1, 5), st.integers(1, 9),
+       st.integers(1, 40), st.integers(1, 70), st.integers(0, 3000))
+def test_rans_any_tables(seed, prob_bits, t, c, lanes, steps, n):
+    """The reciprocal division of the rANS encoder (enc_rans.c) against the reference's
+    rans.encode: every precision, frequencies 1 .. 2^prob_bits, skewed tables."""
+    from tokenbits import rans, tables
+    rng = np.random.default_rng(seed)
+    m = 1 << prob_bits
+    alph = int(rng.integers(1, min(m, 64) + 1))
+    freqs = []
+    for _ in range(t):
+        w = rng.gamma(rng.choice([0.05, 1.0]), size=alph) + 1e-9
+        f = np.maximum(1, np.floor(w / w.sum() * (m - alph)).astype(np.int64))
+        f[int(np.argmax(f))] += m - int(f.sum())         # alph 1: one symbol, every slot
+        freqs.append(f)
+    freq_all, cum_all = tables.encode_arrays(freqs, alph)
+    chan_table = rng.integers(0, t, size=c)
+    probs = freq_all[chan_table] / m                   # [c, alph]
+    rows = -(-n // c) if n else 0
+    sym = np.array([[rng.choice(alph, p=probs[j]) for j in range(c)] for _ in range(rows)],
+                   dtype=np.int64).reshape(-1)[:n]
+    flat = np.tile(chan_table * alph, rows)[:n] + sym
+    ref_w, ref_cw = rans.encode(sym, freq_all.ravel()[flat], cum_all.ravel()[flat],
+                                lanes, steps, prob_bits)
+
+    class Tabs:
+        pass
+    tabs = Tabs()
+    tabs.alph = alph
+    tabs.freq = np.ascontiguousarray(freq_all.ravel(), dtype=np.uint32)
+    tabs.cum = np.ascontiguousarray(cum_all.ravel(), dtype=np.uint32)
+    tabs.base = np.ascontiguousarray(chan_table * alph, dtype=np.uint32)
+    w, cw = NE.rans_encode(sym, c, tabs, lanes, steps, prob_bits)
+    assert np.array_equal(np.asarray(w, np.int64), np.asarray(ref_w, np.int64).ravel())
+    assert np.array_equal(np.asarray(cw, np.int64), np.asarray(ref_cw, np.int64).ravel())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_residual_symbols(seed):
+    rng = np.random.default_rng(seed)
+    k, c = int(rng.integers(1, 40)), int(rng.integers(1, 30))
+    lv = rng.integers(-300, 300, size=(k, c))
+    lv.flat[rng.integers(0, lv.size, 2)] = [(1 << 24) - 1, -(1 << 24) + 1]
+    pred = np.where(rng.random(k) < 0.3, -1, np.arange(k) - 1)
+    pred[0] = -1
+    esc = rng.integers(1, 600, size=c)
+    u = np.where((pred >= 0)[:, None], lv - lv[np.maximum(pred, 0)], lv)
+    u = np.where(u < 0, -2 * u - 1, 2 * u)
+    is_esc = u >= esc
+    sym, escapes = NE.residual_symbols(lv, pred, esc)
+    assert np.array_equal(sym.astype(np.int64), np.where(is_esc, esc, u).ravel())
+    assert np.array_equal(escapes, (u - esc)[is_esc])

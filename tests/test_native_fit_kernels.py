@@ -6,6 +6,7 @@ C deciding only when its bound cannot flip the comparison (else numpy computes i
 the AVX2 and the plain C paths."""
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tokenbits as tb
 from tokenbits import encoder as E, levels, native
@@ -113,3 +114,136 @@ def test_native_fit_same_bytes(simd, opts):
     if opts.get("transform") == "fit":
         opts = {**opts, "transform": tb.fit_transform(x, energy=0.99)}
     assert tb.encode(x, backend="native", **opts) == tb.encode(x, backend="reference", **opts)
+
+
+# -- the residual passes, rows quantization, table grouping (enc_fit.c, enc_tables.c) --
+
+def _frames_levels(rng, f, n, d, big=False):
+    lv = [rng.integers(-40, 41, size=(n, d)) * rng.integers(1, 4, size=(1, d))
+          for _ in range(f)]
+    if big and n and d:
+        for x in lv:
+            x.flat[rng.integers(0, x.size, 3)] = rng.choice([(1 << 24) - 1, -(1 << 24) + 1,
+                                                             70000, -40000])
+    return [x.astype(np.int64) for x in lv]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_residual_passes_equal(simd, seed):
+    nk, rk = kernels()
+    rng = np.random.default_rng(seed)
+    f, n, d = int(rng.integers(1, 4)), int(rng.choice([0, 1, 7, 30])), int(rng.integers(1, 20))
+    lvls = _frames_levels(rng, f, n, d, big=seed % 2 == 1)
+    pos = [np.sort(rng.choice(n + 3, size=n, replace=False)).astype(np.uint32)
+           for _ in range(f)]
+    for p in (0, 1):
+        tps = dict(predictor=p, grid_present=0, num_prefix_tokens=0)
+        assert np.array_equal(nk.residual_counts(lvls, pos, tps),
+                              rk.residual_counts(lvls, pos, tps))
+        for alphabet in (1, 2, 17, 300):
+            assert np.array_equal(nk.residual_histograms(lvls, pos, tps, d, alphabet),
+                                  rk.residual_histograms(lvls, pos, tps, d, alphabet))
+        u = np.concatenate([rk.zigzag_residuals(lv, q, tps).ravel()
+                            for lv, q in zip(lvls, pos)] + [np.zeros(0, np.int64)])
+        assert np.array_equal(nk.symbol_counts(u), rk.symbol_counts(u))
+        assert nk.symbol_entropy(u) == rk.symbol_entropy(u)
+        assert E._alphabet(rk.symbol_counts(u), u.size) == (
+            2 if not u.size else
+            int(np.clip(int(np.quantile(u, 0.9999, method="higher")) + 2, 2, E.MAX_ALPHABET)))
+    # the up predictor on a grid
+    tps = dict(predictor=2, grid_present=1, grid_height=3, grid_width=4, num_prefix_tokens=1)
+    lv = _frames_levels(rng, 1, 13, d)
+    pos = [np.arange(13, dtype=np.uint32)]
+    assert np.array_equal(nk.residual_counts(lv, pos, tps), rk.residual_counts(lv, pos, tps))
+    assert np.array_equal(nk.residual_histograms(lv, pos, tps, d, 9),
+                          rk.residual_histograms(lv, pos, tps, d, 9))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(1, 10 ** 6), st.integers(1, 2 ** 62))
+def test_alphabet_is_numpys_quantile(n, seed):
+    rng = np.random.default_rng(seed)
+    u = rng.geometric(rng.uniform(0.01, 0.9), size=min(n, 50000)) - 1
+    if rng.random() < 0.3:
+        u[rng.integers(0, u.size, 2)] = rng.choice([4094, 4095, 65535, 65536, 10 ** 7])
+    ref = int(np.clip(int(np.quantile(u, 0.9999, method="higher")) + 2, 2, E.MAX_ALPHABET))
+    assert E._alphabet(E.NUMPY_KERNELS.symbol_counts(u), u.size) == ref
+
+
+def test_quantize_rows_equal(simd):
+    nk, rk = kernels()
+    x = tokens(97, 75, np.float32) * 30
+    x[0, :16] = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 8388607.5, -8388609.0, 3e38, -3e38,
+                 16777215.4, 16777216.0, 1e-45, 0.0, -0.0, 4194304.5]
+    sc = RNG.integers(100, 180, size=75)
+    delta = RNG.integers(-20, 20, size=97)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(nk.quantize_rows(x, sc, delta), rk.quantize_rows(x, sc, delta))
+    x[3, 4] = np.nan                                   # NaN: numpy's result
+    with np.errstate(invalid="ignore", over="ignore"):
+        assert np.array_equal(nk.quantize_rows(x, sc, delta), rk.quantize_rows(x, sc, delta))
+
+
+def _hists(rng, d, a):
+    hist = rng.poisson(rng.gamma(0.5, 4.0, size=(d, 1)) *
+                       np.exp(-np.arange(a) / rng.uniform(0.5, 6.0))[None, :])
+    hist[:max(1, d // 10)] = 0                          # empty channels
+    if d > 4:
+        hist[2:4] = hist[4:6] if d >= 6 else hist[2:4]   # equal channels
+    return hist.astype(np.int64)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 300), st.integers(1, 40),
+       st.sampled_from([1, 2, 3, 4, 8, 16, 32]), st.integers(0, 6))
+def test_lloyd_groups_equal(seed, d, a, t, iters):
+    nk, rk = kernels()
+    rng = np.random.default_rng(seed)
+    hist = _hists(rng, d, a)
+    group = rng.integers(0, t, size=d).astype(np.int64)
+    assert np.array_equal(nk.lloyd_groups(hist, group.copy(), t, iters),
+                          rk.lloyd_groups(hist, group.copy(), t, iters))
+
+
+def test_lloyd_undecided_step_goes_to_numpy(simd):
+    nk, rk = kernels()
+    hist = np.zeros((6, 5), dtype=np.int64)
+    hist[:, 0] = 10                                    # every table costs the same
+    group = np.array([0, 1, 0, 1, 0, 1])
+    nk.stats.clear()
+    assert np.array_equal(nk.lloyd_groups(hist, group, 2, 6), rk.lloyd_groups(hist, group, 2, 6))
+    assert nk.stats.get("lloyd_numpy") == 1
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 12), st.integers(1, 300),
+       st.sampled_from([2, 8, 10, 12, 15]), st.booleans())
+def test_table_set_same_tables_and_bounded_bits(seed, t, a, prob_bits, escape_slot):
+    nk, rk = kernels()
+    rng = np.random.default_rng(seed)
+    ghist = _hists(rng, t, a) * int(rng.choice([1, 1000]))
+    ghist[rng.integers(0, t)] = 0                       # an unused table
+    if rng.random() < 0.5:
+        ghist[0, rng.integers(0, a, size=min(a, 40))] = 1   # rare symbols: taking away
+    if (ghist > 0).sum(axis=1).max() + 1 > 1 << prob_bits:
+        prob_bits = 15
+    f_n, b_n, e_n = nk.table_set(ghist, prob_bits, escape_slot)
+    f_r, b_r, e_r = rk.table_set(ghist, prob_bits, escape_slot)
+    assert e_r == 0.0 and len(f_n) == len(f_r)
+    assert all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(f_n, f_r))
+    assert abs(b_n - b_r) <= e_n
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 200), st.integers(2, 60),
+       st.sampled_from([1, 4, 64]), st.booleans())
+def test_group_tables_same(seed, d, a, max_tables, escape_slot):
+    nk, rk = kernels()
+    rng = np.random.default_rng(seed)
+    hist = _hists(rng, d, a)
+    key = (hist * np.arange(a)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
+    tm_n, f_n = E._group_tables(hist, key, max_tables, 12, None, escape_slot, kernels=nk)
+    tm_r, f_r = E._group_tables(hist, key, max_tables, 12, None, escape_slot, kernels=rk)
+    assert (tm_n is None) == (tm_r is None)
+    assert tm_n is None or np.array_equal(tm_n, tm_r)
+    assert all(np.array_equal(x, y) for x, y in zip(f_n, f_r)) and len(f_n) == len(f_r)

@@ -58,6 +58,14 @@ int tkb_enc_quantize(const float *xc, size_t k, size_t c, const uint8_t *code,
                      float deadzone, const uint32_t *esc, uint32_t *sym, uint64_t *escapes,
                      size_t *num_escapes, int32_t *levels);
 
+/* Clause 7.5 residuals of levels lv [k][c] (|level| < 2^24; e.g. the fit's levels of a
+ * frame it was fitted on) against row pred[row] (-1: none), their zigzag index u (7.4.1)
+ * and the escape split: sym = min(u, esc[c]), the escape values u - esc[c] of the escaped
+ * symbols in coding order into escapes [k*c] and their count. */
+int tkb_enc_residual_symbols(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
+                             const uint32_t *esc, uint32_t *sym, uint64_t *escapes,
+                             size_t *num_escapes);
+
 /* Clause 7.4.2 in reverse for split (lossless) tracks: values of kept rows pos[0..k) of
  * src [n][d] (width 16: uint16 bit patterns; 32: uint32 bit patterns or token ids).
  * predict != 0: the zigzag index of the residual of the order-preserving integer against
@@ -82,6 +90,10 @@ int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_b
 /* Levels of n binary32 values x at step codes codes[i] (0..255): clip(rint(x *
  * INV_STEP[code]), +-(2^24 - 1)) (Annex B.1's rounding quantizer). */
 int tkb_enc_levels(const float *x, const int64_t *codes, size_t n, int64_t *lv);
+
+/* tkb_enc_levels of x [k][c] at step codes code[c] + delta[row] (each in 0..255). */
+int tkb_enc_levels_rows(const float *x, size_t k, size_t c, const int64_t *code,
+                        const int64_t *delta, int64_t *lv);
 
 /* The mean token cosine (float64) of tokens x [k][d] against their reconstruction at step
  * codes code[c] + delta[row] by the rounding quantizer (7.6.1 dequantization, 7.6.2
@@ -108,6 +120,17 @@ int tkb_enc_residuals(const int64_t *lv, size_t k, size_t c, const int64_t *pred
  * channel (value i of channel i mod c) [c][cap + 1]. */
 int tkb_enc_histogram(const int64_t *u, size_t n, size_t c, int64_t cap, int64_t *hist);
 
+/* Counts (added into hist [cap + 1]) of min(u, cap) for the zigzag indices u (7.4.1) of
+ * the clause 7.5 residuals of levels lv [k][c] against row pred[row] (-1: none): the
+ * histogram of tkb_enc_residuals' output without writing it. */
+int tkb_enc_residual_counts(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
+                            int64_t cap, int64_t *hist);
+
+/* Per-channel histograms (added into hist [c][cap + 1]) of min(u, cap) for the zigzag
+ * indices u of the residuals of lv as tkb_enc_residual_counts takes them. */
+int tkb_enc_residual_histograms(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
+                                int64_t cap, int64_t *hist);
+
 /* The table grouping's Lloyd step (Annex B.3): for each channel the table g of least
  * cost sum_s hist[i][s] nlq[g][s] (first on ties).  Returns the number of channels whose
  * choice a rounding difference could change (then the caller uses numpy's), or -1. */
@@ -118,6 +141,35 @@ long tkb_enc_table_argmin(const int64_t *hist, size_t d, size_t a, const double 
  * [t][a], exactly (as binary64; TKB_ENC_USAGE beyond 2^53). */
 int tkb_enc_group_sum(const int64_t *hist, size_t d, size_t a, const int64_t *group,
                       size_t t, double *out);
+
+/* -- the table grouping (src/enc_tables.c; Annex B.3) -- */
+
+/* The Lloyd refinement of the channel groups (reference: FitKernels.lloyd_groups): up
+ * to iters steps of "tables q = (group sums + 1e-3) / their row sums; each channel to the
+ * table g of least cost sum_s hist[i][s] (-log2 q[g][s]) (the first on ties)", stopping
+ * when no channel moves; group [d] (0 .. t-1) in and out.  Each step is taken only where
+ * a bound on the difference from numpy's costs cannot change a choice.  Returns the
+ * number of steps done (>= 0: finished), or -(1 + s) when step s was left undecided
+ * (group then holds the groups before it: the caller runs the remaining iters - s steps
+ * with numpy). */
+long tkb_enc_lloyd(const int64_t *hist, size_t d, size_t a, int64_t *group, size_t t,
+                   long iters);
+
+/* Annex B.3's tables of group histograms ghist [t][a] (reference: FitKernels.table_set):
+ * used[g] = 1 + the largest counted symbol (1 if none), plus the escape symbol when
+ * escape_slot (at most a); freq [t][a] = tables.normalize(ghist[g][0 .. used[g]),
+ * prob_bits), zeros beyond.  numpy[g] = 1 where numpy has to normalize table g (it takes
+ * frequency away by a logarithmic cost); freq[g] is then not set. */
+int tkb_enc_normalize_tables(const int64_t *ghist, size_t t, size_t a, unsigned prob_bits,
+                             int escape_slot, int64_t *freq, int64_t *used, uint8_t *numpy);
+
+/* The bits of the counted symbols ghist [t][a] under the tables freq [t][a] (used[g]
+ * symbols each): *bits = sum of count x -log2(freq / 2^prob_bits), with *bound on its
+ * difference from numpy's value (+ the tables' bits) in any order; *table_bits = the sum
+ * of tables.table_cost_bits (exact). */
+int tkb_enc_tables_bits(const int64_t *ghist, size_t t, size_t a, const int64_t *freq,
+                        const int64_t *used, unsigned prob_bits, double *bits, double *bound,
+                        int64_t *table_bits);
 
 /* "avx2" or "scalar": the encoder's fast paths on this CPU ($TKB_NATIVE_SIMD=scalar): the
  * forward transform, the trial cosine and the table costs; the same bits either way. */

@@ -63,18 +63,26 @@ def _lib():
         "tkb_enc_forward": (C.c_int, [vp, sz, sz, vp, C.c_double, vp, sz, C.c_double, vp]),
         "tkb_enc_quantize": (C.c_int, [vp, sz, sz, vp, vp, vp, vp, C.c_float, vp, vp, vp,
                                        P(sz), vp]),
+        "tkb_enc_residual_symbols": (C.c_int, [vp, sz, sz, vp, vp, vp, vp, P(sz)]),
         "tkb_enc_split": (C.c_int, [vp, C.c_int, sz, sz, vp, sz, vp, C.c_int, C.c_uint,
                                     vp, vp]),
         "tkb_enc_rans": (C.c_int, [vp, sz, sz, vp, vp, vp, C.c_uint32, C.c_uint32,
                                    C.c_uint32, C.c_uint32, vp, P(sz), vp]),
         "tkb_enc_simd_name": (C.c_char_p, []),
         "tkb_enc_levels": (C.c_int, [vp, vp, sz, vp]),
+        "tkb_enc_levels_rows": (C.c_int, [vp, sz, sz, vp, vp, vp]),
         "tkb_enc_trial_cosine": (C.c_int, [vp, sz, sz, vp, vp, C.c_int, P(C.c_double),
                                            P(C.c_double)]),
         "tkb_enc_residuals": (C.c_int, [vp, sz, sz, vp, vp]),
         "tkb_enc_histogram": (C.c_int, [vp, sz, sz, C.c_int64, vp]),
+        "tkb_enc_residual_counts": (C.c_int, [vp, sz, sz, vp, C.c_int64, vp]),
+        "tkb_enc_residual_histograms": (C.c_int, [vp, sz, sz, vp, C.c_int64, vp]),
         "tkb_enc_table_argmin": (C.c_long, [vp, sz, sz, vp, sz, vp]),
         "tkb_enc_group_sum": (C.c_int, [vp, sz, sz, vp, sz, vp]),
+        "tkb_enc_lloyd": (C.c_long, [vp, sz, sz, vp, sz, C.c_long]),
+        "tkb_enc_normalize_tables": (C.c_int, [vp, sz, sz, C.c_uint, C.c_int, vp, vp, vp]),
+        "tkb_enc_tables_bits": (C.c_int, [vp, sz, sz, vp, vp, C.c_uint, P(C.c_double),
+                                          P(C.c_double), P(C.c_int64)]),
         "tkb_enc_levels_closed": (C.c_int, [vp, sz, sz, vp, vp, vp, C.c_float, vp]),
     }
     missing = _bind(lib, sig)
@@ -97,7 +105,8 @@ def simd() -> str:
 
 
 def _p(a):
-    return a.ctypes.data_as(C.c_void_p) if a is not None else None
+    """The address of array ``a``'s data (None: NULL); the caller keeps ``a`` alive."""
+    return a.ctypes.data if a is not None else None
 
 
 def _check(rc: int, what: str) -> None:
@@ -164,6 +173,22 @@ def quantize(xc, code, delta, lim, pred, deadzone, esc):
                                    float(deadzone), _p(esc), _p(sym), _p(escapes),
                                    C.byref(ne), _p(levels)), "quantize")
     return sym, escapes[:ne.value].astype(np.int64), levels
+
+
+def residual_symbols(lv: np.ndarray, pred: np.ndarray, esc: np.ndarray):
+    """(symbols uint32 [K*C], escape values int64) of the zigzag residuals (7.5, 7.4.1) of
+    levels lv [K, C] against rows pred: the reference's ``TrackEncoder.escape_split`` of
+    them, less its escape_bits."""
+    lv = np.ascontiguousarray(lv, dtype=np.int64)
+    k, c = lv.shape
+    pred = np.ascontiguousarray(pred, dtype=np.int64)
+    esc = np.ascontiguousarray(np.broadcast_to(esc, (c,)), dtype=np.uint32)
+    sym = np.empty(k * c, dtype=np.uint32)
+    escapes = np.empty(k * c, dtype=np.uint64)
+    ne = C.c_size_t(0)
+    _check(_lib().tkb_enc_residual_symbols(_p(lv), k, c, _p(pred), _p(esc), _p(sym),
+                                           _p(escapes), C.byref(ne)), "residual symbols")
+    return sym, escapes[:ne.value].astype(np.int64)
 
 
 def split(a: np.ndarray, width: int, pos, pred, raw_bits: int):
@@ -248,6 +273,21 @@ class _NativeFitKernels:
         self._n("levels")
         return lv
 
+    def quantize_rows(self, xf, step_codes, delta):
+        xf = np.asarray(xf)
+        if (xf.dtype != np.float32 or xf.ndim != 2 or np.shape(step_codes) != xf.shape[1:]
+                or np.shape(delta) != xf.shape[:1]):
+            return super().quantize_rows(xf, step_codes, delta)
+        x = np.ascontiguousarray(xf)
+        c = np.ascontiguousarray(step_codes, dtype=np.int64)
+        dl = np.ascontiguousarray(delta, dtype=np.int64)
+        lv = np.empty(x.shape, dtype=np.int64)
+        if _lib().tkb_enc_levels_rows(_p(x), x.shape[0], x.shape[1], _p(c), _p(dl),
+                                      _p(lv)) != ENC_OK:
+            return super().quantize_rows(xf, step_codes, delta)   # NaN: numpy's result
+        self._n("levels")
+        return lv
+
     def quantize_closed_loop(self, xf, codes, pred, deadzone, lim):
         xf = np.asarray(xf)
         if (xf.dtype != np.float32 or xf.ndim != 2 or np.shape(codes) != xf.shape
@@ -296,18 +336,43 @@ class _NativeFitKernels:
         self._n("residuals")
         return u
 
-    def symbol_entropy(self, u):
-        from tokenbits.encoder import _entropy_bits
+    def symbol_counts(self, u):
         u = np.ascontiguousarray(u, dtype=np.int64)
         if u.size == 0:
-            return super().symbol_entropy(u)
-        cap = 1 << 16
-        h = np.zeros(cap + 1, dtype=np.int64)
-        if _lib().tkb_enc_histogram(_p(u), u.size, 0, cap, _p(h)) != ENC_OK:
-            return super().symbol_entropy(u)               # negative values: numpy's error
-        self._n("entropy")
-        # bincount's counts up to the largest value; only the nonzero ones count
-        return _entropy_bits(h)
+            return super().symbol_counts(u)
+        h = np.zeros(SYMBOL_CAP + 1, dtype=np.int64)
+        if _lib().tkb_enc_histogram(_p(u), u.size, 0, SYMBOL_CAP, _p(h)) != ENC_OK:
+            return super().symbol_counts(u)               # negative values: numpy's error
+        self._n("counts")
+        return _bincount_length(h)
+
+    def _residual_pass(self, fn, lvls, positions, tps, cap, h, what):
+        """fn (a C pass over residuals of levels) of every frame, into h; False: numpy's."""
+        from tokenbits import prediction
+        if not lvls or any(lv.dtype != np.int64 or lv.ndim != 2 for lv in lvls):
+            return False
+        for lv, pos in zip(lvls, positions):
+            pred = np.ascontiguousarray(prediction.predictor_rows(pos, tps), dtype=np.int64)
+            lv = np.ascontiguousarray(lv)
+            _check(fn(_p(lv), lv.shape[0], lv.shape[1], _p(pred), cap, _p(h)), what)
+        self._n(what)
+        return True
+
+    def residual_counts(self, lvls, positions, tps):
+        h = np.zeros(SYMBOL_CAP + 1, dtype=np.int64)
+        if not self._residual_pass(_lib().tkb_enc_residual_counts, lvls, positions, tps,
+                                   SYMBOL_CAP, h, "residual_counts"):
+            return super().residual_counts(lvls, positions, tps)
+        return _bincount_length(h)
+
+    def residual_histograms(self, lvls, positions, tps, d, alphabet):
+        h = np.zeros((d, alphabet), dtype=np.int64)
+        if (alphabet < 1 or any(lv.shape[1:] != (d,) for lv in lvls)
+                or not self._residual_pass(_lib().tkb_enc_residual_histograms, lvls,
+                                           positions, tps, alphabet - 1, h,
+                                           "residual_histograms")):
+            return super().residual_histograms(lvls, positions, tps, d, alphabet)
+        return h
 
     def channel_histograms(self, u, d, alphabet):
         u = np.ascontiguousarray(u, dtype=np.int64)
@@ -345,6 +410,52 @@ class _NativeFitKernels:
             return super().table_argmin(hist, hf, q)
         self._n("argmin_c")
         return group
+
+    def lloyd_groups(self, hist, group, t, iters):
+        hist = np.ascontiguousarray(hist)
+        if hist.dtype != np.int64 or hist.ndim != 2 or np.shape(group) != hist.shape[:1]:
+            return super().lloyd_groups(hist, group, t, iters)
+        g = np.array(group, dtype=np.int64)
+        done = _lib().tkb_enc_lloyd(_p(hist), hist.shape[0], hist.shape[1], _p(g), t, iters)
+        if done >= 0:
+            self._n("lloyd_c")
+            return g
+        done = -done - 1                # steps taken here; the undecided one is numpy's
+        self._n("lloyd_numpy")
+        return super().lloyd_groups(hist, g, t, iters - done)
+
+    def table_set(self, ghist, prob_bits, escape_slot):
+        ghist = np.ascontiguousarray(ghist)
+        if ghist.dtype != np.int64 or ghist.ndim != 2 or ghist.shape[1] < 1:
+            return super().table_set(ghist, prob_bits, escape_slot)
+        t, a = ghist.shape
+        freq = np.empty((t, a), dtype=np.int64)
+        used = np.empty(t, dtype=np.int64)
+        by_numpy = np.empty(t, dtype=np.uint8)
+        lib = _lib()
+        if lib.tkb_enc_normalize_tables(_p(ghist), t, a, prob_bits, int(bool(escape_slot)),
+                                        _p(freq), _p(used), _p(by_numpy)) != ENC_OK:
+            return super().table_set(ghist, prob_bits, escape_slot)
+        from tokenbits import tables
+        for g in np.flatnonzero(by_numpy):         # frequency taken away: numpy's normalize
+            self._n("normalize_numpy")
+            freq[g, :used[g]] = tables.normalize(ghist[g, :used[g]], prob_bits)
+        bits, bound, tb = C.c_double(0), C.c_double(0), C.c_int64(0)
+        if lib.tkb_enc_tables_bits(_p(ghist), t, a, _p(freq), _p(used), prob_bits,
+                                   C.byref(bits), C.byref(bound), C.byref(tb)) != ENC_OK:
+            return super().table_set(ghist, prob_bits, escape_slot)
+        self._n("table_set")
+        return ([freq[g, :used[g]].copy() for g in range(t)], bits.value + tb.value,
+                bound.value)
+
+
+SYMBOL_CAP = 1 << 16      # FitKernels.symbol_counts counts min(u, 2^16)
+
+
+def _bincount_length(h: np.ndarray) -> np.ndarray:
+    """Counts h cut after the largest counted value, as np.bincount returns them."""
+    nz = np.flatnonzero(h)
+    return h[:nz[-1] + 1] if nz.size else h[:0]
 
 
 _native_kernels = None
@@ -404,6 +515,13 @@ def encode_frame(te, a, frame_number: int, positions=None, tables=None) -> bytes
             src = a.view(np.uint32 if width == 32 else np.uint16)
         sym, raw = split(src, width, pos, pred, t["raw_bits"])
         d = te.d
+    elif (fitted := te._fitted_frame(a, pos)) is not None:
+        # a frame of the fit: its step deltas and levels (as the reference's encode_frame
+        # takes them), their residuals split into symbols and escapes here
+        tdelta, lv = fitted
+        sym, escapes = residual_symbols(lv, te.predictor_rows([pos]), te.chan_esc)
+        te.escape_bits(escapes)           # "too large to escape" before the table check
+        d = te.dc
     else:
         m = te.merged(a, pos)
         xf = gather_f32(m, te.src, pos)

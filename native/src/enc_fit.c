@@ -21,7 +21,7 @@
 
 /* the AVX2 paths: tkb_cpu_avx2's answer, the CPU probed once (cpuid can be slow under a
  * hypervisor); $TKB_NATIVE_SIMD=scalar read on every call */
-static int use_avx2(void)
+int tkb_enc_use_avx2(void)
 {
     static int hw = -1;
     const char *env = getenv("TKB_NATIVE_SIMD");
@@ -56,6 +56,49 @@ int tkb_enc_levels(const float *x, const int64_t *codes, size_t n, int64_t *lv)
         lv[i] = (int64_t)t;
     }
     return TKB_ENC_OK;
+}
+
+int tkb_enc_levels_rows(const float *x, size_t k, size_t c, const int64_t *code,
+                        const int64_t *delta, int64_t *lv)
+{
+    float inv[256];
+    for (int q = 0; q < 256; q++)
+        inv[q] = tkb_enc_inv_step(q);
+    for (size_t j = 0; j < c; j++)
+        if (code[j] < 0 || code[j] > 255)
+            return TKB_ENC_USAGE;
+    float *inv_r = malloc((c ? c : 1) * sizeof(float));
+    if (!inv_r)
+        return TKB_ENC_USAGE;
+    int64_t last = INT64_MIN;
+    int rc = TKB_ENC_OK;
+    for (size_t i = 0; i < k && rc == TKB_ENC_OK; i++) {
+        if (delta[i] != last) {                    /* the row's inverse steps */
+            for (size_t j = 0; j < c; j++) {
+                int64_t q = code[j] + delta[i];
+                if (q < 0 || q > 255) {
+                    rc = TKB_ENC_USAGE;
+                    break;
+                }
+                inv_r[j] = inv[q];
+            }
+            last = delta[i];
+        }
+        const float *r = x + i * c;
+        int64_t *o = lv + i * c;
+        int bad = 0;
+        for (size_t j = 0; j < c && rc == TKB_ENC_OK; j++) {
+            float t = rint_f32(r[j] * inv_r[j]);
+            bad |= t != t;
+            t = t > (float)MAX_LEVEL ? (float)MAX_LEVEL : t;
+            t = t < -(float)MAX_LEVEL ? -(float)MAX_LEVEL : t;
+            o[j] = (int64_t)(t == t ? t : 0.0f);
+        }
+        if (bad)
+            rc = TKB_ENC_USAGE;                    /* NaN: the caller takes numpy's path */
+    }
+    free(inv_r);
+    return rc;
 }
 
 /* one token's sums a.a, b.b, a.b (b: the reconstruction of a at steps 1/inv_r, step_r);
@@ -152,7 +195,7 @@ int tkb_enc_trial_cosine(const float *x, size_t k, size_t d, const uint8_t *code
         return 1;                                  /* no memory: numpy decides */
     }
 #if defined(__x86_64__) && defined(__GNUC__)
-    const int avx2 = use_avx2();
+    const int avx2 = tkb_enc_use_avx2();
 #endif
     double total = 0.0;
     int64_t last = INT64_MIN;
@@ -251,6 +294,62 @@ int tkb_enc_histogram(const int64_t *u, size_t n, size_t c, int64_t cap, int64_t
     return TKB_ENC_OK;
 }
 
+/* a histogram's counts of small values in four interleaved copies (consecutive equal
+ * values, the common case, do not wait on each other's increments) */
+#define SMALL_BINS 1024
+
+int tkb_enc_residual_counts(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
+                            int64_t cap, int64_t *hist)
+{
+    if (cap < 0)
+        return TKB_ENC_USAGE;
+    for (size_t i = 0; i < k; i++)
+        if (pred && pred[i] >= (int64_t)k)
+            return TKB_ENC_USAGE;
+    uint64_t *small = calloc(4 * SMALL_BINS, sizeof(uint64_t));
+    if (!small)
+        return TKB_ENC_USAGE;
+    const uint64_t ucap = (uint64_t)cap;
+    for (size_t i = 0; i < k; i++) {
+        int64_t p = pred ? pred[i] : -1;
+        const int64_t *pl = p >= 0 ? lv + (size_t)p * c : NULL;
+        const int64_t *l = lv + i * c;
+        for (size_t j = 0; j < c; j++) {
+            uint64_t u = zigzag_diff(l[j], pl ? pl[j] : 0);
+            u = u < ucap ? u : ucap;
+            if (u < SMALL_BINS)
+                small[(j & 3) * SMALL_BINS + u]++;
+            else
+                hist[u]++;
+        }
+    }
+    for (size_t v = 0; v < SMALL_BINS && v <= ucap; v++)
+        hist[v] += (int64_t)(small[v] + small[SMALL_BINS + v] + small[2 * SMALL_BINS + v] +
+                             small[3 * SMALL_BINS + v]);
+    free(small);
+    return TKB_ENC_OK;
+}
+
+int tkb_enc_residual_histograms(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
+                                int64_t cap, int64_t *hist)
+{
+    if (cap < 0)
+        return TKB_ENC_USAGE;
+    const uint64_t ucap = (uint64_t)cap;
+    const size_t a = (size_t)cap + 1;
+    for (size_t i = 0; i < k; i++) {
+        int64_t p = pred ? pred[i] : -1;
+        if (p >= (int64_t)k)
+            return TKB_ENC_USAGE;
+        const int64_t *pl = p >= 0 ? lv + (size_t)p * c : NULL, *l = lv + i * c;
+        for (size_t j = 0; j < c; j++) {
+            uint64_t u = zigzag_diff(l[j], pl ? pl[j] : 0);
+            hist[j * a + (u < ucap ? u : ucap)]++;
+        }
+    }
+    return TKB_ENC_OK;
+}
+
 /* costs [t] of one channel's nonzero counts hv[0..m) at symbols nz[0..m): cost[j] =
  * sum_q hv[q] lt[nz[q]][j], each a sequential sum in symbol order (the zero counts, which
  * would add +-0, are skipped: the same sums); the AVX2 path gives the same bits (a
@@ -300,6 +399,15 @@ static void channel_costs_avx2(const double *hv, const uint32_t *nz, size_t m,
 }
 #endif
 
+tkb_enc_costs_fn tkb_enc_channel_costs(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    return tkb_enc_use_avx2() ? channel_costs_avx2 : channel_costs_c;
+#else
+    return channel_costs_c;
+#endif
+}
+
 long tkb_enc_table_argmin(const int64_t *hist, size_t d, size_t a, const double *nlq,
                           size_t t, int64_t *group)
 {
@@ -326,13 +434,7 @@ long tkb_enc_table_argmin(const int64_t *hist, size_t d, size_t a, const double 
         free(hv);
         return -1;
     }
-#if defined(__x86_64__) && defined(__GNUC__)
-    void (*costs)(const double *, const uint32_t *, size_t, const double *, size_t, double *) =
-        use_avx2() ? channel_costs_avx2 : channel_costs_c;
-#else
-    void (*costs)(const double *, const uint32_t *, size_t, const double *, size_t, double *) =
-        channel_costs_c;
-#endif
+    tkb_enc_costs_fn costs = tkb_enc_channel_costs();
     for (size_t i = 0; i < d; i++) {
         const int64_t *h = hist + i * a;
         size_t m = 0;

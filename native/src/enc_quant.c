@@ -7,34 +7,24 @@
 #include "../include/tkb_enc.h"
 #include "enc_scalar.h"
 
-int tkb_enc_gather_f32(const void *src, int src_dtype, size_t n, size_t d,
-                       const uint32_t *pos, size_t k, float *out)
+static void gather_row_c(const void *src, int src_dtype, size_t r, size_t d, float *o)
 {
-    if (src_dtype < 0 || src_dtype > 2)
-        return TKB_ENC_USAGE;
-    for (size_t i = 0; i < k; i++) {
-        if (pos[i] >= n)
-            return TKB_ENC_USAGE;
-        size_t r = (size_t)pos[i] * d;
-        float *o = out + i * d;
-        if (src_dtype == 0) {
-            memcpy(o, (const float *)src + r, d * sizeof(float));
-        } else if (src_dtype == 1) {
-            const uint16_t *h = (const uint16_t *)src + r;
-            for (size_t c = 0; c < d; c++)
-                o[c] = f16_to_f32(h[c]);
-        } else {
-            const uint16_t *h = (const uint16_t *)src + r;
-            for (size_t c = 0; c < d; c++) {
-                uint32_t b = (uint32_t)h[c] << 16;
-                memcpy(o + c, &b, 4);
-            }
+    if (src_dtype == 0) {
+        memcpy(o, (const float *)src + r, d * sizeof(float));
+    } else if (src_dtype == 1) {
+        const uint16_t *h = (const uint16_t *)src + r;
+        for (size_t c = 0; c < d; c++)
+            o[c] = f16_to_f32(h[c]);
+    } else {
+        const uint16_t *h = (const uint16_t *)src + r;
+        for (size_t c = 0; c < d; c++) {
+            uint32_t b = (uint32_t)h[c] << 16;
+            memcpy(o + c, &b, 4);
         }
     }
-    return TKB_ENC_OK;
 }
 
-void tkb_enc_token_norms(const float *x, size_t k, size_t d, double *norms)
+static void norms_c(const float *x, size_t k, size_t d, double *norms)
 {
     for (size_t i = 0; i < k; i++) {
         const float *r = x + i * d;
@@ -45,6 +35,59 @@ void tkb_enc_token_norms(const float *x, size_t k, size_t d, double *norms)
         }
         norms[i] = sqrt_f64(s);
     }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* binary16 rows by F16C, eight values at a time (exact conversions, as f16_to_f32); a
+ * block holding a NaN (whose payload F16C may quiet) goes through f16_to_f32 */
+__attribute__((target("avx2,f16c")))
+static void gather_row_f16_avx2(const uint16_t *h, size_t d, float *o)
+{
+    size_t c = 0;
+    const __m128i expo = _mm_set1_epi16(0x7C00);
+    for (; c + 8 <= d; c += 8) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(h + c));
+        __m128i e = _mm_cmpeq_epi16(_mm_and_si128(v, expo), expo);
+        if (_mm_movemask_epi8(e)) {
+            for (size_t j = c; j < c + 8; j++)
+                o[j] = f16_to_f32(h[j]);
+        } else {
+            _mm256_storeu_ps(o + c, _mm256_cvtph_ps(v));
+        }
+    }
+    for (; c < d; c++)
+        o[c] = f16_to_f32(h[c]);
+}
+
+#endif
+
+int tkb_enc_gather_f32(const void *src, int src_dtype, size_t n, size_t d,
+                       const uint32_t *pos, size_t k, float *out)
+{
+    if (src_dtype < 0 || src_dtype > 2)
+        return TKB_ENC_USAGE;
+#if defined(__x86_64__) && defined(__GNUC__)
+    const int avx2 = src_dtype == 1 && tkb_enc_use_avx2();
+#endif
+    for (size_t i = 0; i < k; i++) {
+        if (pos[i] >= n)
+            return TKB_ENC_USAGE;
+        size_t r = (size_t)pos[i] * d;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (avx2) {
+            gather_row_f16_avx2((const uint16_t *)src + r, d, out + i * d);
+            continue;
+        }
+#endif
+        gather_row_c(src, src_dtype, r, d, out + i * d);
+    }
+    return TKB_ENC_OK;
+}
+
+void tkb_enc_token_norms(const float *x, size_t k, size_t d, double *norms)
+{
+    norms_c(x, k, d, norms);
 }
 
 float tkb_enc_inv_step(int q)
@@ -122,6 +165,31 @@ int tkb_enc_quantize(const float *xc, size_t k, size_t c, const uint8_t *code,
         uint32_t *sy = sym + i * c;
         for (size_t j = 0; j < c; j++) {
             uint64_t u = zigzag((int64_t)lv[j] - (plv ? plv[j] : 0));
+            if (u >= esc[j]) {
+                escapes[ne++] = u - esc[j];
+                sy[j] = esc[j];
+            } else {
+                sy[j] = (uint32_t)u;
+            }
+        }
+    }
+    *num_escapes = ne;
+    return TKB_ENC_OK;
+}
+
+int tkb_enc_residual_symbols(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
+                             const uint32_t *esc, uint32_t *sym, uint64_t *escapes,
+                             size_t *num_escapes)
+{
+    size_t ne = 0;
+    for (size_t i = 0; i < k; i++) {
+        int64_t p = pred ? pred[i] : -1;
+        if (p >= (int64_t)k)
+            return TKB_ENC_USAGE;
+        const int64_t *pl = p >= 0 ? lv + (size_t)p * c : NULL, *l = lv + i * c;
+        uint32_t *sy = sym + i * c;
+        for (size_t j = 0; j < c; j++) {
+            uint64_t u = zigzag_diff(l[j], pl ? pl[j] : 0);
             if (u >= esc[j]) {
                 escapes[ne++] = u - esc[j];
                 sy[j] = esc[j];

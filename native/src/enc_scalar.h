@@ -76,4 +76,23 @@ static inline float f16_to_f32(uint16_t h)
     return bits_f32(b);
 }
 
+/* the zigzag index (7.4.1) of the residual a - b (7.5), in uint64 arithmetic (no signed
+ * overflow whatever the values) */
+static inline uint64_t zigzag_diff(int64_t a, int64_t b)
+{
+    uint64_t r = (uint64_t)a - (uint64_t)b;
+    return (r << 1) ^ (0 - (r >> 63));
+}
+
+/* whether the encoder's AVX2 (+ F16C) paths run: tkb_cpu_avx2 probed once (enc_fit.c),
+ * $TKB_NATIVE_SIMD=scalar read on every call */
+int tkb_enc_use_avx2(void);
+
+/* costs [t] of one channel's nonzero counts hv[0..m) at symbols nz[0..m) under the
+ * tables' -log2 probabilities lt [symbols][t]: cost[j] = sum_q hv[q] lt[nz[q]][j], each a
+ * sequential sum in symbol order, the AVX2 path (enc_fit.c) with the same bits */
+typedef void (*tkb_enc_costs_fn)(const double *hv, const uint32_t *nz, size_t m,
+                                 const double *lt, size_t t, double *cost);
+tkb_enc_costs_fn tkb_enc_channel_costs(void);
+
 #endif
