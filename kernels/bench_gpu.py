@@ -35,7 +35,7 @@ import torch
 import triton
 
 from tokenbits import reconstruction, tables
-from tokenbits.encoder import INV_STEP
+from tokenbits.quantization import INV_STEP
 
 from . import quant, rans, recon
 

@@ -22,7 +22,8 @@ import torch
 from tokenbits import pruning, reconstruction, tables
 from tokenbits.decoder import Decoder, Frame, parse_frame
 from tokenbits.decoder import decode as ref_decode
-from tokenbits.encoder import INV_STEP, SYMBOL_NOT_IN_TABLE, TrackEncoder, select_kept
+from tokenbits.encoder import SYMBOL_NOT_IN_TABLE, TrackEncoder, select_kept
+from tokenbits.quantization import INV_STEP
 from tokenbits.errors import TKBEncodeError, TKBEntropyError, TKBError, TKBValueError
 
 from . import prune as prune_k

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tokenbits.encoder import step_deltas_of_norms
+from tokenbits.quantization import step_deltas_of_norms
 
 from .rans import INTERPRET
 
@@ -38,7 +38,7 @@ def step_value(code, INVERSE: tl.constexpr):
     """step(code) (clause 7.6.1) or the encoder's inv_step (Annex B.1) of codes 0..255
     without a table: the binary32 mantissa of code mod 6 times 2^(code div 6 - 24)
     (or its inverse times 2^(24 - code div 6)); both products are exact, so the
-    values equal reconstruction.STEP and encoder.INV_STEP bit for bit."""
+    values equal reconstruction.STEP and quantization.INV_STEP bit for bit."""
     q = code // 6
     m = code - 6 * q
     if INVERSE:
@@ -145,7 +145,7 @@ def _symbols_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, code_ptr, inv_ptr, esc_
 def _closed_loop_kernel(x_ptr, src_ptr, delta_ptr, pred_ptr, rows_ptr, offs_ptr, code_ptr,
                         inv_ptr, lim_ptr, esc_ptr, sym_ptr, u_ptr, num_channels, dz,
                         BC: tl.constexpr):
-    """The closed-loop quantizer (Annex B.1, ``encoder.quantize_closed_loop``): one
+    """The closed-loop quantizer (Annex B.1, ``quantization.quantize_closed_loop``): one
     program runs down a chain (``recon.chains``: rows rows[offs[j]:offs[j+1]], each one
     predicted by the row before it in the chain or not at all) for a block of channels,
     carrying the levels; every operation is the reference's binary32 operation."""

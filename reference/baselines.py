@@ -41,10 +41,13 @@ def mean_token_cosine(ref, test) -> float:
     else 0."""
     a = np.asarray(ref, np.float64).reshape(-1, np.shape(ref)[-1])
     b = np.asarray(test, np.float64).reshape(a.shape)
+    if a.shape[0] == 0:
+        return float("nan")      # no token: no mean (as numpy's mean, without its warning)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     dot = np.einsum("ij,ij->i", a, b)
     ok = (na > 0) & (nb > 0)
-    cos = np.where(ok, dot / np.where(ok, na * nb, 1.0), (na == 0) & (nb == 0))
+    with np.errstate(invalid="ignore"):     # inf / inf (an overflowed output): nan, no match
+        cos = np.where(ok, dot / np.where(ok, na * nb, 1.0), (na == 0) & (nb == 0))
     return float(cos.mean())
 
 

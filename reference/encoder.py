@@ -28,20 +28,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import math
-
 import numpy as np
 
 from . import levels, prediction, pruning, rans, reconstruction, symbols, syntax, tables
 from . import transform as tr
 from . import transform_fit
 from .bitio import BitWriter
-from .crc32c import crc32c
-from .decoder import (STREAM_TRACK, UNIT_FRAME, UNIT_INDEX, UNIT_METADATA, UNIT_TPS,
-                      UNIT_TRANSFORM, VERSION_MAJOR, VERSION_MINOR)
+from .decoder import STREAM_TRACK, UNIT_FRAME, UNIT_INDEX, UNIT_METADATA, UNIT_TPS, UNIT_TRANSFORM
 from .errors import TKBEncodeError, TKBError
+from .fit_kernels import NUMPY_KERNELS, FitKernels
 from .merge_map import PRESENCE_WITH_MERGE_MAP, write_merge_map
 from .presence import write_presence_map
+from .quantization import (DTYPE_CODE, float_view, source_dtype, step_deltas_of_norms,
+                           token_norms)
+from .stream_layout import index_payload, metadata_payload, stream_header, unit
+from .table_fit import (MAX_ALPHABET, alphabet_size, channel_entropy_bits, choose_prob_bits,
+                        entropy_bits, group_tables, histograms, with_pseudo_counts)
 
 QP_MIN, QP_MAX = -144, 111
 # the closed-loop quantizer's deadzones tried with a transform (B.1), the first the default
@@ -51,52 +53,6 @@ DEADZONES = (0.3125, 0.125, 0.0)
 # one (the default there, B.7)
 STEP_TILT, STEP_TILT_TRANSFORM = 3, -2
 FINE_STEPS = 6
-MAX_ALPHABET = 4096
-
-
-# -- framing ---------------------------------------------------------------------
-
-def stream_header(profile_idc: int, level_idc: int) -> bytes:
-    """The stream header (clause 6.1); version_minor is the lowest minor version whose
-    tools the profile has: 1 for High, 0 for Main and Lossless (unchanged 1.0 streams)."""
-    w = BitWriter()
-    minor = VERSION_MINOR if profile_idc == levels.PROFILE_HIGH else 0
-    vals = dict(magic=syntax.MAGIC, version_major=VERSION_MAJOR, version_minor=minor,
-                profile_idc=profile_idc, level_idc=level_idc, reserved_zero_32bits=0,
-                header_crc32c=0)
-    syntax.write(w, "stream_header", vals)
-    b = w.getvalue()[:12]
-    return b + crc32c(b).to_bytes(4, "little")
-
-
-def unit(unit_type: int, track_id: int, payload: bytes, essential: int | None = None) -> bytes:
-    if essential is None:
-        essential = 1 if unit_type in (UNIT_TPS, UNIT_FRAME, UNIT_TRANSFORM) else 0
-    w = BitWriter()
-    syntax.write(w, "unit_header", dict(unit_size=len(payload), unit_type=unit_type,
-                                         track_id=track_id, unit_essential=essential,
-                                         reserved_zero_8bits=0))
-    body = w.getvalue() + payload
-    return body + crc32c(body).to_bytes(4, "little")
-
-
-def metadata_payload(meta: dict) -> bytes:
-    entries = []
-    for k, v in meta.items():
-        kb, vb = str(k).encode(), str(v).encode()
-        if not kb or len(kb) > 255:
-            raise TKBEncodeError(f"metadata key {k!r} must be 1..255 bytes")
-        entries.append(dict(key_length=len(kb), key=kb, value_length=len(vb), value=vb))
-    w = BitWriter()
-    syntax.write(w, "metadata", dict(num_entries=len(entries), metadata_entry=entries))
-    return w.getvalue()
-
-
-def index_payload(entries: list) -> bytes:
-    w = BitWriter()
-    syntax.write(w, "index", dict(num_entries=len(entries), index_entry=[
-        dict(frame_number=n, unit_offset=o) for n, o in entries]))
-    return w.getvalue()
 
 
 SYMBOL_NOT_IN_TABLE = ("a symbol has no frequency in the track's tables "
@@ -184,34 +140,6 @@ class TrackOptions:
     meta: dict = field(default_factory=dict)
 
 
-def _source_dtype(a) -> str:
-    name = str(getattr(a, "dtype", ""))
-    if name in ("float32", "float16", "bfloat16"):
-        return name
-    if name == "float64":  # coded from float32 (lossless float64 is refused earlier)
-        return "float32"
-    if name.startswith(("int", "uint")):
-        return "uint32"
-    raise TKBEncodeError(f"unsupported input dtype {name}; use float32, float16, bfloat16 "
-                         "or an integer type for token ids")
-
-
-_DTYPE_CODE = {"float32": 0, "float16": 1, "bfloat16": 2}    # clause 7.6.2's output types
-
-
-def _float_view(a: np.ndarray, dtype: str) -> np.ndarray:
-    """Input values as float32 (bfloat16 arrives as uint16 bit patterns)."""
-    if dtype == "bfloat16":
-        return (a.astype(np.uint32) << 16).view(np.float32)
-    return a.astype(np.float32)
-
-
-# -- channel grouping and tables ---------------------------------------------------
-
-def _histograms(sym: np.ndarray, channel: np.ndarray, d: int, alphabet: int) -> np.ndarray:
-    return np.bincount(channel * alphabet + sym, minlength=d * alphabet).reshape(d, alphabet)
-
-
 def _largest_true(ok, lo: int, hi: int) -> int:
     """Largest q in [lo, hi] with ok(q), for ok true below some threshold."""
     if not ok(lo):
@@ -227,306 +155,9 @@ def _largest_true(ok, lo: int, hi: int) -> int:
     return lo
 
 
-def _entropy_bits(counts: np.ndarray) -> float:
-    c = counts[counts > 0].astype(np.float64)
-    return float(-(c * np.log2(c / c.sum())).sum()) if c.size else 0.0
-
-
 def _joined(arrs: list) -> np.ndarray:
     """The arrays concatenated along their first axis (one array: itself, not a copy)."""
     return arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
-
-
-def _alphabet(counts: np.ndarray, n: int, quantile: float = 0.9999) -> int:
-    """Annex B.3's alphabet size of n zigzag indices u counted in ``counts`` (counts of
-    min(u, 2^16), FitKernels.symbol_counts): their ``quantile`` (np.quantile's "higher":
-    the value at sorted index ceil((n - 1) quantile)) plus 2, clipped to 2 .. MAX_ALPHABET
-    (a value counted in the last bin, 2^16, is beyond the clip)."""
-    if n == 0:
-        return 2
-    rank = math.ceil((n - 1) * quantile)            # binary64, as numpy computes it
-    value = int(np.searchsorted(np.cumsum(counts), rank, side="right"))
-    return int(np.clip(value + 2, 2, MAX_ALPHABET))
-
-
-def _channel_entropy_bits(u: np.ndarray, channel: np.ndarray, d: int) -> float:
-    """Order-0 entropy of symbols u (capped at 2^12) summed over their channels."""
-    u = np.minimum(u, 1 << 12)
-    a = int(u.max()) + 1 if u.size else 1
-    h = np.bincount(channel * a + u, minlength=d * a).reshape(d, a).astype(np.float64)
-    tot = h.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(-(h * np.log2(np.where(h > 0, h / np.maximum(tot, 1), 1))).sum())
-
-
-def _with_pseudo_counts(freqs, hist, tmap, alphabet: int, prob_bits: int) -> list:
-    """Tables over the whole alphabet, every symbol at least frequency 1."""
-    group = np.zeros(hist.shape[0], dtype=np.int64) if tmap is None else tmap
-    out = []
-    for g in range(len(freqs)):
-        counts = np.zeros(alphabet, dtype=np.int64)
-        h = hist[group == g].sum(axis=0)
-        counts[:h.size] = h[:alphabet]
-        out.append(tables.normalize(counts + 1, prob_bits))
-    return out
-
-
-def _group_sum(hist: np.ndarray, group: np.ndarray, t: int) -> np.ndarray:
-    """Histograms summed per group: [t, alphabet]."""
-    order = np.argsort(group, kind="stable")
-    g = group[order]
-    starts = np.searchsorted(g, np.arange(t))
-    out = np.zeros((t, hist.shape[1]), dtype=hist.dtype)
-    present = starts < g.size
-    present[present] = g[starts[present]] == np.arange(t)[present]
-    if present.any():
-        out[present] = np.add.reduceat(hist[order], starts[present], axis=0)
-    return out
-
-
-def _refine_groups(hist: np.ndarray, group: np.ndarray, t: int, iters: int = 6,
-                   kernels=None) -> np.ndarray:
-    """Lloyd iterations (FitKernels.lloyd_groups), the emptied tables dropped (dense
-    numbering)."""
-    group = (kernels or NUMPY_KERNELS).lloyd_groups(hist, group, t, iters)
-    used, group = np.unique(group, return_inverse=True)
-    return group
-
-
-def _group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob_bits: int,
-                  forced: int | None, escape_slot: bool = False, kernels=None):
-    """Choose channel groups; returns (table_map or None, list of freq arrays).
-    ``escape_slot`` (quantized tracks, Annex B.3): each table ends one symbol past its
-    largest symbol, an unused escape symbol, so that the largest value is not escaped."""
-    kernels = kernels or NUMPY_KERNELS
-    d = hist.shape[0]
-    order = np.argsort(scale_key, kind="stable")
-    best = None
-    cands = [forced] if forced else [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= min(d, max_tables)]
-    for t in cands:
-        group = np.empty(d, dtype=np.int64)
-        group[order] = np.arange(d) * t // d
-        if t > 1:
-            group = _refine_groups(hist, group, t, kernels=kernels)
-        t_used = int(group.max()) + 1
-        ghist = np.rint(kernels.group_sum(hist, None, group, t_used)).astype(np.int64)
-        freqs, bits, err = kernels.table_set(ghist, prob_bits, escape_slot)
-        if t_used > 1:
-            bits += 8 * d
-        if best is not None:
-            if abs(bits - best[0]) <= err + best[3]:
-                # the kernel's bound cannot tell: numpy's bits of both (same tables)
-                bits = _tables_bits(ghist, freqs, prob_bits, 8 * d if t_used > 1 else 0)
-                best = (_tables_bits(best[4], best[2], prob_bits,
-                                     8 * d if best[1] is not None else 0), *best[1:3],
-                        0.0, best[4])
-            if bits >= best[0]:
-                break   # more tables stopped paying for themselves
-        best = (bits, group if t_used > 1 else None, freqs, err, ghist)
-    return best[1], best[2]
-
-
-def _tables_bits(ghist: np.ndarray, freqs: list, prob_bits: int, extra: int) -> float:
-    """The bits of the symbols counted in ghist under tables ``freqs`` and of the tables
-    themselves, plus ``extra`` (the table map), summed as the reference sums them."""
-    bits = 0.0
-    for h, f in zip(ghist, freqs):
-        h = h[:f.size]
-        nz = h > 0
-        bits += float(-(h[nz] * np.log2(f[nz] / (1 << prob_bits))).sum())
-        bits += tables.table_cost_bits(f)
-    return bits + extra if extra else bits
-
-
-def _choose_prob_bits(alphabet: int) -> int:
-    """12 bits for small alphabets (measured on real tokens: 11..15 bits change the size
-    by < 0.1 % while larger slot tables slow the decoder); large alphabets (lossless,
-    ids) get 3 bits more than the alphabet needs so that rare symbols are not
-    over-charged."""
-    need = int(alphabet - 1).bit_length()
-    return int(min(tables.MAX_PROB_BITS, max(12, need + 3 if need > 8 else need)))
-
-
-# -- quantization (Annex B.1) ------------------------------------------------------
-
-# 1 / step(code) rounded to binary32: quantization is one binary32 multiplication and
-# a round half to even, so every implementation (numpy, a GPU kernel) finds the same
-# levels (Annex B.1)
-INV_STEP = (1.0 / reconstruction.STEP.astype(np.float64)).astype(np.float32)
-
-
-def quantize_levels(xf: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Levels of float32 values ``xf`` at step codes ``codes`` (broadcast): the binary32
-    product x * INV_STEP[code] rounded half to even, clipped to +-MAX_LEVEL (int64)."""
-    y = np.asarray(xf, dtype=np.float32) * INV_STEP[codes]
-    lv = np.clip(np.rint(y), -reconstruction.MAX_LEVEL, reconstruction.MAX_LEVEL)
-    return lv.astype(np.int64)
-
-
-def quantize_closed_loop(xf: np.ndarray, codes: np.ndarray, pred: np.ndarray,
-                         deadzone: float, lim=None) -> np.ndarray:
-    """Levels of float32 values ``xf`` [K, C] at step codes ``codes`` (broadcast) by a
-    closed-loop quantizer with a deadzone (Annex B.1): row k is predicted by the level of
-    row pred[k] (-1: by 0), as the decoder predicts it (clause 7.5), and its prediction
-    residual is quantized towards zero, in binary32:
-
-        y = x * INV_STEP[code]          r = y - plev
-        q = sign(r) * rint(max(|r| - deadzone, 0))         (half to even)
-        lev = clip(plev + q, -lim, lim)                   (lim: MAX_LEVEL by default)
-
-    Rows are quantized after the rows that predict them (in waves of equal chain depth),
-    so every residual that is coded is the quantized one: a small residual becomes 0, the
-    likeliest symbol, whatever the level."""
-    y = np.asarray(xf, dtype=np.float32) * INV_STEP[codes]
-    lim = np.broadcast_to(np.asarray(reconstruction.MAX_LEVEL if lim is None else lim),
-                          y.shape)
-    dz = np.float32(deadzone)
-    lv = np.zeros(y.shape, dtype=np.int64)
-    pred = np.asarray(pred, dtype=np.int64)
-    depth = prediction.chain_depths(pred)
-    order = np.argsort(depth, kind="stable")
-    bounds = np.searchsorted(depth[order], np.arange(int(depth.max(initial=0)) + 2))
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        rows = order[a:b]
-        p = pred[rows]
-        plv = np.where((p >= 0)[:, None], lv[np.maximum(p, 0)], 0)
-        r = y[rows] - plv.astype(np.float32)
-        q = np.minimum(np.rint(np.maximum(np.abs(r) - dz, np.float32(0))),
-                       np.float32(1 << 25)).astype(np.int64)     # |plev + q| clips to lim
-        lim_r = lim[rows]
-        lv[rows] = np.clip(plv + np.where(r < 0, -q, q), -lim_r, lim_r)
-    return lv
-
-
-def step_deltas_of_norms(norms: np.ndarray, ref: float, lo: int, hi: int) -> np.ndarray:
-    """Annex B.1: round(6 log2(max(norm, ref 2^-10) / ref)), clipped to -60..60 and then
-    to lo..hi (TrackEncoder.delta_bounds), in float64, ties to even."""
-    with np.errstate(divide="ignore"):
-        dl = np.round(6 * np.log2(np.maximum(norms, ref * 2.0 ** -10) / ref))
-    return np.clip(np.clip(dl, -60, 60), lo, hi).astype(np.int64)
-
-
-def token_norms(xf: np.ndarray) -> np.ndarray:
-    """Euclidean norm of each token, its squares summed in float64 in channel order (a
-    sequential sum, so a GPU thread looping over the channels finds the same value)."""
-    x = np.asarray(xf, dtype=np.float64)
-    if x.shape[1] == 0:
-        return np.zeros(x.shape[0])
-    return np.sqrt(np.cumsum(x * x, axis=1)[:, -1])
-
-
-# -- the fit's numeric steps ---------------------------------------------------------
-
-class FitKernels:
-    """The numeric steps of a track's fit (Annex B.1, B.3) that the rate control of
-    :class:`TrackEncoder` calls: numpy here (the reference); a backend may pass its own
-    (``tokenbits.native.encoder.NativeFitKernels``: libtkb's C) that returns the same
-    values, or the same decisions, bit for bit.  The search logic is the TrackEncoder's."""
-
-    name = "numpy"
-
-    def kept_values(self, a: np.ndarray, src: str, pos: np.ndarray) -> np.ndarray:
-        """The kept rows ``pos`` of frame ``a`` [N, D] as float32 (source dtype ``src``)."""
-        return _float_view(a, src)[pos]
-
-    def token_norms(self, xf: np.ndarray) -> np.ndarray:
-        return token_norms(xf)
-
-    def quantize_levels(self, xf: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        return quantize_levels(xf, codes)
-
-    def quantize_rows(self, xf: np.ndarray, step_codes: np.ndarray,
-                      delta: np.ndarray) -> np.ndarray:
-        """quantize_levels of xf [K, C] at step codes step_codes[c] + delta[k]."""
-        return self.quantize_levels(xf, step_codes[None, :] + delta[:, None])
-
-    def reaches(self, te, allx, allc, qp: int, allnorms, pred, target: float) -> bool:
-        """Whether the mean token cosine of the kept tokens ``allx`` reconstructed from
-        their coded values ``allc`` quantized at ``qp`` (te's current norm_ref, deadzone,
-        predictor rows ``pred``) is at least ``target`` (the qp search, Annex B.1)."""
-        from .baselines import mean_token_cosine
-        out_name = reconstruction.DTYPES[te.tps["output_dtype"]]
-        lv, codes, _ = te._quantize(allc, qp, allnorms, pred)
-        rec = reconstruction.to_output(te.reconstruct(lv, codes), te.tps["output_dtype"])
-        return mean_token_cosine(allx, _float_view(rec, out_name)) >= target
-
-    def quantize_closed_loop(self, xf: np.ndarray, codes: np.ndarray, pred: np.ndarray,
-                             deadzone: float, lim) -> np.ndarray:
-        return quantize_closed_loop(xf, codes, pred, deadzone, lim)
-
-    def zigzag_residuals(self, lv: np.ndarray, pos: np.ndarray, tps) -> np.ndarray:
-        """Zigzag indices (7.4.1) of the clause 7.5 residuals of a frame's levels."""
-        return symbols.zigzag(prediction.residuals_from_levels(lv, pos, tps))
-
-    def symbol_entropy(self, u: np.ndarray) -> float:
-        """The order-0 entropy estimate that picks the predictor."""
-        return _entropy_bits(self.symbol_counts(u))
-
-    def residual_histograms(self, lvls: list, positions: list, tps, d: int,
-                            alphabet: int) -> np.ndarray:
-        """channel_histograms of the zigzag residuals of every frame's levels (as
-        residual_counts takes them)."""
-        return self.channel_histograms(self._all_residuals(lvls, positions, tps), d, alphabet)
-
-    def symbol_counts(self, u: np.ndarray) -> np.ndarray:
-        """Counts of min(u, 2^16) for zigzag indices u (np.bincount's: up to the largest)."""
-        return np.bincount(np.minimum(u, 1 << 16))
-
-    def residual_counts(self, lvls: list, positions: list, tps) -> np.ndarray:
-        """symbol_counts of the zigzag residuals (zigzag_residuals) of every frame's levels
-        ``lvls`` (kept ``positions``) under ``tps``'s predictor, taken together."""
-        return self.symbol_counts(self._all_residuals(lvls, positions, tps))
-
-    def _all_residuals(self, lvls: list, positions: list, tps) -> np.ndarray:
-        """The frames' zigzag residuals (zigzag_residuals), concatenated."""
-        return np.concatenate([self.zigzag_residuals(lv, pos, tps).ravel()
-                               for lv, pos in zip(lvls, positions)] + [np.zeros(0, np.int64)])
-
-    def channel_histograms(self, u: np.ndarray, d: int, alphabet: int) -> np.ndarray:
-        """[d, alphabet] histograms of min(u, alphabet - 1), value i of channel i mod d."""
-        channel = np.tile(np.arange(d), u.size // d)
-        return _histograms(np.minimum(u, alphabet - 1), channel, d, alphabet)
-
-    def group_sum(self, hist: np.ndarray, hf: np.ndarray | None, group: np.ndarray,
-                  t: int) -> np.ndarray:
-        """Histograms summed per group [t, alphabet] as float64 (hf: hist as float64)."""
-        return _group_sum(hist.astype(np.float64) if hf is None else hf, group, t)
-
-    def lloyd_groups(self, hist: np.ndarray, group: np.ndarray, t: int,
-                     iters: int) -> np.ndarray:
-        """The table grouping's Lloyd iterations (Annex B.3): give each channel the table
-        that codes its histogram in the fewest bits, then re-estimate the tables from
-        their channels; at most ``iters`` times, until no channel moves."""
-        hf = hist.astype(np.float64)
-        for _ in range(iters):
-            ghist = self.group_sum(hist, hf, group, t)
-            q = (ghist + 1e-3) / (ghist + 1e-3).sum(axis=1, keepdims=True)
-            new = self.table_argmin(hist, hf, q)     # least [channels, tables] bits
-            if np.array_equal(new, group):
-                break
-            group = new
-        return group
-
-    def table_set(self, ghist: np.ndarray, prob_bits: int, escape_slot: bool):
-        """(tables, bits, bound) of group histograms ghist [t, alphabet] (int64): table g
-        normalizes ghist[g] up to its largest counted symbol (and the escape symbol past
-        it, ``escape_slot``); bits: those of the counted symbols under the tables and of
-        the tables themselves; bound: on the difference of bits from numpy's (0 here)."""
-        freqs = []
-        for h in ghist:
-            used = int(np.flatnonzero(h).max()) + 1 if h.any() else 1
-            used = min(used + 1, h.size) if escape_slot else used
-            freqs.append(tables.normalize(h[:used], prob_bits))
-        return freqs, _tables_bits(ghist, freqs, prob_bits, 0), 0.0
-
-    def table_argmin(self, hist: np.ndarray, hf: np.ndarray, q: np.ndarray) -> np.ndarray:
-        """The Lloyd step of the table grouping: each channel's table of least cost
-        (hf: hist as float64; q: the tables' probabilities [tables, alphabet])."""
-        cost = hf @ -np.log2(q).T                       # [channels, tables] bits
-        return np.argmin(cost, axis=1)
-
-
-NUMPY_KERNELS = FitKernels()
 
 
 # -- pruning ------------------------------------------------------------------------
@@ -550,7 +181,7 @@ class TrackEncoder:
         self.deadzone = 0.0      # the closed-loop quantizer's deadzone (B.1; _fit_quant)
         self.closed_loop = False
         first = frames[0]
-        self.src = opts.source_dtype or _source_dtype(first)
+        self.src = opts.source_dtype or source_dtype(first)
         self.ids = self.src == "uint32"
         self.lossless = opts.lossless or self.ids
         arrs = [np.asarray(f) for f in frames]
@@ -614,7 +245,7 @@ class TrackEncoder:
             raise TKBEncodeError("pruning applies to embedding tracks")
         t = self.tps
         grid = (t["grid_height"], t["grid_width"]) if t["grid_present"] else None
-        return pruning.prune(_float_view(a, self.src), o.keep, t["num_prefix_tokens"],
+        return pruning.prune(float_view(a, self.src), o.keep, t["num_prefix_tokens"],
                              o.prune, grid, o.keep_coverage)
 
     # split (lossless) coding
@@ -658,8 +289,8 @@ class TrackEncoder:
                                           for k, pos in zip(kept, self.positions)]).ravel()
             sym = u_of[p] >> rb
             counts = np.bincount(sym, minlength=1)
-            est = _entropy_bits(counts) + rb * sym.size + tables.table_cost_bits(
-                tables.normalize(counts, _choose_prob_bits(counts.size)))
+            est = entropy_bits(counts) + rb * sym.size + tables.table_cost_bits(
+                tables.normalize(counts, choose_prob_bits(counts.size)))
             if best is None or est < best[0]:
                 best = (est, p, rb)
         _, p, rb = best
@@ -671,22 +302,22 @@ class TrackEncoder:
         channel = np.tile(np.arange(self.d), sym.size // self.d)
         alphabet = int(sym.max()) + 1 if sym.size else 1
         pb = self.tps["prob_bits"] = self._prob_bits(alphabet)
-        hist = _histograms(sym, channel, self.d, alphabet)
+        hist = histograms(sym, channel, self.d, alphabet)
         key = np.zeros(self.d) if self.ids else \
             (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
-        tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb, self.opts.num_tables,
+        tmap, freqs = group_tables(hist, key, self.level.max_tables, pb, self.opts.num_tables,
                                     kernels=self.kernels)
         if pseudo:  # a streaming table must code every possible symbol
             full = (-(-self.tps["vocab_size"] >> rb) if self.ids else
                     min(MAX_ALPHABET, 1 << (width - rb + (1 if p else 0))))
-            freqs = _with_pseudo_counts(freqs, hist, tmap, full, pb)
+            freqs = with_pseudo_counts(freqs, hist, tmap, full, pb)
         self._set_tables(tmap, freqs)
 
     def _prob_bits(self, alphabet: int) -> int:
         """The option, if given and large enough for the alphabet, else Annex B.3's."""
         pb = self.opts.prob_bits
         if pb is None:
-            return _choose_prob_bits(alphabet)
+            return choose_prob_bits(alphabet)
         if alphabet > 1 << pb:
             raise TKBEncodeError(f"prob_bits {pb} gives {1 << pb} slots, fewer than the "
                                  f"{alphabet} symbols of the alphabet")
@@ -779,7 +410,8 @@ class TrackEncoder:
         self.per_channel_steps = bool(o.per_channel_steps if o.per_channel_steps is not None
                                       else self.transform is not None)
         if self.per_channel_steps:
-            rms = np.sqrt((allc.astype(np.float64) ** 2).mean(axis=0)) + 1e-30
+            rms = (np.sqrt((allc.astype(np.float64) ** 2).mean(axis=0)) + 1e-30 if len(allc)
+                   else np.full(self.dc, np.nan))     # no kept token: offsets 0 below
             tilt = o.step_tilt if o.step_tilt is not None else (
                 STEP_TILT_TRANSFORM if self.transform is not None else STEP_TILT)
             with np.errstate(invalid="ignore"):       # inf / inf (overflowing values): 0
@@ -807,7 +439,7 @@ class TrackEncoder:
                 fit = self._closed_loop_fit(allx, allc, cands)
                 u = fit[2]
                 ch = np.tile(np.arange(self.dc), u.size // self.dc)
-                est = _channel_entropy_bits(u, ch, self.dc)
+                est = channel_entropy_bits(u, ch, self.dc)
                 if best is None or est < best[0]:
                     best = (est, z, self.norm_ref, self.tps["predictor"], fit)
             _, self.deadzone, self.norm_ref, self.tps["predictor"], fit = best
@@ -823,7 +455,7 @@ class TrackEncoder:
             for p in cands:         # the predictor of least order-0 entropy estimate
                 self.tps["predictor"] = p
                 counts = self.kernels.residual_counts(lvls, self.positions, self.tps)
-                est = _entropy_bits(counts)
+                est = entropy_bits(counts)
                 if best is None or est < best[0]:
                     best = (est, p, counts)
             _, self.tps["predictor"], counts = best
@@ -835,19 +467,19 @@ class TrackEncoder:
         self.tps["step_code"] = (sc if self.per_channel_steps else sc[:1]).astype(np.uint8)
         # alphabet: escape the rarest 0.01 % (at least values beyond 4094)
         if self.closed_loop:        # (the residuals u are at hand)
-            alphabet = _alphabet(self.kernels.symbol_counts(u), u.size)
+            alphabet = alphabet_size(self.kernels.symbol_counts(u), u.size)
             hist = self.kernels.channel_histograms(u, self.dc, alphabet)
         else:                       # (counts: the chosen predictor's)
-            alphabet = _alphabet(counts, sum(q[0].size for q in quantized))
+            alphabet = alphabet_size(counts, sum(q[0].size for q in quantized))
             hist = self.kernels.residual_histograms([q[0] for q in quantized], self.positions,
                                                     self.tps, self.dc, alphabet)
         pb = self._prob_bits(alphabet)
         self.tps["prob_bits"] = pb
         key = (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
-        tmap, freqs = _group_tables(hist, key, self.level.max_tables, pb, o.num_tables,
+        tmap, freqs = group_tables(hist, key, self.level.max_tables, pb, o.num_tables,
                                     escape_slot=True, kernels=self.kernels)
         if pseudo:  # a streaming table must code any symbol up to ESC
-            freqs = _with_pseudo_counts(freqs, hist, tmap, alphabet, pb)
+            freqs = with_pseudo_counts(freqs, hist, tmap, alphabet, pb)
         self._set_tables(tmap, freqs)
 
     def _choose_qp(self, allx: np.ndarray, allc: np.ndarray, near: int | None = None) -> int:
@@ -1039,7 +671,7 @@ class TrackEncoder:
             if fitted is not None:
                 tdelta, lv = fitted
             else:
-                xf = _float_view(self.merged(a, pos), self.src)[pos]
+                xf = float_view(self.merged(a, pos), self.src)[pos]
                 lv, codes, tdelta = self._quantize(
                     self.coded_values(xf), self.qp, token_norms(xf),
                     self.predictor_rows([pos]) if self.closed_loop else None)
@@ -1064,11 +696,11 @@ class TrackEncoder:
         nearest even; otherwise ``a`` itself."""
         if not self.opts.merge_tokens or not 0 < len(pos) < a.shape[0]:
             return a
-        xf = _float_view(a, self.src)
+        xf = float_view(a, self.src)
         pos = np.asarray(pos)
         mv = pruning.merge_average(xf, pos, pruning.assign_stand_ins(xf, pos))
         out = a.copy()
-        out[pos] = reconstruction.to_output(mv.astype(np.float32), _DTYPE_CODE[self.src])
+        out[pos] = reconstruction.to_output(mv.astype(np.float32), DTYPE_CODE[self.src])
         return out
 
     def stand_ins(self, a, pos) -> np.ndarray | None:
@@ -1080,7 +712,7 @@ class TrackEncoder:
         if not self.opts.merge_map or self.ids or not 0 < len(pos) < n:
             return None
         from .pruning import assign_stand_ins
-        return assign_stand_ins(_float_view(np.asarray(a), self.src), np.asarray(pos))
+        return assign_stand_ins(float_view(np.asarray(a), self.src), np.asarray(pos))
 
     def frame_payload(self, frame_number: int, n: int, pos: np.ndarray, words, cw,
                       tdelta=None, escapes=None, raw=None, stand_ins=None) -> bytes:
@@ -1176,7 +808,7 @@ def _auto_transform(frames: list, opts: TrackOptions, level_idc) -> tr.Transform
     carried inline, against no transform; the smallest single-track stream wins."""
     base = replace(opts, transform=None, embed_transform=False)
     best = (len(encode_tracks([(frames, base)], level_idc=level_idc, index=False)), None)
-    views = [_float_view(f, opts.source_dtype or _source_dtype(f)) for f in frames]
+    views = [float_view(f, opts.source_dtype or source_dtype(f)) for f in frames]
     tried = set()
     for e in AUTO_ENERGIES:
         try:

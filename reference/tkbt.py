@@ -27,7 +27,8 @@ def _level_for(t: tr.Transform) -> int:
 
 
 def dumps(t: tr.Transform) -> bytes:
-    from .encoder import UNIT_METADATA, UNIT_TRANSFORM, metadata_payload, stream_header, unit
+    from .decoder import UNIT_METADATA, UNIT_TRANSFORM
+    from .stream_layout import metadata_payload, stream_header, unit
     from .decoder import STREAM_TRACK
     out = bytearray(stream_header(levels.PROFILE_HIGH, _level_for(t)))
     if t.meta:

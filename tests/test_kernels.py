@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
 from tokenbits import encoder as E  # noqa: E402
+from tokenbits import quantization as Q, table_fit as TF  # noqa: E402
 from tokenbits import prediction, rans as R, reconstruction, symbols, tables  # noqa: E402
 from tokenbits.errors import TKBEntropyError  # noqa: E402
 from tokenbits.kernels import quant, rans, recon  # noqa: E402
@@ -363,7 +364,7 @@ def test_symbols_match_reference(dtype, predictor, keep):
     else:
         raw[pos[1], :3] = xk[1, :3].astype(raw.dtype)
         xk = raw[pos].astype(np.float32)
-    lv = E.quantize_levels(xk, codes[None, :] + delta[:, None])
+    lv = Q.quantize_levels(xk, codes[None, :] + delta[:, None])
     u = symbols.zigzag(prediction.residuals_from_levels(lv, pos, tps))
     esc = rng.integers(2, 30, d)
     ref_sym = np.minimum(u, esc[None, :]).ravel()
@@ -376,7 +377,7 @@ def test_symbols_match_reference(dtype, predictor, keep):
         runs += [(True, dict(ROWS=4)), (True, dict(ROWS=3, BC=2, UNROLL=2))]
     for prev_row, variant in runs:
         sym, esc_pos, esc_val = quant.symbols(_to_torch(raw, dtype), T(pos, np.int64),
-                                              T(delta), T(pred), T(codes), T(E.INV_STEP),
+                                              T(delta), T(pred), T(codes), T(Q.INV_STEP),
                                               T(esc), prev_row=prev_row, variant=variant)
         assert np.array_equal(N(sym), ref_sym)
         assert np.array_equal(N(esc_pos), np.nonzero(is_esc)[0])
@@ -410,7 +411,7 @@ def test_step_deltas_match_reference():
     near = np.abs(6 * np.log2(np.maximum(np.sqrt(sq), ref * 2.0 ** -10) / ref) % 1 - 0.5) < 1e-6
     assert near.sum() >= 30                       # the tie cases reach the host path
     for lo, hi in ((-128, 127), (-20, 9)):
-        want = E.step_deltas_of_norms(np.sqrt(sq), ref, lo, hi)
+        want = Q.step_deltas_of_norms(np.sqrt(sq), ref, lo, hi)
         assert np.array_equal(N(quant.step_deltas(T(sq), ref, lo, hi)), want)
 
 
@@ -431,8 +432,8 @@ def test_norms_and_pruning_sums_match_reference(dtype, d):
     raw[6] = _inputs_of(xf[6], dtype)
     x = _to_torch(raw, dtype)
     src = np.arange(n)
-    assert E.token_norms(xf[6:7])[0] == 32768.0
-    assert np.array_equal(np.sqrt(N(quant.squared_norms(x, T(src)))), E.token_norms(xf))
+    assert Q.token_norms(xf[6:7])[0] == 32768.0
+    assert np.array_equal(np.sqrt(N(quant.squared_norms(x, T(src)))), Q.token_norms(xf))
     mean, sq, dot = quant.scores_parts(x, T(np.array([start])), T(np.array([n - start])))
     m = N(mean)[0]
     mnorm = np.sqrt(np.cumsum(m * m)[-1]) or 1.0
@@ -446,7 +447,7 @@ def test_histograms_match_reference():
     d, a = 7, 23
     sym = rng.integers(0, 40, 7 * 50)
     h = quant.histograms(T(sym, np.int16), d, a)
-    ref = E._histograms(np.minimum(sym, a - 1), np.arange(sym.size) % d, d, a)
+    ref = TF.histograms(np.minimum(sym, a - 1), np.arange(sym.size) % d, d, a)
     assert np.array_equal(N(h), ref)
 
 
@@ -613,12 +614,12 @@ def _steps_kernel(out_ptr, inv_ptr):
 
 def test_step_values_without_a_table_equal_the_tables():
     """The kernels' table-free step(code) and inv_step(code), all 256 codes, equal
-    reconstruction.STEP (clause 7.6.1) and encoder.INV_STEP (Annex B.1) bit for bit."""
+    reconstruction.STEP (clause 7.6.1) and quantization.INV_STEP (Annex B.1) bit for bit."""
     out = torch.empty(256, dtype=torch.float32, device=DEV)
     inv = torch.empty(256, dtype=torch.float32, device=DEV)
     _steps_kernel[(1,)](out, inv)
     assert N(out).view(np.uint32).tolist() == reconstruction.STEP.view(np.uint32).tolist()
-    assert N(inv).view(np.uint32).tolist() == E.INV_STEP.view(np.uint32).tolist()
+    assert N(inv).view(np.uint32).tolist() == Q.INV_STEP.view(np.uint32).tolist()
 
 
 def test_inv_rows_match_inv_step():
@@ -626,10 +627,10 @@ def test_inv_rows_match_inv_step():
     reconstruction row loop's steps): row q, channel c holds the table's entry at
     code[c] + q + DELTA_MIN bit for bit, codes clipped to 0..255."""
     code = np.array([0, 1, 5, 127, 128, 200, 254, 255], dtype=np.int32)
-    out = N(quant.inv_rows(T(code), T(E.INV_STEP)))
+    out = N(quant.inv_rows(T(code), T(Q.INV_STEP)))
     q = np.arange(out.shape[0])[:, None] + int(quant.DELTA_MIN)
     assert out.shape == (256, code.size) and q[0, 0] == -128
-    want = E.INV_STEP[np.clip(code[None, :] + q, 0, 255)]
+    want = Q.INV_STEP[np.clip(code[None, :] + q, 0, 255)]
     assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
     # the reconstruction's steps for every frame + token delta (two int8)
     out = N(recon.step_rows(T(code), T(reconstruction.STEP)))
@@ -652,7 +653,7 @@ def test_symbols_prev_row_path_matches_the_general_path():
                                     recon.predictor_rows(kept[1], tps) + 20, -1)])
     assert quant.prev_rows_only(pred)
     args = (T(x), T(np.arange(n)), T(rng.integers(-5, 5, n)), T(pred),
-            T(rng.integers(130, 160, d)), T(E.INV_STEP), T(rng.integers(5, 40, d)))
+            T(rng.integers(130, 160, d)), T(Q.INV_STEP), T(rng.integers(5, 40, d)))
     general = quant.symbols(*args, prev_row=False)
     # the row shift inside a tile, and the row loop (8 or 64 rows per program)
     for v in (dict(ROWS=0, BR=16, BC=8), dict(ROWS=8, BC=8), dict(ROWS=5, BC=2, UNROLL=2),
@@ -660,6 +661,6 @@ def test_symbols_prev_row_path_matches_the_general_path():
         shifted = quant.symbols(*args, prev_row=True, variant=v)
         for a, b in zip(general, shifted):
             assert np.array_equal(N(a), N(b))
-    lv = E.quantize_levels(x.astype(np.float32), N(args[4])[None, :] + N(args[2])[:, None])
+    lv = Q.quantize_levels(x.astype(np.float32), N(args[4])[None, :] + N(args[2])[:, None])
     u = symbols.zigzag(lv - np.where(pred[:, None] >= 0, lv[np.maximum(pred, 0)], 0))
     assert np.array_equal(N(general[0]), np.minimum(u, N(args[6])[None, :]).ravel())

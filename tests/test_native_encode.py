@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tokenbits as tb
 from tokenbits import encoder as E, levels, reconstruction, transform_fit
+from tokenbits import quantization as Q
 from tokenbits import native
 from tokenbits.errors import TKBEncodeError
 
@@ -196,9 +197,9 @@ def test_dispatch():
 def test_inv_step_and_norms():
     lib = NE._lib()
     inv = np.array([lib.tkb_enc_inv_step(q) for q in range(256)], dtype=np.float32)
-    assert inv.tobytes() == E.INV_STEP.tobytes()
+    assert inv.tobytes() == Q.INV_STEP.tobytes()
     x = tokens(1, 50, 33, scale=1e3)[0]
-    assert NE.token_norms(x).tobytes() == E.token_norms(x).tobytes()
+    assert NE.token_norms(x).tobytes() == Q.token_norms(x).tobytes()
 
 
 @pytest.mark.parametrize("simd", ["avx2", "scalar"])
@@ -211,7 +212,7 @@ def test_conversions_of_every_16_bit_pattern(simd, monkeypatch):
     assert h.view(np.uint32).tobytes() == bits.view(np.float16).astype(np.float32) \
         .view(np.uint32).tobytes()
     b = NE.gather_f32(bits, "bfloat16", pos)
-    assert b.view(np.uint32).tobytes() == E._float_view(bits, "bfloat16") \
+    assert b.view(np.uint32).tobytes() == Q.float_view(bits, "bfloat16") \
         .view(np.uint32).tobytes()
 
 
@@ -223,9 +224,9 @@ def test_rounding_ties_and_limits():
     for closed, dz in ((False, 0.0), (True, 0.0), (True, 0.3125), (True, 0.5)):
         lim = np.full(256, (1 << 24) - 1, dtype=np.int64)
         if closed:
-            ref = E.quantize_closed_loop(v, codes[None, :], np.array([-1]), dz)
+            ref = Q.quantize_closed_loop(v, codes[None, :], np.array([-1]), dz)
         else:
-            ref = E.quantize_levels(v, codes[None, :])
+            ref = Q.quantize_levels(v, codes[None, :])
         esc = np.full(v.shape[1], 1 << 30, dtype=np.uint32)
         _, _, lv = NE.quantize(v, codes, np.zeros(1), lim, np.array([-1]),
                                dz if closed else -1.0, esc)

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tokenbits as tb
 from tokenbits import encoder as E, levels, native
+from tokenbits import fit_kernels as FK, quantization as Q, table_fit as TF
 
 pytestmark = pytest.mark.skipif(native.available() is not None,
                                 reason=f"libtkb not built: {native.available()}")
@@ -26,7 +27,7 @@ def simd(request, monkeypatch):
 
 def kernels():
     from tokenbits.native import encoder as NE
-    return NE.fit_kernels(), E.NUMPY_KERNELS
+    return NE.fit_kernels(), FK.NUMPY_KERNELS
 
 
 def tokens(n, d, dtype=np.float16):
@@ -95,7 +96,7 @@ def test_cosine_decisions(simd, src):
     for qp in (-30, -12, 0, 12, 30):
         lv, codes, _ = te._quantize(allx, qp, allnorms)
         rec = reconstruction.to_output(te.reconstruct(lv, codes), te.tps["output_dtype"])
-        m = mean_token_cosine(allx, E._float_view(rec, reconstruction.DTYPES[
+        m = mean_token_cosine(allx, Q.float_view(rec, reconstruction.DTYPES[
             te.tps["output_dtype"]]))
         # targets at numpy's value itself and one ulp either side: the C must defer
         for target in (m, np.nextafter(m, 0), np.nextafter(m, 2), m - 1e-3, m + 1e-3, 0.5):
@@ -147,9 +148,9 @@ def test_residual_passes_equal(simd, seed):
                             for lv, q in zip(lvls, pos)] + [np.zeros(0, np.int64)])
         assert np.array_equal(nk.symbol_counts(u), rk.symbol_counts(u))
         assert nk.symbol_entropy(u) == rk.symbol_entropy(u)
-        assert E._alphabet(rk.symbol_counts(u), u.size) == (
+        assert TF.alphabet_size(rk.symbol_counts(u), u.size) == (
             2 if not u.size else
-            int(np.clip(int(np.quantile(u, 0.9999, method="higher")) + 2, 2, E.MAX_ALPHABET)))
+            int(np.clip(int(np.quantile(u, 0.9999, method="higher")) + 2, 2, TF.MAX_ALPHABET)))
     # the up predictor on a grid
     tps = dict(predictor=2, grid_present=1, grid_height=3, grid_width=4, num_prefix_tokens=1)
     lv = _frames_levels(rng, 1, 13, d)
@@ -166,8 +167,8 @@ def test_alphabet_is_numpys_quantile(n, seed):
     u = rng.geometric(rng.uniform(0.01, 0.9), size=min(n, 50000)) - 1
     if rng.random() < 0.3:
         u[rng.integers(0, u.size, 2)] = rng.choice([4094, 4095, 65535, 65536, 10 ** 7])
-    ref = int(np.clip(int(np.quantile(u, 0.9999, method="higher")) + 2, 2, E.MAX_ALPHABET))
-    assert E._alphabet(E.NUMPY_KERNELS.symbol_counts(u), u.size) == ref
+    ref = int(np.clip(int(np.quantile(u, 0.9999, method="higher")) + 2, 2, TF.MAX_ALPHABET))
+    assert TF.alphabet_size(FK.NUMPY_KERNELS.symbol_counts(u), u.size) == ref
 
 
 def test_quantize_rows_equal(simd):
@@ -242,8 +243,8 @@ def test_group_tables_same(seed, d, a, max_tables, escape_slot):
     rng = np.random.default_rng(seed)
     hist = _hists(rng, d, a)
     key = (hist * np.arange(a)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
-    tm_n, f_n = E._group_tables(hist, key, max_tables, 12, None, escape_slot, kernels=nk)
-    tm_r, f_r = E._group_tables(hist, key, max_tables, 12, None, escape_slot, kernels=rk)
+    tm_n, f_n = TF.group_tables(hist, key, max_tables, 12, None, escape_slot, kernels=nk)
+    tm_r, f_r = TF.group_tables(hist, key, max_tables, 12, None, escape_slot, kernels=rk)
     assert (tm_n is None) == (tm_r is None)
     assert tm_n is None or np.array_equal(tm_n, tm_r)
     assert all(np.array_equal(x, y) for x, y in zip(f_n, f_r)) and len(f_n) == len(f_r)

@@ -395,19 +395,19 @@ def test_closed_loop_quantizer_residuals_and_deadzone():
     """Annex B.1's closed-loop quantizer: with deadzone 0 and no prediction it is the
     open-loop rounding; with prediction every level lies within 1/2 + deadzone steps of
     its value and every coded residual is that of the quantized levels."""
-    from tokenbits import encoder as E, prediction
+    from tokenbits import prediction, quantization as Q
     rng = np.random.default_rng(5)
     x = (rng.normal(size=(17, 12)) * 3).astype(np.float32)
     codes = np.full((17, 12), 150)
     none = np.full(17, -1)
-    assert np.array_equal(E.quantize_closed_loop(x, codes, none, 0.0),
-                          E.quantize_levels(x, codes))
+    assert np.array_equal(Q.quantize_closed_loop(x, codes, none, 0.0),
+                          Q.quantize_levels(x, codes))
     tps = dict(predictor=2, grid_present=1, grid_height=4, grid_width=4, num_prefix_tokens=1)
     pred = prediction.predictor_rows(np.arange(17), tps)
     assert pred[0] == -1 and pred[5] == 1 and pred[4] == -1
-    y = x * E.INV_STEP[codes]
+    y = x * Q.INV_STEP[codes]
     for dz in (0.125, 0.3125, 0.5):
-        lv = E.quantize_closed_loop(x, codes, pred, dz)
+        lv = Q.quantize_closed_loop(x, codes, pred, dz)
         assert np.all(np.abs(lv - y) <= 0.5 + dz + 1e-6)
         res = prediction.residuals_from_levels(lv, np.arange(17), tps)
         assert np.array_equal(prediction.reconstruct_levels(res, np.arange(17), tps), lv)

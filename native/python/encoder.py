@@ -223,12 +223,12 @@ def rans_encode(sym: np.ndarray, channels: int, tables, num_lanes: int, lane_ste
 # -- the track fit's numeric steps (FitKernels) ---------------------------------------
 
 def _fit_kernels_base():
-    from tokenbits.encoder import FitKernels
+    from tokenbits.fit_kernels import FitKernels
     return FitKernels
 
 
 class _NativeFitKernels:
-    """Mixin over ``tokenbits.encoder.FitKernels``: the fit's numeric steps in libtkb's C
+    """Mixin over ``tokenbits.fit_kernels.FitKernels``: the fit's numeric steps in libtkb's C
     (``native/src/enc_fit.c``), same values (integers; binary32 quantization) or same
     decisions (the mean cosine of the qp search and the table grouping's costs, summed
     by numpy in its own orders, are decided here only when a bound on the difference
