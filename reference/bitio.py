@@ -198,12 +198,17 @@ class BitWriter:
         self.buf += data
 
     def bits(self, n: int, value: int) -> None:
-        for i in range(n - 1, -1, -1):
-            self.acc = (self.acc << 1) | ((value >> i) & 1)
-            self.nacc += 1
-            if self.nacc == 8:
-                self.buf.append(self.acc)
-                self.acc = self.nacc = 0
+        """The n low bits of ``value`` (two's complement), most significant first: whole
+        bytes go out as they fill, the rest waits in ``acc`` (``nacc`` bits)."""
+        if n <= 0:
+            return
+        acc = (self.acc << n) | (int(value) & ((1 << n) - 1))
+        nacc = self.nacc + n
+        while nacc >= 8:
+            nacc -= 8
+            self.buf.append((acc >> nacc) & 0xFF)
+        self.acc = acc & ((1 << nacc) - 1)
+        self.nacc = nacc
 
     def bit_array(self, bits) -> None:
         bits = np.asarray(bits, dtype=np.uint8)

@@ -452,9 +452,9 @@ class TrackEncoder:
                          for c, n in zip(self.cf, self.norms)]
             lvls = [q[0] for q in quantized]
             best = None
-            for p in cands:         # the predictor of least order-0 entropy estimate
-                self.tps["predictor"] = p
-                counts = self.kernels.residual_counts(lvls, self.positions, self.tps)
+            # the predictor of least order-0 entropy estimate (B.4)
+            for p, counts in zip(cands, self.kernels.predictor_counts(lvls, self.positions,
+                                                                      self.tps, cands)):
                 est = entropy_bits(counts)
                 if best is None or est < best[0]:
                     best = (est, p, counts)
@@ -849,9 +849,17 @@ def _checked(frames: list, opts: TrackOptions) -> list:
         frames = [f.astype(np.float32) for f in frames]
     if not opts.lossless:
         for f in frames:
-            if f.dtype.kind == "f" and not np.all(np.isfinite(f)):
+            if f.dtype.kind == "f" and not _all_finite(f):
                 raise TKBEncodeError("lossy coding needs finite values (use lossless)")
     return frames
+
+
+def _all_finite(f: np.ndarray) -> bool:
+    """np.all(np.isfinite(f)); binary16 values by their exponent field (all ones: an
+    infinity or a NaN), a quarter of the time."""
+    if f.dtype == np.float16 and f.size:
+        return int((np.ascontiguousarray(f).view(np.uint16) & 0x7C00).max()) != 0x7C00
+    return bool(np.all(np.isfinite(f)))
 
 
 def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None = None,
@@ -917,26 +925,27 @@ def encode_tracks(tracks: list, meta: dict | None = None, level_idc: int | None 
         level_idc = needed
     elif needed > level_idc:
         raise TKBEncodeError(f"the stream needs level {needed}; level {level_idc} was asked for")
+    crc = (kernels or NUMPY_KERNELS).crc32c      # the units' CRC-32C (clause 3.4)
     out = bytearray(stream_header(profile, level_idc))
     if meta:
-        out += unit(UNIT_METADATA, STREAM_TRACK, metadata_payload(meta))
+        out += unit(UNIT_METADATA, STREAM_TRACK, metadata_payload(meta), crc=crc)
     for p in transform_units:
-        out += unit(UNIT_TRANSFORM, STREAM_TRACK, p)
+        out += unit(UNIT_TRANSFORM, STREAM_TRACK, p, crc=crc)
     entries = {}
     for tid, (te, _) in enumerate(encs):
-        out += unit(UNIT_TPS, tid, te.tps_payload)
+        out += unit(UNIT_TPS, tid, te.tps_payload, crc=crc)
         if te.opts.meta:
-            out += unit(UNIT_METADATA, tid, metadata_payload(te.opts.meta))
+            out += unit(UNIT_METADATA, tid, metadata_payload(te.opts.meta), crc=crc)
     # frames interleaved by frame number across tracks
     longest = max(len(p) for p in payloads)
     for i in range(longest):
         for tid, fr in enumerate(payloads):
             if i < len(fr):
                 entries.setdefault(tid, []).append((i, len(out)))
-                out += unit(UNIT_FRAME, tid, fr[i])
+                out += unit(UNIT_FRAME, tid, fr[i], crc=crc)
     if index:
         for tid, e in entries.items():
-            out += unit(UNIT_INDEX, tid, index_payload(e))
+            out += unit(UNIT_INDEX, tid, index_payload(e), crc=crc)
     return bytes(out)
 
 

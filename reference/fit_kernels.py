@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import prediction, reconstruction, symbols, tables
+from .crc32c import crc32c
 from .quantization import float_view, quantize_closed_loop, quantize_levels, token_norms
 from .table_fit import entropy_bits, group_sum, histograms, tables_bits
 
@@ -17,6 +18,11 @@ class FitKernels:
     values, or the same decisions, bit for bit.  The search logic is the TrackEncoder's."""
 
     name = "numpy"
+
+    def crc32c(self, data) -> int:
+        """The CRC-32C (clause 3.4) of a unit that :func:`encoder.encode_tracks` writes
+        (clause 6.2, ``stream_layout.unit``): numpy's (``crc32c.crc32c``) here."""
+        return crc32c(data)
 
     def kept_values(self, a: np.ndarray, src: str, pos: np.ndarray) -> np.ndarray:
         """The kept rows ``pos`` of frame ``a`` [N, D] as float32 (source dtype ``src``)."""
@@ -30,7 +36,9 @@ class FitKernels:
 
     def quantize_rows(self, xf: np.ndarray, step_codes: np.ndarray,
                       delta: np.ndarray) -> np.ndarray:
-        """quantize_levels of xf [K, C] at step codes step_codes[c] + delta[k]."""
+        """quantize_levels of xf [K, C] at step codes step_codes[c] + delta[k] (int64 here;
+        a backend may return another integer type holding the same values: |level| <
+        2^24)."""
         return self.quantize_levels(xf, step_codes[None, :] + delta[:, None])
 
     def reaches(self, te, allx, allc, qp: int, allnorms, pred, target: float) -> bool:
@@ -69,6 +77,12 @@ class FitKernels:
         """symbol_counts of the zigzag residuals (zigzag_residuals) of every frame's levels
         ``lvls`` (kept ``positions``) under ``tps``'s predictor, taken together."""
         return self.symbol_counts(self._all_residuals(lvls, positions, tps))
+
+    def predictor_counts(self, lvls: list, positions: list, tps, predictors) -> list:
+        """residual_counts of the frames' levels under each predictor of ``predictors``
+        (tps's other fields as given): the predictor choice of Annex B.4."""
+        return [self.residual_counts(lvls, positions, {**tps, "predictor": p})
+                for p in predictors]
 
     def _all_residuals(self, lvls: list, positions: list, tps) -> np.ndarray:
         """The frames' zigzag residuals (zigzag_residuals), concatenated."""

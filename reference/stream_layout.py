@@ -22,7 +22,11 @@ def stream_header(profile_idc: int, level_idc: int) -> bytes:
     return b + crc32c(b).to_bytes(4, "little")
 
 
-def unit(unit_type: int, track_id: int, payload: bytes, essential: int | None = None) -> bytes:
+def unit(unit_type: int, track_id: int, payload: bytes, essential: int | None = None,
+         crc=crc32c) -> bytes:
+    """A unit (clause 6.2): its header, ``payload`` and the CRC-32C of both (clause 3.4)
+    computed by ``crc`` (bytes -> int; default this package's numpy one; an encoder
+    backend may pass its own, ``FitKernels.crc32c``, that returns the same value)."""
     if essential is None:
         essential = 1 if unit_type in (UNIT_TPS, UNIT_FRAME, UNIT_TRANSFORM) else 0
     w = BitWriter()
@@ -30,7 +34,7 @@ def unit(unit_type: int, track_id: int, payload: bytes, essential: int | None = 
                                          track_id=track_id, unit_essential=essential,
                                          reserved_zero_8bits=0))
     body = w.getvalue() + payload
-    return body + crc32c(body).to_bytes(4, "little")
+    return body + crc(body).to_bytes(4, "little")
 
 
 def metadata_payload(meta: dict) -> bytes:

@@ -156,9 +156,15 @@ SYNTAX: dict[str, tuple[Element, ...]] = {
 FIXED_SIZE = {"u8": 1, "u16": 2, "u32": 4, "u64": 8, "i8": 1}
 
 
+_CODE: dict = {}      # expression -> its compiled code (compiled once, not at every use)
+
+
 def _eval(expr: str, env: dict):
     # the expressions are this module's own constants, never stream content
-    return eval(expr, {"__builtins__": {}}, env)  # noqa: S307
+    code = _CODE.get(expr)
+    if code is None:
+        code = _CODE[expr] = compile(expr, "<syntax>", "eval")
+    return eval(code, {"__builtins__": {}}, env)  # noqa: S307
 
 
 def parse(reader: BitReader, name: str, context: dict | None = None,

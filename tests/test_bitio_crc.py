@@ -57,3 +57,27 @@ def test_reader_truncation_and_alignment_errors():
         r.align_zero()
     with pytest.raises(TKBFormatError):   # 33 leading zeros in an exp-Golomb code
         BitReader(bytes(5)).eg(0, "e")
+
+
+def _bits_by_definition(w, n, value):
+    """BitWriter.bits as clause 3.3 defines it: one bit at a time, most significant first."""
+    for i in range(n - 1, -1, -1):
+        w.acc = (w.acc << 1) | ((value >> i) & 1)
+        w.nacc += 1
+        if w.nacc == 8:
+            w.buf.append(w.acc)
+            w.acc = w.nacc = 0
+
+
+@given(st.lists(st.tuples(st.integers(-1, 70), st.integers(-2 ** 70, 2 ** 70)), max_size=40))
+def test_bits_equal_definition(items):
+    a, b = BitWriter(), BitWriter()
+    for n, v in items:
+        a.bits(n, v)
+        _bits_by_definition(b, n, v)
+        assert (a.acc, a.nacc, bytes(a.buf)) == (b.acc, b.nacc, bytes(b.buf))
+    a.bits(3, np.int64(-3))                     # numpy integers, negative values
+    _bits_by_definition(b, 3, np.int64(-3))
+    a.align_zero()
+    _bits_by_definition(b, (8 - b.nacc) % 8, 0)
+    assert a.getvalue() == b.getvalue()

@@ -78,3 +78,19 @@ def test_prob_bits_option():
         tkb.TrackOptions(prob_bits=16)
     with pytest.raises(TKBEncodeError):      # 4 slots cannot hold the alphabet
         tkb.encode(x, qp=-30, prob_bits=2, backend="reference")
+
+
+def test_all_finite_equals_numpy():
+    """The finiteness check of lossy input (binary16 by its exponent field) is numpy's."""
+    from tokenbits.encoder import _all_finite
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    for b in bits.reshape(-1, 4096):                  # every pattern, with finite company
+        for v in b:
+            x = np.array([[1.0, -0.0], [0.5, 0.0]], dtype=np.float16)
+            x.view(np.uint16)[1, 1] = v
+            assert _all_finite(x) == bool(np.all(np.isfinite(x)))
+    h = bits.view(np.float16).reshape(256, 256)
+    assert _all_finite(h) is False and _all_finite(h[:, ::2][:120]) is True
+    assert _all_finite(np.zeros((0, 3), np.float16)) is True
+    for x in (np.array([[np.nan]], np.float32), np.ones((2, 2), np.float32)):
+        assert _all_finite(x) == bool(np.all(np.isfinite(x)))

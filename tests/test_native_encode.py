@@ -318,12 +318,33 @@ def test_rans_any_tables(seed, prob_bits, t, c, lanes, steps, n):
     assert np.array_equal(np.asarray(cw, np.int64), np.asarray(ref_cw, np.int64).ravel())
 
 
+@pytest.mark.parametrize("simd", ["avx2", "scalar"])
+def test_units_crc32c(simd, monkeypatch):
+    """The units' CRC-32C by libtkb (SSE4.2 or tables) is the reference's (clause 3.4)."""
+    from tokenbits.crc32c import crc32c, crc32c_bytewise
+    if simd == "scalar":
+        monkeypatch.setenv("TKB_NATIVE_SIMD", "scalar")
+    rng = np.random.default_rng(7)
+    assert NE.crc32c(b"123456789") == 0xE3069283
+    for n in (0, 1, 7, 8, 9, 255, 256, 4095, 3 * 4096 - 1, 3 * 4096, 3 * 4096 + 13, 50001):
+        data = rng.integers(0, 256, size=n, dtype=np.uint8).tobytes()
+        assert NE.crc32c(data) == crc32c(data)
+        assert n > 5000 or NE.crc32c(data) == crc32c_bytewise(data)
+        assert NE.crc32c(bytearray(data)) == crc32c(data)
+    assert NE.fit_kernels().crc32c(b"\xff" * 300) == crc32c(b"\xff" * 300)
+
+
+@pytest.mark.parametrize("simd", ["avx2", "scalar"])
 @pytest.mark.parametrize("seed", range(4))
-def test_residual_symbols(seed):
+def test_residual_symbols(seed, simd, monkeypatch):
+    if simd == "scalar":
+        monkeypatch.setenv("TKB_NATIVE_SIMD", "scalar")
     rng = np.random.default_rng(seed)
     k, c = int(rng.integers(1, 40)), int(rng.integers(1, 30))
     lv = rng.integers(-300, 300, size=(k, c))
     lv.flat[rng.integers(0, lv.size, 2)] = [(1 << 24) - 1, -(1 << 24) + 1]
+    if seed % 2:                          # levels as the fit's native kernels give them
+        lv = lv.astype(np.int32)
     pred = np.where(rng.random(k) < 0.3, -1, np.arange(k) - 1)
     pred[0] = -1
     esc = rng.integers(1, 600, size=c)
@@ -333,3 +354,5 @@ def test_residual_symbols(seed):
     sym, escapes = NE.residual_symbols(lv, pred, esc)
     assert np.array_equal(sym.astype(np.int64), np.where(is_esc, esc, u).ravel())
     assert np.array_equal(escapes, (u - esc)[is_esc])
+    sym2, escapes2 = NE.residual_symbols(lv, pred, esc, scratch=True)   # the work arrays
+    assert np.array_equal(sym2, sym) and np.array_equal(escapes2, escapes)

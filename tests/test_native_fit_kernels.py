@@ -248,3 +248,137 @@ def test_group_tables_same(seed, d, a, max_tables, escape_slot):
     assert (tm_n is None) == (tm_r is None)
     assert tm_n is None or np.array_equal(tm_n, tm_r)
     assert all(np.array_equal(x, y) for x, y in zip(f_n, f_r)) and len(f_n) == len(f_r)
+
+
+# -- issue 17, round 2: one pass for the predictors' counts, the 4-row token norms, the
+# qp search's binary32 trial sums and its certificate from row statistics --
+
+@pytest.mark.parametrize("seed", range(4))
+def test_predictor_counts_equal(simd, seed):
+    nk, rk = kernels()
+    rng = np.random.default_rng(100 + seed)
+    f, n, d = int(rng.integers(1, 4)), int(rng.choice([0, 1, 12, 30])), int(rng.integers(1, 20))
+    lvls = _frames_levels(rng, f, n, d, big=seed % 2 == 1)
+    l64 = lvls
+    if seed >= 2:
+        lvls = [lv.astype(np.int32) for lv in lvls]    # the native kernels' level type
+    pos = [np.sort(rng.choice(n + 3, size=n, replace=False)).astype(np.uint32)
+           for _ in range(f)]
+    tps = dict(predictor=0, grid_present=0, num_prefix_tokens=0)
+    for cands in ([0], [1], [0, 1], [1, 0, 1]):
+        got, want = (nk.predictor_counts(lvls, pos, tps, cands),
+                     rk.predictor_counts(l64, pos, tps, cands))
+        assert len(got) == len(want) == len(cands)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    tps = dict(predictor=0, grid_present=1, grid_height=3, grid_width=4, num_prefix_tokens=1)
+    lv = _frames_levels(rng, 1, 13, d, big=True)
+    pos = [np.arange(13, dtype=np.uint32)]
+    got, want = (nk.predictor_counts([x.astype(np.int32) for x in lv], pos, tps, [0, 1, 2]),
+                 rk.predictor_counts(lv, pos, tps, [0, 1, 2]))
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_token_norms_rows(simd):
+    nk, rk = kernels()
+    for k, d in ((1, 1), (3, 3), (4, 4), (5, 7), (9, 64), (13, 1027)):
+        x = tokens(k, d, np.float32) * np.float32(RNG.choice([1e-30, 1.0, 1e18]))
+        x[0, 0] = 0.0
+        assert nk.token_norms(x).tobytes() == rk.token_norms(x).tobytes()
+
+
+def _trial(te, x, qp):
+    """numpy's mean token cosine of the qp search's trial at qp, and the C's inputs."""
+    from tokenbits.baselines import mean_token_cosine
+    from tokenbits import reconstruction
+    allnorms = np.concatenate(te.norms)
+    lv, codes, _ = te._quantize(x, qp, allnorms)
+    rec = reconstruction.to_output(te.reconstruct(lv, codes), te.tps["output_dtype"])
+    m = mean_token_cosine(x, Q.float_view(rec, reconstruction.DTYPES[te.tps["output_dtype"]]))
+    delta = np.ascontiguousarray(te.token_step_deltas(allnorms, qp), dtype=np.int32)
+    return m, np.ascontiguousarray(te._step_codes(qp), dtype=np.uint8), delta
+
+
+@pytest.mark.parametrize("src", ["float16", "float32", "bfloat16"])
+@pytest.mark.parametrize("seed", range(3))
+def test_trial_bounds_hold(simd, src, seed):
+    """The binary32 trial sums (fast) and the binary64 ones are within their bound of
+    numpy's mean cosine; the certificate's lower bound is below numpy's value (less
+    numpy's rounding), its 'every level 0' answer is numpy's value exactly."""
+    import ctypes as C
+    from tokenbits.native import encoder as NE
+    rng = np.random.default_rng(seed)
+    x = tokens(int(rng.integers(1, 70)), int(rng.choice([1, 7, 8, 40, 130])), np.float32)
+    x *= np.float32(rng.choice([1e-3, 1.0, 300.0]))
+    x[rng.integers(0, x.shape[0])] = 0.0                # a zero token
+    if src == "float16":
+        x = x.astype(np.float16)
+    elif src == "bfloat16":
+        x = (x.view(np.uint32) >> 16).astype(np.uint16)
+    for opts in (dict(), dict(per_channel_steps=True, output_dtype="float32")):
+        te = E.TrackEncoder([x], E.TrackOptions(qp=0, source_dtype=src, **opts),
+                            levels.LEVELS[30])
+        allx = np.ascontiguousarray(np.concatenate(te.xf))
+        k, d = allx.shape
+        nb = NE.numpy_cosine_bound(k, d)
+        lib = NE._lib()
+        sq, mx = np.empty(k), np.empty(k, dtype=np.float32)
+        assert lib.tkb_enc_row_stats(NE._p(allx), k, d, NE._p(sq), NE._p(mx)) == 0
+        for qp in (-84, -42, -30, -12, -6, 0, 12, 30, 87):
+            m, code, delta = _trial(te, allx, qp)
+            od = te.tps["output_dtype"]
+            for fast in (1, 0):
+                mean, bound = C.c_double(0), C.c_double(0)
+                rc = lib.tkb_enc_trial_cosine(NE._p(allx), k, d, NE._p(code), NE._p(delta), od,
+                                              fast, float("nan"), C.byref(mean),
+                                              C.byref(bound))
+                assert rc != 0 or abs(mean.value - m) <= bound.value
+                for target in (m + 1e-3, m + 0.05, m + 0.3, 1.0):   # stopping early
+                    rc = lib.tkb_enc_trial_cosine(NE._p(allx), k, d, NE._p(code),
+                                                  NE._p(delta), od, fast, target,
+                                                  C.byref(mean), C.byref(bound))
+                    assert rc != 0 or abs(mean.value - m) <= bound.value or (
+                        bound.value == 0.0 and m <= mean.value < target)
+            lower, zeros = C.c_double(0), C.c_int64(0)
+            rc = lib.tkb_enc_trial_certificate(NE._p(sq), NE._p(mx), k, d, NE._p(code),
+                                               NE._p(delta), od, C.byref(lower),
+                                               C.byref(zeros))
+            if rc == 2:
+                assert zeros.value / k == m
+            elif rc == 0:
+                assert lower.value - nb <= m
+
+
+def test_certificate_decides_the_qp_search_ends():
+    """On real-looking tokens the qp search's finest and coarsest trials are answered by
+    the certificate (no pass over the values), with the reference's decisions."""
+    nk, rk = kernels()
+    x = tokens(200, 96)
+    for target in (0.99, 0.999):
+        nk.stats.clear()
+        assert (tb.encode(x, backend="native", target_cos=target)
+                == tb.encode(x, backend="reference", target_cos=target))
+        assert nk.stats.get("reaches_zero") and nk.stats.get("reaches_bound")
+
+
+def test_residual_passes_extreme_int32_levels(simd):
+    """Levels at the ends of int32 (differences beyond int32: the AVX2 blocks' overflow
+    path) and every small value, in rows longer than a vector block."""
+    nk, rk = kernels()
+    rng = np.random.default_rng(5)
+    lv = rng.integers(-3, 4, size=(9, 37)).astype(np.int32)
+    lv[2, :10] = [2 ** 31 - 1, -2 ** 31, 2 ** 30, -2 ** 30, 5, -(2 ** 31) + 1, 0, 1, -1, 7]
+    lv[3, :10] = [-2 ** 31, 2 ** 31 - 1, -2 ** 30, 2 ** 30, 4, 2 ** 31 - 1, 0, 2, -2, -7]
+    l64 = lv.astype(np.int64)           # the reference's levels: its differences in int64
+    pos = [np.arange(9, dtype=np.uint32)]
+    for p in (0, 1):
+        tps = dict(predictor=p, grid_present=0, num_prefix_tokens=0)
+        for lvn in (lv, l64):
+            assert np.array_equal(nk.residual_counts([lvn], pos, tps),
+                                  rk.residual_counts([l64], pos, tps))
+        for alphabet in (1, 2, 3, 4, 5, 300):
+            assert np.array_equal(nk.residual_histograms([lv], pos, tps, 37, alphabet),
+                                  rk.residual_histograms([l64], pos, tps, 37, alphabet))
+    tps = dict(predictor=0, grid_present=0, num_prefix_tokens=0)
+    got, want = nk.predictor_counts([lv], pos, tps, [0, 1]), \
+        rk.predictor_counts([l64], pos, tps, [0, 1])
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))

@@ -62,7 +62,7 @@ int tkb_enc_quantize(const float *xc, size_t k, size_t c, const uint8_t *code,
  * frame it was fitted on) against row pred[row] (-1: none), their zigzag index u (7.4.1)
  * and the escape split: sym = min(u, esc[c]), the escape values u - esc[c] of the escaped
  * symbols in coding order into escapes [k*c] and their count. */
-int tkb_enc_residual_symbols(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
+int tkb_enc_residual_symbols(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
                              const uint32_t *esc, uint32_t *sym, uint64_t *escapes,
                              size_t *num_escapes);
 
@@ -91,18 +91,39 @@ int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_b
  * INV_STEP[code]), +-(2^24 - 1)) (Annex B.1's rounding quantizer). */
 int tkb_enc_levels(const float *x, const int64_t *codes, size_t n, int64_t *lv);
 
-/* tkb_enc_levels of x [k][c] at step codes code[c] + delta[row] (each in 0..255). */
+/* tkb_enc_levels of x [k][c] at step codes code[c] + delta[row] (each in 0..255), as int32
+ * (|level| < 2^24: half the memory of int64 for the fit's passes over them). */
 int tkb_enc_levels_rows(const float *x, size_t k, size_t c, const int64_t *code,
-                        const int64_t *delta, int64_t *lv);
+                        const int64_t *delta, int32_t *lv);
 
 /* The mean token cosine (float64) of tokens x [k][d] against their reconstruction at step
  * codes code[c] + delta[row] by the rounding quantizer (7.6.1 dequantization, 7.6.2
  * conversion to out_dtype 0 float32, 1 float16, 2 bfloat16), and a bound on its
  * difference from numpy's value (baselines.mean_token_cosine).  Returns 1 (undecided:
- * compute it with numpy) when a value is not finite. */
+ * compute it with numpy) when a value is not finite.  fast: on the AVX2 path, the sums of
+ * each token in binary32 (twice as fast; a bound about 1e-5 instead of 1e-12: a caller
+ * that cannot decide with it asks again with fast 0, binary64 sums of exact products).
+ * target (NaN: none): once the tokens so far show that numpy's mean is below target
+ * (the others counted at cosine 1), the pass stops: *mean_cos is then an upper bound on
+ * numpy's mean, below target, and *bound 0. */
 int tkb_enc_trial_cosine(const float *x, size_t k, size_t d, const uint8_t *code,
-                         const int32_t *delta, int out_dtype, double *mean_cos,
-                         double *bound);
+                         const int32_t *delta, int out_dtype, int fast, double target,
+                         double *mean_cos, double *bound);
+
+/* Per token of x [k][d] (the qp search's tokens, once per search): the binary64 sum of
+ * squares (four partial sums: within gamma_{d+2} of the exact one) (sq) and the largest
+ * magnitude (maxabs).  Returns 1 when a value is not finite. */
+int tkb_enc_row_stats(const float *x, size_t k, size_t d, double *sq, float *maxabs);
+
+/* A certificate for a trial of the qp search (tkb_enc_trial_cosine's question) from the
+ * tokens' row statistics alone (no pass over the values): returns 2 when every level is
+ * 0 at these steps (then numpy's mean cosine is exactly zero_rows / k: zero tokens count
+ * 1, the others 0); 0 with *lower, a lower bound on the exact mean token cosine (each
+ * token's reconstruction error bounded by half its steps and the roundings: cos >=
+ * 1 - eps^2); 1 when a level could clip or a value overflow (no certificate). */
+int tkb_enc_trial_certificate(const double *sq, const float *maxabs, size_t k, size_t d,
+                              const uint8_t *code, const int32_t *delta, int out_dtype,
+                              double *lower, int64_t *zero_rows);
 
 /* Annex B.1's closed-loop deadzone quantizer (reference: encoder.quantize_closed_loop) of
  * x [k][c] at step codes codes [k][c], clipped to +-lim [k][c] (NULL: 2^24 - 1), row i
@@ -120,15 +141,16 @@ int tkb_enc_residuals(const int64_t *lv, size_t k, size_t c, const int64_t *pred
  * channel (value i of channel i mod c) [c][cap + 1]. */
 int tkb_enc_histogram(const int64_t *u, size_t n, size_t c, int64_t cap, int64_t *hist);
 
-/* Counts (added into hist [cap + 1]) of min(u, cap) for the zigzag indices u (7.4.1) of
- * the clause 7.5 residuals of levels lv [k][c] against row pred[row] (-1: none): the
- * histogram of tkb_enc_residuals' output without writing it. */
-int tkb_enc_residual_counts(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
-                            int64_t cap, int64_t *hist);
+/* Counts (added into hist [m][cap + 1]) of min(u, cap) for the zigzag indices u (7.4.1) of
+ * the clause 7.5 residuals of levels lv [k][c] against row pred[g][row] (-1: none), for
+ * each of m (1..4) predictors g (the predictor choice of Annex B.4) in one pass over the
+ * levels: the histograms of tkb_enc_residuals' output without writing it. */
+int tkb_enc_residual_counts(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
+                            size_t m, int64_t cap, int64_t *hist);
 
 /* Per-channel histograms (added into hist [c][cap + 1]) of min(u, cap) for the zigzag
  * indices u of the residuals of lv as tkb_enc_residual_counts takes them. */
-int tkb_enc_residual_histograms(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
+int tkb_enc_residual_histograms(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
                                 int64_t cap, int64_t *hist);
 
 /* The table grouping's Lloyd step (Annex B.3): for each channel the table g of least
@@ -174,6 +196,11 @@ int tkb_enc_tables_bits(const int64_t *ghist, size_t t, size_t a, const int64_t 
 /* "avx2" or "scalar": the encoder's fast paths on this CPU ($TKB_NATIVE_SIMD=scalar): the
  * forward transform, the trial cosine and the table costs; the same bits either way. */
 const char *tkb_enc_simd_name(void);
+
+/* Clause 3.4 CRC-32C of n bytes (the stream header's and the units' CRC, 6.1, 6.2): the
+ * SSE4.2 crc32 instruction when the CPU has it, else (or with $TKB_NATIVE_SIMD=scalar)
+ * tables eight bytes at a time; the same value. */
+uint32_t tkb_enc_crc32c(const void *p, size_t n);
 
 #ifdef __cplusplus
 }

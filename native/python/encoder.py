@@ -25,6 +25,7 @@ with a :class:`NativeFallbackWarning` naming the reason; :data:`fallbacks` recor
 from __future__ import annotations
 
 import ctypes as C
+import threading
 import warnings
 
 import numpy as np
@@ -69,13 +70,17 @@ def _lib():
         "tkb_enc_rans": (C.c_int, [vp, sz, sz, vp, vp, vp, C.c_uint32, C.c_uint32,
                                    C.c_uint32, C.c_uint32, vp, P(sz), vp]),
         "tkb_enc_simd_name": (C.c_char_p, []),
+        "tkb_enc_crc32c": (C.c_uint32, [C.c_char_p, sz]),
         "tkb_enc_levels": (C.c_int, [vp, vp, sz, vp]),
         "tkb_enc_levels_rows": (C.c_int, [vp, sz, sz, vp, vp, vp]),
-        "tkb_enc_trial_cosine": (C.c_int, [vp, sz, sz, vp, vp, C.c_int, P(C.c_double),
-                                           P(C.c_double)]),
+        "tkb_enc_trial_cosine": (C.c_int, [vp, sz, sz, vp, vp, C.c_int, C.c_int,
+                                           C.c_double, P(C.c_double), P(C.c_double)]),
         "tkb_enc_residuals": (C.c_int, [vp, sz, sz, vp, vp]),
+        "tkb_enc_row_stats": (C.c_int, [vp, sz, sz, vp, vp]),
+        "tkb_enc_trial_certificate": (C.c_int, [vp, vp, sz, sz, vp, vp, C.c_int,
+                                                P(C.c_double), P(C.c_int64)]),
         "tkb_enc_histogram": (C.c_int, [vp, sz, sz, C.c_int64, vp]),
-        "tkb_enc_residual_counts": (C.c_int, [vp, sz, sz, vp, C.c_int64, vp]),
+        "tkb_enc_residual_counts": (C.c_int, [vp, sz, sz, vp, sz, C.c_int64, vp]),
         "tkb_enc_residual_histograms": (C.c_int, [vp, sz, sz, vp, C.c_int64, vp]),
         "tkb_enc_table_argmin": (C.c_long, [vp, sz, sz, vp, sz, vp]),
         "tkb_enc_group_sum": (C.c_int, [vp, sz, sz, vp, sz, vp]),
@@ -119,6 +124,13 @@ def _check(rc: int, what: str) -> None:
 
 # -- the C core, one call per tool ----------------------------------------------------
 
+def crc32c(data: bytes) -> int:
+    """CRC-32C (clause 3.4) of ``data`` (bytes) by libtkb (SSE4.2, else tables): the value
+    of the reference's ``tokenbits.crc32c.crc32c``."""
+    data = data if isinstance(data, bytes) else bytes(data)
+    return _lib().tkb_enc_crc32c(data, len(data))
+
+
 def gather_f32(a: np.ndarray, src: str, pos: np.ndarray) -> np.ndarray:
     """Kept rows of frame ``a`` [N, D] as float32 [K, D] (exact conversions)."""
     a = np.ascontiguousarray(a)
@@ -156,6 +168,31 @@ def forward(xf: np.ndarray, transform, a: int) -> np.ndarray:
     return out
 
 
+class _Scratch(threading.local):
+    """Work arrays of the frame coder kept from frame to frame (one set a thread): the
+    symbols, escape values and rANS words of a frame live only until its payload is
+    written, and a fresh array of a few MB costs more in page faults than the C pass
+    that fills it."""
+
+    def __init__(self):
+        self.bufs = {}
+
+    def get(self, name: str, n: int, dtype) -> np.ndarray:
+        """An uninitialized array of n items of dtype, valid until the next get(name)."""
+        nbytes = n * np.dtype(dtype).itemsize
+        buf = self.bufs.get(name)
+        if buf is None or buf.size < nbytes:
+            buf = self.bufs[name] = np.empty(max(nbytes, 1), dtype=np.uint8)
+        return buf[:nbytes].view(dtype)
+
+
+_scratch = _Scratch()
+
+
+def _work(scratch: bool, name: str, n: int, dtype) -> np.ndarray:
+    return _scratch.get(name, n, dtype) if scratch else np.empty(n, dtype=dtype)
+
+
 def quantize(xc, code, delta, lim, pred, deadzone, esc):
     """(symbols uint32 [K*C], escape values int64, levels int32 [K, C])."""
     xc = np.ascontiguousarray(xc, dtype=np.float32)
@@ -175,16 +212,33 @@ def quantize(xc, code, delta, lim, pred, deadzone, esc):
     return sym, escapes[:ne.value].astype(np.int64), levels
 
 
-def residual_symbols(lv: np.ndarray, pred: np.ndarray, esc: np.ndarray):
+def levels32(lv: np.ndarray) -> np.ndarray | None:
+    """Integer levels as a contiguous int32 array (the core's levels, |level| < 2^24; the
+    fit's native kernels write them so), or None when a value lies beyond int32."""
+    lv = np.asarray(lv)
+    if lv.dtype == np.int32:
+        return np.ascontiguousarray(lv)
+    if lv.dtype.kind not in "iu" or (lv.size and (int(lv.min()) < -(1 << 31)
+                                                  or int(lv.max()) >= 1 << 31)):
+        return None
+    return np.ascontiguousarray(lv, dtype=np.int32)
+
+
+def residual_symbols(lv: np.ndarray, pred: np.ndarray, esc: np.ndarray,
+                     scratch: bool = False):
     """(symbols uint32 [K*C], escape values int64) of the zigzag residuals (7.5, 7.4.1) of
-    levels lv [K, C] against rows pred: the reference's ``TrackEncoder.escape_split`` of
-    them, less its escape_bits."""
-    lv = np.ascontiguousarray(lv, dtype=np.int64)
+    levels lv [K, C] (int32 range) against rows pred: the reference's
+    ``TrackEncoder.escape_split`` of them, less its escape_bits.  ``scratch``: the
+    symbols in the thread's work array (valid until the next such call)."""
+    lv32 = levels32(lv)
+    if lv32 is None:
+        raise TKBEncodeError("a residual is too large to escape")
+    lv = lv32
     k, c = lv.shape
     pred = np.ascontiguousarray(pred, dtype=np.int64)
     esc = np.ascontiguousarray(np.broadcast_to(esc, (c,)), dtype=np.uint32)
-    sym = np.empty(k * c, dtype=np.uint32)
-    escapes = np.empty(k * c, dtype=np.uint64)
+    sym = _work(scratch, "sym", k * c, np.uint32)
+    escapes = _work(scratch, "escapes", k * c, np.uint64)
     ne = C.c_size_t(0)
     _check(_lib().tkb_enc_residual_symbols(_p(lv), k, c, _p(pred), _p(esc), _p(sym),
                                            _p(escapes), C.byref(ne)), "residual symbols")
@@ -205,13 +259,14 @@ def split(a: np.ndarray, width: int, pos, pred, raw_bits: int):
 
 
 def rans_encode(sym: np.ndarray, channels: int, tables, num_lanes: int, lane_steps: int,
-                prob_bits: int):
-    """(words uint16, chunk_words uint32) of clause 7.3 (tables: _Tables)."""
+                prob_bits: int, scratch: bool = False):
+    """(words uint16, chunk_words uint32) of clause 7.3 (tables: _Tables); ``scratch``:
+    the words in the thread's work array (valid until the next such call)."""
     sym = np.ascontiguousarray(sym, dtype=np.uint32)
     n = sym.size
     chunk = num_lanes * lane_steps
     chunks = -(-n // chunk) if n else 0
-    words = np.empty(n + 2 * num_lanes * chunks, dtype=np.uint16)
+    words = _work(scratch, "words", n + 2 * num_lanes * chunks, np.uint16)
     cw = np.empty(chunks, dtype=np.uint32)
     nw = C.c_size_t(0)
     _check(_lib().tkb_enc_rans(_p(sym), n, channels, _p(tables.base), _p(tables.freq),
@@ -240,9 +295,14 @@ class _NativeFitKernels:
 
     def __init__(self):
         self.stats = {}
+        self._rows = None       # (weakref to the qp search's tokens, key, row stats)
 
     def _n(self, key):
         self.stats[key] = self.stats.get(key, 0) + 1
+
+    def crc32c(self, data):
+        self._n("crc32c")
+        return crc32c(data)
 
     def kept_values(self, a, src, pos):
         a = np.asarray(a)
@@ -281,7 +341,7 @@ class _NativeFitKernels:
         x = np.ascontiguousarray(xf)
         c = np.ascontiguousarray(step_codes, dtype=np.int64)
         dl = np.ascontiguousarray(delta, dtype=np.int64)
-        lv = np.empty(x.shape, dtype=np.int64)
+        lv = np.empty(x.shape, dtype=np.int32)       # |level| < 2^24: the same values
         if _lib().tkb_enc_levels_rows(_p(x), x.shape[0], x.shape[1], _p(c), _p(dl),
                                       _p(lv)) != ENC_OK:
             return super().quantize_rows(xf, step_codes, delta)   # NaN: numpy's result
@@ -315,14 +375,57 @@ class _NativeFitKernels:
         sc = te._step_codes(qp)
         code = np.ascontiguousarray(sc, dtype=np.uint8)
         x = np.ascontiguousarray(allc)
+        decided = self._certificate(x, code, delta, od, target)
+        if decided is not None:
+            return decided
         mean, bound = C.c_double(0), C.c_double(0)
-        rc = _lib().tkb_enc_trial_cosine(_p(x), x.shape[0], x.shape[1], _p(code), _p(delta),
-                                         od, C.byref(mean), C.byref(bound))
-        if rc == ENC_OK and abs(mean.value - target) > bound.value:
-            self._n("reaches_c")
-            return mean.value >= target
+        for fast in (1, 0):     # binary32 sums (bound ~1e-5), then binary64 (~1e-12);
+            # stopping early when the tokens so far put the mean below the target
+            rc = _lib().tkb_enc_trial_cosine(_p(x), x.shape[0], x.shape[1], _p(code),
+                                             _p(delta), od, fast, float(target),
+                                             C.byref(mean), C.byref(bound))
+            if rc == ENC_OK and abs(mean.value - target) > bound.value:
+                self._n("reaches_c" if fast else "reaches_c_exact")
+                return mean.value >= target
         self._n("reaches_numpy")
         return super().reaches(te, allx, allc, qp, allnorms, pred, target)
+
+    def _row_stats(self, x):
+        """(squares summed, largest magnitude) of each token of x (tkb_enc_row_stats),
+        kept for the qp search's next trials on the same array; None: not finite."""
+        key = (x.ctypes.data, x.shape)
+        c = self._rows
+        if c is not None and c[0]() is x and c[1] == key:
+            return c[2]
+        sq = np.empty(x.shape[0], dtype=np.float64)
+        mx = np.empty(x.shape[0], dtype=np.float32)
+        ok = _lib().tkb_enc_row_stats(_p(x), x.shape[0], x.shape[1], _p(sq), _p(mx)) == ENC_OK
+        stats = (sq, mx) if ok else None
+        import weakref
+        self._rows = (weakref.ref(x), key, stats)
+        return stats
+
+    def _certificate(self, x, code, delta, od, target):
+        """The qp search's trial decided from the tokens' row statistics alone
+        (tkb_enc_trial_certificate), or None: every level 0 (numpy's mean is then exactly
+        the share of zero tokens), or a lower bound on the exact mean cosine that exceeds
+        the target by more than numpy's rounding (tkb_enc_trial_cosine's bound)."""
+        k, d = x.shape
+        if k == 0 or d == 0:
+            return None
+        stats = self._row_stats(x)
+        if stats is None:
+            return None
+        lower, zeros = C.c_double(0), C.c_int64(0)
+        rc = _lib().tkb_enc_trial_certificate(_p(stats[0]), _p(stats[1]), k, d, _p(code),
+                                              _p(delta), od, C.byref(lower), C.byref(zeros))
+        if rc == 2:
+            self._n("reaches_zero")
+            return zeros.value / k >= target
+        if rc == ENC_OK and lower.value - numpy_cosine_bound(k, d) > target:
+            self._n("reaches_bound")
+            return True
+        return None
 
     def zigzag_residuals(self, lv, pos, tps):
         if lv.dtype != np.int64 or lv.ndim != 2:
@@ -349,21 +452,49 @@ class _NativeFitKernels:
     def _residual_pass(self, fn, lvls, positions, tps, cap, h, what):
         """fn (a C pass over residuals of levels) of every frame, into h; False: numpy's."""
         from tokenbits import prediction
-        if not lvls or any(lv.dtype != np.int64 or lv.ndim != 2 for lv in lvls):
+        l32 = self._levels32(lvls)
+        if l32 is None:
             return False
-        for lv, pos in zip(lvls, positions):
+        for lv, pos in zip(l32, positions):
             pred = np.ascontiguousarray(prediction.predictor_rows(pos, tps), dtype=np.int64)
-            lv = np.ascontiguousarray(lv)
             _check(fn(_p(lv), lv.shape[0], lv.shape[1], _p(pred), cap, _p(h)), what)
         self._n(what)
         return True
 
+    @staticmethod
+    def _levels32(lvls):
+        """The frames' levels [K, C] as int32 arrays (levels32), or None (numpy's path)."""
+        if not lvls or any(np.ndim(lv) != 2 for lv in lvls):
+            return None
+        l32 = [levels32(lv) for lv in lvls]
+        return None if any(lv is None for lv in l32) else l32
+
+    def _counts(self, lvls, positions, tps, predictors):
+        """residual_counts under each of the predictors, in one C pass over each frame's
+        levels (tkb_enc_residual_counts), or None (numpy's path)."""
+        from tokenbits import prediction
+        m = len(predictors)
+        l32 = self._levels32(lvls)
+        if l32 is None or not 1 <= m <= 4:
+            return None
+        h = np.zeros((m, SYMBOL_CAP + 1), dtype=np.int64)
+        for lv, pos in zip(l32, positions):
+            pred = np.ascontiguousarray(np.stack([
+                prediction.predictor_rows(pos, {**tps, "predictor": p}) for p in predictors]),
+                dtype=np.int64)
+            _check(_lib().tkb_enc_residual_counts(_p(lv), lv.shape[0], lv.shape[1], _p(pred),
+                                                  m, SYMBOL_CAP, _p(h)), "residual_counts")
+        self._n("residual_counts")
+        return [_bincount_length(row) for row in h]
+
     def residual_counts(self, lvls, positions, tps):
-        h = np.zeros(SYMBOL_CAP + 1, dtype=np.int64)
-        if not self._residual_pass(_lib().tkb_enc_residual_counts, lvls, positions, tps,
-                                   SYMBOL_CAP, h, "residual_counts"):
-            return super().residual_counts(lvls, positions, tps)
-        return _bincount_length(h)
+        counts = self._counts(lvls, positions, tps, [tps["predictor"]])
+        return super().residual_counts(lvls, positions, tps) if counts is None else counts[0]
+
+    def predictor_counts(self, lvls, positions, tps, predictors):
+        counts = self._counts(lvls, positions, tps, list(predictors))
+        return (super().predictor_counts(lvls, positions, tps, predictors) if counts is None
+                else counts)
 
     def residual_histograms(self, lvls, positions, tps, d, alphabet):
         h = np.zeros((d, alphabet), dtype=np.int64)
@@ -452,6 +583,17 @@ class _NativeFitKernels:
 SYMBOL_CAP = 1 << 16      # FitKernels.symbol_counts counts min(u, 2^16)
 
 
+def numpy_cosine_bound(k: int, d: int) -> float:
+    """A bound on the difference between numpy's mean token cosine of k tokens of d
+    channels (baselines.mean_token_cosine) and the exact one: 4 gamma_{d+2} + 4u per token,
+    gamma_{k+2} + u for the mean, doubled (as tkb_enc_trial_cosine's)."""
+    u = 2.0 ** -53
+
+    def gamma(n):
+        return n * u / (1 - n * u) if n * u < 0.5 else 1.0
+    return 2.0 * (4.0 * gamma(d + 2) + gamma(k + 2) + 8.0 * u)
+
+
 def _bincount_length(h: np.ndarray) -> np.ndarray:
     """Counts h cut after the largest counted value, as np.bincount returns them."""
     nz = np.flatnonzero(h)
@@ -519,7 +661,8 @@ def encode_frame(te, a, frame_number: int, positions=None, tables=None) -> bytes
         # a frame of the fit: its step deltas and levels (as the reference's encode_frame
         # takes them), their residuals split into symbols and escapes here
         tdelta, lv = fitted
-        sym, escapes = residual_symbols(lv, te.predictor_rows([pos]), te.chan_esc)
+        sym, escapes = residual_symbols(lv, te.predictor_rows([pos]), te.chan_esc,
+                                        scratch=True)
         te.escape_bits(escapes)           # "too large to escape" before the table check
         d = te.dc
     else:
@@ -540,7 +683,8 @@ def encode_frame(te, a, frame_number: int, positions=None, tables=None) -> bytes
                                    te.chan_esc)
         te.escape_bits(escapes)           # "too large to escape" before the table check
         d = te.dc
-    words, cw = rans_encode(sym, d, tables, t["num_lanes"], t["lane_steps"], t["prob_bits"])
+    words, cw = rans_encode(sym, d, tables, t["num_lanes"], t["lane_steps"], t["prob_bits"],
+                            scratch=True)       # written into the payload below
     return te.frame_payload(frame_number, a.shape[0], pos, words, cw, tdelta=tdelta,
                             escapes=escapes, raw=raw, stand_ins=te.stand_ins(a, pos))
 

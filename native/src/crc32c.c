@@ -2,6 +2,8 @@
  * and final exclusive or 0xFFFFFFFF.  Table-driven, eight bytes at a time (slicing-by-8),
  * and the SSE4.2 crc32 instruction when the CPU has it (same results). */
 #include "internal.h"
+#include "../include/tkb_enc.h"
+#include <stdlib.h>
 
 static uint32_t T[8][256];
 static int ready;
@@ -102,15 +104,30 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t c, const uint8
 static int hw = -1;
 #endif
 
-uint32_t tkb_crc32c(const uint8_t *p, size_t n)
+static uint32_t crc_choose(const uint8_t *p, size_t n, int allow_hw)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (hw < 0)
         hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
-    if (hw)
+    if (hw && allow_hw)
         return crc_hw(0xFFFFFFFFu, p, n) ^ 0xFFFFFFFFu;
+#else
+    (void)allow_hw;
 #endif
     if (!ready)
         init();
     return crc_table(0xFFFFFFFFu, p, n) ^ 0xFFFFFFFFu;
+}
+
+uint32_t tkb_crc32c(const uint8_t *p, size_t n)
+{
+    return crc_choose(p, n, 1);
+}
+
+/* the encoder's units (Annex B.8, tokenbits.native.encoder): the same CRC, the plain
+ * table path when $TKB_NATIVE_SIMD=scalar (so that tests compare both paths) */
+uint32_t tkb_enc_crc32c(const void *p, size_t n)
+{
+    const char *env = getenv("TKB_NATIVE_SIMD");
+    return crc_choose((const uint8_t *)p, n, !(env && !strcmp(env, "scalar")));
 }

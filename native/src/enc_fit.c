@@ -58,8 +58,46 @@ int tkb_enc_levels(const float *x, const int64_t *codes, size_t n, int64_t *lv)
     return TKB_ENC_OK;
 }
 
+/* one row of tkb_enc_levels_rows: levels of r[0..c) at inverse steps inv_r; nonzero when a
+ * product is NaN (its level then 0) */
+static int levels_row_c(const float *r, const float *inv_r, size_t c, int32_t *o)
+{
+    int bad = 0;
+    for (size_t j = 0; j < c; j++) {
+        float t = rint_f32(r[j] * inv_r[j]);
+        bad |= t != t;
+        t = t > (float)MAX_LEVEL ? (float)MAX_LEVEL : t;
+        t = t < -(float)MAX_LEVEL ? -(float)MAX_LEVEL : t;
+        o[j] = (int32_t)(t == t ? t : 0.0f);
+    }
+    return bad;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* the same levels eight at a time: the binary32 product, round half to even
+ * (_mm256_round_ps, as rint_f32: values of 2^23 and beyond are integers already), the clip
+ * to +-MAX_LEVEL, then integers (exact: |t| < 2^24) */
+__attribute__((target("avx2")))
+static int levels_row_avx2(const float *r, const float *inv_r, size_t c, int32_t *o)
+{
+    const __m256 mx = _mm256_set1_ps((float)MAX_LEVEL), mn = _mm256_set1_ps(-(float)MAX_LEVEL);
+    __m256 nan = _mm256_setzero_ps();
+    size_t j = 0;
+    for (; j + 8 <= c; j += 8) {
+        __m256 t = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(r + j),
+                                                 _mm256_loadu_ps(inv_r + j)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(t, t, _CMP_UNORD_Q));
+        t = _mm256_max_ps(_mm256_min_ps(t, mx), mn);
+        _mm256_storeu_si256((__m256i *)(o + j), _mm256_cvtps_epi32(t));
+    }
+    return levels_row_c(r + j, inv_r + j, c - j, o + j) | (_mm256_movemask_ps(nan) != 0);
+}
+#endif
+
 int tkb_enc_levels_rows(const float *x, size_t k, size_t c, const int64_t *code,
-                        const int64_t *delta, int64_t *lv)
+                        const int64_t *delta, int32_t *lv)
 {
     float inv[256];
     for (int q = 0; q < 256; q++)
@@ -72,6 +110,9 @@ int tkb_enc_levels_rows(const float *x, size_t k, size_t c, const int64_t *code,
         return TKB_ENC_USAGE;
     int64_t last = INT64_MIN;
     int rc = TKB_ENC_OK;
+#if defined(__x86_64__) && defined(__GNUC__)
+    const int avx2 = tkb_enc_use_avx2();
+#endif
     for (size_t i = 0; i < k && rc == TKB_ENC_OK; i++) {
         if (delta[i] != last) {                    /* the row's inverse steps */
             for (size_t j = 0; j < c; j++) {
@@ -84,16 +125,15 @@ int tkb_enc_levels_rows(const float *x, size_t k, size_t c, const int64_t *code,
             }
             last = delta[i];
         }
-        const float *r = x + i * c;
-        int64_t *o = lv + i * c;
-        int bad = 0;
-        for (size_t j = 0; j < c && rc == TKB_ENC_OK; j++) {
-            float t = rint_f32(r[j] * inv_r[j]);
-            bad |= t != t;
-            t = t > (float)MAX_LEVEL ? (float)MAX_LEVEL : t;
-            t = t < -(float)MAX_LEVEL ? -(float)MAX_LEVEL : t;
-            o[j] = (int64_t)(t == t ? t : 0.0f);
-        }
+        if (rc != TKB_ENC_OK)
+            break;
+        int bad;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (avx2)
+            bad = levels_row_avx2(x + i * c, inv_r, c, lv + i * c);
+        else
+#endif
+            bad = levels_row_c(x + i * c, inv_r, c, lv + i * c);
         if (bad)
             rc = TKB_ENC_USAGE;                    /* NaN: the caller takes numpy's path */
     }
@@ -128,27 +168,36 @@ static void row_sums_c(const float *r, const float *inv_r, const float *step_r, 
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+/* eight values' reconstruction as row_sums_c finds it: the level rint(x INV_STEP)
+ * clipped to +-MAX_LEVEL, times STEP (7.6.1), converted to out_dtype (7.6.2) */
+__attribute__((target("avx2,f16c")))
+static inline __m256 recon8(__m256 x, const float *inv, const float *step, int out_dtype)
+{
+    const __m256 mx = _mm256_set1_ps((float)MAX_LEVEL), mn = _mm256_set1_ps(-(float)MAX_LEVEL);
+    __m256 t = _mm256_round_ps(_mm256_mul_ps(x, _mm256_loadu_ps(inv)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    t = _mm256_max_ps(_mm256_min_ps(t, mx), mn);
+    __m256 v = _mm256_mul_ps(t, _mm256_loadu_ps(step));
+    if (out_dtype == 1) {
+        v = _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    } else if (out_dtype == 2) {
+        __m256i b = _mm256_castps_si256(v);
+        __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+        b = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), lsb);
+        v = _mm256_castsi256_ps(_mm256_and_si256(b, _mm256_set1_epi32((int)0xFFFF0000u)));
+    }
+    return v;
+}
+
 __attribute__((target("avx2,f16c")))
 static void row_sums_avx2(const float *r, const float *inv_r, const float *step_r, size_t d,
                           int out_dtype, double *s3)
 {
-    const __m256 mx = _mm256_set1_ps((float)MAX_LEVEL), mn = _mm256_set1_ps(-(float)MAX_LEVEL);
     __m256d aa0 = _mm256_setzero_pd(), aa1 = aa0, bb0 = aa0, bb1 = aa0, ab0 = aa0, ab1 = aa0;
     size_t j = 0;
     for (; j + 8 <= d; j += 8) {
         __m256 x = _mm256_loadu_ps(r + j);
-        __m256 t = _mm256_round_ps(_mm256_mul_ps(x, _mm256_loadu_ps(inv_r + j)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        t = _mm256_max_ps(_mm256_min_ps(t, mx), mn);
-        __m256 v = _mm256_mul_ps(t, _mm256_loadu_ps(step_r + j));
-        if (out_dtype == 1) {
-            v = _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-        } else if (out_dtype == 2) {
-            __m256i b = _mm256_castps_si256(v);
-            __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-            b = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), lsb);
-            v = _mm256_castsi256_ps(_mm256_and_si256(b, _mm256_set1_epi32((int)0xFFFF0000u)));
-        }
+        __m256 v = recon8(x, inv_r + j, step_r + j, out_dtype);
         __m256d xl = _mm256_cvtps_pd(_mm256_castps256_ps128(x));
         __m256d xh = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
         __m256d vl = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
@@ -170,11 +219,46 @@ static void row_sums_avx2(const float *r, const float *inv_r, const float *step_
         s3[k] = acc[k] + ((l[0] + l[1]) + (l[2] + l[3]));
     }
 }
+
+/* row_sums_avx2 with binary32 sums (the fast pass of the qp search): the products x x,
+ * v v, x v rounded to binary32 and added in binary32, eight lanes of two accumulators
+ * each (m = ceil(floor(d / 8) / 2) terms an accumulator), the sixteen partial sums and the
+ * d mod 8 last terms (exact binary64 products) added in binary64.  Each sum S of exact
+ * terms t_i is found within gamma_m(binary32) sum |t_i| + gamma_{d+20}(binary64) sum |t_i|
+ * + d 2^-150 (products and sums below 2^-126 lose their relative accuracy) of the exact
+ * one (Higham, Accuracy and Stability, 3.1); the caller bounds the cosine from that. */
+__attribute__((target("avx2,f16c")))
+static void row_sums_f32_avx2(const float *r, const float *inv_r, const float *step_r,
+                              size_t d, int out_dtype, double *s3)
+{
+    __m256 acc[2][3];
+    for (int h = 0; h < 2; h++)
+        acc[h][0] = acc[h][1] = acc[h][2] = _mm256_setzero_ps();
+    size_t j = 0;
+    for (int h = 0; j + 8 <= d; j += 8, h ^= 1) {
+        __m256 x = _mm256_loadu_ps(r + j);
+        __m256 v = recon8(x, inv_r + j, step_r + j, out_dtype);
+        acc[h][0] = _mm256_add_ps(acc[h][0], _mm256_mul_ps(x, x));
+        acc[h][1] = _mm256_add_ps(acc[h][1], _mm256_mul_ps(v, v));
+        acc[h][2] = _mm256_add_ps(acc[h][2], _mm256_mul_ps(x, v));
+    }
+    double tail[3];
+    row_sums_c(r + j, inv_r + j, step_r + j, d - j, out_dtype, tail);
+    for (int q = 0; q < 3; q++) {
+        float l[16];
+        _mm256_storeu_ps(l, acc[0][q]);
+        _mm256_storeu_ps(l + 8, acc[1][q]);
+        double s = tail[q];
+        for (int i = 0; i < 16; i++)
+            s += (double)l[i];
+        s3[q] = s;
+    }
+}
 #endif
 
 int tkb_enc_trial_cosine(const float *x, size_t k, size_t d, const uint8_t *code,
-                         const int32_t *delta, int out_dtype, double *mean_cos,
-                         double *bound)
+                         const int32_t *delta, int out_dtype, int fast, double target,
+                         double *mean_cos, double *bound)
 {
     if (out_dtype < 0 || out_dtype > 2)
         return TKB_ENC_USAGE;
@@ -196,7 +280,16 @@ int tkb_enc_trial_cosine(const float *x, size_t k, size_t d, const uint8_t *code
     }
 #if defined(__x86_64__) && defined(__GNUC__)
     const int avx2 = tkb_enc_use_avx2();
+#else
+    (void)fast;
 #endif
+    /* the binary32 sums' error, relative (see row_sums_f32_avx2; below: the cosine) */
+    const double u32 = 1.0 / 16777216.0, m = (double)((d / 8 + 1) / 2);
+    const double g32 = m * u32 < 0.5 ? m * u32 / (1.0 - m * u32) : 1.0;
+    const double gf = g32 + gamma_n((double)d + 20) + (double)d * 0x1p-88;
+    /* a row's cosine from exact-product binary64 sums: within 4 gamma_{d+2} + 8u of the
+     * exact one (as numpy's); from binary32 sums: within 3 gf + 8u (below) */
+    double row_err = 4.0 * gamma_n((double)d + 2) + 8.0 * U64;
     double total = 0.0;
     int64_t last = INT64_MIN;
     for (size_t i = 0; i < k; i++) {
@@ -215,10 +308,26 @@ int tkb_enc_trial_cosine(const float *x, size_t k, size_t d, const uint8_t *code
         }
         const float *r = x + i * d;
         double s3[3];
+        int exact = 1;
 #if defined(__x86_64__) && defined(__GNUC__)
-        if (avx2)
+        if (avx2 && fast && gf < 0.01) {
+            /* binary32 sums S^ of the exact S: S^aa = Saa (1 + e1), S^bb = Sbb (1 + e2),
+             * S^ab = Sab + e3 sqrt(Saa Sbb) (Cauchy-Schwarz), |e| <= gf when both sums are
+             * at least 2^-60 (the d 2^-150 of underflow then below d 2^-88 of them);
+             * cos^ = (c + e3) / sqrt((1 + e1)(1 + e2)), |cos^ - c| <= 2.05 gf, and the
+             * binary64 square roots, product and quotient add 4u (|cos^| <= 1.03).
+             * Rows out of that range (zero, tiny, huge, not finite): binary64 sums. */
+            row_sums_f32_avx2(r, inv_r, step_r, d, out_dtype, s3);
+            exact = !(s3[0] >= 0x1p-60 && s3[0] <= 1e300 && s3[1] >= 0x1p-60 &&
+                      s3[1] <= 1e300 && __builtin_fabs(s3[2]) <= 1e300);
+            if (!exact) {
+                double e = 3.0 * gf + 8.0 * U64;
+                row_err = e > row_err ? e : row_err;
+            }
+        }
+        if (exact && avx2)
             row_sums_avx2(r, inv_r, step_r, d, out_dtype, s3);
-        else
+        else if (exact)
 #endif
             row_sums_c(r, inv_r, step_r, d, out_dtype, s3);
         double saa = s3[0], sbb = s3[1], sab = s3[2];
@@ -234,15 +343,141 @@ int tkb_enc_trial_cosine(const float *x, size_t k, size_t d, const uint8_t *code
         else
             c = (saa == 0.0 && sbb == 0.0) ? 1.0 : 0.0;   /* exact in both */
         total += c;
+        if ((i & 31) == 31 && target == target) {
+            /* below the target already: every token left has a cosine <= 1 (exact and
+             * numpy's); the tokens so far within row_err each of their exact cosine and
+             * their sum within 1.03 gamma_k k; numpy's mean within its bound (below) of the
+             * exact one.  hi bounds numpy's mean from above; returned with bound 0. */
+            const double p = (double)(i + 1);
+            double hi = (total + p * row_err + ((double)k - p)) / (double)k +
+                        1.03 * gamma_n((double)k + 2) +
+                        2.0 * (4.0 * gamma_n((double)d + 2) + gamma_n((double)k + 2) +
+                               8.0 * U64) + 16.0 * U64;
+            hi += __builtin_fabs(hi) * 8.0 * U64;
+            if (hi < target) {
+                free(inv_r);
+                free(step_r);
+                *mean_cos = hi;
+                *bound = 0.0;
+                return TKB_ENC_OK;
+            }
+        }
     }
     free(inv_r);
     free(step_r);
     *mean_cos = k ? total / (double)k : 0.0;
     /* |cos_numpy - cos_exact| <= 4 gamma_d + 4u per token (sums of exact products with
      * nonnegative or Cauchy-Schwarz-bounded magnitudes, in any order); the mean of k
-     * such values |.| <= 1 adds gamma_k + u; the same for this computation; doubled. */
-    *bound = 2.0 * 2.0 * (4.0 * gamma_n((double)d + 2) + gamma_n((double)k + 2) + 8.0 * U64);
+     * such values |.| <= 1 adds gamma_k + u; for this computation row_err per token (the
+     * same as numpy's, or the binary32 sums' above) and 1.03 (gamma_k + u) for the mean
+     * of values |.| <= 1.03; each doubled. */
+    *bound = 2.0 * (4.0 * gamma_n((double)d + 2) + gamma_n((double)k + 2) + 8.0 * U64) +
+             2.0 * (row_err + 1.03 * gamma_n((double)k + 2) + 8.0 * U64);
     return k ? TKB_ENC_OK : 1;
+}
+
+int tkb_enc_row_stats(const float *x, size_t k, size_t d, double *sq, float *maxabs)
+{
+    /* four partial sums (any order: the certificate's bound, gamma_d, covers each) */
+    for (size_t i = 0; i < k; i++) {
+        const float *r = x + i * d;
+        double s[4] = {0.0, 0.0, 0.0, 0.0};
+        float m[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        size_t j = 0;
+        for (; j + 4 <= d; j += 4)
+            for (int h = 0; h < 4; h++) {
+                double v = (double)r[j + h];
+                s[h] += v * v;                     /* exact products, rounded sums */
+                float a = __builtin_fabsf(r[j + h]);
+                m[h] = a > m[h] ? a : m[h];        /* NaN: not kept, found below */
+            }
+        for (; j < d; j++) {
+            double v = (double)r[j];
+            s[0] += v * v;
+            float a = __builtin_fabsf(r[j]);
+            m[0] = a > m[0] ? a : m[0];
+        }
+        double t = (s[0] + s[1]) + (s[2] + s[3]);
+        float mm = m[0] > m[1] ? m[0] : m[1];
+        mm = m[2] > mm ? m[2] : mm;
+        mm = m[3] > mm ? m[3] : mm;
+        if (!(t <= 1e300) || !(mm <= 3.0e38f))
+            return 1;                              /* not finite (NaN: t): no certificate */
+        sq[i] = t;
+        maxabs[i] = mm;
+    }
+    return TKB_ENC_OK;
+}
+
+int tkb_enc_trial_certificate(const double *sq, const float *maxabs, size_t k, size_t d,
+                              const uint8_t *code, const int32_t *delta, int out_dtype,
+                              double *lower, int64_t *zero_rows)
+{
+    if (out_dtype < 0 || out_dtype > 2 || d == 0 || k == 0)
+        return TKB_ENC_USAGE;
+    int64_t count[256] = {0};
+    int cmin = 255, cmax = 0;
+    for (size_t j = 0; j < d; j++) {
+        count[code[j]]++;
+        cmin = code[j] < cmin ? code[j] : cmin;
+        cmax = code[j] > cmax ? code[j] : cmax;
+    }
+    /* the output conversion's error (7.6.2): relative (normal values), absolute
+     * (subnormal: half the least subnormal), and the largest finite value */
+    static const double rel_o[3] = {0x1p-24, 0x1p-11, 0x1p-8};
+    static const double abs_o[3] = {0x1p-150, 0x1p-25, 0x1p-134};
+    static const double max_o[3] = {3.4e38, 65504.0, 3.38e38};
+    const double rel = rel_o[out_dtype], gd = gamma_n((double)d + 2);
+    int all_zero = 1;
+    int64_t zeros = 0;
+    double total = 0.0;
+    for (size_t i = 0; i < k; i++) {
+        int32_t dl = delta ? delta[i] : 0;
+        if (cmin + dl < 0 || cmax + dl > 255)
+            return TKB_ENC_USAGE;
+        const double mx = (double)maxabs[i];
+        if (mx == 0.0) {                 /* a zero token: levels 0, output 0, cosine 1 */
+            zeros++;
+            total += 1.0;
+            continue;
+        }
+        /* the largest |x * INV_STEP| of the row (binary32 product: within 2^-24) */
+        const double ymax = mx * (double)tkb_enc_inv_step(cmin + dl) * (1.0 + 0x1p-20);
+        if (ymax < 0.5) {                /* every level 0: output 0, cosine 0 (numpy's) */
+            continue;
+        }
+        all_zero = 0;
+        const double smax = (double)tkb_step(cmax + dl);
+        if (ymax + 1.0 >= (double)MAX_LEVEL || (mx + smax) * (1.0 + 0x1p-20) >= max_o[out_dtype])
+            return 1;                    /* a clip or an overflow: no bound here */
+        /* |v - x| <= step/2 (1 + 2^-23 + 1.001 rel) + |x| (2^-21 + 1.001 rel) + abs_o for
+         * each value (binary32 product x INV_STEP, rounding to the level, binary32 product
+         * level x STEP, output conversion; INV_STEP x STEP within 2^-24 of 1); summed in
+         * l2 by the triangle inequality */
+        double s2 = 0.0;
+        for (int q = cmin; q <= cmax; q++)
+            if (count[q]) {
+                double st = (double)tkb_step(q + dl);
+                s2 += (double)count[q] * st * st;
+            }
+        const double sstep = sqrt_f64(s2) * (1.0 + 0x1p-40);
+        const double nx_hi = sqrt_f64(sq[i] * (1.0 + gd)) * (1.0 + 0x1p-50);
+        const double nx_lo = sqrt_f64(sq[i] * (1.0 - gd)) * (1.0 - 0x1p-50);
+        const double ne = (0.5 * (1.0 + 0x1p-23 + 1.001 * rel) * sstep +
+                           (0x1p-21 + 1.001 * rel) * nx_hi +
+                           sqrt_f64((double)d) * 1.001 * abs_o[out_dtype]) * (1.0 + 0x1p-40);
+        if (!(nx_lo > 0.0))
+            return 1;
+        const double eps = ne / nx_lo * (1.0 + 0x1p-50);
+        /* v = x + e, |e| <= eps |x|: cos >= sqrt(1 - eps^2) >= 1 - eps^2 (eps < 1) */
+        total += eps < 1.0 ? 1.0 - eps * eps * (1.0 + 0x1p-40) : -1.0;
+    }
+    *zero_rows = zeros;
+    if (all_zero)
+        return 2;                        /* every level 0: the mean is zero_rows / k */
+    /* the sum of k values |.| <= 1 in binary64 and the division: within 2 gamma_k */
+    *lower = total / (double)k - 2.0 * gamma_n((double)k + 2);
+    return TKB_ENC_OK;
 }
 
 int tkb_enc_residuals(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
@@ -298,50 +533,186 @@ int tkb_enc_histogram(const int64_t *u, size_t n, size_t c, int64_t cap, int64_t
  * values, the common case, do not wait on each other's increments) */
 #define SMALL_BINS 1024
 
-int tkb_enc_residual_counts(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
-                            int64_t cap, int64_t *hist)
+#if defined(__x86_64__) && defined(__GNUC__)
+/* eight residuals' zigzag indices min(zigzag(l - pl), cap) (pl NULL: none) in uint32;
+ * *ovf: a difference overflows int32 (then the caller takes the plain code); *big: the
+ * lanes whose index exceeds 3 */
+__attribute__((target("avx2")))
+static inline __m256i residual_u8(const int32_t *l, const int32_t *pl, __m256i capv, int *ovf,
+                                  int *big)
 {
-    if (cap < 0)
+    __m256i a = _mm256_loadu_si256((const __m256i *)l);
+    __m256i b = pl ? _mm256_loadu_si256((const __m256i *)pl) : _mm256_setzero_si256();
+    __m256i r = _mm256_sub_epi32(a, b);
+    *ovf = _mm256_movemask_ps(_mm256_castsi256_ps(
+        _mm256_and_si256(_mm256_xor_si256(a, b), _mm256_xor_si256(a, r))));
+    __m256i u = _mm256_min_epu32(_mm256_xor_si256(_mm256_slli_epi32(r, 1),
+                                                  _mm256_srai_epi32(r, 31)), capv);
+    *big = _mm256_movemask_ps(_mm256_castsi256_ps(
+        _mm256_cmpeq_epi32(_mm256_min_epu32(u, _mm256_set1_epi32(3)), u))) ^ 0xFF;
+    return u;
+}
+
+/* a zigzag index v of channel h: per channel (a > 0) into hist [c][a], else into the
+ * small counts (v < SMALL_BINS) or hist */
+static inline void count_one(uint64_t *small, int64_t *hist, size_t a, size_t h, uint64_t v)
+{
+    if (a)
+        hist[h * a + v]++;
+    else if (v < SMALL_BINS)
+        small[v]++;
+    else
+        hist[v]++;
+}
+
+/* One row of residual counts (a == 0: one histogram, small / hist as the plain code of
+ * tkb_enc_residual_counts keeps it) or of per-channel histograms (a = cap + 1: hist
+ * [c][a], tkb_enc_residual_histograms) for one predictor (pl NULL: none), eight channels
+ * at a time: the int32 difference (a block where it overflows goes one by one), its
+ * zigzag index (exact in uint32 then), min(u, cap32); the values 0..3 (nine in ten on
+ * real tokens) counted by compares, in four vector counters (a == 0; added into small at
+ * the end) or per channel into acc [4][c] (uint32; the caller adds them into hist), the
+ * others one by one.  The counts are the plain code's. */
+__attribute__((target("avx2")))
+static void residual_row_avx2(const int32_t *l, const int32_t *pl, size_t c, uint32_t cap32,
+                              size_t a, uint32_t *acc, uint64_t *small, int64_t *hist)
+{
+    const __m256i capv = _mm256_set1_epi32((int)cap32);
+    __m256i n[4];
+    for (int v = 0; v < 4; v++)
+        n[v] = _mm256_setzero_si256();
+    size_t j = 0;
+    for (; j + 8 <= c; j += 8) {
+        int ovf, big;
+        __m256i u = residual_u8(l + j, pl ? pl + j : NULL, capv, &ovf, &big);
+        if (ovf) {                                             /* int32 overflow */
+            for (size_t h = j; h < j + 8; h++) {
+                uint64_t v = zigzag_diff(l[h], pl ? pl[h] : 0);
+                count_one(small, hist, a, h, v < cap32 ? v : cap32);
+            }
+            continue;
+        }
+        for (int v = 0; v < 4; v++) {
+            __m256i eq = _mm256_cmpeq_epi32(u, _mm256_set1_epi32(v));
+            if (a) {
+                __m256i *o = (__m256i *)(acc + (size_t)v * c + j);
+                _mm256_storeu_si256(o, _mm256_sub_epi32(_mm256_loadu_si256(o), eq));
+            } else {
+                n[v] = _mm256_sub_epi32(n[v], eq);
+            }
+        }
+        if (big) {
+            uint32_t uv[8];
+            _mm256_storeu_si256((__m256i *)uv, u);
+            for (; big; big &= big - 1) {
+                int h = __builtin_ctz((unsigned)big);
+                count_one(small, hist, a, j + (size_t)h, uv[h]);
+            }
+        }
+    }
+    for (; j < c; j++) {
+        uint64_t v = zigzag_diff(l[j], pl ? pl[j] : 0);
+        count_one(small, hist, a, j, v < cap32 ? v : cap32);
+    }
+    for (int v = 0; v < 4 && !a; v++) {
+        uint32_t t[8];
+        _mm256_storeu_si256((__m256i *)t, n[v]);
+        for (int h = 0; h < 8; h++)
+            small[v] += t[h];
+    }
+}
+#endif
+
+int tkb_enc_residual_counts(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
+                            size_t m, int64_t cap, int64_t *hist)
+{
+    if (cap < 0 || m < 1 || m > 4)
         return TKB_ENC_USAGE;
-    for (size_t i = 0; i < k; i++)
+    for (size_t i = 0; i < m * k; i++)
         if (pred && pred[i] >= (int64_t)k)
             return TKB_ENC_USAGE;
-    uint64_t *small = calloc(4 * SMALL_BINS, sizeof(uint64_t));
+    /* [m][4][SMALL_BINS]: the four copies of each predictor's small counts */
+    uint64_t *small = calloc(4 * m * SMALL_BINS, sizeof(uint64_t));
     if (!small)
         return TKB_ENC_USAGE;
     const uint64_t ucap = (uint64_t)cap;
+    const size_t a = (size_t)cap + 1;
+#if defined(__x86_64__) && defined(__GNUC__)
+    /* the AVX2 rows (counters of a row within 2^31; the small values into copy 0) */
+    const int avx2 = tkb_enc_use_avx2() && c < ((size_t)1 << 30) && ucap >= 3 &&
+                     ucap <= 0xFFFFFFFFu;
+#endif
     for (size_t i = 0; i < k; i++) {
-        int64_t p = pred ? pred[i] : -1;
-        const int64_t *pl = p >= 0 ? lv + (size_t)p * c : NULL;
-        const int64_t *l = lv + i * c;
-        for (size_t j = 0; j < c; j++) {
-            uint64_t u = zigzag_diff(l[j], pl ? pl[j] : 0);
-            u = u < ucap ? u : ucap;
-            if (u < SMALL_BINS)
-                small[(j & 3) * SMALL_BINS + u]++;
-            else
-                hist[u]++;
+        const int32_t *pl[4] = {NULL, NULL, NULL, NULL};
+        for (size_t g = 0; g < m; g++) {
+            int64_t p = pred ? pred[g * k + i] : -1;
+            pl[g] = p >= 0 ? lv + (size_t)p * c : NULL;
+        }
+        const int32_t *l = lv + i * c;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (avx2) {
+            for (size_t g = 0; g < m; g++)
+                residual_row_avx2(l, pl[g], c, (uint32_t)ucap, 0, NULL,
+                                  small + g * 4 * SMALL_BINS, hist + g * a);
+            continue;
+        }
+#endif
+        for (size_t j = 0; j < c; j++) {          /* the row read once for every predictor */
+            for (size_t g = 0; g < m; g++) {
+                uint64_t u = zigzag_diff(l[j], pl[g] ? pl[g][j] : 0);
+                u = u < ucap ? u : ucap;
+                if (u < SMALL_BINS)
+                    small[(g * 4 + (j & 3)) * SMALL_BINS + u]++;
+                else
+                    hist[g * a + u]++;
+            }
         }
     }
-    for (size_t v = 0; v < SMALL_BINS && v <= ucap; v++)
-        hist[v] += (int64_t)(small[v] + small[SMALL_BINS + v] + small[2 * SMALL_BINS + v] +
-                             small[3 * SMALL_BINS + v]);
+    for (size_t g = 0; g < m; g++) {
+        const uint64_t *sm = small + g * 4 * SMALL_BINS;
+        for (size_t v = 0; v < SMALL_BINS && v <= ucap; v++)
+            hist[g * a + v] += (int64_t)(sm[v] + sm[SMALL_BINS + v] + sm[2 * SMALL_BINS + v] +
+                                         sm[3 * SMALL_BINS + v]);
+    }
     free(small);
     return TKB_ENC_OK;
 }
 
-int tkb_enc_residual_histograms(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
+
+int tkb_enc_residual_histograms(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
                                 int64_t cap, int64_t *hist)
 {
     if (cap < 0)
         return TKB_ENC_USAGE;
     const uint64_t ucap = (uint64_t)cap;
     const size_t a = (size_t)cap + 1;
+#if defined(__x86_64__) && defined(__GNUC__)
+    /* per-channel counters within 2^32 (k rows) */
+    uint32_t *acc = NULL;
+    if (tkb_enc_use_avx2() && k < ((size_t)1 << 31) && ucap <= 0xFFFFFFFFu && c > 0) {
+        for (size_t i = 0; i < k; i++)
+            if (pred && pred[i] >= (int64_t)k)
+                return TKB_ENC_USAGE;
+        acc = calloc(4 * c, sizeof(uint32_t));
+    }
+    if (acc) {
+        for (size_t i = 0; i < k; i++) {
+            int64_t p = pred ? pred[i] : -1;
+            residual_row_avx2(lv + i * c, p >= 0 ? lv + (size_t)p * c : NULL, c,
+                              (uint32_t)ucap, a, acc, NULL, hist);
+        }
+        for (size_t v = 0; v < 4 && v <= ucap; v++)
+            for (size_t j = 0; j < c; j++)
+                hist[j * a + v] += acc[v * c + j];
+        free(acc);
+        return TKB_ENC_OK;
+    }
+#endif
     for (size_t i = 0; i < k; i++) {
         int64_t p = pred ? pred[i] : -1;
         if (p >= (int64_t)k)
             return TKB_ENC_USAGE;
-        const int64_t *pl = p >= 0 ? lv + (size_t)p * c : NULL, *l = lv + i * c;
+        const int32_t *pl = p >= 0 ? lv + (size_t)p * c : NULL, *l = lv + i * c;
         for (size_t j = 0; j < c; j++) {
             uint64_t u = zigzag_diff(l[j], pl ? pl[j] : 0);
             hist[j * a + (u < ucap ? u : ucap)]++;

@@ -60,6 +60,42 @@ static void gather_row_f16_avx2(const uint16_t *h, size_t d, float *o)
         o[c] = f16_to_f32(h[c]);
 }
 
+/* token norms of four rows at once, one row a lane: each lane adds its row's squares in
+ * channel order (binary64 products of binary32 values are exact; a multiplication, then an
+ * addition, no fused operation), so every norm has the bits of norms_c's */
+__attribute__((target("avx2")))
+static void norms4_avx2(const float *x, size_t d, double *norms)
+{
+    const float *r0 = x, *r1 = x + d, *r2 = x + 2 * d, *r3 = x + 3 * d;
+    __m256d s = _mm256_setzero_pd();
+    size_t c = 0;
+    for (; c + 4 <= d; c += 4) {
+        __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(r0 + c)), b = _mm256_cvtps_pd(_mm_loadu_ps(r1 + c));
+        __m256d e = _mm256_cvtps_pd(_mm_loadu_ps(r2 + c)), f = _mm256_cvtps_pd(_mm_loadu_ps(r3 + c));
+        /* transpose: v_m = channel c + m of rows 0..3 */
+        __m256d ab0 = _mm256_unpacklo_pd(a, b), ab1 = _mm256_unpackhi_pd(a, b);
+        __m256d ef0 = _mm256_unpacklo_pd(e, f), ef1 = _mm256_unpackhi_pd(e, f);
+        __m256d v0 = _mm256_permute2f128_pd(ab0, ef0, 0x20);
+        __m256d v1 = _mm256_permute2f128_pd(ab1, ef1, 0x20);
+        __m256d v2 = _mm256_permute2f128_pd(ab0, ef0, 0x31);
+        __m256d v3 = _mm256_permute2f128_pd(ab1, ef1, 0x31);
+        s = _mm256_add_pd(s, _mm256_mul_pd(v0, v0));
+        s = _mm256_add_pd(s, _mm256_mul_pd(v1, v1));
+        s = _mm256_add_pd(s, _mm256_mul_pd(v2, v2));
+        s = _mm256_add_pd(s, _mm256_mul_pd(v3, v3));
+    }
+    double acc[4];
+    _mm256_storeu_pd(acc, s);
+    for (int m = 0; m < 4; m++) {
+        const float *r = x + (size_t)m * d;
+        for (size_t j = c; j < d; j++) {
+            double v = (double)r[j];
+            acc[m] += v * v;
+        }
+        norms[m] = sqrt_f64(acc[m]);
+    }
+}
+
 #endif
 
 int tkb_enc_gather_f32(const void *src, int src_dtype, size_t n, size_t d,
@@ -87,7 +123,13 @@ int tkb_enc_gather_f32(const void *src, int src_dtype, size_t n, size_t d,
 
 void tkb_enc_token_norms(const float *x, size_t k, size_t d, double *norms)
 {
-    norms_c(x, k, d, norms);
+    size_t i = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (tkb_enc_use_avx2())
+        for (; i + 4 <= k; i += 4)
+            norms4_avx2(x + i * d, d, norms + i);
+#endif
+    norms_c(x + i * d, k - i, d, norms + i);
 }
 
 float tkb_enc_inv_step(int q)
@@ -99,6 +141,69 @@ float tkb_enc_inv_step(int q)
 static inline uint64_t zigzag(int64_t r)    /* 7.4.1 in reverse: r >= 0 -> 2r, else -2r - 1 */
 {
     return ((uint64_t)r << 1) ^ (0 - (uint64_t)(r < 0));   /* branch-free */
+}
+
+/* one row of tkb_enc_residual_symbols from channel j0 on (pl NULL: no prediction) */
+static size_t residual_symbols_row_c(const int32_t *l, const int32_t *pl, size_t j0, size_t c,
+                                     const uint32_t *esc, uint32_t *sy, uint64_t *escapes)
+{
+    size_t ne = 0;
+    for (size_t j = j0; j < c; j++) {
+        uint64_t u = zigzag_diff(l[j], pl ? pl[j] : 0);
+        if (u >= esc[j]) {
+            escapes[ne++] = u - esc[j];
+            sy[j] = esc[j];
+        } else {
+            sy[j] = (uint32_t)u;
+        }
+    }
+    return ne;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* the same row four channels at a time: the zigzag of the int64 difference (wrapping, as
+ * zigzag_diff), stored as uint32 when all four lie in 0 .. esc - 1 (signed compares: a
+ * value of 2^63 or more, negative here, goes with the escapes); a block with an escape
+ * (rare) is done by the plain code, so the escapes keep their coding order */
+__attribute__((target("avx2")))
+static size_t residual_symbols_row_avx2(const int32_t *l, const int32_t *pl, size_t c,
+                                        const uint32_t *esc, uint32_t *sy, uint64_t *escapes)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    size_t ne = 0, j = 0;
+    for (; j + 4 <= c; j += 4) {
+        __m256i r = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(l + j)));
+        if (pl)
+            r = _mm256_sub_epi64(r, _mm256_cvtepi32_epi64(
+                                        _mm_loadu_si128((const __m128i *)(pl + j))));
+        __m256i u = _mm256_xor_si256(_mm256_slli_epi64(r, 1), _mm256_cmpgt_epi64(zero, r));
+        __m256i e = _mm256_cvtepu32_epi64(_mm_loadu_si128((const __m128i *)(esc + j)));
+        __m256i ok = _mm256_andnot_si256(_mm256_cmpgt_epi64(zero, u),
+                                         _mm256_cmpgt_epi64(e, u));    /* 0 <= u < esc */
+        if (_mm256_movemask_pd(_mm256_castsi256_pd(ok)) != 0xF) {
+            ne += residual_symbols_row_c(l, pl, j, j + 4, esc, sy, escapes + ne);
+            continue;
+        }
+        _mm_storeu_si128((__m128i *)(sy + j),
+                         _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(u, pick)));
+    }
+    return ne + residual_symbols_row_c(l, pl, j, c, esc, sy, escapes + ne);
+}
+#endif
+
+/* a row's residual symbols and escapes (the AVX2 path when avx2), their number */
+static size_t residual_symbols_row(const int32_t *l, const int32_t *pl, size_t c,
+                                   const uint32_t *esc, uint32_t *sy, uint64_t *escapes,
+                                   int avx2)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (avx2)
+        return residual_symbols_row_avx2(l, pl, c, esc, sy, escapes);
+#else
+    (void)avx2;
+#endif
+    return residual_symbols_row_c(l, pl, 0, c, esc, sy, escapes);
 }
 
 int tkb_enc_quantize(const float *xc, size_t k, size_t c, const uint8_t *code,
@@ -120,6 +225,7 @@ int tkb_enc_quantize(const float *xc, size_t k, size_t c, const uint8_t *code,
         cmax = code[j] > cmax ? code[j] : cmax;
     }
     const int closed = deadzone >= 0.0f;
+    const int avx2 = tkb_enc_use_avx2();
     size_t ne = 0;
     for (size_t i = 0; i < k; i++) {
         int64_t p = pred ? pred[i] : -1;
@@ -162,41 +268,24 @@ int tkb_enc_quantize(const float *xc, size_t k, size_t c, const uint8_t *code,
         if (bad)
             return TKB_ENC_USAGE;
         /* clause 7.5 residuals, 7.4.1 zigzag and escapes */
-        uint32_t *sy = sym + i * c;
-        for (size_t j = 0; j < c; j++) {
-            uint64_t u = zigzag((int64_t)lv[j] - (plv ? plv[j] : 0));
-            if (u >= esc[j]) {
-                escapes[ne++] = u - esc[j];
-                sy[j] = esc[j];
-            } else {
-                sy[j] = (uint32_t)u;
-            }
-        }
+        ne += residual_symbols_row(lv, plv, c, esc, sym + i * c, escapes + ne, avx2);
     }
     *num_escapes = ne;
     return TKB_ENC_OK;
 }
 
-int tkb_enc_residual_symbols(const int64_t *lv, size_t k, size_t c, const int64_t *pred,
+int tkb_enc_residual_symbols(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
                              const uint32_t *esc, uint32_t *sym, uint64_t *escapes,
                              size_t *num_escapes)
 {
     size_t ne = 0;
+    const int avx2 = tkb_enc_use_avx2();
     for (size_t i = 0; i < k; i++) {
         int64_t p = pred ? pred[i] : -1;
         if (p >= (int64_t)k)
             return TKB_ENC_USAGE;
-        const int64_t *pl = p >= 0 ? lv + (size_t)p * c : NULL, *l = lv + i * c;
-        uint32_t *sy = sym + i * c;
-        for (size_t j = 0; j < c; j++) {
-            uint64_t u = zigzag_diff(l[j], pl ? pl[j] : 0);
-            if (u >= esc[j]) {
-                escapes[ne++] = u - esc[j];
-                sy[j] = esc[j];
-            } else {
-                sy[j] = (uint32_t)u;
-            }
-        }
+        const int32_t *pl = p >= 0 ? lv + (size_t)p * c : NULL;
+        ne += residual_symbols_row(lv + i * c, pl, c, esc, sym + i * c, escapes + ne, avx2);
     }
     *num_escapes = ne;
     return TKB_ENC_OK;

@@ -15,6 +15,7 @@
  * enc_sym below). */
 #include "internal.h"
 #include "../include/tkb_enc.h"
+#include "enc_scalar.h"
 #include <stdlib.h>
 
 #define RANS_L 65536u
@@ -42,6 +43,155 @@ static void enc_sym_init(enc_sym *e, uint32_t f, uint32_t cum, unsigned prob_bit
     e->shift = 31 + s;
     e->rcp = f ? (((uint64_t)1 << (31 + s)) + f - 1) / f : 0;
 }
+
+/* One symbol of the scalar coder (lane state *xp; the renormalisation word, if any, at
+ * base[*w - 1]); TKB_ENC_NOT_IN_TABLE when the symbol has no frequency. */
+static inline int enc_one(const enc_sym *tab, uint32_t base_e, uint32_t s, uint32_t alph,
+                          uint32_t prob_bits, uint32_t *xp, uint16_t *base, size_t *w)
+{
+    if (s >= alph)
+        return TKB_ENC_NOT_IN_TABLE;
+    const enc_sym *e = tab + base_e + s;
+    if (e->freq == 0)
+        return TKB_ENC_NOT_IN_TABLE;
+    uint32_t xs = *xp;
+    const int renorm = (uint64_t)xs >= e->xmax;
+    base[*w - 1] = (uint16_t)(xs & 0xFFFFu);
+    *w -= (size_t)renorm;
+    xs = renorm ? xs >> 16 : xs;
+    uint32_t q = (uint32_t)(((uint64_t)xs * e->rcp) >> e->shift);
+    int64_t r = (int64_t)xs - (int64_t)q * e->freq;
+    const int under = r < 0;
+    q -= (uint32_t)under;
+    r += under ? (int64_t)e->freq : 0;
+    *xp = (q << prob_bits) + (uint32_t)r + e->cum;
+    return TKB_ENC_OK;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* The AVX2 coder: eight lanes of a full step at once (num_lanes a multiple of 8), the same
+ * operations as enc_one lane by lane (32-bit states; x div f by the same reciprocal, a
+ * 32 x 32 -> 64-bit product per lane, shifted by 31 + s; the same one-step correction),
+ * so the same states.  The eight lanes' renormalisation words go where the scalar coder
+ * puts them: lanes descending, each word below the previous, i.e. ascending lanes at
+ * ascending addresses ending at base[w - 1]: the words of the renormalising lanes are
+ * packed to the top of eight slots (a permutation per mask) and stored at base[w - 8 ..
+ * w) (w >= the symbols not yet coded >= 8: inside the chunk's span; the slots below the
+ * packed words are rewritten later or lie outside the chunk's words, as the scalar
+ * coder's unkept writes).  A table entry is one 64-bit word, rcp | (f - 1) << 32 |
+ * cum << 48 (rcp < 2^32, and rcp >= 2^31 when f >= 1: rcp 0 marks frequency 0), two
+ * gathers of four; s = ceil(log2 f) from the exponent of binary32(f - 1) (exact below
+ * 2^24).  A group with a symbol outside its table goes to enc_one (which reports it). */
+typedef struct {
+    uint64_t *ent;
+    int32_t perm[256][8];           /* mask -> lanes to the top slots, ascending */
+} enc_vec;
+
+static void enc_vec_perm(enc_vec *v)
+{
+    for (int m = 0; m < 256; m++) {
+        int cnt = __builtin_popcount((unsigned)m), k = 8 - cnt;
+        for (int i = 0; i < 8; i++)
+            v->perm[m][i] = 0;
+        for (int l = 0; l < 8; l++)
+            if (m & (1 << l))
+                v->perm[m][k++] = l;
+    }
+}
+
+__attribute__((target("avx2,popcnt"))) static inline int enc_group_avx2(
+    const enc_vec *v, const uint32_t *sym, const uint32_t *chan8, uint32_t alph,
+    uint32_t prob_bits, uint32_t *x, uint16_t *base, size_t *w)
+{
+    __m256i sv = _mm256_loadu_si256((const __m256i *)sym);
+    const __m256i am1 = _mm256_set1_epi32((int)(alph - 1));
+    if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_min_epu32(sv, am1), sv)) != -1)
+        return 1;                                       /* a symbol >= alph */
+    __m256i idx = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)chan8), sv);
+    __m256i g0 = _mm256_i32gather_epi64((const long long *)v->ent,
+                                        _mm256_castsi256_si128(idx), 8);
+    __m256i g1 = _mm256_i32gather_epi64((const long long *)v->ent,
+                                        _mm256_extracti128_si256(idx, 1), 8);
+    const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 0, 2, 4, 6);
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    /* the 32-bit halves of the eight entries: rcp, (f - 1) | cum << 16 */
+    __m256i rcp = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm256_castsi256_si128(_mm256_permutevar8x32_epi32(g0, even))),
+        _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(g1, even)), 1);
+    if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(rcp, _mm256_setzero_si256())))
+        return 1;                                       /* frequency 0 */
+    __m256i hw = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm256_castsi256_si128(_mm256_permutevar8x32_epi32(g0, odd))),
+        _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(g1, odd)), 1);
+    __m256i fm1 = _mm256_and_si256(hw, _mm256_set1_epi32(0xFFFF));
+    __m256i f = _mm256_add_epi32(fm1, _mm256_set1_epi32(1));
+    __m256i cum = _mm256_srli_epi32(hw, 16);
+    /* 31 + s: s = floor(log2(f - 1)) + 1 (f >= 2), 0 (f = 1) */
+    __m256i ex = _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(fm1)), 23);
+    __m256i sh = _mm256_add_epi32(_mm256_max_epi32(_mm256_sub_epi32(ex, _mm256_set1_epi32(126)),
+                                                   _mm256_setzero_si256()),
+                                  _mm256_set1_epi32(31));
+    __m256i xs = _mm256_loadu_si256((const __m256i *)x);
+    /* renormalise x >= f << (32 - prob_bits) (2^32: never), unsigned compare */
+    const __m256i sign = _mm256_set1_epi32((int)0x80000000u);
+    __m256i xmaxm1 = _mm256_sub_epi32(_mm256_sll_epi32(f, _mm_cvtsi32_si128((int)(32 - prob_bits))),
+                                      _mm256_set1_epi32(1));
+    __m256i ren = _mm256_cmpgt_epi32(_mm256_xor_si256(xs, sign), _mm256_xor_si256(xmaxm1, sign));
+    int m = _mm256_movemask_ps(_mm256_castsi256_ps(ren));
+    if (m) {
+        int cnt = __builtin_popcount((unsigned)m);
+        __m256i lo = _mm256_and_si256(xs, _mm256_set1_epi32(0xFFFF));
+        lo = _mm256_permutevar8x32_epi32(lo, _mm256_loadu_si256((const __m256i *)v->perm[m]));
+        __m256i pk = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, lo), 0x08);
+        _mm_storeu_si128((__m128i *)(base + *w - 8), _mm256_castsi256_si128(pk));
+        *w -= (size_t)cnt;
+        xs = _mm256_blendv_epi8(xs, _mm256_srli_epi32(xs, 16), ren);
+    }
+    /* q = (x rcp) >> (31 + s), 64-bit products: even lanes, then odd lanes */
+    const __m256i lo32 = _mm256_set1_epi64x(0xFFFFFFFFLL);
+    __m256i qe = _mm256_srlv_epi64(_mm256_mul_epu32(xs, rcp), _mm256_and_si256(sh, lo32));
+    __m256i qo = _mm256_srlv_epi64(_mm256_mul_epu32(_mm256_srli_epi64(xs, 32),
+                                                    _mm256_srli_epi64(rcp, 32)),
+                                   _mm256_srli_epi64(sh, 32));
+    __m256i q = _mm256_or_si256(_mm256_and_si256(qe, lo32), _mm256_slli_epi64(qo, 32));
+    __m256i r = _mm256_sub_epi32(xs, _mm256_mullo_epi32(q, f));   /* |r| < 2^17: exact */
+    __m256i under = _mm256_cmpgt_epi32(_mm256_setzero_si256(), r);
+    q = _mm256_add_epi32(q, under);
+    r = _mm256_add_epi32(r, _mm256_and_si256(under, f));
+    xs = _mm256_add_epi32(_mm256_add_epi32(_mm256_sll_epi32(q, _mm_cvtsi32_si128((int)prob_bits)),
+                                           r), cum);
+    _mm256_storeu_si256((__m256i *)x, xs);
+    return 0;
+}
+
+/* the groups of a full step (symbols sym[0 .. num_lanes), lane 0's channel c0), the last
+ * group first; returns the lanes left to the plain code (0, or those up to a group with
+ * a symbol outside its table) */
+__attribute__((target("avx2,popcnt")))
+static uint32_t enc_step_avx2(const enc_vec *v, const uint32_t *sym, const uint32_t *chan_base,
+                              size_t c, size_t c0, uint32_t num_lanes, uint32_t alph,
+                              uint32_t prob_bits, uint32_t *x, uint16_t *base, size_t *w)
+{
+    size_t wl = *w;
+    uint32_t l = num_lanes;
+    for (; l >= 8; l -= 8) {
+        uint32_t chan8[8];
+        size_t cg = c0 + (l - 8);                      /* < c + num_lanes */
+        cg = cg < c ? cg : (c >= num_lanes ? cg - c : cg % c);
+        const uint32_t *cb = chan_base + cg;           /* the group's channels */
+        if (cg + 8 > c) {                              /* wrapping past channel c */
+            for (int h = 0; h < 8; h++, cg = cg + 1 < c ? cg + 1 : 0)
+                chan8[h] = chan_base[cg];
+            cb = chan8;
+        }
+        if (enc_group_avx2(v, sym + l - 8, cb, alph, prob_bits, x + l - 8, base, &wl))
+            break;                                     /* the plain code reports it */
+    }
+    *w = wl;
+    return l;
+}
+#endif
 
 int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_base,
                  const uint32_t *freq, const uint32_t *cum, uint32_t alph,
@@ -73,6 +223,24 @@ int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_b
     uint32_t x[4096];
     size_t out = 0;
     int rc = TKB_ENC_OK;
+#if defined(__x86_64__) && defined(__GNUC__)
+    enc_vec *vec = NULL;
+    if (num_lanes % 8 == 0 && c <= 0x7FFFFFFF && entries <= 0x7FFFFFFF && tkb_enc_use_avx2()) {
+        vec = malloc(sizeof(enc_vec));
+        uint64_t *ent = malloc(entries * sizeof(uint64_t));
+        if (!vec || !ent) {
+            free(vec);
+            free(ent);
+            vec = NULL;
+        } else {
+            vec->ent = ent;
+            for (size_t e = 0; e < entries; e++)     /* rcp < 2^32 (see enc_sym) */
+                ent[e] = tab[e].freq ? (tab[e].rcp | (uint64_t)(tab[e].freq - 1) << 32 |
+                                        (uint64_t)tab[e].cum << 48) : 0;
+            enc_vec_perm(vec);
+        }
+    }
+#endif
     for (uint64_t ch = 0; ch < chunks && rc == TKB_ENC_OK; ch++) {
         const uint64_t s0 = ch * chunk;
         const uint64_t cn = (n - s0 < chunk) ? n - s0 : chunk;        /* symbols */
@@ -86,33 +254,27 @@ int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_b
          * written whether or not the symbol emits a word, and kept only if it does) */
         uint16_t *base = words + out + 2 * (size_t)active;
         size_t w = cn;                       /* next free slot, counting down */
-        for (uint64_t t = steps; t-- > 0 && rc == TKB_ENC_OK;) {
+        /* the channel of each step's lane 0, stepping down without a division */
+        const size_t dec = (size_t)(num_lanes % c);
+        size_t c0 = (size_t)((s0 + (steps - 1) * num_lanes) % c);
+        for (uint64_t t = steps; t-- > 0 && rc == TKB_ENC_OK;
+             c0 = c0 >= dec ? c0 - dec : c0 + c - dec) {
             uint64_t first = s0 + t * num_lanes;
             uint32_t lanes = (uint32_t)((cn - t * num_lanes) < num_lanes
                                         ? (cn - t * num_lanes) : num_lanes);
-            size_t ci = (size_t)((first + lanes - 1) % c);     /* channel of the last */
-            for (uint32_t l = lanes; l-- > 0; ci = ci ? ci - 1 : c - 1) {
-                uint32_t s = sym[first + l];
-                if (s >= alph) {
-                    rc = TKB_ENC_NOT_IN_TABLE;
+            uint32_t l = lanes;
+#if defined(__x86_64__) && defined(__GNUC__)
+            /* a full step: groups of eight lanes, the last group first (as the lanes) */
+            if (vec && lanes == num_lanes)
+                l = enc_step_avx2(vec, sym + first, chan_base, c, c0, num_lanes, alph,
+                                  prob_bits, x, base, &w);
+#endif
+            size_t ci = l ? (size_t)((first + l - 1) % c) : 0;  /* channel of the last */
+            for (; l-- > 0; ci = ci ? ci - 1 : c - 1) {
+                rc = enc_one(tab, chan_base[ci], sym[first + l], alph, prob_bits, x + l,
+                             base, &w);
+                if (rc != TKB_ENC_OK)
                     break;
-                }
-                const enc_sym *e = tab + chan_base[ci] + s;
-                if (e->freq == 0) {
-                    rc = TKB_ENC_NOT_IN_TABLE;
-                    break;
-                }
-                uint32_t xs = x[l];
-                const int renorm = (uint64_t)xs >= e->xmax;
-                base[w - 1] = (uint16_t)(xs & 0xFFFFu);
-                w -= (size_t)renorm;
-                xs = renorm ? xs >> 16 : xs;
-                uint32_t q = (uint32_t)(((uint64_t)xs * e->rcp) >> e->shift);
-                int64_t r = (int64_t)xs - (int64_t)q * e->freq;
-                const int under = r < 0;
-                q -= (uint32_t)under;
-                r += under ? (int64_t)e->freq : 0;
-                x[l] = (q << prob_bits) + (uint32_t)r + e->cum;
             }
         }
         if (rc != TKB_ENC_OK)
@@ -130,6 +292,12 @@ int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_b
         out += 2 * (size_t)active + nw;
     }
     free(tab);
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (vec) {
+        free(vec->ent);
+        free(vec);
+    }
+#endif
     if (rc != TKB_ENC_OK)
         return rc;
     *num_words = out;
