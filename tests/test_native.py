@@ -284,6 +284,63 @@ def test_threads_give_the_same_frames():
     assert tb.canonical_sha256(one) == tb.canonical_sha256(tb.decode(data, backend="reference"))
 
 
+def _large_stream() -> bytes:
+    """16 frames of 576 x 512: over 1 MiB of units (libtkb then checks CRCs ahead on a
+    helper thread) and frames with more symbol bytes than their slot lookup (each worker
+    then decodes with its own copy): the paths that only threads > 1 take."""
+    rng = np.random.default_rng(5)
+    x = np.cumsum(rng.standard_normal((16, 576, 512)), axis=2).astype(np.float16)
+    data = tb.encode(x, qp=-10, backend="native")
+    assert len(data) > 1 << 20
+    return data
+
+
+def _native_outcome(data: bytes, strict: bool, threads: int):
+    try:
+        s = native.decode(data, strict=strict, threads=threads)
+    except tb.TKBError as e:
+        return ("raise", type(e).__name__, e.clause, str(e))
+    return (tb.canonical_sha256(s), [(type(e).__name__, e.clause, str(e)) for e in s.errors])
+
+
+def test_threads_on_large_mutated_streams():
+    """Frames decoded in parallel, CRCs checked ahead: the same output and the same errors,
+    in the same order, as one thread, on a large stream and 24 seeded mutations of it
+    (CRCs, payloads, unit headers, truncations, payloads with their CRC recomputed)."""
+    import struct
+    from tokenbits.crc32c import crc32c
+    data = _large_stream()
+    assert _native_outcome(data, True, 2)[0] == tb.canonical_sha256(
+        tb.decode(data, backend="reference"))
+    units, at = [], 16
+    while at + 12 <= len(data):
+        size = struct.unpack_from("<I", data, at)[0]
+        units.append((at, size))
+        at += 12 + size
+    rng = np.random.default_rng(11)
+    for kind in list(range(5)) * 4 + [0, 1, 4, 4]:
+        b = bytearray(data)
+        u, sz = units[int(rng.integers(len(units)))]
+        if kind == 0:        # the CRC of one or two units
+            for _ in range(int(rng.integers(1, 3))):
+                u2, s2 = units[int(rng.integers(len(units)))]
+                b[u2 + 8 + s2 + int(rng.integers(4))] ^= 1 << int(rng.integers(8))
+        elif kind == 1:      # a payload byte (the CRC no longer matches)
+            b[u + 8 + int(rng.integers(sz))] ^= 1 << int(rng.integers(8))
+        elif kind == 2:      # a unit header byte (size, type, ids)
+            b[u + int(rng.integers(8))] ^= 1 << int(rng.integers(8))
+        elif kind == 3:      # truncated
+            b = b[:int(rng.integers(16, len(b)))]
+        else:                # a payload byte with the CRC recomputed: errors past the CRC
+            b[u + 8 + int(rng.integers(min(sz, 64)))] ^= 1 << int(rng.integers(8))
+            struct.pack_into("<I", b, u + 8 + sz, crc32c(bytes(b[u:u + 8 + sz])))
+        b = bytes(b)
+        for strict in (False, True):
+            one = _native_outcome(b, strict, 1)
+            assert _native_outcome(b, strict, 2) == one, (kind, strict)
+            assert _native_outcome(b, strict, 3) == one, (kind, strict)
+
+
 def test_streaming_iter_frames_and_read_frame():
     data = _stream64()
     ref = tb.decode(data, backend="reference")

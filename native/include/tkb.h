@@ -69,7 +69,9 @@ typedef enum tkb_dtype { TKB_FLOAT32 = 0, TKB_FLOAT16 = 1, TKB_BFLOAT16 = 2, TKB
 
 typedef struct tkb_options {
     int strict;     /* 1: stop at the first error; 0: resilient (clause 9.10) */
-    int threads;    /* worker threads for chunks and frames (0 or 1: the calling thread) */
+    int threads;    /* worker threads for chunks and frames (0 or 1: the calling thread);
+                     * > 1 with tkb_set_input: also one helper that checks the CRCs of
+                     * the units ahead while tkb_next parses (same events) */
     int simd;       /* 0: choose at run time; 1: scalar only (same bits) */
 } tkb_options;
 

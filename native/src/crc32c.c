@@ -3,10 +3,11 @@
  * and the SSE4.2 crc32 instruction when the CPU has it (same results). */
 #include "internal.h"
 #include "../include/tkb_enc.h"
+#include <pthread.h>
 #include <stdlib.h>
 
 static uint32_t T[8][256];
-static int ready;
+static pthread_once_t t_once = PTHREAD_ONCE_INIT;
 
 static void init(void)
 {
@@ -19,7 +20,6 @@ static void init(void)
     for (uint32_t i = 0; i < 256; i++)
         for (int t = 1; t < 8; t++)
             T[t][i] = (T[t - 1][i] >> 8) ^ T[0][T[t - 1][i] & 0xFF];
-    ready = 1;
 }
 
 static uint32_t crc_table(uint32_t c, const uint8_t *p, size_t n)
@@ -42,7 +42,6 @@ static uint32_t crc_table(uint32_t c, const uint8_t *p, size_t n)
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <nmmintrin.h>
-#include <pthread.h>
 /* Three streams at once (the crc32 instruction has a latency of three cycles and a
  * throughput of one): blocks of 3 * LANE bytes, the three CRCs joined by linearity,
  * crc(A || B) = shift(crc(A), |B|) ^ crc0(B), where shift by LANE bytes (the register
@@ -101,21 +100,22 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t c, const uint8
         c = _mm_crc32_u8(c, *p++);
     return c;
 }
-static int hw = -1;
+static int hw;
+static pthread_once_t hw_once = PTHREAD_ONCE_INIT;
+static void hw_init(void) { hw = __builtin_cpu_supports("sse4.2") ? 1 : 0; }
 #endif
 
+/* thread-safe: the decoder checks units' CRCs on a helper thread too (decoder.c) */
 static uint32_t crc_choose(const uint8_t *p, size_t n, int allow_hw)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (hw < 0)
-        hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+    pthread_once(&hw_once, hw_init);
     if (hw && allow_hw)
         return crc_hw(0xFFFFFFFFu, p, n) ^ 0xFFFFFFFFu;
 #else
     (void)allow_hw;
 #endif
-    if (!ready)
-        init();
+    pthread_once(&t_once, init);
     return crc_table(0xFFFFFFFFu, p, n) ^ 0xFFFFFFFFu;
 }
 

@@ -108,6 +108,8 @@ typedef struct tkb_lookup {
     uint16_t *sym;
     uint32_t *packed;
     int refs;
+    size_t total;               /* entries: num_tables << prob_bits */
+    uint64_t serial;            /* unique in the process: names the contents of a copy */
 } tkb_lookup;
 
 /* decode_symbol of clause 7.3.1: the symbol of slot index idx (table base | (x & mask)),
@@ -150,6 +152,8 @@ int tkb_parse_tps(const uint8_t *payload, size_t n, int64_t base, const tkb_leve
                   tkb_error *err);
 void tkb_tps_clear(tkb_tps *t);
 tkb_lookup *tkb_build_lookup(const tkb_tps *t);
+/* A private copy (same entries and serial; refs 1), or NULL: out of memory. */
+tkb_lookup *tkb_copy_lookup(const tkb_lookup *l);
 void tkb_lookup_free(tkb_lookup *l);
 
 /* ---- frame.c (clause 6.4), presence.c (7.2), merge_map.c (7.8) ------------------- */

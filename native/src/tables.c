@@ -6,8 +6,11 @@
  * 32-bit word when they fit, else in two arrays.  It is built
  * only for tables whose frequencies sum to 2^prob_bits (clause 6.3.6 step 3), so every
  * slot has exactly one symbol. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include "internal.h"
+
+static atomic_ullong serials;       /* lookups built in this process */
 
 tkb_lookup *tkb_build_lookup(const tkb_tps *t)
 {
@@ -65,7 +68,44 @@ tkb_lookup *tkb_build_lookup(const tkb_tps *t)
     if (!packed)
         l->sym[total] = l->sym[total + 1] = 0;
     l->refs = 1;
+    l->total = total;
+    l->serial = (uint64_t)atomic_fetch_add(&serials, 1) + 1;
     return l;
+}
+
+/* A copy for one worker thread (the decoder's frames in parallel, decoder.c): the same
+ * entries in memory that thread writes first, so the per-symbol gathers of each core
+ * read lines that no other core holds */
+tkb_lookup *tkb_copy_lookup(const tkb_lookup *l)
+{
+    tkb_lookup *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    *c = *l;
+    c->slot = NULL;
+    c->sym = NULL;
+    c->packed = NULL;
+    c->refs = 1;
+    if (l->packed) {
+        c->packed = malloc(l->total * sizeof *c->packed);
+        if (c->packed)
+            memcpy(c->packed, l->packed, l->total * sizeof *c->packed);
+    } else {
+        c->slot = malloc(l->total * sizeof *c->slot);
+        c->sym = malloc((l->total + 2) * sizeof *c->sym);
+        if (c->slot && c->sym) {
+            memcpy(c->slot, l->slot, l->total * sizeof *c->slot);
+            memcpy(c->sym, l->sym, (l->total + 2) * sizeof *c->sym);
+        }
+    }
+    if (l->packed ? !c->packed : (!c->slot || !c->sym)) {
+        free(c->slot);
+        free(c->sym);
+        free(c->packed);
+        free(c);
+        return NULL;
+    }
+    return c;
 }
 
 void tkb_lookup_free(tkb_lookup *l)
