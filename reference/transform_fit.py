@@ -164,10 +164,20 @@ def forward(x: np.ndarray, t: tr.Transform, a: int) -> np.ndarray:
     return acc.astype(np.float32)
 
 
-def max_levels(codes: np.ndarray, coeff_frac_bits: int) -> np.ndarray:
-    """The largest level magnitude at each step code whose coefficient value stays within
-    2^24 - 1 (clause 7.6.3); the encoder clips to it."""
+def _max_levels_of(codes: np.ndarray, coeff_frac_bits: int) -> np.ndarray:
     step = np.ldexp(tr.STEP_MANTISSA_INT[codes % 6].astype(np.float64),
                     codes // 6 - 47 + coeff_frac_bits)
     lim = np.floor((tr.MAX_COEFF_VALUE - 0.5) / step)
     return np.minimum(lim, (1 << 24) - 1).astype(np.int64)
+
+
+def max_levels(codes: np.ndarray, coeff_frac_bits: int) -> np.ndarray:
+    """The largest level magnitude at each step code whose coefficient value stays within
+    2^24 - 1 (clause 7.6.3); the encoder clips to it.  A function of the code alone: worked
+    out once for each code in the range present and gathered (the same values)."""
+    codes = np.asarray(codes)
+    if codes.size == 0:
+        return _max_levels_of(codes, coeff_frac_bits)
+    lo, hi = int(codes.min()), int(codes.max())
+    table = _max_levels_of(np.arange(lo, hi + 1, dtype=codes.dtype), coeff_frac_bits)
+    return table[codes - lo]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import tokenbits as tb
-from tokenbits import decoder, encoder, levels, tkbt
+from tokenbits import decoder, encoder, levels, tkbt, transform_fit
 from tokenbits import transform as tr
 from tokenbits.reconstruction import STEP
 
@@ -444,3 +444,16 @@ def test_per_coefficient_steps_with_a_transform(model):
     assert t["per_channel_steps"] == 0
     t, _ = tps_of(per_channel_steps=True)
     assert t["per_channel_steps"] == 1 and len(t["step_code"]) == 48
+
+
+def test_max_levels_table_equals_the_formula():
+    """transform_fit.max_levels gathers from a table over the codes present: the same
+    values as the formula applied element by element (codes beyond 0..255 included)."""
+    rng = np.random.default_rng(17)
+    for frac in (0, 5, 12, 20):
+        for lo, hi in ((0, 256), (-40, 300), (140, 141)):
+            codes = rng.integers(lo, hi, size=(37, 29))
+            got = transform_fit.max_levels(codes, frac)
+            want = transform_fit._max_levels_of(codes, frac)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert transform_fit.max_levels(np.zeros((0, 3), np.int64), 4).shape == (0, 3)
