@@ -418,6 +418,7 @@ class TrackEncoder:
                 off = np.nan_to_num(np.round(tilt * np.log2(rms / np.median(rms))), nan=0.0)
             self.chan_offset = np.clip(off, -24, 24).astype(np.int64)
         self.deadzone = float(o.deadzone or 0.0)
+        self._qp0 = {}       # this fit's open-loop qp by (predictor, norm_ref) (_closed_loop_fit)
         self.closed_loop = self.deadzone > 0 or (o.deadzone is None and
                                                  self.transform is not None)
         # predictor
@@ -525,9 +526,15 @@ class TrackEncoder:
         """qp, quantized frames and zigzag residuals with the closed-loop quantizer (Annex
         B.1): the predictor is chosen by the open-loop levels at the open-loop qp (as
         without a deadzone), then qp is searched again with the closed loop."""
-        saved, self.deadzone = self.deadzone, 0.0
-        qp0 = self._choose_qp(allx, allc)
-        self.deadzone = saved
+        # the open-loop qp depends on the predictor (the rows the closed loop follows) and
+        # the reference norm only: kept for the next deadzone's fit when both are the same
+        key = (self.tps.get("predictor"), self.norm_ref)
+        cache = self._qp0
+        if key not in cache:
+            saved, self.deadzone = self.deadzone, 0.0
+            cache[key] = self._choose_qp(allx, allc)
+            self.deadzone = saved
+        qp0 = cache[key]
         best = None
         for p in cands:
             self.tps["predictor"] = p
