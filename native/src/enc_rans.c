@@ -12,7 +12,13 @@
  * State: 32 bits, RANS_L = 2^16, 16-bit words.  Before coding a symbol of frequency f,
  * a state x >= f << (32 - prob_bits) emits its low 16 bits and shifts right by 16 (at most
  * once); then x = (x div f) << prob_bits + x mod f + cum (x div f by a reciprocal,
- * enc_sym below). */
+ * enc_sym below).
+ *
+ * Three coders, the same words, states and chunk_words: enc_one (plain C, lane by lane),
+ * the AVX2 coder (eight lanes of a step at once) and the AVX-512 coder (sixteen); each
+ * vector lane performs enc_one's integer operations, and the words of a group of lanes
+ * are stored where enc_one would store them (see each coder).  The choice is made per
+ * call (enc_rans_simd): $TKB_NATIVE_SIMD=scalar forces enc_one, =avx2 the AVX2 coder. */
 #include "internal.h"
 #include "../include/tkb_enc.h"
 #include "enc_scalar.h"
@@ -100,7 +106,7 @@ static void enc_vec_perm(enc_vec *v)
     }
 }
 
-__attribute__((target("avx2,popcnt"))) static inline int enc_group_avx2(
+__attribute__((target("avx2,popcnt"), always_inline)) static inline int enc_group_avx2(
     const enc_vec *v, const uint32_t *sym, const uint32_t *chan8, uint32_t alph,
     uint32_t prob_bits, uint32_t *x, uint16_t *base, size_t *w)
 {
@@ -165,6 +171,21 @@ __attribute__((target("avx2,popcnt"))) static inline int enc_group_avx2(
     return 0;
 }
 
+/* the channels of lanes l .. l + k of a step whose lane 0 has channel c0 (l + k <= num_lanes):
+ * chan_base + the first one's channel, or buf when they wrap past channel c */
+static inline const uint32_t *enc_chans(const uint32_t *chan_base, size_t c, size_t c0,
+                                        uint32_t num_lanes, uint32_t l, uint32_t k,
+                                        uint32_t *buf)
+{
+    size_t cg = c0 + l;                                /* < c + num_lanes */
+    cg = cg < c ? cg : (c >= num_lanes ? cg - c : cg % c);
+    if (cg + k <= c)
+        return chan_base + cg;
+    for (uint32_t h = 0; h < k; h++, cg = cg + 1 < c ? cg + 1 : 0)
+        buf[h] = chan_base[cg];
+    return buf;
+}
+
 /* the groups of a full step (symbols sym[0 .. num_lanes), lane 0's channel c0), the last
  * group first; returns the lanes left to the plain code (0, or those up to a group with
  * a symbol outside its table) */
@@ -177,21 +198,219 @@ static uint32_t enc_step_avx2(const enc_vec *v, const uint32_t *sym, const uint3
     uint32_t l = num_lanes;
     for (; l >= 8; l -= 8) {
         uint32_t chan8[8];
-        size_t cg = c0 + (l - 8);                      /* < c + num_lanes */
-        cg = cg < c ? cg : (c >= num_lanes ? cg - c : cg % c);
-        const uint32_t *cb = chan_base + cg;           /* the group's channels */
-        if (cg + 8 > c) {                              /* wrapping past channel c */
-            for (int h = 0; h < 8; h++, cg = cg + 1 < c ? cg + 1 : 0)
-                chan8[h] = chan_base[cg];
-            cb = chan8;
-        }
+        const uint32_t *cb = enc_chans(chan_base, c, c0, num_lanes, l - 8, 8, chan8);
         if (enc_group_avx2(v, sym + l - 8, cb, alph, prob_bits, x + l - 8, base, &wl))
             break;                                     /* the plain code reports it */
     }
     *w = wl;
     return l;
 }
+
+#define TKB_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,avx512cd,avx2,popcnt"
+
+/* The AVX-512 coder: sixteen lanes of a full step at once, enc_one's operations lane by
+ * lane (clause 7.3 in reverse), so the same states and words:
+ *  - the entries: the AVX2 coder's 64-bit words (rcp | (f - 1) << 32 | cum << 48), two
+ *    gathers of eight under the mask of the symbols < alph (the others read nothing and
+ *    give 0, as frequency 0: rcp 0 marks both), their 32-bit halves split by two
+ *    two-source permutes; a group with a symbol outside its table goes to enc_one (which
+ *    reports it);
+ *  - 31 + s: s = ceil(log2 f) = 32 - lzcnt(f - 1) (lzcnt(0) = 32: s = 0 for f = 1, as
+ *    enc_sym_init);
+ *  - renormalisation: x >= f << (32 - prob_bits) <=> x >> (32 - prob_bits) >= f (both
+ *    sides integers: floor(x / 2^k) >= f <=> x >= f 2^k; no overflow at f = 2^prob_bits);
+ *  - the words: the renormalising lanes' low halves compressed to the bottom (ascending
+ *    lanes), narrowed to 16 bits and stored under a mask at base[w - cnt .. w): the
+ *    scalar coder's order (lanes descending, each word below the previous one), and only
+ *    the kept slots are written (w >= the symbols not yet coded >= 16 >= cnt);
+ *  - x div f: the same 32 x 32 -> 64-bit products x rcp (even lanes, then odd lanes),
+ *    shifted by the same 31 + s, so the same q (x div f or x div f + 1, enc_sym);
+ *    r = x - q f from the low 32 bits of q f (|r| < 2^17: exact); the same one-step
+ *    correction of a negative r, as
+ *    (q - 1) << prob_bits + (r + f) + cum = (q << prob_bits + r + cum) + (f - 2^prob_bits)
+ *    modulo 2^32 (the state is below 2^32, so the same value). */
+__attribute__((target(TKB_AVX512), always_inline)) static inline __mmask16 enc_ent_avx512(
+    const enc_vec *v, const uint32_t *sym, const uint32_t *chan16, __m512i alphv,
+    __m512i *rcp, __m512i *hw)
+{
+    __m512i sv = _mm512_loadu_si512((const void *)sym);
+    __mmask16 in = _mm512_cmplt_epu32_mask(sv, alphv);
+    __m512i idx = _mm512_add_epi32(_mm512_loadu_si512((const void *)chan16), sv);
+    __m512i g0 = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), (__mmask8)in,
+                                             _mm512_castsi512_si256(idx),
+                                             (const void *)v->ent, 8);
+    __m512i g1 = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), (__mmask8)(in >> 8),
+                                             _mm512_extracti64x4_epi64(idx, 1),
+                                             (const void *)v->ent, 8);
+    /* the 32-bit halves of the sixteen entries: rcp, (f - 1) | cum << 16 */
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
+                                           16, 18, 20, 22, 24, 26, 28, 30);
+    *rcp = _mm512_permutex2var_epi32(g0, even, g1);
+    *hw = _mm512_permutex2var_epi32(g0, _mm512_add_epi32(even, _mm512_set1_epi32(1)), g1);
+    return (__mmask16)~_mm512_test_epi32_mask(*rcp, *rcp);  /* lanes outside the table */
+}
+
+/* the sixteen lanes' states xs coded (entries rcp, hw; kb: 32 - prob_bits, pb: prob_bits) */
+__attribute__((target(TKB_AVX512), always_inline)) static inline __m512i enc_code_avx512(
+    __m512i rcp, __m512i hw, __m512i xs, __m128i kb, __m128i pb, uint16_t *base, size_t *w)
+{
+    const __m512i lo32 = _mm512_set1_epi64(0xFFFFFFFFLL);
+    __m512i fm1 = _mm512_and_si512(hw, _mm512_set1_epi32(0xFFFF));
+    __m512i f = _mm512_add_epi32(fm1, _mm512_set1_epi32(1));
+    __m512i sh = _mm512_sub_epi32(_mm512_set1_epi32(63), _mm512_lzcnt_epi32(fm1)); /* 31 + s */
+    /* f - 2^prob_bits: what the correction of a negative r adds to the state (below) */
+    __m512i fmm = _mm512_sub_epi32(f, _mm512_sll_epi32(_mm512_set1_epi32(1), pb));
+    __m512i cum = _mm512_srli_epi32(hw, 16);
+    /* renormalise x >= f << (32 - prob_bits): its low 16 bits to base[w - cnt .. w) */
+    __mmask16 ren = _mm512_cmpge_epu32_mask(_mm512_srl_epi32(xs, kb), f);
+    unsigned cnt = (unsigned)__builtin_popcount((unsigned)ren);
+    _mm512_mask_cvtepi32_storeu_epi16(base + *w - cnt, (__mmask16)((1u << cnt) - 1),
+                                      _mm512_maskz_compress_epi32(ren, xs));
+    *w -= cnt;
+    xs = _mm512_mask_srli_epi32(xs, ren, xs, 16);
+    /* q = (x rcp) >> (31 + s), 64-bit products: even lanes, then odd lanes */
+    __m512i qe = _mm512_srlv_epi64(_mm512_mul_epu32(xs, rcp), _mm512_and_si512(sh, lo32));
+    __m512i qo = _mm512_srlv_epi64(_mm512_mul_epu32(_mm512_srli_epi64(xs, 32),
+                                                    _mm512_srli_epi64(rcp, 32)),
+                                   _mm512_srli_epi64(sh, 32));
+    __m512i q = _mm512_mask_blend_epi32(0xAAAA, qe, _mm512_slli_epi64(qo, 32));
+    __m512i r = _mm512_sub_epi32(xs, _mm512_mullo_epi32(q, f));   /* |r| < 2^17: exact */
+    __m512i xn = _mm512_add_epi32(_mm512_add_epi32(_mm512_sll_epi32(q, pb), cum), r);
+    return _mm512_add_epi32(xn, _mm512_and_si512(_mm512_srai_epi32(r, 31), fmm));
+}
+
+/* one group of sixteen lanes of a step (states x[0 .. 16)); 1 (nothing done) when a
+ * symbol is outside its table */
+__attribute__((target(TKB_AVX512), always_inline)) static inline int enc_group_avx512(
+    const enc_vec *v, const uint32_t *sym, const uint32_t *chan16, uint32_t alph,
+    uint32_t prob_bits, uint32_t *x, uint16_t *base, size_t *w)
+{
+    __m512i rcp, hw;
+    if (enc_ent_avx512(v, sym, chan16, _mm512_set1_epi32((int)alph), &rcp, &hw))
+        return 1;
+    __m512i xs = enc_code_avx512(rcp, hw, _mm512_loadu_si512((const void *)x),
+                                 _mm_cvtsi32_si128((int)(32 - prob_bits)),
+                                 _mm_cvtsi32_si128((int)prob_bits), base, w);
+    _mm512_storeu_si512((void *)x, xs);
+    return 0;
+}
+
+/* enc_step_avx2 with groups of sixteen lanes (the last group first), then a last group of
+ * eight lanes (num_lanes = 8 mod 16) by the AVX2 coder: the lanes in the same order */
+__attribute__((target(TKB_AVX512)))
+static uint32_t enc_step_avx512(const enc_vec *v, const uint32_t *sym,
+                                const uint32_t *chan_base, size_t c, size_t c0,
+                                uint32_t num_lanes, uint32_t alph, uint32_t prob_bits,
+                                uint32_t *x, uint16_t *base, size_t *w)
+{
+    size_t wl = *w;
+    uint32_t l = num_lanes;
+    uint32_t chan[16];
+    for (; l >= 16; l -= 16) {
+        const uint32_t *cb = enc_chans(chan_base, c, c0, num_lanes, l - 16, 16, chan);
+        if (enc_group_avx512(v, sym + l - 16, cb, alph, prob_bits, x + l - 16, base, &wl))
+            goto out;                                  /* the plain code reports it */
+    }
+    if (l == 8) {
+        const uint32_t *cb = enc_chans(chan_base, c, c0, num_lanes, 0, 8, chan);
+        if (!enc_group_avx2(v, sym, cb, alph, prob_bits, x, base, &wl))
+            l = 0;
+    }
+out:
+    *w = wl;
+    return l;
+}
+
+/* Steps t - 1 .. 0 of a chunk (all full: only a chunk's last step can be partial) with
+ * num_lanes = 16 G, G <= 4: the states stay in registers from step to step (x[] read
+ * first, written last), each step as enc_step_avx512 (its groups, the last first); the
+ * entries of all the step's groups are read before any is coded, so that a step with a
+ * symbol outside its table is left as it was to enc_step_avx512 and enc_one (which
+ * report it).  *c0: lane 0's channel of step t - 1, on return that of the first step not
+ * coded; returns the steps not coded (0: all). */
+__attribute__((target(TKB_AVX512), always_inline)) static inline uint64_t enc_run_avx512_g(
+    const int G, const enc_vec *v, const uint32_t *sym, const uint32_t *chan_base, size_t c,
+    size_t *c0p, uint64_t t, uint32_t alph, uint32_t prob_bits, uint32_t *x,
+    uint16_t *base, size_t *w)
+{
+    const uint32_t num_lanes = 16u * (uint32_t)G;
+    const size_t dec = (size_t)(num_lanes % c);
+    const __m512i alphv = _mm512_set1_epi32((int)alph);
+    const __m128i kb = _mm_cvtsi32_si128((int)(32 - prob_bits));
+    const __m128i pb = _mm_cvtsi32_si128((int)prob_bits);
+    __m512i xv[4], rcp[4], hw[4];
+    uint32_t chan[4][16];
+    size_t c0 = *c0p, wl = *w;
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++)
+        xv[g] = _mm512_loadu_si512((const void *)(x + 16 * g));
+    for (; t > 0; t--, c0 = c0 >= dec ? c0 - dec : c0 + c - dec) {
+        const uint32_t *st = sym + (t - 1) * num_lanes;
+        __mmask16 bad = 0;
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++)
+            bad |= enc_ent_avx512(v, st + 16 * g,
+                                  enc_chans(chan_base, c, c0, num_lanes, 16u * (uint32_t)g, 16,
+                                            chan[g]), alphv, &rcp[g], &hw[g]);
+        if (bad)
+            break;
+#pragma GCC unroll 4
+        for (int g = G - 1; g >= 0; g--)
+            xv[g] = enc_code_avx512(rcp[g], hw[g], xv[g], kb, pb, base, &wl);
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++)
+        _mm512_storeu_si512((void *)(x + 16 * g), xv[g]);
+    *c0p = c0;
+    *w = wl;
+    return t;
+}
+
+/* enc_run_avx512_g for num_lanes 16, 32, 48, 64; other lane counts: every step left */
+__attribute__((target(TKB_AVX512)))
+static uint64_t enc_run_avx512(const enc_vec *v, const uint32_t *sym, const uint32_t *chan_base,
+                               size_t c, size_t *c0, uint32_t num_lanes, uint64_t t,
+                               uint32_t alph, uint32_t prob_bits, uint32_t *x, uint16_t *base,
+                               size_t *w)
+{
+    switch (num_lanes) {
+    case 16: return enc_run_avx512_g(1, v, sym, chan_base, c, c0, t, alph, prob_bits, x, base, w);
+    case 32: return enc_run_avx512_g(2, v, sym, chan_base, c, c0, t, alph, prob_bits, x, base, w);
+    case 48: return enc_run_avx512_g(3, v, sym, chan_base, c, c0, t, alph, prob_bits, x, base, w);
+    case 64: return enc_run_avx512_g(4, v, sym, chan_base, c, c0, t, alph, prob_bits, x, base, w);
+    default: return t;
+    }
+}
+
+/* the coder of this call: 2 AVX-512 (sixteen lanes), 1 AVX2 (eight lanes), 0 plain C;
+ * the CPU probed once, $TKB_NATIVE_SIMD read on every call ("scalar": plain C, "avx2":
+ * not AVX-512).  All three give the same words, states and chunk_words. */
+static int enc_rans_simd(void)
+{
+    if (!tkb_enc_use_avx2())                         /* "scalar", or no AVX2 */
+        return 0;
+    const char *env = getenv("TKB_NATIVE_SIMD");
+    if (env && !strcmp(env, "avx2"))
+        return 1;
+    static int hw512 = -1;                           /* tkb_cpu_avx512 without the env */
+    int h = __atomic_load_n(&hw512, __ATOMIC_RELAXED);
+    if (h < 0) {
+        h = tkb_cpu_avx512();                        /* env neither "scalar" nor "avx2" */
+        __atomic_store_n(&hw512, h, __ATOMIC_RELAXED);
+    }
+    return h ? 2 : 1;
+}
 #endif
+
+const char *tkb_enc_rans_simd_name(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    static const char *const names[3] = {"scalar", "avx2", "avx512"};
+    return names[enc_rans_simd()];
+#else
+    return "scalar";
+#endif
+}
 
 int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_base,
                  const uint32_t *freq, const uint32_t *cum, uint32_t alph,
@@ -225,7 +444,9 @@ int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_b
     int rc = TKB_ENC_OK;
 #if defined(__x86_64__) && defined(__GNUC__)
     enc_vec *vec = NULL;
-    if (num_lanes % 8 == 0 && c <= 0x7FFFFFFF && entries <= 0x7FFFFFFF && tkb_enc_use_avx2()) {
+    const int simd = num_lanes % 8 == 0 && c <= 0x7FFFFFFF && entries <= 0x7FFFFFFF
+                     ? enc_rans_simd() : 0;
+    if (simd) {
         vec = malloc(sizeof(enc_vec));
         uint64_t *ent = malloc(entries * sizeof(uint64_t));
         if (!vec || !ent) {
@@ -234,10 +455,19 @@ int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_b
             vec = NULL;
         } else {
             vec->ent = ent;
-            for (size_t e = 0; e < entries; e++)     /* rcp < 2^32 (see enc_sym) */
+            int wide = 0;                            /* a cum the entry cannot hold */
+            for (size_t e = 0; e < entries; e++) {   /* rcp < 2^32 (see enc_sym) */
                 ent[e] = tab[e].freq ? (tab[e].rcp | (uint64_t)(tab[e].freq - 1) << 32 |
                                         (uint64_t)tab[e].cum << 48) : 0;
-            enc_vec_perm(vec);
+                wide |= tab[e].freq && tab[e].cum > 0xFFFFu;   /* not a table of 7.3 */
+            }
+            if (wide) {
+                free(ent);
+                free(vec);
+                vec = NULL;
+            } else if (simd == 1 || num_lanes % 16) {  /* the eight-lane coder runs */
+                enc_vec_perm(vec);
+            }
         }
     }
 #endif
@@ -264,10 +494,22 @@ int tkb_enc_rans(const uint32_t *sym, size_t n, size_t c, const uint32_t *chan_b
                                         ? (cn - t * num_lanes) : num_lanes);
             uint32_t l = lanes;
 #if defined(__x86_64__) && defined(__GNUC__)
-            /* a full step: groups of eight lanes, the last group first (as the lanes) */
-            if (vec && lanes == num_lanes)
-                l = enc_step_avx2(vec, sym + first, chan_base, c, c0, num_lanes, alph,
-                                  prob_bits, x, base, &w);
+            /* a full step: groups of sixteen or eight lanes, the last group first (as the
+             * lanes) */
+            if (vec && lanes == num_lanes) {
+                if (simd == 2 && num_lanes % 16 == 0 && num_lanes <= 64) {
+                    /* steps t .. 0 (all full), the states in registers */
+                    uint64_t left = enc_run_avx512(vec, sym + s0, chan_base, c, &c0, num_lanes,
+                                                   t + 1, alph, prob_bits, x, base, &w);
+                    if (left == 0)
+                        break;
+                    t = left - 1;                      /* a step the plain code reports */
+                    first = s0 + t * num_lanes;
+                }
+                l = (simd == 2 ? enc_step_avx512 : enc_step_avx2)(
+                    vec, sym + first, chan_base, c, c0, num_lanes, alph, prob_bits, x, base,
+                    &w);
+            }
 #endif
             size_t ci = l ? (size_t)((first + l - 1) % c) : 0;  /* channel of the last */
             for (; l-- > 0; ci = ci ? ci - 1 : c - 1) {
