@@ -241,6 +241,30 @@ class BitWriter:
         self.bits(nbits - 1 - k, 0)
         self.bits(nbits, v)
 
+    def eg_array(self, k: int, values) -> None:
+        """eg(k) of each value in turn (the same bits as :meth:`eg` value by value), the
+        codes gathered in one integer and written as whole bytes every 64 values."""
+        vals = [int(x) for x in values]
+        if vals and min(vals) < 0:
+            for x in vals:                    # (no eg code: eg's own behaviour)
+                self.eg(k, x)
+            return
+        base = 1 << k
+        for i in range(0, len(vals), 64):
+            acc, nacc = self.acc, self.nacc
+            for x in vals[i:i + 64]:
+                v = x + base
+                n = 2 * v.bit_length() - 1 - k     # nbits - 1 - k zeros, then v
+                acc = (acc << n) | v
+                nacc += n
+            whole = nacc >> 3
+            if whole:
+                rest = nacc - 8 * whole
+                self.buf += (acc >> rest).to_bytes(whole, "big")
+                acc &= (1 << rest) - 1
+                nacc = rest
+            self.acc, self.nacc = acc, nacc
+
     def align_zero(self) -> None:
         if self.nacc:
             self.bits(8 - self.nacc, 0)

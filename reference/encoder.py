@@ -43,7 +43,7 @@ from .quantization import (DTYPE_CODE, float_view, source_dtype, step_deltas_of_
                            token_norms)
 from .stream_layout import index_payload, metadata_payload, stream_header, unit
 from .table_fit import (MAX_ALPHABET, alphabet_size, channel_entropy_bits, choose_prob_bits,
-                        entropy_bits, group_tables, histograms, with_pseudo_counts)
+                        entropy_bits, histograms, with_pseudo_counts)
 
 QP_MIN, QP_MAX = -144, 111
 # the closed-loop quantizer's deadzones tried with a transform (B.1), the first the default
@@ -305,8 +305,8 @@ class TrackEncoder:
         hist = histograms(sym, channel, self.d, alphabet)
         key = np.zeros(self.d) if self.ids else \
             (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
-        tmap, freqs = group_tables(hist, key, self.level.max_tables, pb, self.opts.num_tables,
-                                    kernels=self.kernels)
+        tmap, freqs = self.kernels.group_tables(hist, key, self.level.max_tables, pb,
+                                                self.opts.num_tables)
         if pseudo:  # a streaming table must code every possible symbol
             full = (-(-self.tps["vocab_size"] >> rb) if self.ids else
                     min(MAX_ALPHABET, 1 << (width - rb + (1 if p else 0))))
@@ -405,7 +405,8 @@ class TrackEncoder:
         self.norms = [self.kernels.token_norms(x) for x in self.xf]
         # the reference norm: the median of the token norms (B.1)
         norms = np.concatenate(self.norms) if self.norms else np.zeros(0)
-        self.norm_ref = float(np.median(norms)) if norms.size and np.median(norms) > 0 else 1.0
+        med = float(np.median(norms)) if norms.size else 0.0
+        self.norm_ref = med if med > 0 else 1.0
         self.chan_offset = np.zeros(self.dc, dtype=np.int64)
         self.per_channel_steps = bool(o.per_channel_steps if o.per_channel_steps is not None
                                       else self.transform is not None)
@@ -477,8 +478,8 @@ class TrackEncoder:
         pb = self._prob_bits(alphabet)
         self.tps["prob_bits"] = pb
         key = (hist * np.arange(alphabet)).sum(axis=1) / np.maximum(hist.sum(axis=1), 1)
-        tmap, freqs = group_tables(hist, key, self.level.max_tables, pb, o.num_tables,
-                                    escape_slot=True, kernels=self.kernels)
+        tmap, freqs = self.kernels.group_tables(hist, key, self.level.max_tables, pb,
+                                                o.num_tables, escape_slot=True)
         if pseudo:  # a streaming table must code any symbol up to ESC
             freqs = with_pseudo_counts(freqs, hist, tmap, alphabet, pb)
         self._set_tables(tmap, freqs)
@@ -594,8 +595,8 @@ class TrackEncoder:
         self.tps["num_tables"] = len(freqs)
         if tmap is not None:
             self.tps["table_map"] = tmap.astype(np.uint8)
-        self.tps["freq_table"] = [dict(alphabet_size=f.size, freq_k=tables.best_freq_k(f),
-                                       freq=[int(v) for v in f]) for f in freqs]
+        self.tps["freq_table"] = [dict(alphabet_size=f.size, freq_k=k, freq=f.tolist())
+                                  for f, k in zip(freqs, tables.best_freq_ks(freqs))]
         self.freqs = freqs
 
     def _finish_tps(self) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 from . import prediction, reconstruction, symbols, tables
 from .crc32c import crc32c
 from .quantization import float_view, quantize_closed_loop, quantize_levels, token_norms
-from .table_fit import entropy_bits, group_sum, histograms, tables_bits
+from .table_fit import entropy_bits, group_sum, group_tables, histograms, tables_bits
 
 
 class FitKernels:
@@ -125,6 +125,13 @@ class FitKernels:
             used = min(used + 1, h.size) if escape_slot else used
             freqs.append(tables.normalize(h[:used], prob_bits))
         return freqs, tables_bits(ghist, freqs, prob_bits, 0), 0.0
+
+    def group_tables(self, hist: np.ndarray, scale_key: np.ndarray, max_tables: int,
+                     prob_bits: int, forced: int | None, escape_slot: bool = False):
+        """Annex B.3's channel grouping and tables, (table_map or None, tables):
+        table_fit.group_tables with these kernels' steps."""
+        return group_tables(hist, scale_key, max_tables, prob_bits, forced, escape_slot,
+                            kernels=self)
 
     def table_argmin(self, hist: np.ndarray, hf: np.ndarray, q: np.ndarray) -> np.ndarray:
         """The Lloyd step of the table grouping: each channel's table of least cost

@@ -289,9 +289,7 @@ def write(writer: BitWriter, name: str, values: dict, context: dict | None = Non
                     raise AssertionError(f"{el.name}: {len(v)} values, syntax wants {count}")
                 writer.array(d, v, el.name)
         elif d.startswith("eg("):
-            k = _eval(d[3:-1], env)
-            for x in v:
-                writer.eg(k, int(x))
+            writer.eg_array(_eval(d[3:-1], env), v)
         elif d.startswith("sb("):
             n = _eval(d[3:-1], env)
             writer.packed(np.asarray(v, dtype=np.int64).astype(np.uint64)

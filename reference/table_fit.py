@@ -79,6 +79,13 @@ def refine_groups(hist: np.ndarray, group: np.ndarray, t: int, iters: int = 6,
     return group
 
 
+def table_counts(d: int, max_tables: int, forced: int | None) -> list:
+    """The numbers of tables group_tables tries, in order: ``forced``, else powers of two
+    up to the channels and the level's limit."""
+    return [forced] if forced else [t for t in (1, 2, 4, 8, 16, 32, 64)
+                                    if t <= min(d, max_tables)]
+
+
 def group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob_bits: int,
                   forced: int | None, escape_slot: bool = False, kernels=None):
     """Choose channel groups; returns (table_map or None, list of freq arrays).
@@ -89,8 +96,7 @@ def group_tables(hist: np.ndarray, scale_key: np.ndarray, max_tables: int, prob_
     d = hist.shape[0]
     order = np.argsort(scale_key, kind="stable")
     best = None
-    cands = [forced] if forced else [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= min(d, max_tables)]
-    for t in cands:
+    for t in table_counts(d, max_tables, forced):
         group = np.empty(d, dtype=np.int64)
         group[order] = np.arange(d) * t // d
         if t > 1:

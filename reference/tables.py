@@ -91,6 +91,20 @@ def best_freq_k(freq: np.ndarray) -> int:
     return int(np.argmin(eg_lengths(freq, np.arange(16))))
 
 
+def best_freq_ks(freqs: list) -> list:
+    """best_freq_k of each table, computed together (the same integer sums)."""
+    if not freqs:
+        return []
+    sizes = np.array([f.size for f in freqs])
+    if (sizes == 0).any():
+        return [best_freq_k(f) for f in freqs]
+    k = np.arange(16, dtype=np.int64)
+    v = np.concatenate(freqs).astype(np.int64)[:, None] + (1 << k)[None, :]
+    nbits = np.floor(np.log2(v)).astype(np.int64) + 1
+    per = np.add.reduceat(2 * nbits - 1 - k[None, :], np.cumsum(sizes) - sizes, axis=0)
+    return [int(x) for x in np.argmin(per, axis=1)]
+
+
 def table_cost_bits(freq: np.ndarray) -> int:
     """Bits a table takes in a parameter set (alphabet_size, freq_k, codes, alignment)."""
     bits = int(eg_lengths(freq, np.arange(16)).min())

@@ -81,3 +81,28 @@ def test_bits_equal_definition(items):
     a.align_zero()
     _bits_by_definition(b, (8 - b.nacc) % 8, 0)
     assert a.getvalue() == b.getvalue()
+
+
+@given(st.integers(0, 7), st.integers(0, 15),
+       st.lists(st.integers(0, 2**40), max_size=300))
+def test_eg_array_equals_eg_one_by_one(lead, k, values):
+    """eg_array (codes gathered, whole bytes every 64 values) writes eg's bits, from any
+    bit position."""
+    a, b = BitWriter(), BitWriter()
+    for w in (a, b):
+        w.bits(lead, 0b1011011)
+    for v in values:
+        a.eg(k, v)
+    b.eg_array(k, np.asarray(values, dtype=np.uint64) if values and max(values) < 2**63
+               else values)
+    assert (a.buf, a.acc, a.nacc) == (b.buf, b.acc, b.nacc)
+    for w in (a, b):
+        w.align_zero()
+    assert a.getvalue() == b.getvalue()
+
+
+@given(st.lists(st.lists(st.integers(0, 2**16), min_size=1, max_size=40), max_size=8))
+def test_best_freq_ks_equals_best_freq_k(tabs):
+    from tokenbits import tables
+    freqs = [np.asarray(t, dtype=np.int64) for t in tabs]
+    assert tables.best_freq_ks(freqs) == [tables.best_freq_k(f) for f in freqs]

@@ -189,7 +189,16 @@ def test_dispatch():
     assert dispatch.choose("native", "encode") == "native"
     if dispatch.backends()["gpu"] is not None:
         assert dispatch.choose("auto", "encode") == "native"
-    assert NE.simd() in ("scalar", "avx2")
+    assert NE.simd() in ("scalar", "avx2", "avx512")
+
+
+def test_simd_name_follows_the_switch(monkeypatch):
+    """TKB_NATIVE_SIMD=avx2 turns the AVX-512 paths off, =scalar every vector path."""
+    native_name = NE.simd()
+    monkeypatch.setenv("TKB_NATIVE_SIMD", "avx2")
+    assert NE.simd() == ("scalar" if native_name == "scalar" else "avx2")
+    monkeypatch.setenv("TKB_NATIVE_SIMD", "scalar")
+    assert NE.simd() == "scalar"
 
 
 # -- the C tools against the reference's numpy ------------------------------------------

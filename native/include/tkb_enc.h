@@ -153,6 +153,26 @@ int tkb_enc_residual_counts(const int32_t *lv, size_t k, size_t c, const int64_t
 int tkb_enc_residual_histograms(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
                                 int64_t cap, int64_t *hist);
 
+/* The predictor choice's counts (Annex B.4) and the chosen predictor's per-channel
+ * histograms (B.3) in one pass: for each of m (1..4) predictors g (rows pred[g][0..k),
+ * -1: none), cnt [g][c][64] (written) counts min(u, 63) per channel for the zigzag
+ * indices u of the residuals of lv (as tkb_enc_residual_counts takes them); the values
+ * u >= 63 are also listed, min(u, big_cap), into big [g][k * c] (their number in
+ * num_big[g]), so that the exact counts of u are the bins 0..62 summed over the channels
+ * and the list.  big_cap in 63 .. 2^32 - 1, k < 2^31. */
+int tkb_enc_predictor_histograms(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
+                                 size_t m, int64_t big_cap, uint32_t *cnt, uint32_t *big,
+                                 size_t *num_big);
+
+/* Annex B.3's whole channel grouping (table_fit.group_tables) over the candidate table
+ * counts cands[0..n) (channels in scale-key order `order`): 0 with the chosen groups
+ * (group [d], dense), their number (*t_used) and tables (freq [t_used][a], the first
+ * used[g] entries of row g); 1 when a step is too close to call under numpy's roundings
+ * (then the caller takes the reference's steps); < 0 on bad arguments. */
+int tkb_enc_group_tables(const int64_t *hist, size_t d, size_t a, const int64_t *order,
+                         const int64_t *cands, size_t n, unsigned prob_bits, int escape_slot,
+                         int64_t *group, int64_t *t_used, int64_t *freq, int64_t *used);
+
 /* The table grouping's Lloyd step (Annex B.3): for each channel the table g of least
  * cost sum_s hist[i][s] nlq[g][s] (first on ties).  Returns the number of channels whose
  * choice a rounding difference could change (then the caller uses numpy's), or -1. */

@@ -82,9 +82,13 @@ def _lib():
         "tkb_enc_histogram": (C.c_int, [vp, sz, sz, C.c_int64, vp]),
         "tkb_enc_residual_counts": (C.c_int, [vp, sz, sz, vp, sz, C.c_int64, vp]),
         "tkb_enc_residual_histograms": (C.c_int, [vp, sz, sz, vp, C.c_int64, vp]),
+        "tkb_enc_predictor_histograms": (C.c_int, [vp, sz, sz, vp, sz, C.c_int64, vp, vp,
+                                                   vp]),
         "tkb_enc_table_argmin": (C.c_long, [vp, sz, sz, vp, sz, vp]),
         "tkb_enc_group_sum": (C.c_int, [vp, sz, sz, vp, sz, vp]),
         "tkb_enc_lloyd": (C.c_long, [vp, sz, sz, vp, sz, C.c_long]),
+        "tkb_enc_group_tables": (C.c_int, [vp, sz, sz, vp, vp, sz, C.c_uint, C.c_int, vp,
+                                           P(C.c_int64), vp, vp]),
         "tkb_enc_normalize_tables": (C.c_int, [vp, sz, sz, C.c_uint, C.c_int, vp, vp, vp]),
         "tkb_enc_tables_bits": (C.c_int, [vp, sz, sz, vp, vp, C.c_uint, P(C.c_double),
                                           P(C.c_double), P(C.c_int64)]),
@@ -296,6 +300,7 @@ class _NativeFitKernels:
     def __init__(self):
         self.stats = {}
         self._rows = None       # (weakref to the qp search's tokens, key, row stats)
+        self._hists = None      # predictor_counts' per-channel counts (_kept_histograms)
 
     def _n(self, key):
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -487,16 +492,86 @@ class _NativeFitKernels:
         self._n("residual_counts")
         return [_bincount_length(row) for row in h]
 
+    def _predictor_histograms(self, lvls, positions, tps, predictors):
+        """The counts of residual_counts under each predictor and, kept for
+        residual_histograms, each predictor's per-channel counts of min(u, PH_BINS - 1)
+        (tkb_enc_predictor_histograms: one C pass), or None (the other paths)."""
+        import weakref
+        from tokenbits import prediction
+        m = len(predictors)
+        l32 = self._levels32(lvls)
+        if l32 is None or not 1 <= m <= 4 or len({lv.shape[1] for lv in l32}) != 1:
+            return None
+        c = l32[0].shape[1]
+        hist = None
+        bigs = [[] for _ in range(m)]
+        preds = []
+        for lv, pos in zip(l32, positions):
+            pred = np.ascontiguousarray(np.stack([
+                prediction.predictor_rows(pos, {**tps, "predictor": p}) for p in predictors]),
+                dtype=np.int64)
+            preds.append(pred)
+            # the counts and the list in the thread's work arrays (no page faults)
+            cnt = _work(True, "ph_counts", m * c * PH_BINS, np.uint32).reshape(m, c, PH_BINS)
+            big = _work(True, "ph_big", m * max(lv.size, 1), np.uint32).reshape(m, -1)
+            nb = np.zeros(m, dtype=np.uintp)
+            _check(_lib().tkb_enc_predictor_histograms(_p(lv), lv.shape[0], c, _p(pred), m,
+                                                        SYMBOL_CAP, _p(cnt), _p(big),
+                                                        _p(nb)), "predictor_histograms")
+            hist = cnt.astype(np.int64) if hist is None else hist + cnt
+            for g in range(m):
+                bigs[g].append(big[g, :nb[g]].copy())
+        if hist is None:
+            return None
+        counts = []
+        low = hist[:, :, :PH_BINS - 1].sum(axis=1)
+        for g in range(m):
+            b = np.concatenate(bigs[g])
+            h = np.zeros(max(PH_BINS - 1, int(b.max()) + 1 if b.size else 0), dtype=np.int64)
+            h[:PH_BINS - 1] = low[g]
+            if b.size:
+                h += np.bincount(b, minlength=h.size)
+            counts.append(_bincount_length(h))
+        self._hists = ([weakref.ref(lv) for lv in lvls], list(predictors), preds, hist)
+        self._n("predictor_histograms")
+        return counts
+
     def residual_counts(self, lvls, positions, tps):
         counts = self._counts(lvls, positions, tps, [tps["predictor"]])
         return super().residual_counts(lvls, positions, tps) if counts is None else counts[0]
 
     def predictor_counts(self, lvls, positions, tps, predictors):
-        counts = self._counts(lvls, positions, tps, list(predictors))
+        counts = self._predictor_histograms(lvls, positions, tps, list(predictors))
+        if counts is None:
+            counts = self._counts(lvls, positions, tps, list(predictors))
         return (super().predictor_counts(lvls, positions, tps, predictors) if counts is None
                 else counts)
 
+    def _kept_histograms(self, lvls, positions, tps, d, alphabet):
+        """residual_histograms from the counts predictor_counts kept: the same level
+        arrays, the same predictor rows, alphabet <= PH_BINS; else None."""
+        from tokenbits import prediction
+        kept, self._hists = getattr(self, "_hists", None), None
+        if kept is None or not 1 <= alphabet <= PH_BINS:
+            return None
+        refs, predictors, preds, hist = kept
+        p = tps.get("predictor")
+        if (p not in predictors or len(refs) != len(lvls) or hist.shape[1] != d
+                or any(r() is not lv for r, lv in zip(refs, lvls))):
+            return None
+        g = predictors.index(p)
+        if any(not np.array_equal(prediction.predictor_rows(pos, tps), pr[g])
+               for pos, pr in zip(positions, preds)):
+            return None
+        h = hist[g, :, :alphabet].copy()
+        h[:, alphabet - 1] = hist[g, :, alphabet - 1:].sum(axis=1)
+        self._n("residual_histograms_kept")
+        return h
+
     def residual_histograms(self, lvls, positions, tps, d, alphabet):
+        kept = self._kept_histograms(lvls, positions, tps, d, alphabet)
+        if kept is not None:
+            return kept
         h = np.zeros((d, alphabet), dtype=np.int64)
         if (alphabet < 1 or any(lv.shape[1:] != (d,) for lv in lvls)
                 or not self._residual_pass(_lib().tkb_enc_residual_histograms, lvls,
@@ -555,6 +630,34 @@ class _NativeFitKernels:
         self._n("lloyd_numpy")
         return super().lloyd_groups(hist, g, t, iters - done)
 
+    def group_tables(self, hist, scale_key, max_tables, prob_bits, forced, escape_slot=False):
+        """The whole grouping in C (tkb_enc_group_tables) when no step of it is too close
+        to call; else the reference's steps (with this class's kernels)."""
+        from tokenbits.table_fit import table_counts
+        hist = np.ascontiguousarray(hist)
+        cands = (table_counts(hist.shape[0], max_tables, forced) if hist.ndim == 2 else [])
+        if (hist.dtype != np.int64 or hist.ndim != 2 or 0 in hist.shape or not cands
+                or np.shape(scale_key) != hist.shape[:1] or max(cands) > hist.shape[0]):
+            return super().group_tables(hist, scale_key, max_tables, prob_bits, forced,
+                                        escape_slot)
+        d, a = hist.shape
+        order = np.ascontiguousarray(np.argsort(scale_key, kind="stable"), dtype=np.int64)
+        cn = np.asarray(cands, dtype=np.int64)
+        group = np.empty(d, dtype=np.int64)
+        freq = np.empty((int(cn.max()), a), dtype=np.int64)
+        used = np.empty(int(cn.max()), dtype=np.int64)
+        tu = C.c_int64(0)
+        rc = _lib().tkb_enc_group_tables(_p(hist), d, a, _p(order), _p(cn), cn.size,
+                                         prob_bits, int(bool(escape_slot)), _p(group),
+                                         C.byref(tu), _p(freq), _p(used))
+        if rc != ENC_OK:
+            self._n("group_tables_numpy")
+            return super().group_tables(hist, scale_key, max_tables, prob_bits, forced,
+                                        escape_slot)
+        self._n("group_tables")
+        t = tu.value
+        return (group if t > 1 else None), [freq[g, :used[g]].copy() for g in range(t)]
+
     def table_set(self, ghist, prob_bits, escape_slot):
         ghist = np.ascontiguousarray(ghist)
         if ghist.dtype != np.int64 or ghist.ndim != 2 or ghist.shape[1] < 1:
@@ -581,6 +684,7 @@ class _NativeFitKernels:
 
 
 SYMBOL_CAP = 1 << 16      # FitKernels.symbol_counts counts min(u, 2^16)
+PH_BINS = 64              # tkb_enc_predictor_histograms' per-channel bins
 
 
 def numpy_cosine_bound(k: int, d: int) -> float:

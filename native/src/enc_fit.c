@@ -721,6 +721,226 @@ int tkb_enc_residual_histograms(const int32_t *lv, size_t k, size_t c, const int
     return TKB_ENC_OK;
 }
 
+/* tkb_enc_predictor_histograms: per-channel counts of min(u, PH_BINS - 1) (u the zigzag
+ * index of a residual) for every candidate predictor at once, the values u >= PH_BINS - 1
+ * listed (capped at big_cap).  The AVX2 path counts u < 16 in sixteen 4-bit counters per
+ * channel (one 64-bit word: u adds 1 << 4u, a shift of 64 for u >= 16 adds nothing),
+ * emptied into the per-channel counts every 15 rows, before any counter can overflow;
+ * the other values go one by one.  Integers only: the counts are the plain loop's. */
+#define PH_BINS 64
+
+static inline void ph_one(uint32_t *cnt, uint32_t *big, size_t *nb, uint64_t big_cap,
+                          size_t h, uint64_t v)
+{
+    if (v < PH_BINS - 1) {
+        cnt[h * PH_BINS + v]++;
+    } else {
+        cnt[h * PH_BINS + PH_BINS - 1]++;
+        big[(*nb)++] = (uint32_t)(v < big_cap ? v : big_cap);
+    }
+}
+
+/* channels j0 .. j1 of a row one by one (an int32 overflow in a block, a row's tail) */
+static void ph_ones(uint32_t *cnt, uint32_t *big, size_t *nb, uint64_t big_cap,
+                    const int32_t *l, const int32_t *pl, size_t j0, size_t j1)
+{
+    for (size_t h = j0; h < j1; h++)
+        ph_one(cnt, big, nb, big_cap, h, zigzag_diff(l[h], pl ? pl[h] : 0));
+}
+
+/* the lanes of mask (values uv[lane] of channels j + lane) one by one */
+static void ph_lanes(uint32_t *cnt, uint32_t *big, size_t *nb, uint64_t big_cap, size_t j,
+                     const uint32_t *uv, unsigned mask)
+{
+    for (; mask; mask &= mask - 1) {
+        int h = __builtin_ctz(mask);
+        ph_one(cnt, big, nb, big_cap, j + (size_t)h, uv[h]);
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* the 4-bit counters acc [c] added into 8-bit ones, the even bins' in ev [c] and the odd
+ * bins' in od [c] (byte i: bin 2i, 2i + 1), four channels at a time; acc emptied */
+__attribute__((target("avx2")))
+static void ph_nibbles_avx2(uint64_t *acc, uint64_t *ev, uint64_t *od, size_t c)
+{
+    const __m256i lo4 = _mm256_set1_epi8(0x0F);
+    size_t j = 0;
+    for (; j + 4 <= c; j += 4) {
+        __m256i w = _mm256_loadu_si256((const __m256i *)(acc + j));
+        __m256i *e = (__m256i *)(ev + j), *o = (__m256i *)(od + j);
+        _mm256_storeu_si256(e, _mm256_add_epi8(_mm256_loadu_si256(e), _mm256_and_si256(w, lo4)));
+        _mm256_storeu_si256(o, _mm256_add_epi8(_mm256_loadu_si256(o),
+                                               _mm256_and_si256(_mm256_srli_epi64(w, 4), lo4)));
+        _mm256_storeu_si256((__m256i *)(acc + j), _mm256_setzero_si256());
+    }
+    for (; j < c; j++) {
+        ev[j] += acc[j] & 0x0F0F0F0F0F0F0F0Full;        /* no carry: bytes <= 255 */
+        od[j] += (acc[j] >> 4) & 0x0F0F0F0F0F0F0F0Full;
+        acc[j] = 0;
+    }
+}
+
+/* the 8-bit counters (ev, od) added into the channels' bins 0..15 of cnt; emptied */
+__attribute__((target("avx2")))
+static void ph_bytes_avx2(uint64_t *ev, uint64_t *od, size_t c, uint32_t *cnt)
+{
+    for (size_t j = 0; j < c; j++) {
+        __m128i n = _mm_unpacklo_epi8(_mm_cvtsi64_si128((long long)ev[j]),
+                                      _mm_cvtsi64_si128((long long)od[j]));   /* bin order */
+        uint32_t *o = cnt + j * PH_BINS;
+        __m256i a0 = _mm256_loadu_si256((const __m256i *)o);
+        __m256i a1 = _mm256_loadu_si256((const __m256i *)(o + 8));
+        _mm256_storeu_si256((__m256i *)o, _mm256_add_epi32(a0, _mm256_cvtepu8_epi32(n)));
+        _mm256_storeu_si256((__m256i *)(o + 8),
+                            _mm256_add_epi32(a1, _mm256_cvtepu8_epi32(_mm_srli_si128(n, 8))));
+        ev[j] = od[j] = 0;
+    }
+}
+
+/* one row of one predictor (pl NULL: none) into the 4-bit counters acc [c] */
+__attribute__((target("avx2")))
+static void ph_row_avx2(const int32_t *l, const int32_t *pl, size_t c, uint64_t *acc,
+                        uint32_t *cnt, uint32_t *big, size_t *nb, uint64_t big_cap)
+{
+    const __m256i sixteen = _mm256_set1_epi32(16);
+    const __m256i one = _mm256_set1_epi64x(1);
+    size_t j = 0;
+    for (; j + 8 <= c; j += 8) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(l + j));
+        __m256i b = pl ? _mm256_loadu_si256((const __m256i *)(pl + j)) : _mm256_setzero_si256();
+        __m256i r = _mm256_sub_epi32(a, b);
+        int ovf = _mm256_movemask_ps(_mm256_castsi256_ps(
+            _mm256_and_si256(_mm256_xor_si256(a, b), _mm256_xor_si256(a, r))));
+        if (ovf) {                                   /* an int32 overflow: one by one */
+            ph_ones(cnt, big, nb, big_cap, l, pl, j, j + 8);
+            continue;
+        }
+        __m256i u = _mm256_xor_si256(_mm256_slli_epi32(r, 1), _mm256_srai_epi32(r, 31));
+        __m256i uc = _mm256_min_epu32(u, sixteen);
+        int large = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(uc, sixteen)));
+        __m256i sh = _mm256_slli_epi32(uc, 2);                  /* 4u, 64 for u >= 16 */
+        __m256i s0 = _mm256_cvtepu32_epi64(_mm256_castsi256_si128(sh));
+        __m256i s1 = _mm256_cvtepu32_epi64(_mm256_extracti128_si256(sh, 1));
+        __m256i *o = (__m256i *)(acc + j);
+        _mm256_storeu_si256(o, _mm256_add_epi64(_mm256_loadu_si256(o), _mm256_sllv_epi64(one, s0)));
+        _mm256_storeu_si256(o + 1, _mm256_add_epi64(_mm256_loadu_si256(o + 1),
+                                                    _mm256_sllv_epi64(one, s1)));
+        if (large) {
+            uint32_t uv[8];
+            _mm256_storeu_si256((__m256i *)uv, u);
+            ph_lanes(cnt, big, nb, big_cap, j, uv, (unsigned)large);
+        }
+    }
+    ph_ones(cnt, big, nb, big_cap, l, pl, j, c);
+}
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* the same row, sixteen channels at a time (AVX-512F/BW/DQ: the same counters) */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+static void ph_row_avx512(const int32_t *l, const int32_t *pl, size_t c, uint64_t *acc,
+                          uint32_t *cnt, uint32_t *big, size_t *nb, uint64_t big_cap)
+{
+    const __m512i sixteen = _mm512_set1_epi32(16);
+    const __m512i one = _mm512_set1_epi64(1);
+    size_t j = 0;
+    for (; j + 16 <= c; j += 16) {
+        __m512i a = _mm512_loadu_si512((const void *)(l + j));
+        __m512i b = pl ? _mm512_loadu_si512((const void *)(pl + j)) : _mm512_setzero_si512();
+        __m512i r = _mm512_sub_epi32(a, b);
+        __mmask16 ovf = _mm512_movepi32_mask(
+            _mm512_and_si512(_mm512_xor_si512(a, b), _mm512_xor_si512(a, r)));
+        if (ovf) {                                   /* an int32 overflow: one by one */
+            ph_ones(cnt, big, nb, big_cap, l, pl, j, j + 16);
+            continue;
+        }
+        __m512i u = _mm512_xor_si512(_mm512_slli_epi32(r, 1), _mm512_srai_epi32(r, 31));
+        __m512i uc = _mm512_min_epu32(u, sixteen);
+        unsigned large = _mm512_cmpeq_epi32_mask(uc, sixteen);
+        __m512i sh = _mm512_slli_epi32(uc, 2);                  /* 4u, 64 for u >= 16 */
+        __m512i s0 = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(sh));
+        __m512i s1 = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(sh, 1));
+        uint64_t *o = acc + j;
+        _mm512_storeu_si512((void *)o, _mm512_add_epi64(_mm512_loadu_si512((const void *)o),
+                                                        _mm512_sllv_epi64(one, s0)));
+        _mm512_storeu_si512((void *)(o + 8),
+                            _mm512_add_epi64(_mm512_loadu_si512((const void *)(o + 8)),
+                                             _mm512_sllv_epi64(one, s1)));
+        if (large) {
+            uint32_t uv[16];
+            _mm512_storeu_si512((void *)uv, u);
+            ph_lanes(cnt, big, nb, big_cap, j, uv, large);
+        }
+    }
+    ph_ones(cnt, big, nb, big_cap, l, pl, j, c);
+}
+
+/* the AVX-512 rows: tkb_cpu_avx512 (probed once) and the AVX2 path, unless
+ * $TKB_NATIVE_SIMD says avx2 or scalar (read on every call) */
+static int ph_use_avx512(void)
+{
+    const char *env = getenv("TKB_NATIVE_SIMD");
+    if (env && (!strcmp(env, "avx2") || !strcmp(env, "scalar")))
+        return 0;
+    static int hw = -1;
+    if (hw < 0)
+        hw = tkb_cpu_avx512();
+    return hw && tkb_enc_use_avx2();
+}
+#endif
+
+int tkb_enc_predictor_histograms(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
+                                 size_t m, int64_t big_cap, uint32_t *cnt, uint32_t *big,
+                                 size_t *num_big)
+{
+    if (m < 1 || m > 4 || big_cap < PH_BINS - 1 || big_cap > 0xFFFFFFFFll ||
+        k >= ((size_t)1 << 31))
+        return TKB_ENC_USAGE;
+    for (size_t i = 0; i < m * k; i++)
+        if (pred && pred[i] >= (int64_t)k)
+            return TKB_ENC_USAGE;
+    /* cnt [m][c][PH_BINS] (< 2^31: k rows); [m][c] words of sixteen 4-bit counters
+     * (emptied every 15 rows) and two of eight 8-bit counters (every 17 x 15 rows) */
+    memset(cnt, 0, m * c * PH_BINS * sizeof(uint32_t));
+    uint64_t *acc = calloc(3 * m * c + 1, sizeof(uint64_t));
+    if (!acc)
+        return TKB_ENC_USAGE;
+    uint64_t *ev = acc + m * c, *od = ev + m * c;
+    size_t nb[4] = {0, 0, 0, 0};
+    const uint64_t bc = (uint64_t)big_cap;
+#if defined(__x86_64__) && defined(__GNUC__)
+    const int avx2 = tkb_enc_use_avx2(), avx512 = avx2 && ph_use_avx512();
+#endif
+    for (size_t i = 0; i < k; i++) {
+        const int32_t *l = lv + i * c;
+        for (size_t g = 0; g < m; g++) {
+            int64_t p = pred ? pred[g * k + i] : -1;
+            const int32_t *pl = p >= 0 ? lv + (size_t)p * c : NULL;
+            uint32_t *cg = cnt + g * c * PH_BINS;
+            uint32_t *bg = big + g * k * c;
+#if defined(__x86_64__) && defined(__GNUC__)
+            if (avx2) {
+                if (avx512)
+                    ph_row_avx512(l, pl, c, acc + g * c, cg, bg, nb + g, bc);
+                else
+                    ph_row_avx2(l, pl, c, acc + g * c, cg, bg, nb + g, bc);
+                if (i % 15 == 14 || i + 1 == k)
+                    ph_nibbles_avx2(acc + g * c, ev + g * c, od + g * c, c);
+                if (i % 255 == 254 || i + 1 == k)
+                    ph_bytes_avx2(ev + g * c, od + g * c, c, cg);
+                continue;
+            }
+#endif
+            ph_ones(cg, bg, nb + g, bc, l, pl, 0, c);
+        }
+    }
+    for (size_t g = 0; g < m; g++)
+        num_big[g] = nb[g];
+    free(acc);
+    return TKB_ENC_OK;
+}
+
 /* costs [t] of one channel's nonzero counts hv[0..m) at symbols nz[0..m): cost[j] =
  * sum_q hv[q] lt[nz[q]][j], each a sequential sum in symbol order (the zero counts, which
  * would add +-0, are skipped: the same sums); the AVX2 path gives the same bits (a
@@ -738,21 +958,26 @@ static void channel_costs_c(const double *hv, const uint32_t *nz, size_t m, cons
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
+/* sixteen columns at a time in four independent sums (each still sequential over q) */
 __attribute__((target("avx2")))
 static void channel_costs_avx2(const double *hv, const uint32_t *nz, size_t m,
                                const double *lt, size_t t, double *cost)
 {
     size_t j = 0;
-    for (; j + 8 <= t; j += 8) {
-        __m256d c0 = _mm256_setzero_pd(), c1 = c0;
+    for (; j + 16 <= t; j += 16) {
+        __m256d c0 = _mm256_setzero_pd(), c1 = c0, c2 = c0, c3 = c0;
         for (size_t q = 0; q < m; q++) {
             const double *l = lt + (size_t)nz[q] * t + j;
             __m256d h = _mm256_set1_pd(hv[q]);
             c0 = _mm256_add_pd(c0, _mm256_mul_pd(h, _mm256_loadu_pd(l)));
             c1 = _mm256_add_pd(c1, _mm256_mul_pd(h, _mm256_loadu_pd(l + 4)));
+            c2 = _mm256_add_pd(c2, _mm256_mul_pd(h, _mm256_loadu_pd(l + 8)));
+            c3 = _mm256_add_pd(c3, _mm256_mul_pd(h, _mm256_loadu_pd(l + 12)));
         }
         _mm256_storeu_pd(cost + j, c0);
         _mm256_storeu_pd(cost + j + 4, c1);
+        _mm256_storeu_pd(cost + j + 8, c2);
+        _mm256_storeu_pd(cost + j + 12, c3);
     }
     for (; j + 4 <= t; j += 4) {
         __m256d c0 = _mm256_setzero_pd();
@@ -768,6 +993,7 @@ static void channel_costs_avx2(const double *hv, const uint32_t *nz, size_t m,
         cost[j] = c;
     }
 }
+
 #endif
 
 tkb_enc_costs_fn tkb_enc_channel_costs(void)

@@ -169,24 +169,28 @@ __attribute__((target("avx2")))
 static size_t residual_symbols_row_avx2(const int32_t *l, const int32_t *pl, size_t c,
                                         const uint32_t *esc, uint32_t *sy, uint64_t *escapes)
 {
-    const __m256i zero = _mm256_setzero_si256();
-    const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    /* eight channels at a time in 32 bits: the difference (a block where it overflows
+     * int32 goes to the plain code), its zigzag index u (exact in uint32 then), stored
+     * when every u < esc (unsigned: u <= esc and u != esc), else the plain code (it
+     * escapes them in channel order) */
     size_t ne = 0, j = 0;
-    for (; j + 4 <= c; j += 4) {
-        __m256i r = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(l + j)));
-        if (pl)
-            r = _mm256_sub_epi64(r, _mm256_cvtepi32_epi64(
-                                        _mm_loadu_si128((const __m128i *)(pl + j))));
-        __m256i u = _mm256_xor_si256(_mm256_slli_epi64(r, 1), _mm256_cmpgt_epi64(zero, r));
-        __m256i e = _mm256_cvtepu32_epi64(_mm_loadu_si128((const __m128i *)(esc + j)));
-        __m256i ok = _mm256_andnot_si256(_mm256_cmpgt_epi64(zero, u),
-                                         _mm256_cmpgt_epi64(e, u));    /* 0 <= u < esc */
-        if (_mm256_movemask_pd(_mm256_castsi256_pd(ok)) != 0xF) {
-            ne += residual_symbols_row_c(l, pl, j, j + 4, esc, sy, escapes + ne);
+    for (; j + 8 <= c; j += 8) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(l + j));
+        __m256i b = pl ? _mm256_loadu_si256((const __m256i *)(pl + j)) : _mm256_setzero_si256();
+        __m256i r = _mm256_sub_epi32(a, b);
+        __m256i ovf = _mm256_and_si256(_mm256_xor_si256(a, b), _mm256_xor_si256(a, r));
+        __m256i u = _mm256_xor_si256(_mm256_slli_epi32(r, 1), _mm256_srai_epi32(r, 31));
+        __m256i e = _mm256_loadu_si256((const __m256i *)(esc + j));
+        __m256i bad = _mm256_or_si256(
+            _mm256_srai_epi32(ovf, 31),
+            _mm256_or_si256(_mm256_cmpeq_epi32(u, e),
+                            _mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_max_epu32(u, e), e),
+                                             _mm256_set1_epi32(-1))));
+        if (!_mm256_testz_si256(bad, bad)) {
+            ne += residual_symbols_row_c(l, pl, j, j + 8, esc, sy, escapes + ne);
             continue;
         }
-        _mm_storeu_si128((__m128i *)(sy + j),
-                         _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(u, pick)));
+        _mm256_storeu_si256((__m256i *)(sy + j), u);
     }
     return ne + residual_symbols_row_c(l, pl, j, c, esc, sy, escapes + ne);
 }
@@ -332,6 +336,8 @@ int tkb_enc_split(const void *src, int width, size_t n, size_t d, const uint32_t
 const char *tkb_enc_simd_name(void)
 {
     /* AVX2 paths: the forward transform (enc_transform.c, with FMA, exact), the fit's
-     * trial cosine and table costs (enc_fit.c); quantization and rANS are plain C */
-    return tkb_cpu_avx2() ? "avx2" : "scalar";
+     * kernels (enc_fit.c, enc_tables.c), quantization, residual symbols and rANS; on top
+     * of them, where the CPU has AVX-512 (tkb_cpu_avx512): the rANS coder (enc_rans.c),
+     * the predictors' counts and the Lloyd costs */
+    return tkb_cpu_avx512() ? "avx512" : tkb_cpu_avx2() ? "avx2" : "scalar";
 }
