@@ -247,6 +247,8 @@ def limb_gemm(limbs, nl, dt: DeviceTransform, out, out_row, variant=None):
     bm, bn, bk = v.pop("BM"), v.pop("BN"), v.pop("BK")
     if LIMB_ROWS % bm:
         raise ValueError(f"BM {bm} does not divide LIMB_ROWS {LIMB_ROWS}")
+    if dt.kp % bk:      # the K loop reads whole BK blocks of the padded rows, unmasked
+        raise ValueError(f"BK {bk} does not divide the padded coefficient count {dt.kp}")
     bn = min(bn, max(16, triton.next_power_of_2(dt.d)))
     grid = (triton.cdiv(r, bm) * triton.cdiv(dt.d, bn),)
     _inverse_kernel[grid](limbs, nl, dt.basis, dt.mean, out, out_row, r, dt.kp, dt.d,

@@ -79,6 +79,25 @@ def test_inverse_kernel_matches_reference(case, out_dtype):
         assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8)), variant
 
 
+def test_inverse_kernel_refuses_a_block_beyond_the_padded_coefficients():
+    """BK must divide KP (K padded to a multiple of 64): the K loop of the limb GEMM reads
+    whole blocks unmasked, so BK 128 on K 575 (KP 576) read the next row's limbs (found on
+    an H100 by bench_gpu --transform: exact False).  Refused, not computed wrongly."""
+    rng = np.random.default_rng(8)
+    t = tr.make_transform(np.zeros(80, np.int64), rng.integers(-100, 101, (70, 80)), 12, 7)
+    dt = tk.DeviceTransform(t, DEV)
+    assert dt.kp == 128 and tk.TRANSFORM_VARIANT["BK"] == 64
+    lev = rng.integers(-20, 21, (5, 70))
+    base, delta = rng.integers(120, 140, 70), np.zeros(5, np.int64)
+    want, bad = _reference(lev, base[None, :] + delta[:, None], t, 0)
+    got, _ = _run(lev, base, delta, t, 0, variant=dict(BM=16, BN=16, BK=128))   # 128 | 128
+    assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8))
+    t2 = tr.make_transform(np.zeros(48, np.int64), rng.integers(-100, 101, (40, 48)), 12, 7)
+    assert tk.DeviceTransform(t2, DEV).kp == 64
+    with pytest.raises(ValueError, match="BK 128 does not divide"):
+        _run(lev[:, :40], base[:40], delta, t2, 0, variant=dict(BM=16, BN=16, BK=128))
+
+
 def test_inverse_kernel_limb_counts_per_block():
     """Blocks of LIMB_ROWS rows needing one, two and four Y limbs (and a bad row) in one
     batch: each block skips only products that are zero, so the values stay exact."""
