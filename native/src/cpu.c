@@ -27,11 +27,9 @@ int tkb_cpu_avx2(void)
 #endif
 }
 
-int tkb_cpu_avx512(void)
+/* the CPU and the OS: AVX-512 F, DQ, CD, BW, VL with the ZMM state saved (and AVX2) */
+static int probe_avx512(void)
 {
-    const char *env = getenv("TKB_NATIVE_SIMD");   /* "scalar", "avx2": not AVX-512 */
-    if (env && (!strcmp(env, "scalar") || !strcmp(env, "avx2")))
-        return 0;
 #if defined(__x86_64__) && defined(__GNUC__)
     if (!tkb_cpu_avx2())
         return 0;
@@ -55,4 +53,18 @@ int tkb_cpu_avx512(void)
 #else
     return 0;
 #endif
+}
+
+int tkb_cpu_avx512(void)
+{
+    const char *env = getenv("TKB_NATIVE_SIMD");   /* "scalar", "avx2": not AVX-512 */
+    if (env && (!strcmp(env, "scalar") || !strcmp(env, "avx2")))
+        return 0;
+    static int hw = -1;                 /* probed once (cpuid can be slow in a VM) */
+    int h = __atomic_load_n(&hw, __ATOMIC_RELAXED);
+    if (h < 0) {
+        h = probe_avx512();
+        __atomic_store_n(&hw, h, __ATOMIC_RELAXED);
+    }
+    return h;
 }

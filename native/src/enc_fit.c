@@ -876,17 +876,11 @@ static void ph_row_avx512(const int32_t *l, const int32_t *pl, size_t c, uint64_
     ph_ones(cnt, big, nb, big_cap, l, pl, j, c);
 }
 
-/* the AVX-512 rows: tkb_cpu_avx512 (probed once) and the AVX2 path, unless
- * $TKB_NATIVE_SIMD says avx2 or scalar (read on every call) */
+/* the AVX-512 rows: the AVX2 paths and tkb_cpu_avx512 ($TKB_NATIVE_SIMD read on every
+ * call: "avx2" or "scalar" turn them off) */
 static int ph_use_avx512(void)
 {
-    const char *env = getenv("TKB_NATIVE_SIMD");
-    if (env && (!strcmp(env, "avx2") || !strcmp(env, "scalar")))
-        return 0;
-    static int hw = -1;
-    if (hw < 0)
-        hw = tkb_cpu_avx512();
-    return hw && tkb_enc_use_avx2();
+    return tkb_enc_use_avx2() && tkb_cpu_avx512();
 }
 #endif
 

@@ -389,16 +389,7 @@ static int enc_rans_simd(void)
 {
     if (!tkb_enc_use_avx2())                         /* "scalar", or no AVX2 */
         return 0;
-    const char *env = getenv("TKB_NATIVE_SIMD");
-    if (env && !strcmp(env, "avx2"))
-        return 1;
-    static int hw512 = -1;                           /* tkb_cpu_avx512 without the env */
-    int h = __atomic_load_n(&hw512, __ATOMIC_RELAXED);
-    if (h < 0) {
-        h = tkb_cpu_avx512();                        /* env neither "scalar" nor "avx2" */
-        __atomic_store_n(&hw512, h, __ATOMIC_RELAXED);
-    }
-    return h ? 2 : 1;
+    return tkb_cpu_avx512() ? 2 : 1;                 /* "avx2": not AVX-512 */
 }
 #endif
 

@@ -59,18 +59,6 @@ static void best_two_c(const double *c, size_t t, size_t *bi, double *best, doub
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-
-/* tkb_cpu_avx512 probed once; $TKB_NATIVE_SIMD (scalar, avx2) read on every call */
-static int tkb_cpu_avx512_cached(void)
-{
-    static int hw = -1;
-    const char *env = getenv("TKB_NATIVE_SIMD");
-    if (env && (!strcmp(env, "scalar") || !strcmp(env, "avx2")))
-        return 0;
-    if (hw < 0)
-        hw = tkb_cpu_avx512();
-    return hw;
-}
 #endif
 
 /* Each channel's nonzero counts (as binary64) and their symbols, and its total. */
@@ -303,7 +291,7 @@ static int compact_build(const int64_t *hist, size_t d, size_t a, compact_hist *
         return -1;                               /* the groups' sums stay below 2^62 */
 #if defined(__x86_64__) && defined(__GNUC__)
     if (tkb_enc_use_avx2() && d > 0 && d < ((size_t)1 << 32))
-        return group_channels(cp, d, tkb_cpu_avx512_cached() ? 8 : 4);
+        return group_channels(cp, d, tkb_cpu_avx512() ? 8 : 4);
 #endif
     return 0;
 }

@@ -229,8 +229,8 @@ static inline uint32_t tkb_packed_get(const uint8_t *p, uint64_t j, unsigned n) 
 
 /* ---- cpu.c: run-time choice of the fast path ------------------------------------- */
 int tkb_cpu_avx2(void);      /* AVX2 + F16C + BMI2 available */
-/* AVX-512 F, BW, VL, DQ, CD with the OS saving the ZMM state (and tkb_cpu_avx2); 0 when
- * $TKB_NATIVE_SIMD is "scalar" or "avx2" (read on every call) */
+/* AVX-512 F, BW, VL, DQ, CD with the OS saving the ZMM state (and tkb_cpu_avx2), the CPU
+ * probed once; 0 when $TKB_NATIVE_SIMD is "scalar" or "avx2" (read on every call) */
 int tkb_cpu_avx512(void);
 /* enc_rans.c: the coder tkb_enc_rans would use now (num_lanes a multiple of 8): "avx512",
  * "avx2" or "scalar" (tests/test_native_rans_simd.py; not in tkb_enc.h) */
