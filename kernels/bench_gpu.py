@@ -561,6 +561,7 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
     from tokenbits import decoder, encoder, transform_fit
     from tokenbits.baselines import mean_token_cosine
     from . import codec
+    from .transform import TRANSFORM_VARIANT
     bench_ms = _timer(device)
     base = np.load(data)
     x = base.astype(np.float32)
@@ -593,8 +594,9 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
             except Exception as e:      # a launch shape this GPU cannot compile
                 log(f"  variant {v}: {type(e).__name__}: {str(e)[:120]}")
                 continue
-            if v is not None:
-                log(f"  variant {v}: {t_ms:.3f} ms, {nbytes / t_ms / 1e6:.1f} GB/s, exact {ok}")
+            if name == "transform" and device == "cuda":
+                log(f"  variant {v or 'default ' + str(TRANSFORM_VARIANT)}: {t_ms:.3f} ms, "
+                    f"{nbytes / t_ms / 1e6:.1f} GB/s, exact {ok}")
             if ok and (best is None or t_ms < best[0]):
                 best = (t_ms, v)
         ms, variant = best

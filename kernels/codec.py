@@ -9,8 +9,9 @@ frame's unit (non-strict) exactly as the reference would: same error class,
 same unit, errors in stream order.
 
 Encoding: the parameter set is fitted by the reference encoder on the host
-(Annex B: rate control, tables); the frames are then coded on the GPU in
-batches: pruning scores, token norms, quantization with the presence-map
+(Annex B: rate control, tables), its pruning selection made on the GPU
+(:class:`GpuFitKernels`); the frames are then coded on the GPU in
+batches: token norms, quantization with the presence-map
 gather, residuals and symbols, rANS encode (words in stream order).  The host writes
 the frame headers.
 """
@@ -23,6 +24,7 @@ from tokenbits import pruning, reconstruction, tables
 from tokenbits.decoder import Decoder, Frame, parse_frame
 from tokenbits.decoder import decode as ref_decode
 from tokenbits.encoder import SYMBOL_NOT_IN_TABLE, TrackEncoder, select_kept
+from tokenbits.fit_kernels import FitKernels
 from tokenbits.quantization import INV_STEP
 from tokenbits.errors import TKBEncodeError, TKBEntropyError, TKBError, TKBValueError
 
@@ -453,6 +455,28 @@ def kept_positions(te: TrackEncoder, x: torch.Tensor, frames) -> list:
     return out
 
 
+class GpuFitKernels(FitKernels):
+    """The reference fit's steps (numpy), but the pruning selection of every frame
+    (Annex B.2) made on the GPU by :func:`kept_positions`, in batches: the same
+    positions as the reference's, so the fitted parameter set is the same.  The frame
+    coder then reuses them (``encode_frames(..., positions=te.positions)``)."""
+
+    name = "gpu"
+
+    def __init__(self, device):
+        self.device = device
+
+    def positions(self, te: TrackEncoder, arrs: list) -> list:
+        o = te.opts
+        if o.keep_coverage is None and (o.keep is None or o.keep >= 1) or te.ids:
+            return super().positions(te, arrs)
+        out = []
+        for a, b in _batches([f.size for f in arrs], BATCH_SYMBOLS):
+            batch = arrs[a:b]
+            out += kept_positions(te, _input_tensor(batch, te, self.device), batch)
+        return out
+
+
 def _merge_maps(te: TrackEncoder, x: torch.Tensor, pos, n, base) -> list:
     """Each frame's merge map (clause 7.8), or None: with the option ``merge_map``, on a
     frame that keeps some tokens and prunes others, the stand-ins chosen on the GPU
@@ -483,11 +507,13 @@ def _split_symbols(te: TrackEncoder, x: torch.Tensor, src: torch.Tensor, pred: t
     return u >> rb, u & ((1 << rb) - 1)
 
 
-def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> list:
+def encode_frames(te: TrackEncoder, frames: list, device=None, source=None,
+                  positions: list | None = None) -> list:
     """Frame unit payloads of ``frames`` against the fitted parameter set of ``te``,
     computed on the GPU; byte-identical to ``te.encode_frame``.  ``source``: the same
     frames as a torch tensor; when it lies on ``device`` the kernels read it there
-    instead of uploading ``frames`` again."""
+    instead of uploading ``frames`` again.  ``positions``: the frames' kept positions
+    when the fit selected them already (``te.positions``); else selected here."""
     device = device or default_device()
     frames = [te.check_frame(a) for a in frames]
     rows = _device_rows(source, te, device)
@@ -511,7 +537,8 @@ def encode_frames(te: TrackEncoder, frames: list, device=None, source=None) -> l
     for a, b in _batches([f.size for f in frames], BATCH_SYMBOLS):
         batch = frames[a:b]
         x = _input_tensor(batch, te, device, rows, int(row_start[a]))
-        pos = kept_positions(te, x, batch)
+        pos = kept_positions(te, x, batch) if positions is None else \
+            [np.asarray(p, dtype=np.uint32) for p in positions[a:b]]
         n = np.array([f.shape[0] for f in batch], dtype=np.int64)
         kept = np.array([p.size for p in pos], dtype=np.int64)
         base, row0 = np.cumsum(n) - n, np.cumsum(kept) - kept

@@ -78,9 +78,10 @@ def encode_tracks(tracks, backend=None, device=None, **kwargs) -> bytes:
     dev = device or codec.default_device()
     sources = iter([arr for arr, _ in tracks])    # frame_coder is called track by track
 
-    def frame_coder(te, frames):
-        return codec.encode_frames(te, frames, dev, source=next(sources))
-    return ref(tracks, frame_coder=frame_coder, **kwargs)
+    def frame_coder(te, frames):      # the kept positions that the fit selected on the GPU
+        return codec.encode_frames(te, frames, dev, source=next(sources),
+                                   positions=te.positions)
+    return ref(tracks, frame_coder=frame_coder, kernels=codec.GpuFitKernels(dev), **kwargs)
 
 
 def decode(data, strict: bool = True, progress=None, backend=None, device=None,

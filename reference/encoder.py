@@ -172,7 +172,10 @@ class TrackEncoder:
     """Builds a track parameter set from sample frames, then encodes frames against it."""
 
     def __init__(self, frames, opts: TrackOptions, level: levels.Level, pseudo: bool = False,
-                 kernels: FitKernels | None = None):
+                 kernels: FitKernels | None = None, positions: list | None = None):
+        """``positions``: the frames' kept positions when they are known already (a trial
+        of the bpv search: the selection does not depend on the step sizes); else the
+        selection of Annex B.2 (``kernels.positions``)."""
         self.opts = opts
         self.kernels = kernels or NUMPY_KERNELS   # the fit's numeric steps (FitKernels)
         self.level = level
@@ -194,7 +197,8 @@ class TrackEncoder:
                                  f"the tokens {self.d}")
         self.dc = self.d if self.transform is None else self.transform.num_coeffs
         self.tps = self._base_tps(arrs)
-        self.positions = [self._positions(a) for a in arrs]
+        self.positions = positions if positions is not None else \
+            self.kernels.positions(self, arrs)
         if self.ids and opts.merge_tokens:
             raise TKBEncodeError("merge_tokens applies to embedding tracks")
         arrs = [self.merged(a, p) for a, p in zip(arrs, self.positions)]
@@ -584,7 +588,7 @@ class TrackEncoder:
     def _trial_bpv(self, qp: int) -> float:
         trial = TrackEncoder(self._frames, TrackOptions(**{**self.opts.__dict__, "qp": qp,
                                                            "bpv": None}), self.level,
-                             kernels=self.kernels)
+                             kernels=self.kernels, positions=self.positions)
         # stream header, parameter set unit, frame units, index unit (12 bytes per entry)
         size = 16 + len(trial.tps_payload) + 12 + 16 + sum(
             len(trial.encode_frame(f, i, p)) + 12 + 12

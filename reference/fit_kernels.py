@@ -1,4 +1,4 @@
-"""The numeric steps of a track's fit (informative, Annex B.1, B.3) behind one interface,
+"""The numeric steps of a track's fit (informative, Annex B.1 to B.3) behind one interface,
 :class:`FitKernels`: numpy here; libtkb's C (``tokenbits.native.encoder``) returns the same
 values through the same methods."""
 from __future__ import annotations
@@ -23,6 +23,12 @@ class FitKernels:
         """The CRC-32C (clause 3.4) of a unit that :func:`encoder.encode_tracks` writes
         (clause 6.2, ``stream_layout.unit``): numpy's (``crc32c.crc32c``) here."""
         return crc32c(data)
+
+    def positions(self, te, arrs: list) -> list:
+        """The kept positions of each frame of ``arrs`` (Annex B.2, ``te.opts``' pruning):
+        the reference selection, frame by frame, here; a backend may select on its own
+        hardware (the GPU: ``tokenbits.kernels.codec.GpuFitKernels``) the same tokens."""
+        return [te._positions(a) for a in arrs]
 
     def kept_values(self, a: np.ndarray, src: str, pos: np.ndarray) -> np.ndarray:
         """The kept rows ``pos`` of frame ``a`` [N, D] as float32 (source dtype ``src``)."""

@@ -249,6 +249,51 @@ def test_gpu_path_selects_like_the_reference():
             tb.encode(x, backend="reference", **o)
 
 
+def test_gpu_fit_selects_on_the_device_like_the_reference(monkeypatch):
+    """The GPU backend's fit selects every frame's tokens with the kernels (not the
+    reference's numpy selection) and the frame coder reuses those positions."""
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    from tokenbits.kernels import codec
+    x = X.astype(np.float16)
+    calls = []
+    real = codec.kept_positions
+
+    def counted(te, t, frames):
+        calls.append(len(frames))
+        return real(te, t, frames)
+    monkeypatch.setattr(codec, "kept_positions", counted)
+    monkeypatch.setattr(tb.encoder.TrackEncoder, "_positions",
+                        lambda *a: pytest.fail("the GPU fit selected on the host"))
+    o = dict(grid=(6, 6), prefix_tokens=1, qp=-6, lane_steps=16, keep=0.25, merge_map=True)
+    gpu = tb.encode(x, backend="gpu", device="cpu", **o)
+    monkeypatch.undo()
+    assert gpu == tb.encode(x, backend="reference", **o)
+    assert calls == [len(x)]          # one batch, selected once: in the fit
+
+
+def test_bpv_trials_reuse_the_selection(monkeypatch):
+    """The bpv search's trial fits take the track's kept positions instead of selecting
+    again (the selection does not depend on the step sizes): same bytes, one selection
+    per frame."""
+    x = X.astype(np.float16)
+    o = dict(grid=(6, 6), prefix_tokens=1, bpv=6.0, lane_steps=16, keep=0.25)
+    calls = []
+    real = tb.encoder.TrackEncoder._positions
+
+    def counted(self, a):
+        calls.append(1)
+        return real(self, a)
+    monkeypatch.setattr(tb.encoder.TrackEncoder, "_positions", counted)
+    data = tb.encode(x, backend="reference", **o)
+    assert len(calls) == len(x)
+    monkeypatch.undo()
+    s = tb.decode(data)
+    assert [f.positions.tolist() for f in s.frames] == \
+        [tb.pruning.prune(f.astype(np.float32), 0.25, 1, "balanced", (6, 6)).tolist()
+         for f in x]
+
+
 # -- CLI -----------------------------------------------------------------------------
 
 def _run(capsys, *argv):
