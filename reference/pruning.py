@@ -151,10 +151,13 @@ def _greedy_coverage(s, start, k, stop=None, seed=(), balance=False):
         herd_sum += ss[j]
         free[j] = False
         chosen.append(int(j))
+    # gain_j = sum_i max(ss[i, j] - best_i, 0), kept up to date as best rises: only the
+    # rows i whose best changed are subtracted and added again (exact integers, the same
+    # values as recomputing the whole sum each step)
+    gain = np.maximum(ss - best[:, None], 0).sum(axis=0)
     while len(chosen) < k and free.any():
         if stop is not None and (chosen or start) and int(best.sum()) >= stop:
             break
-        gain = np.maximum(ss - best[:, None], 0).sum(axis=0)
         if balance:
             t1 = len(chosen) + 1
             herd = t1 * col - m * herd_sum
@@ -162,12 +165,16 @@ def _greedy_coverage(s, start, k, stop=None, seed=(), balance=False):
                 / float(BALANCE_DEN * m * t1)
             score[~free] = -np.inf
         else:
-            score = gain
-            score[~free] = -1
+            score = np.where(free, gain, -1)
         j = int(np.argmax(score))
         chosen.append(j)
         free[j] = False
-        best = np.maximum(best, ss[:, j])
+        up = np.flatnonzero(ss[:, j] > best)
+        if up.size:
+            rows = ss[up]
+            gain -= np.maximum(rows - best[up, None], 0).sum(axis=0)
+            best[up] = ss[up, j]
+            gain += np.maximum(rows - best[up, None], 0).sum(axis=0)
         herd_sum += ss[j]
     return chosen
 
