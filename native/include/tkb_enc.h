@@ -141,22 +141,16 @@ int tkb_enc_residuals(const int64_t *lv, size_t k, size_t c, const int64_t *pred
  * channel (value i of channel i mod c) [c][cap + 1]. */
 int tkb_enc_histogram(const int64_t *u, size_t n, size_t c, int64_t cap, int64_t *hist);
 
-/* Counts (added into hist [m][cap + 1]) of min(u, cap) for the zigzag indices u (7.4.1) of
- * the clause 7.5 residuals of levels lv [k][c] against row pred[g][row] (-1: none), for
- * each of m (1..4) predictors g (the predictor choice of Annex B.4) in one pass over the
- * levels: the histograms of tkb_enc_residuals' output without writing it. */
-int tkb_enc_residual_counts(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
-                            size_t m, int64_t cap, int64_t *hist);
-
 /* Per-channel histograms (added into hist [c][cap + 1]) of min(u, cap) for the zigzag
- * indices u of the residuals of lv as tkb_enc_residual_counts takes them. */
+ * indices u (7.4.1) of the clause 7.5 residuals of levels lv [k][c] against row pred[row]
+ * (-1: none): the histograms of tkb_enc_residuals' output without writing it. */
 int tkb_enc_residual_histograms(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
                                 int64_t cap, int64_t *hist);
 
 /* The predictor choice's counts (Annex B.4) and the chosen predictor's per-channel
  * histograms (B.3) in one pass: for each of m (1..4) predictors g (rows pred[g][0..k),
  * -1: none), cnt [g][c][64] (written) counts min(u, 63) per channel for the zigzag
- * indices u of the residuals of lv (as tkb_enc_residual_counts takes them); the values
+ * indices u of the residuals of lv against row pred[g][row]; the values
  * u >= 63 are also listed, min(u, big_cap), into big [g][k * c] (their number in
  * num_big[g]), so that the exact counts of u are the bins 0..62 summed over the channels
  * and the list.  big_cap in 63 .. 2^32 - 1, k < 2^31. */

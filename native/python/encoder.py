@@ -80,7 +80,6 @@ def _lib():
         "tkb_enc_trial_certificate": (C.c_int, [vp, vp, sz, sz, vp, vp, C.c_int,
                                                 P(C.c_double), P(C.c_int64)]),
         "tkb_enc_histogram": (C.c_int, [vp, sz, sz, C.c_int64, vp]),
-        "tkb_enc_residual_counts": (C.c_int, [vp, sz, sz, vp, sz, C.c_int64, vp]),
         "tkb_enc_residual_histograms": (C.c_int, [vp, sz, sz, vp, C.c_int64, vp]),
         "tkb_enc_predictor_histograms": (C.c_int, [vp, sz, sz, vp, sz, C.c_int64, vp, vp,
                                                    vp]),
@@ -474,24 +473,6 @@ class _NativeFitKernels:
         l32 = [levels32(lv) for lv in lvls]
         return None if any(lv is None for lv in l32) else l32
 
-    def _counts(self, lvls, positions, tps, predictors):
-        """residual_counts under each of the predictors, in one C pass over each frame's
-        levels (tkb_enc_residual_counts), or None (numpy's path)."""
-        from tokenbits import prediction
-        m = len(predictors)
-        l32 = self._levels32(lvls)
-        if l32 is None or not 1 <= m <= 4:
-            return None
-        h = np.zeros((m, SYMBOL_CAP + 1), dtype=np.int64)
-        for lv, pos in zip(l32, positions):
-            pred = np.ascontiguousarray(np.stack([
-                prediction.predictor_rows(pos, {**tps, "predictor": p}) for p in predictors]),
-                dtype=np.int64)
-            _check(_lib().tkb_enc_residual_counts(_p(lv), lv.shape[0], lv.shape[1], _p(pred),
-                                                  m, SYMBOL_CAP, _p(h)), "residual_counts")
-        self._n("residual_counts")
-        return [_bincount_length(row) for row in h]
-
     def _predictor_histograms(self, lvls, positions, tps, predictors):
         """The counts of residual_counts under each predictor and, kept for
         residual_histograms, each predictor's per-channel counts of min(u, PH_BINS - 1)
@@ -537,13 +518,11 @@ class _NativeFitKernels:
         return counts
 
     def residual_counts(self, lvls, positions, tps):
-        counts = self._counts(lvls, positions, tps, [tps["predictor"]])
+        counts = self._predictor_histograms(lvls, positions, tps, [tps["predictor"]])
         return super().residual_counts(lvls, positions, tps) if counts is None else counts[0]
 
     def predictor_counts(self, lvls, positions, tps, predictors):
         counts = self._predictor_histograms(lvls, positions, tps, list(predictors))
-        if counts is None:
-            counts = self._counts(lvls, positions, tps, list(predictors))
         return (super().predictor_counts(lvls, positions, tps, predictors) if counts is None
                 else counts)
 

@@ -529,10 +529,6 @@ int tkb_enc_histogram(const int64_t *u, size_t n, size_t c, int64_t cap, int64_t
     return TKB_ENC_OK;
 }
 
-/* a histogram's counts of small values in four interleaved copies (consecutive equal
- * values, the common case, do not wait on each other's increments) */
-#define SMALL_BINS 1024
-
 #if defined(__x86_64__) && defined(__GNUC__)
 /* eight residuals' zigzag indices min(zigzag(l - pl), cap) (pl NULL: none) in uint32;
  * *ovf: a difference overflows int32 (then the caller takes the plain code); *big: the
@@ -553,34 +549,17 @@ static inline __m256i residual_u8(const int32_t *l, const int32_t *pl, __m256i c
     return u;
 }
 
-/* a zigzag index v of channel h: per channel (a > 0) into hist [c][a], else into the
- * small counts (v < SMALL_BINS) or hist */
-static inline void count_one(uint64_t *small, int64_t *hist, size_t a, size_t h, uint64_t v)
-{
-    if (a)
-        hist[h * a + v]++;
-    else if (v < SMALL_BINS)
-        small[v]++;
-    else
-        hist[v]++;
-}
-
-/* One row of residual counts (a == 0: one histogram, small / hist as the plain code of
- * tkb_enc_residual_counts keeps it) or of per-channel histograms (a = cap + 1: hist
- * [c][a], tkb_enc_residual_histograms) for one predictor (pl NULL: none), eight channels
- * at a time: the int32 difference (a block where it overflows goes one by one), its
- * zigzag index (exact in uint32 then), min(u, cap32); the values 0..3 (nine in ten on
- * real tokens) counted by compares, in four vector counters (a == 0; added into small at
- * the end) or per channel into acc [4][c] (uint32; the caller adds them into hist), the
- * others one by one.  The counts are the plain code's. */
+/* One row of per-channel histograms (hist [c][a], a = cap + 1; tkb_enc_residual_histograms)
+ * for one predictor (pl NULL: none), eight channels at a time: the int32 difference (a
+ * block where it overflows goes one by one), its zigzag index (exact in uint32 then),
+ * min(u, cap32); the values 0..3 (nine in ten on real tokens) counted by compares per
+ * channel into acc [4][c] (uint32; the caller adds them into hist), the others one by
+ * one.  The counts are the plain code's. */
 __attribute__((target("avx2")))
 static void residual_row_avx2(const int32_t *l, const int32_t *pl, size_t c, uint32_t cap32,
-                              size_t a, uint32_t *acc, uint64_t *small, int64_t *hist)
+                              size_t a, uint32_t *acc, int64_t *hist)
 {
     const __m256i capv = _mm256_set1_epi32((int)cap32);
-    __m256i n[4];
-    for (int v = 0; v < 4; v++)
-        n[v] = _mm256_setzero_si256();
     size_t j = 0;
     for (; j + 8 <= c; j += 8) {
         int ovf, big;
@@ -588,96 +567,30 @@ static void residual_row_avx2(const int32_t *l, const int32_t *pl, size_t c, uin
         if (ovf) {                                             /* int32 overflow */
             for (size_t h = j; h < j + 8; h++) {
                 uint64_t v = zigzag_diff(l[h], pl ? pl[h] : 0);
-                count_one(small, hist, a, h, v < cap32 ? v : cap32);
+                hist[h * a + (v < cap32 ? v : cap32)]++;
             }
             continue;
         }
         for (int v = 0; v < 4; v++) {
             __m256i eq = _mm256_cmpeq_epi32(u, _mm256_set1_epi32(v));
-            if (a) {
-                __m256i *o = (__m256i *)(acc + (size_t)v * c + j);
-                _mm256_storeu_si256(o, _mm256_sub_epi32(_mm256_loadu_si256(o), eq));
-            } else {
-                n[v] = _mm256_sub_epi32(n[v], eq);
-            }
+            __m256i *o = (__m256i *)(acc + (size_t)v * c + j);
+            _mm256_storeu_si256(o, _mm256_sub_epi32(_mm256_loadu_si256(o), eq));
         }
         if (big) {
             uint32_t uv[8];
             _mm256_storeu_si256((__m256i *)uv, u);
             for (; big; big &= big - 1) {
                 int h = __builtin_ctz((unsigned)big);
-                count_one(small, hist, a, j + (size_t)h, uv[h]);
+                hist[(j + (size_t)h) * a + uv[h]]++;
             }
         }
     }
     for (; j < c; j++) {
         uint64_t v = zigzag_diff(l[j], pl ? pl[j] : 0);
-        count_one(small, hist, a, j, v < cap32 ? v : cap32);
-    }
-    for (int v = 0; v < 4 && !a; v++) {
-        uint32_t t[8];
-        _mm256_storeu_si256((__m256i *)t, n[v]);
-        for (int h = 0; h < 8; h++)
-            small[v] += t[h];
+        hist[j * a + (v < cap32 ? v : cap32)]++;
     }
 }
 #endif
-
-int tkb_enc_residual_counts(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
-                            size_t m, int64_t cap, int64_t *hist)
-{
-    if (cap < 0 || m < 1 || m > 4)
-        return TKB_ENC_USAGE;
-    for (size_t i = 0; i < m * k; i++)
-        if (pred && pred[i] >= (int64_t)k)
-            return TKB_ENC_USAGE;
-    /* [m][4][SMALL_BINS]: the four copies of each predictor's small counts */
-    uint64_t *small = calloc(4 * m * SMALL_BINS, sizeof(uint64_t));
-    if (!small)
-        return TKB_ENC_USAGE;
-    const uint64_t ucap = (uint64_t)cap;
-    const size_t a = (size_t)cap + 1;
-#if defined(__x86_64__) && defined(__GNUC__)
-    /* the AVX2 rows (counters of a row within 2^31; the small values into copy 0) */
-    const int avx2 = tkb_enc_use_avx2() && c < ((size_t)1 << 30) && ucap >= 3 &&
-                     ucap <= 0xFFFFFFFFu;
-#endif
-    for (size_t i = 0; i < k; i++) {
-        const int32_t *pl[4] = {NULL, NULL, NULL, NULL};
-        for (size_t g = 0; g < m; g++) {
-            int64_t p = pred ? pred[g * k + i] : -1;
-            pl[g] = p >= 0 ? lv + (size_t)p * c : NULL;
-        }
-        const int32_t *l = lv + i * c;
-#if defined(__x86_64__) && defined(__GNUC__)
-        if (avx2) {
-            for (size_t g = 0; g < m; g++)
-                residual_row_avx2(l, pl[g], c, (uint32_t)ucap, 0, NULL,
-                                  small + g * 4 * SMALL_BINS, hist + g * a);
-            continue;
-        }
-#endif
-        for (size_t j = 0; j < c; j++) {          /* the row read once for every predictor */
-            for (size_t g = 0; g < m; g++) {
-                uint64_t u = zigzag_diff(l[j], pl[g] ? pl[g][j] : 0);
-                u = u < ucap ? u : ucap;
-                if (u < SMALL_BINS)
-                    small[(g * 4 + (j & 3)) * SMALL_BINS + u]++;
-                else
-                    hist[g * a + u]++;
-            }
-        }
-    }
-    for (size_t g = 0; g < m; g++) {
-        const uint64_t *sm = small + g * 4 * SMALL_BINS;
-        for (size_t v = 0; v < SMALL_BINS && v <= ucap; v++)
-            hist[g * a + v] += (int64_t)(sm[v] + sm[SMALL_BINS + v] + sm[2 * SMALL_BINS + v] +
-                                         sm[3 * SMALL_BINS + v]);
-    }
-    free(small);
-    return TKB_ENC_OK;
-}
-
 
 int tkb_enc_residual_histograms(const int32_t *lv, size_t k, size_t c, const int64_t *pred,
                                 int64_t cap, int64_t *hist)
@@ -699,7 +612,7 @@ int tkb_enc_residual_histograms(const int32_t *lv, size_t k, size_t c, const int
         for (size_t i = 0; i < k; i++) {
             int64_t p = pred ? pred[i] : -1;
             residual_row_avx2(lv + i * c, p >= 0 ? lv + (size_t)p * c : NULL, c,
-                              (uint32_t)ucap, a, acc, NULL, hist);
+                              (uint32_t)ucap, a, acc, hist);
         }
         for (size_t v = 0; v < 4 && v <= ucap; v++)
             for (size_t j = 0; j < c; j++)
