@@ -422,7 +422,7 @@ def kept_positions(te: TrackEncoder, x: torch.Tensor, frames) -> list:
     the reference encoder selects."""
     o = te.opts
     n = [a.shape[0] for a in frames]
-    if o.keep_coverage is None and (o.keep is None or o.keep >= 1) or not frames:
+    if not o.prunes or not frames:
         return [np.arange(k, dtype=np.uint32) for k in n]
     policy = pruning.check_policy(o.prune)
     t = te.tps
@@ -467,8 +467,7 @@ class GpuFitKernels(FitKernels):
         self.device = device
 
     def positions(self, te: TrackEncoder, arrs: list) -> list:
-        o = te.opts
-        if o.keep_coverage is None and (o.keep is None or o.keep >= 1) or te.ids:
+        if not te.opts.prunes or te.ids:
             return super().positions(te, arrs)
         out = []
         for a, b in _batches([f.size for f in arrs], BATCH_SYMBOLS):

@@ -139,6 +139,11 @@ class TrackOptions:
             bad(f"vocab_size {self.vocab_size} not in 1..2^31")
     meta: dict = field(default_factory=dict)
 
+    @property
+    def prunes(self) -> bool:
+        """Whether these options drop tokens (Annex B.2): a keep below 1, or keep_coverage."""
+        return self.keep_coverage is not None or (self.keep is not None and not self.keep >= 1)
+
 
 def _largest_true(ok, lo: int, hi: int) -> int:
     """Largest q in [lo, hi] with ok(q), for ok true below some threshold."""
@@ -243,7 +248,7 @@ class TrackEncoder:
 
     def _positions(self, a: np.ndarray) -> np.ndarray:
         o = self.opts
-        if o.keep_coverage is None and (o.keep is None or o.keep >= 1):
+        if not o.prunes:
             return np.arange(a.shape[0], dtype=np.uint32)
         if self.ids:
             raise TKBEncodeError("pruning applies to embedding tracks")

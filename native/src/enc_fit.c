@@ -718,18 +718,16 @@ static void ph_row_avx2(const int32_t *l, const int32_t *pl, size_t c, uint64_t 
 {
     const __m256i sixteen = _mm256_set1_epi32(16);
     const __m256i one = _mm256_set1_epi64x(1);
+    /* u clamped at big_cap (>= 63: the same bins and the same listed values) */
+    const __m256i capv = _mm256_set1_epi32((int)(uint32_t)big_cap);
     size_t j = 0;
     for (; j + 8 <= c; j += 8) {
-        __m256i a = _mm256_loadu_si256((const __m256i *)(l + j));
-        __m256i b = pl ? _mm256_loadu_si256((const __m256i *)(pl + j)) : _mm256_setzero_si256();
-        __m256i r = _mm256_sub_epi32(a, b);
-        int ovf = _mm256_movemask_ps(_mm256_castsi256_ps(
-            _mm256_and_si256(_mm256_xor_si256(a, b), _mm256_xor_si256(a, r))));
+        int ovf, above3;
+        __m256i u = residual_u8(l + j, pl ? pl + j : NULL, capv, &ovf, &above3);
         if (ovf) {                                   /* an int32 overflow: one by one */
             ph_ones(cnt, big, nb, big_cap, l, pl, j, j + 8);
             continue;
         }
-        __m256i u = _mm256_xor_si256(_mm256_slli_epi32(r, 1), _mm256_srai_epi32(r, 31));
         __m256i uc = _mm256_min_epu32(u, sixteen);
         int large = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(uc, sixteen)));
         __m256i sh = _mm256_slli_epi32(uc, 2);                  /* 4u, 64 for u >= 16 */
