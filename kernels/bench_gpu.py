@@ -512,11 +512,61 @@ def profile(data: str, frames: int, num_tables=None, prob_bits=None, log=print) 
     torch.cuda.cudart().cudaProfilerStop()
 
 
-TRANSFORM_SWEEP = [None] + [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=ns)
-                            for bm, bn, bk, w, ns in ((128, 128, 64, 8, 3), (64, 128, 64, 4, 3),
-                                                      (128, 256, 64, 8, 3), (64, 256, 64, 8, 3),
-                                                      (128, 128, 128, 8, 3), (32, 128, 64, 4, 3),
-                                                      (128, 64, 64, 4, 4), (64, 128, 128, 4, 4))]
+# launches of the transform decode: the limb GEMM's shape, F64 (the binary64 epilogue) and
+# FUSED (levels straight to limb planes, coefficient segments of LEVELS_BC)
+_GEMM_SHAPES = [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=ns)
+                for bm, bn, bk, w, ns in ((128, 128, 64, 8, 3), (64, 128, 64, 4, 3),
+                                          (128, 256, 64, 8, 3), (64, 256, 64, 8, 3),
+                                          (32, 128, 64, 4, 3), (128, 64, 64, 4, 4))]
+TRANSFORM_SWEEP = [None] + _GEMM_SHAPES + [
+    dict(F64=True), dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=3, F64=True),
+    dict(FUSED=True), dict(FUSED=True, LEVELS_BC=32), dict(FUSED=True, LEVELS_BC=128),
+    dict(FUSED=True, LEVELS_BC=64, LEVELS_WARPS=2),
+    dict(FUSED=True, F64=True), dict(FUSED=True, F64=True, num_warps=4),
+    dict(FUSED=True, BM=128, BN=128, BK=64, num_warps=8, num_stages=3, F64=True),
+    dict(FUSED=True, BM=128, BN=256, BK=64, num_warps=8, num_stages=3, F64=True)]
+
+
+def _stage_breakdown(tps, ps, st, bench_ms, log) -> dict:
+    """The stages of the transform decode timed alone on the staged batch: rANS decode,
+    levels as binary32 (recon.dequantize) and the coefficient limb planes (ylimbs), or
+    both at once (the fused levels_limbs), then the limb GEMM."""
+    from . import rans, recon
+    from . import transform as tk
+    dt, d = ps.transform, st.d
+    sym, _, esc_pos, _ = rans.decode(st.plan, st.t_words, st.t_cw, ps.tables,
+                                     tps["prob_bits"], st.n_esc)
+    uext = recon.escape_values(sym.numel(), d, ps.esc, esc_pos,
+                               torch.from_numpy(st.esc_vals[:esc_pos.numel()]).to(sym.device),
+                               sym.device)
+    r = int(st.kept.sum())
+    pred = tps.get("predictor", 0) or 0
+    lev = torch.empty((r, d), dtype=torch.float32, device=sym.device)
+    out = torch.empty(st.shape, dtype=torch.float16, device=sym.device)
+    status = torch.zeros(r, dtype=torch.int32, device=sym.device)
+
+    def levels():
+        recon.dequantize(sym, st.t_rows, st.t_offs, st.lev_rows, st.t_delta, ps.t_code,
+                         ps.ones, ps.esc, uext, pred, lev, d, st.contiguous, False,
+                         variant=dict(ALU_STEP=False))
+
+    def fused():
+        return tk.levels_limbs(sym, st.t_offs, st.t_delta, ps.t_code, ps.esc, uext, dt, pred,
+                               dict(FUSED=True))
+    levels()
+    limbs, nl, _, _ = fused()
+    res = dict(rans_ms=bench_ms(lambda: rans.decode(st.plan, st.t_words, st.t_cw, ps.tables,
+                                                    tps["prob_bits"], st.n_esc)),
+               levels_f32_ms=bench_ms(levels),
+               ylimbs_ms=bench_ms(lambda: tk.ylimbs(lev, st.t_delta, ps.t_code, dt, status)),
+               fused_levels_limbs_ms=bench_ms(fused),
+               gemm_ms=bench_ms(lambda: tk.limb_gemm(limbs, nl, dt, out, st.t_out_row)),
+               gemm_f64_ms=bench_ms(lambda: tk.limb_gemm(limbs, nl, dt, out, st.t_out_row,
+                                                         dict(F64=True))),
+               limb_counts=sorted(set(nl.cpu().tolist())))
+    log("  stages alone: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in res.items()))
+    return res
 
 
 def _inverse_breakdown(ps, st, variant, bench_ms, log) -> dict:
@@ -601,6 +651,8 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
                 best = (t_ms, v)
         ms, variant = best
         out[name + "_variant"] = variant
+        if name == "transform":
+            out["stages"] = _stage_breakdown(tps, ps, st, bench_ms, log)
         if name == "transform" and device == "cuda":
             out["inverse_breakdown"] = _inverse_breakdown(ps, st, variant, bench_ms, log)
         out[name] = dict(ms=ms, gb_per_s=nbytes / ms / 1e6, exact=exact,

@@ -152,13 +152,21 @@ def launch_batch(tps: dict, ps: _ParamSet, st: _Staged, transform_variant=None):
         out = torch.zeros(st.shape, dtype=_TORCH_OUT[tps["output_dtype"]], device=device)
         uext = recon.escape_values(sym.numel(), d, ps.esc, esc_pos,
                                    _t(st.esc_vals[:esc_pos.numel()], np.int64, device), device)
-        if st.transformed:     # levels of the coefficients (steps of 1.0), then 7.6.3
-            lev = torch.empty((int(st.kept.sum()), d), dtype=torch.float32, device=device)
-            vstatus = recon.dequantize(sym, st.t_rows, st.t_offs, st.lev_rows, st.t_delta,
-                                       ps.t_code, ps.ones, ps.esc, uext, pred, lev, d,
-                                       st.contiguous, False, variant=dict(ALU_STEP=False))
-            tstatus = transform_k.inverse(lev, st.t_delta, ps.t_code, ps.transform, out,
-                                          st.t_out_row, transform_variant)
+        if st.transformed:     # 7.6.3: fused (levels straight to limb planes), or
+            gemm_v = dict(transform_variant or {})   # levels (steps of 1.0), then inverse
+            lev_v = {k: gemm_v.pop(k) for k in list(gemm_v) if k in transform_k.LEVELS_VARIANT}
+            if transform_k.fused(st.contiguous, st.t_offs.numel() - 1, d, lev_v):
+                limbs, nl, vstatus, tstatus = transform_k.levels_limbs(
+                    sym, st.t_offs, st.t_delta, ps.t_code, ps.esc, uext, ps.transform, pred,
+                    lev_v)
+                transform_k.limb_gemm(limbs, nl, ps.transform, out, st.t_out_row, gemm_v)
+            else:
+                lev = torch.empty((int(st.kept.sum()), d), dtype=torch.float32, device=device)
+                vstatus = recon.dequantize(sym, st.t_rows, st.t_offs, st.lev_rows, st.t_delta,
+                                           ps.t_code, ps.ones, ps.esc, uext, pred, lev, d,
+                                           st.contiguous, False, variant=dict(ALU_STEP=False))
+                tstatus = transform_k.inverse(lev, st.t_delta, ps.t_code, ps.transform, out,
+                                              st.t_out_row, gemm_v)
         else:
             vstatus = recon.dequantize(sym, st.t_rows, st.t_offs, st.t_out_row, st.t_delta,
                                        ps.t_code, ps.step, ps.esc, uext, pred, out, d,

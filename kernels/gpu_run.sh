@@ -17,14 +17,17 @@ if [ "${V11:-0}" = 1 ]; then
   # the pruned-encode bench first (it checks its bytes against the reference), then the
   # tests and conformance on the GPU, then the transform decode sweep (the longest step)
   # (each step bounded, so that one slow step leaves time for the others in a 600 s call)
-  timeout 120 python3 -u -P -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy --prune 256 \
-      --json "$OUT/prune.json" 2>&1 | tee "$OUT/prune.txt" || true
-  TKB_TEST_DEVICE=cuda timeout 180 python3 -u -P -m pytest -q -p no:cacheprovider tests/test_transform_kernel.py \
-      tests/test_prune_kernel.py tests/test_gpu_codec.py > "$OUT/gpu_tests_1_1.txt" 2>&1 || true
-  tail -5 "$OUT/gpu_tests_1_1.txt"
-  timeout 180 python3 -u -P -m tokenbits.conformance.cli run --decoder gpu -j 8 \
-      --json "$OUT/conformance_gpu.json" > "$OUT/conformance_gpu.txt" 2>&1 || true
-  tail -5 "$OUT/conformance_gpu.txt"
+  # (ONLY_TRANSFORM=1: the transform sweep alone; SKIP_TRANSFORM=1: all but the sweep)
+  if [ "${ONLY_TRANSFORM:-0}" != 1 ]; then
+    timeout 120 python3 -u -P -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy --prune 256 \
+        --json "$OUT/prune.json" 2>&1 | tee "$OUT/prune.txt" || true
+    TKB_TEST_DEVICE=cuda timeout 180 python3 -u -P -m pytest -q -p no:cacheprovider tests/test_transform_kernel.py \
+        tests/test_prune_kernel.py tests/test_gpu_codec.py > "$OUT/gpu_tests_1_1.txt" 2>&1 || true
+    tail -5 "$OUT/gpu_tests_1_1.txt"
+    timeout 180 python3 -u -P -m tokenbits.conformance.cli run --decoder gpu -j 8 \
+        --json "$OUT/conformance_gpu.json" > "$OUT/conformance_gpu.txt" 2>&1 || true
+    tail -5 "$OUT/conformance_gpu.txt"
+  fi
   if [ "${SKIP_TRANSFORM:-0}" != 1 ]; then
     python3 -u -P -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy --transform 2048 \
         --json "$OUT/transform.json" 2>&1 | tee "$OUT/transform.txt" || true

@@ -190,6 +190,18 @@ def _dequant_kernel(sym_ptr, rows_ptr, chain_ptr, out_row_ptr, delta_ptr, code_p
 
 
 @triton.jit
+def row_residuals(s, esc, cm, uext_ptr, flat):
+    """Residuals (clause 7.4.1) of one row's symbols s [BC] (int32) at flat indices
+    ``flat``.  A symbol is at most its channel's ESC: an escape (rare) makes
+    max(s - ESC) >= 0; its u = ESC + escape value (< 2^27) waits in uext at the same
+    index."""
+    if tl.max(s - esc, 0) >= 0:
+        is_e = cm & (s == esc)
+        s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
+    return (s >> 1) ^ -(s & 1)
+
+
+@triton.jit
 def _dequant_rows_kernel(sym_ptr, chain_ptr, out_row_ptr, delta_ptr, step_rows_ptr, esc_ptr,
                          uext_ptr, out_ptr, status_ptr, num_channels, SCAN: tl.constexpr,
                          DENSE: tl.constexpr, OUT: tl.constexpr, BC: tl.constexpr,
@@ -218,12 +230,7 @@ def _dequant_rows_kernel(sym_ptr, chain_ptr, out_row_ptr, delta_ptr, step_rows_p
         s_next = tl.load(sym_ptr + tl.minimum(r + 1, i1 - 1) * num_channels + c, mask=cm,
                          other=0)
         flat = (i0 + (r - i0)) * num_channels + c           # r is an int when interpreted
-        # a symbol is at most its channel's ESC: an escape (rare) makes max(s - ESC) >= 0;
-        # its u = ESC + escape value (< 2^27) waits in uext at the same index
-        if tl.max(s - esc, 0) >= 0:
-            is_e = cm & (s == esc)
-            s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
-        lv = (s >> 1) ^ -(s & 1)                            # clause 7.4.1
+        lv = row_residuals(s, esc, cm, uext_ptr, flat)
         if SCAN:                                            # clause 7.5: left prediction
             lv += carry
             carry = lv

@@ -28,6 +28,20 @@ Then two launches:
 
 The basis limbs are stored transposed, [NB, D, KP] (K contiguous): int8 tensor-core
 products on Hopper take both operands K-major.
+
+FUSED (``levels_limbs``, for chains of consecutive rows: left or no prediction): step 1
+and the levels in one pass, with no binary32 levels in memory.  ``_levels_limbs_kernel``
+runs down a chain for a segment of LEVELS_BC coefficients, a row at a time (as
+recon._dequant_rows_kernel), computes Y and writes limbs 0 and 1, and limbs 2 and 3 of
+the row's segment where that segment holds an abs(Y) > 32639, with each segment's
+largest abs(Y).  Then ``_limb_counts_kernel``, per block: the rows' BAD_COEFF status,
+the limb count, and in a four-limb block zeros in limbs 2 and 3 of the segments that
+did not write them.  Limb planes past K are never written: the basis limbs there are
+zero, so whatever they hold adds nothing.
+
+F64 (a launch option of step 2): where a block has at most two Y limbs, the limb sums
+are combined in binary64 rather than int64 (each limb sum is an integer below 2^27, the
+shifted total below 2^46 and acc below 2^53: exact), the same binary32 result.
 """
 from __future__ import annotations
 
@@ -38,7 +52,7 @@ import triton.language as tl
 
 from tokenbits import transform as ref
 
-from .recon import _store_out
+from .recon import BAD_LEVEL, MAX_LEVEL, _store_out, row_residuals
 
 MAX_Y = tl.constexpr((1 << 24) - 1)
 TWO_LIMBS = tl.constexpr(32639)             # 127 + 127 * 256: the most two balanced limbs hold
@@ -46,8 +60,12 @@ ONE_LIMB = tl.constexpr(127)
 BAD_COEFF = tl.constexpr(4)    # status bit of a row: a coefficient value beyond 2^24 - 1 (7.6.3)
 RINT64 = tl.constexpr(6755399441055744.0)      # 1.5 * 2^52: (v + RINT64) - RINT64 = rint(v)
 LIMB_ROWS = 128                # rows of a limb-count block; a GEMM tile's BM divides it
-TRANSFORM_VARIANT = dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=3)
+TRANSFORM_VARIANT = dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=3, F64=False)
 YLIMBS_VARIANT = dict(BK=32, num_warps=8)
+# the fused path (levels_limbs): coefficient segments of LEVELS_BC, LEVELS_WARPS warps a
+# program, taken where chains x segments >= LEVELS_MIN_PROGRAMS (else recon.dequantize and
+# ylimbs, as for chains through an index)
+LEVELS_VARIANT = dict(FUSED=False, LEVELS_BC=64, LEVELS_WARPS=1, LEVELS_MIN_PROGRAMS=512)
 
 
 @triton.jit
@@ -113,10 +131,94 @@ def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, nl_ptr, status_
 
 
 @triton.jit
-def _limb_gemm(y_ptr, basis_ptr, rows, cols, R, KP, D, NL: tl.constexpr, NB: tl.constexpr,
-               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """sum over the NL Y limbs i and NB basis limbs j of (Y_i x B_j) 2^(8 (i + j)), int64
-    [BM, BN]: int8 tensor-core products accumulated in int32 (exact, see the docstring)."""
+def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_ptr, uext_ptr,
+                         y_ptr, ymax_ptr, status_ptr, R, K, KP, NT, SCAN: tl.constexpr,
+                         BC: tl.constexpr):
+    """The fused path (module docstring, FUSED): down a chain of consecutive rows, for
+    coefficients t * BC .. t * BC + BC - 1, the levels (clauses 7.4.1 and 7.5, as
+    recon._dequant_rows_kernel: int32, the extremes checked), Y (step 1 of 7.6.3, as
+    _coefficients) and its limbs 0 and 1; limbs 2 and 3 of a row's segment only where
+    the segment holds an abs(Y) > 32639.  ymax_ptr [R, NT]: each segment's largest
+    abs(Y) (clamped at 2^24: beyond 2^24 - 1 is the BAD_COEFF error)."""
+    chain = tl.program_id(0)
+    t = tl.program_id(1)
+    c = t * BC + tl.arange(0, BC)
+    cm = c < K
+    i0 = tl.load(chain_ptr + chain)
+    i1 = tl.load(chain_ptr + chain + 1)
+    esc = tl.load(esc_ptr + c, mask=cm, other=1 << 30)       # masked: never reached
+    code_c = tl.load(code_ptr + c, mask=cm, other=0)
+    plane = R.to(tl.int64) * KP
+    carry = tl.zeros([BC], tl.int32)
+    hi = tl.zeros([BC], tl.int32)
+    lo = tl.zeros([BC], tl.int32)
+    s_next = tl.load(sym_ptr + tl.maximum(tl.minimum(i0, i1 - 1), 0) * K + c, mask=cm, other=0)
+    for r in range(i0, i1):
+        s = s_next.to(tl.int32)
+        s_next = tl.load(sym_ptr + tl.minimum(r + 1, i1 - 1) * K + c, mask=cm, other=0)
+        row = i0 + (r - i0)                                 # r is an int when interpreted
+        lv = row_residuals(s, esc, cm, uext_ptr, row * K + c)
+        if SCAN:                                            # clause 7.5: left prediction
+            lv += carry
+            carry = lv
+        hi = tl.maximum(hi, lv)
+        lo = tl.minimum(lo, lv)
+        code = tl.minimum(tl.maximum(code_c + tl.load(delta_ptr + row), 0), 255)
+        v = lv.to(tl.float64) * tl.load(fac_ptr + code, mask=cm, other=0.0)   # exact
+        a = tl.minimum(tl.abs(v), 16777216.0)
+        y = ((a + RINT64) - RINT64).to(tl.int32)            # rint, half to even
+        top = tl.max(tl.where(cm, y, 0), 0)
+        y = tl.where(v < 0, -y, y)
+        idx = row * KP + c
+        y0, y = _limb(y)
+        y1, y = _limb(y)
+        tl.store(y_ptr + idx, y0, mask=cm)
+        tl.store(y_ptr + plane + idx, y1, mask=cm)
+        if top > TWO_LIMBS:                                 # rare: the upper limbs too
+            y2, y = _limb(y)
+            tl.store(y_ptr + 2 * plane + idx, y2, mask=cm)
+            tl.store(y_ptr + 3 * plane + idx, y.to(tl.int8), mask=cm)
+        tl.store(ymax_ptr + row * NT + t, top)
+    bad = (tl.max(hi, 0) > MAX_LEVEL) | (tl.min(lo, 0) < -MAX_LEVEL)
+    tl.atomic_or(status_ptr + chain, bad.to(tl.int32) * BAD_LEVEL)
+
+
+@triton.jit
+def _limb_counts_kernel(ymax_ptr, y_ptr, nl_ptr, status_ptr, R, K, KP, NT,
+                        LB: tl.constexpr, BC: tl.constexpr, NTP: tl.constexpr):
+    """After _levels_limbs_kernel, per block of LB rows: the rows' BAD_COEFF status, the
+    block's limb count and, where it is 4, zeros in limbs 2 and 3 of the segments that
+    did not write them (their values are zero)."""
+    rows = tl.program_id(0) * LB + tl.arange(0, LB)
+    rm = rows < R
+    tt = tl.arange(0, NTP)
+    top = tl.load(ymax_ptr + rows[:, None].to(tl.int64) * NT + tt[None, :],
+                  mask=rm[:, None] & (tt[None, :] < NT), other=0)
+    row_top = tl.max(top, 1)
+    tl.store(status_ptr + rows, tl.where(row_top > MAX_Y, BAD_COEFF, 0), mask=rm)
+    big = tl.max(row_top, 0)
+    tl.store(nl_ptr + tl.program_id(0), tl.where(big > TWO_LIMBS, 4,
+                                                 tl.where(big > ONE_LIMB, 2, 1)))
+    if big > TWO_LIMBS:
+        plane = R.to(tl.int64) * KP
+        zero = tl.zeros([LB, BC], dtype=tl.int8)
+        for t in range(0, NT):
+            c = t * BC + tl.arange(0, BC)
+            seg = tl.load(ymax_ptr + rows.to(tl.int64) * NT + t, mask=rm, other=0)
+            m = (rm & (seg <= TWO_LIMBS))[:, None] & (c[None, :] < K)
+            idx = rows[:, None].to(tl.int64) * KP + c[None, :]
+            tl.store(y_ptr + 2 * plane + idx, zero, mask=m)
+            tl.store(y_ptr + 3 * plane + idx, zero, mask=m)
+
+
+@triton.jit
+def _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, NL: tl.constexpr,
+               NB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+               F64: tl.constexpr):
+    """binary32(acc) [BM, BN], acc = mean + the sum over the NL Y limbs i and NB basis
+    limbs j of (Y_i x B_j) 2^(8 (i + j)): int8 tensor-core products accumulated in int32
+    (exact, see the docstring), summed in int64; or, with F64 and NL <= 2, in binary64
+    (exact too: the limb sums' total is below 2^46 and acc below 2^53)."""
     plane = R.to(tl.int64) * KP
     z = tl.zeros((BM, BN), dtype=tl.int32)
     a00, a01, a02, a03 = z, z, z, z          # basis limb 0, Y limbs 0..3
@@ -155,12 +257,19 @@ def _limb_gemm(y_ptr, basis_ptr, rows, cols, R, KP, D, NL: tl.constexpr, NB: tl.
             if NL >= 4:
                 a22 += tl.dot(y2, b2)
                 a23 += tl.dot(y3, b2)
+    if F64 and NL <= 2:
+        acc = a00.to(tl.float64) + a01.to(tl.float64) * 256.0
+        if NB >= 2:
+            acc += (a10.to(tl.float64) + a11.to(tl.float64) * 256.0) * 256.0
+        if NB >= 3:
+            acc += (a20.to(tl.float64) + a21.to(tl.float64) * 256.0) * 65536.0
+        return (acc + mean.to(tl.float64)[None, :]).to(tl.float32)   # one rounding
     acc = _combine(a00, a01, a02, a03, 0)
     if NB >= 2:
         acc += _combine(a10, a11, a12, a13, 8)
     if NB >= 3:
         acc += _combine(a20, a21, a22, a23, 16)
-    return acc
+    return (acc + mean[None, :]).to(tl.float32)                 # one rounding
 
 
 @triton.jit
@@ -173,7 +282,7 @@ def _combine(a0, a1, a2, a3, shift: tl.constexpr):
 @triton.jit
 def _inverse_kernel(y_ptr, nl_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R, KP, D, scale,
                     NB: tl.constexpr, OUT: tl.constexpr, LB: tl.constexpr, BM: tl.constexpr,
-                    BN: tl.constexpr, BK: tl.constexpr):
+                    BN: tl.constexpr, BK: tl.constexpr, F64: tl.constexpr):
     """Channels of a tile of rows x channels (module docstring, step 2).  The grid is one
     dimension, the column tiles of a row tile consecutive (they share its Y limbs in L2)."""
     num_n = tl.cdiv(D, BN)
@@ -182,15 +291,14 @@ def _inverse_kernel(y_ptr, nl_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R,
     rows = pid_m * BM + tl.arange(0, BM)
     cols = pid_n * BN + tl.arange(0, BN)
     nl = tl.load(nl_ptr + (pid_m * BM) // LB)
-    if nl == 1:
-        acc = _limb_gemm(y_ptr, basis_ptr, rows, cols, R, KP, D, 1, NB, BM, BN, BK)
-    elif nl == 2:
-        acc = _limb_gemm(y_ptr, basis_ptr, rows, cols, R, KP, D, 2, NB, BM, BN, BK)
-    else:
-        acc = _limb_gemm(y_ptr, basis_ptr, rows, cols, R, KP, D, 4, NB, BM, BN, BK)
     mean = tl.load(mean_ptr + cols, mask=cols < D, other=0)
-    acc += mean[None, :]
-    v = acc.to(tl.float32) * scale                         # one rounding, then exact
+    if nl == 1:
+        v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 1, NB, BM, BN, BK, F64)
+    elif nl == 2:
+        v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 2, NB, BM, BN, BK, F64)
+    else:
+        v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 4, NB, BM, BN, BK, F64)
+    v = v * scale                                          # exact: a power of two
     orow = tl.load(out_row_ptr + rows, mask=rows < R, other=0)
     m = (rows[:, None] < R) & (cols[None, :] < D)
     _store_out(out_ptr, orow[:, None].to(tl.int64) * D + cols[None, :], v, m, OUT)
@@ -254,6 +362,40 @@ def limb_gemm(limbs, nl, dt: DeviceTransform, out, out_row, variant=None):
     _inverse_kernel[grid](limbs, nl, dt.basis, dt.mean, out, out_row, r, dt.kp, dt.d,
                           dt.scale, NB=dt.nb, OUT=kind, LB=LIMB_ROWS, BM=bm, BN=bn,
                           BK=bk, **v)
+
+
+def fused(contiguous: bool, num_chains: int, k: int, variant=None) -> bool:
+    """Whether a batch takes the fused path (levels_limbs): FUSED, chains of consecutive
+    rows (left or no prediction), and enough programs (chains x coefficient segments)."""
+    v = dict(LEVELS_VARIANT, **(variant or {}))
+    return bool(v["FUSED"]) and contiguous and \
+        num_chains * triton.cdiv(k, v["LEVELS_BC"]) >= v["LEVELS_MIN_PROGRAMS"]
+
+
+def levels_limbs(sym, offs, delta, code, esc, uext, dt: DeviceTransform, predictor: int,
+                 variant=None):
+    """The fused path for chains of consecutive rows ``offs`` (recon.chains): the levels
+    of the decoded symbols ``sym`` and their coefficient values, straight to limb
+    planes.  Returns (limb planes int8 [4, R, KP], limb count per LIMB_ROWS block,
+    status of each chain (recon.BAD_LEVEL), status of each row (BAD_COEFF))."""
+    v = dict(LEVELS_VARIANT, **(variant or {}))
+    r, dev = delta.numel(), sym.device
+    n = offs.numel() - 1
+    bc = min(v["LEVELS_BC"], max(16, triton.next_power_of_2(dt.k)))
+    nt = triton.cdiv(dt.k, bc)
+    limbs = torch.empty((4, r, dt.kp), dtype=torch.int8, device=dev)
+    ymax = torch.empty((max(r, 1), nt), dtype=torch.int32, device=dev)
+    vstatus = torch.zeros(max(n, 1), dtype=torch.int32, device=dev)
+    tstatus = torch.zeros(max(r, 1), dtype=torch.int32, device=dev)
+    nl = torch.empty(triton.cdiv(r, LIMB_ROWS), dtype=torch.int32, device=dev)
+    if n > 0 and r > 0:
+        _levels_limbs_kernel[(n, nt)](sym, offs, delta, code, dt.factors, esc, uext, limbs,
+                                      ymax, vstatus, r, dt.k, dt.kp, nt, SCAN=predictor != 0,
+                                      BC=bc, num_warps=v["LEVELS_WARPS"])
+        _limb_counts_kernel[(nl.numel(),)](ymax, limbs, nl, tstatus, r, dt.k, dt.kp, nt,
+                                           LB=LIMB_ROWS, BC=bc,
+                                           NTP=triton.next_power_of_2(nt), num_warps=4)
+    return limbs, nl, vstatus[:max(n, 0)], tstatus[:r]
 
 
 def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,

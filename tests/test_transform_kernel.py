@@ -57,6 +57,8 @@ CASES = [
     (2, 33, 40, 70, 16, 14, (1 << 15) - 1, (1 << 40), 300, (100, 150)),   # two limbs
     (3, 5, 3, 3, 40, 40, (1 << 15) - 1, (1 << 52) - 1, 1, (40, 47)),     # the widest fields
     (4, 9, 17, 20, 0, 0, 1, 0, 32, (200, 255)),                  # F = G = 0, huge steps
+    (5, 12, 30, 40, 3, 20, (1 << 15) - 1, (1 << 52) - 1, 40, (140, 150)),  # 2 Y limbs, 3 B
+    (6, 10, 24, 32, 6, 20, (1 << 15) - 1, 0, 300, (140, 150)),   # the same, no mean
 ]
 
 
@@ -73,7 +75,8 @@ def test_inverse_kernel_matches_reference(case, out_dtype):
     lev[0, :] = lmax                                     # the largest levels in one row
     codes = base[None, :] + delta[:, None]
     want, bad = _reference(lev, codes, t, out_dtype)
-    for variant in (None, dict(BM=16, BN=16, BK=32), dict(BM=32, BN=64, BK=64)):
+    for variant in (None, dict(BM=16, BN=16, BK=32), dict(BM=32, BN=64, BK=64),
+                    dict(BM=16, BN=32, BK=64, F64=True)):
         got, gbad = _run(lev, base, delta, t, out_dtype, variant=variant)
         assert np.array_equal(gbad, bad), variant
         assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8)), variant
@@ -122,7 +125,7 @@ def test_inverse_kernel_limb_counts_per_block():
                       torch.from_numpy(base.astype(np.int32)).to(DEV),
                       tk.DeviceTransform(t, DEV), status)
     assert nl.cpu().tolist() == [1, 2, 4, 4]
-    for variant in (None, dict(BM=32, BN=16, BK=64)):
+    for variant in (None, dict(BM=32, BN=16, BK=64), dict(BM=32, BN=16, BK=64, F64=True)):
         got, gbad = _run(lev, base, np.zeros(r), t, 0, variant=variant)
         assert np.array_equal(gbad, bad), variant
         assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8)), variant
@@ -137,6 +140,144 @@ def test_inverse_kernel_flags_overflow_and_scatters_rows():
     got, gbad = _run(lev, base, np.zeros(4), t, 0, out_rows=np.array([5, 1, 3, 0]))
     assert gbad.tolist() == bad.tolist()
     assert np.array_equal(got[1], want[1])
+
+
+def _zigzag(r):
+    return np.where(r >= 0, 2 * r, -2 * r - 1)
+
+
+def _fused_run(lev, base, delta, t, offs, predictor, esc=None, variant=None):
+    """levels_limbs then limb_gemm on the symbols of levels ``lev`` (chains ``offs`` of
+    consecutive rows; left prediction inside a chain when ``predictor``), symbols at or
+    above ``esc`` escaped.  Returns (values, bad-coefficient rows, chain status, limb
+    planes, limb counts)."""
+    r, k = lev.shape
+    res = lev.astype(np.int64).copy()
+    if predictor:
+        for a, b in zip(offs[:-1], offs[1:]):
+            res[a + 1:b] = lev[a + 1:b] - lev[a:b - 1]
+    u = _zigzag(res)
+    esc = np.full(k, 16000) if esc is None else np.asarray(esc)     # int16 symbols
+    sym = np.minimum(u, esc[None, :])
+    uext = np.where(u >= esc[None, :], u, 0)
+    dt = tk.DeviceTransform(t, DEV)
+    dev = lambda a, ty: torch.from_numpy(np.ascontiguousarray(a).astype(ty)).to(DEV)  # noqa
+    limbs, nl, vst, tst = tk.levels_limbs(
+        dev(sym.reshape(-1), np.int16), dev(offs, np.int64), dev(delta, np.int32),
+        dev(base, np.int32), dev(esc, np.int32), dev(uext.reshape(-1), np.int32), dt,
+        int(predictor), dict(variant or {}, FUSED=True, LEVELS_MIN_PROGRAMS=0))
+    out = torch.zeros((r, t.num_channels), dtype=torch.float32, device=DEV)
+    tk.limb_gemm(limbs, nl, dt, out, dev(np.arange(r), np.int64))
+    return (out.cpu().numpy(), tst.cpu().numpy() != 0, vst.cpu().numpy(), limbs.cpu().numpy(),
+            nl.cpu().numpy())
+
+
+@pytest.mark.parametrize("predictor", [0, 1])
+@pytest.mark.parametrize("bc", [16, 64])
+def test_fused_levels_limbs_match_the_two_step_path(predictor, bc):
+    """The fused path (levels straight to limb planes) against the reference and against
+    ylimbs on the same levels: blocks of one, two and four Y limbs, rows whose
+    coefficients overflow, escapes, segments of BC coefficients (K 37: a partial last
+    segment), chains that cross limb blocks."""
+    rng = np.random.default_rng(21 + bc + predictor)
+    lb = tk.LIMB_ROWS
+    k, d = 37, 40
+    t = tr.make_transform(rng.integers(-1000, 1000, d), rng.integers(-127, 128, (k, d)), 0, 3)
+    base = np.full(k, 144)                    # step 1.0, F = 0: Y = level (a delta doubles)
+    r = 3 * lb + 9
+    lev = rng.integers(-60, 61, (r, k))       # block 0: one limb (deltas up to 1: 120)
+    lev[lb:2 * lb] = rng.integers(-16000, 16001, (lb, k))       # block 1: two
+    lev[2 * lb + 7, 30] = (1 << 23) - 1       # block 2: four, in one segment
+    lev[3 * lb + 2, 0] = -(1 << 22) - 12345   # block 3: four
+    lev[3 * lb + 4, 1] = (1 << 23) + 5        # and a bad row: Y = 2 level > 2^24 - 1
+    delta = rng.integers(0, 2, r)
+    delta[3 * lb + 4] = 6
+    offs = np.array([0, 50, 51, 200, 2 * lb + 8, r])
+    codes = base[None, :] + delta[:, None]
+    want, bad = _reference(lev, codes, t, 0)
+    assert bad.sum() == 1
+    esc = np.full(k, 40)                      # residuals beyond 20 in magnitude escape
+    got, gbad, vst, limbs, nl = _fused_run(lev, base, delta, t, offs, predictor, esc,
+                                           dict(LEVELS_BC=bc))
+    assert np.array_equal(gbad, bad) and not vst.any()
+    assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8))
+    st = torch.zeros(r, dtype=torch.int32, device=DEV)
+    two, nl2 = tk.ylimbs(torch.from_numpy(lev.astype(np.float32)).to(DEV),
+                         torch.from_numpy(delta.astype(np.int32)).to(DEV),
+                         torch.from_numpy(base.astype(np.int32)).to(DEV),
+                         tk.DeviceTransform(t, DEV), st)
+    two = two.cpu().numpy()
+    assert nl.tolist() == nl2.cpu().tolist() == [1, 2, 4, 4]
+    ok = ~bad
+    assert np.array_equal(limbs[:2, ok, :k], two[:2, ok, :k])
+    four = np.repeat(nl == 4, lb)[:r] & ok
+    assert np.array_equal(limbs[2:, four, :k], two[2:, four, :k])
+
+
+def test_fused_levels_limbs_flag_levels_beyond_the_bound():
+    """Clause 7.5 in the fused path: a chain whose levels pass 2^24 - 1 gets BAD_LEVEL,
+    the other chains none."""
+    rng = np.random.default_rng(23)
+    t = tr.make_transform(np.zeros(8, np.int64), rng.integers(-9, 10, (5, 8)), 0, 0)
+    lev = rng.integers(-5, 6, (12, 5))
+    lev[7, 2] = 1 << 24
+    _, _, vst, _, _ = _fused_run(lev, np.full(5, 144), np.zeros(12), t,
+                                 np.array([0, 4, 6, 12]), 1)
+    assert vst.tolist() == [0, 0, 1]
+
+
+def test_gpu_decoder_takes_the_fused_path_like_the_reference(monkeypatch):
+    """Transform streams (left and no prediction, pruned, escapes, a frame whose
+    coefficients need four limbs, a frame whose coefficients overflow) through the GPU
+    decoder with the fused path forced: the reference's values and errors."""
+    calls = []
+    fused = tk.levels_limbs
+    monkeypatch.setattr(tk, "levels_limbs", lambda *a, **kw: calls.append(1) or fused(*a, **kw))
+    monkeypatch.setattr(tk, "LEVELS_VARIANT", dict(tk.LEVELS_VARIANT, FUSED=True,
+                                                   LEVELS_MIN_PROGRAMS=0))
+    rng = np.random.default_rng(24)
+    basis = rng.normal(size=(5, 24))
+    x = ((rng.normal(size=(4, 17, 5)) * [4, 2, 1, .5, .2]) @ basis + 0.3).astype(np.float32)
+    t = tb.fit_transform(x[:1], energy=1.0)
+    x[2] *= 40                                # far beyond the calibration: four limbs
+    for kw in (dict(predictor="left"), dict(predictor="none", keep=0.7),
+               dict(predictor="left", keep=0.5, grid=(4, 4), prefix_tokens=1)):
+        data = tb.encode(x, qp=-8, transform=t, backend="reference", **kw)
+        ref = tb.decode(data, transforms=[t], backend="reference")
+        calls.clear()
+        got = codec.to_numpy(codec.decode(data, device=DEV, transforms=[t]))
+        assert calls and tb.canonical_sha256(got) == tb.canonical_sha256(ref), kw
+
+
+def test_fused_path_passes_the_transform_conformance_streams(monkeypatch):
+    """Every conformance stream of clauses 6.7 and 7.6.3 through the GPU decoder with the
+    fused path forced: the manifest's canonical output and errors (clause 9 order)."""
+    from tokenbits.conformance import SUITE_DIR, harness, load_manifest
+    from tokenbits.conformance.adapters import DecodeResult
+    calls = []
+    fused = tk.levels_limbs
+    monkeypatch.setattr(tk, "levels_limbs", lambda *a, **kw: calls.append(1) or fused(*a, **kw))
+    monkeypatch.setattr(tk, "LEVELS_VARIANT", dict(tk.LEVELS_VARIANT, FUSED=True,
+                                                   LEVELS_MIN_PROGRAMS=0))
+    supplied = sorted((SUITE_DIR / "transforms").glob("*.tkbt"))
+    fused_streams = []
+    for s in load_manifest()["streams"]:
+        if not {"6.7", "7.6.3"} & set(s["clauses"]):
+            continue
+        path = SUITE_DIR / "streams" / f"{s['name']}.tkb"
+        calls.clear()
+        try:
+            st = tb.decode(path.read_bytes(), strict=False, backend="gpu", device=DEV,
+                           transforms=supplied)
+        except tb.TKBError as e:
+            res = DecodeResult(b"", [type(e).__name__])
+        else:
+            res = DecodeResult(tb.canonical_bytes(st), [type(e).__name__ for e in st.errors])
+        state, note = harness.judge(s, path, res)
+        assert state == "pass", (s["name"], note)
+        if calls:
+            fused_streams.append(s["name"])
+    assert {"transform_two_tracks", "transform_coefficient_overflow"} <= set(fused_streams)
 
 
 def _stream(out_dtype="float16", keep=None):
