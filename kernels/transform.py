@@ -348,6 +348,8 @@ def ylimbs(levels, delta, code, dt: DeviceTransform, status, variant=None):
 def limb_gemm(limbs, nl, dt: DeviceTransform, out, out_row, variant=None):
     """Launch 2: the channels of the limb planes, written to ``out`` at rows ``out_row``."""
     r = limbs.shape[1]
+    if r == 0:
+        return
     kind = {torch.float32: 0, torch.float16: 1, torch.int16: 2, torch.bfloat16: 2}[out.dtype]
     if out.dtype == torch.bfloat16:
         out = out.view(torch.int16)
