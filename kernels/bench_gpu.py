@@ -518,13 +518,12 @@ _GEMM_SHAPES = [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=ns)
                 for bm, bn, bk, w, ns in ((128, 128, 64, 8, 3), (64, 128, 64, 4, 3),
                                           (128, 256, 64, 8, 3), (64, 256, 64, 8, 3),
                                           (32, 128, 64, 4, 3), (128, 64, 64, 4, 4))]
-TRANSFORM_SWEEP = [None] + _GEMM_SHAPES + [
-    dict(F64=True), dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=3, F64=True),
+# (F64 needs fewer registers: most shapes spill without it, kernels/sass_stats.py --all)
+_F64_SHAPES = [dict(s, F64=True) for s in _GEMM_SHAPES]
+TRANSFORM_SWEEP = [None] + _GEMM_SHAPES + [dict(F64=True)] + _F64_SHAPES + [
     dict(FUSED=True), dict(FUSED=True, LEVELS_BC=32), dict(FUSED=True, LEVELS_BC=128),
-    dict(FUSED=True, LEVELS_BC=64, LEVELS_WARPS=2),
-    dict(FUSED=True, F64=True), dict(FUSED=True, F64=True, num_warps=4),
-    dict(FUSED=True, BM=128, BN=128, BK=64, num_warps=8, num_stages=3, F64=True),
-    dict(FUSED=True, BM=128, BN=256, BK=64, num_warps=8, num_stages=3, F64=True)]
+    dict(FUSED=True, LEVELS_BC=64, LEVELS_WARPS=2), dict(FUSED=True, F64=True)] + [
+    dict(s, FUSED=True) for s in _F64_SHAPES]
 
 
 def _stage_breakdown(tps, ps, st, bench_ms, log) -> dict:

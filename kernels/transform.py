@@ -17,9 +17,9 @@ Then two launches:
    planes [4, R, KP] (KP: K padded with zeros to a multiple of 64, aligned rows).  Planes
    0 and 1 are always written; planes 2 and 3 only for a block holding some abs(Y) >
    32639 (the most two limbs hold), and the block's limb count (1, 2 or 4) is stored.
-2. ``_inverse_kernel``, per tile of rows x channels (a tile's rows lie in one block): the
-   block's limb count of Y limbs times one to three basis limbs (basis_limbs; one for
-   basis_bits <= 8), each an int8 x int8 -> int32 tensor-core product over K (a limb sum
+2. ``_inverse_kernel``, per tile of rows x channels (a tile's rows lie in one block; two
+   launches, the second for the blocks of four limbs): the block's limb count of Y limbs
+   times one to three basis limbs (basis_limbs; one for basis_bits <= 8), each an int8 x int8 -> int32 tensor-core product over K (a limb sum
    over K <= 8192 coefficients is below 2^27 in magnitude: exact in int32); then
    acc = sum of the limb sums shifted by 8 (i + j), plus mean[c], in int64 (|acc| < 2^53),
    binary32(acc) rounded once to nearest even (int64 -> float32), times 2^-(F + G)
@@ -282,26 +282,33 @@ def _combine(a0, a1, a2, a3, shift: tl.constexpr):
 @triton.jit
 def _inverse_kernel(y_ptr, nl_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R, KP, D, scale,
                     NB: tl.constexpr, OUT: tl.constexpr, LB: tl.constexpr, BM: tl.constexpr,
-                    BN: tl.constexpr, BK: tl.constexpr, F64: tl.constexpr):
+                    BN: tl.constexpr, BK: tl.constexpr, F64: tl.constexpr,
+                    HIGH: tl.constexpr):
     """Channels of a tile of rows x channels (module docstring, step 2).  The grid is one
-    dimension, the column tiles of a row tile consecutive (they share its Y limbs in L2)."""
+    dimension, the column tiles of a row tile consecutive (they share its Y limbs in L2).
+    Two launches: HIGH False computes the tiles of blocks of one or two Y limbs, HIGH True
+    those of four-limb blocks; each leaves the others' tiles alone.  Four limbs need twice
+    the accumulators: compiled into one kernel with the others, they made every tile's
+    kernel spill registers (255 registers and 526 spill stores for sm_90 at BM 64, BN 128,
+    4 warps; the launch of one- and two-limb tiles alone: none)."""
     num_n = tl.cdiv(D, BN)
     pid_m = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
-    rows = pid_m * BM + tl.arange(0, BM)
-    cols = pid_n * BN + tl.arange(0, BN)
     nl = tl.load(nl_ptr + (pid_m * BM) // LB)
-    mean = tl.load(mean_ptr + cols, mask=cols < D, other=0)
-    if nl == 1:
-        v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 1, NB, BM, BN, BK, F64)
-    elif nl == 2:
-        v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 2, NB, BM, BN, BK, F64)
-    else:
-        v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 4, NB, BM, BN, BK, F64)
-    v = v * scale                                          # exact: a power of two
-    orow = tl.load(out_row_ptr + rows, mask=rows < R, other=0)
-    m = (rows[:, None] < R) & (cols[None, :] < D)
-    _store_out(out_ptr, orow[:, None].to(tl.int64) * D + cols[None, :], v, m, OUT)
+    if (nl == 4) == HIGH:
+        rows = pid_m * BM + tl.arange(0, BM)
+        cols = pid_n * BN + tl.arange(0, BN)
+        mean = tl.load(mean_ptr + cols, mask=cols < D, other=0)
+        if HIGH:
+            v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 4, NB, BM, BN, BK, F64)
+        elif nl == 1:
+            v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 1, NB, BM, BN, BK, F64)
+        else:
+            v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 2, NB, BM, BN, BK, F64)
+        v = v * scale                                      # exact: a power of two
+        orow = tl.load(out_row_ptr + rows, mask=rows < R, other=0)
+        m = (rows[:, None] < R) & (cols[None, :] < D)
+        _store_out(out_ptr, orow[:, None].to(tl.int64) * D + cols[None, :], v, m, OUT)
 
 
 def basis_limbs(basis: np.ndarray) -> np.ndarray:
@@ -361,9 +368,10 @@ def limb_gemm(limbs, nl, dt: DeviceTransform, out, out_row, variant=None):
         raise ValueError(f"BK {bk} does not divide the padded coefficient count {dt.kp}")
     bn = min(bn, max(16, triton.next_power_of_2(dt.d)))
     grid = (triton.cdiv(r, bm) * triton.cdiv(dt.d, bn),)
-    _inverse_kernel[grid](limbs, nl, dt.basis, dt.mean, out, out_row, r, dt.kp, dt.d,
-                          dt.scale, NB=dt.nb, OUT=kind, LB=LIMB_ROWS, BM=bm, BN=bn,
-                          BK=bk, **v)
+    for high in (False, True):     # the four-limb tiles (rare) in a launch of their own
+        _inverse_kernel[grid](limbs, nl, dt.basis, dt.mean, out, out_row, r, dt.kp, dt.d,
+                              dt.scale, NB=dt.nb, OUT=kind, LB=LIMB_ROWS, BM=bm, BN=bn,
+                              BK=bk, HIGH=high, **v)
 
 
 def fused(contiguous: bool, num_chains: int, k: int, variant=None) -> bool:

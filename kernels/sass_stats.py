@@ -1,0 +1,116 @@
+"""Registers and stack (register spills) of the transform kernels, compiled for a Hopper
+GPU (sm_90) on a machine without one: a development tool.
+
+    python -P -m tokenbits.kernels.sass_stats [--all] [--json OUT]
+
+Triton compiles each launch ahead of time (``triton.compile`` with a GPUTarget, the
+arguments a launch would specialise as divisible by 16 marked so), and ``cuobjdump
+-res-usage`` (shipped with Triton) reads the cubin's registers per thread and stack
+bytes: a stack frame in these kernels is register spills.  This is how the limb GEMM's
+spills were found (kernels/transform.py, ``_inverse_kernel``): not a timing, but a cause
+of slow kernels that needs no GPU.  The counts are those of this machine's Triton; the
+GPU machines run another version (shared/TRITON-NOTES.md).  Run it with
+TRITON_INTERPRET unset (the interpreter's kernels cannot be compiled).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+INVERSE_SIG = dict(y_ptr="*i8", nl_ptr="*i32", basis_ptr="*i8", mean_ptr="*i64",
+                   out_ptr="*fp16", out_row_ptr="*i64", R="i32", KP="i32", D="i32",
+                   scale="fp32")
+LEVELS_SIG = dict(sym_ptr="*i16", chain_ptr="*i64", delta_ptr="*i32", code_ptr="*i32",
+                  fac_ptr="*fp64", esc_ptr="*i32", uext_ptr="*i32", y_ptr="*i8",
+                  ymax_ptr="*i32", status_ptr="*i32", R="i32", K="i32", KP="i32", NT="i32")
+
+
+def cuobjdump() -> Path:
+    import triton
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def compile_stats(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int = 3,
+                  not_divisible=(), arch: int = 90) -> dict:
+    """{registers, stack_bytes, shared_bytes} of ``fn`` compiled for sm_``arch``: every
+    pointer and i32 argument taken as divisible by 16 (as a launch specialises the
+    batch's aligned tensors and sizes) except ``not_divisible``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    sig = dict(signature, **{k: "constexpr" for k in constexprs})
+    names = list(sig)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in signature.items()
+             if (t.startswith("*") or t == "i32") and n not in not_divisible}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
+                       target=GPUTarget("cuda", arch, 32),
+                       options=dict(num_warps=num_warps, num_stages=num_stages))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "k.cubin"
+        path.write_bytes(k.asm["cubin"])
+        usage = subprocess.run([str(cuobjdump()), "-res-usage", str(path)], check=True,
+                               capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    return dict(registers=int(m.group(1)), stack_bytes=int(m.group(2)),
+                shared_bytes=int(k.metadata.shared))
+
+
+def launches(everything: bool = False) -> list:
+    """(name, kernel, signature, constexprs, num_warps, num_stages, not_divisible) of the
+    default launches (and with ``everything``, bench_gpu's sweep of the limb GEMM)."""
+    from . import transform as tk
+    v = dict(tk.TRANSFORM_VARIANT)
+    shapes = [("default", v)]
+    if everything:
+        from .bench_gpu import _GEMM_SHAPES
+        shapes += [(f"BM {s['BM']} BN {s['BN']} BK {s['BK']} w{s['num_warps']}",
+                    dict(s, F64=False)) for s in _GEMM_SHAPES]
+    out = []
+    for label, s in shapes:
+        for f64 in (False, True):
+            for high in (False, True):
+                c = dict(NB=1, OUT=1, LB=tk.LIMB_ROWS, BM=s["BM"], BN=s["BN"], BK=s["BK"],
+                         F64=f64, HIGH=high)
+                out.append((f"inverse {label}{' F64' if f64 else ''}"
+                            f"{' four limbs' if high else ''}", tk._inverse_kernel, INVERSE_SIG,
+                            c, s["num_warps"], s["num_stages"], ()))
+    lv = tk.LEVELS_VARIANT
+    out.append(("levels_limbs default", tk._levels_limbs_kernel, LEVELS_SIG,
+                dict(SCAN=True, BC=lv["LEVELS_BC"]), lv["LEVELS_WARPS"], 1, ("K", "NT")))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--all", action="store_true", help="also bench_gpu's sweep of launch shapes")
+    p.add_argument("--json", metavar="OUT", help="write the figures as JSON ('-': stdout)")
+    a = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("sass_stats: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)",
+              file=sys.stderr)
+        return 2
+    res = {}
+    for name, fn, sig, consts, warps, stages, nd in launches(a.all):
+        res[name] = dict(compile_stats(fn, sig, consts, warps, stages, nd), num_warps=warps)
+        if a.json != "-":
+            r = res[name]
+            print(f"{name:45s} {warps} warps: {r['registers']:3d} registers, "
+                  f"{r['stack_bytes']:4d} stack bytes, {r['shared_bytes']:6d} shared bytes",
+                  flush=True)
+    if a.json:
+        text = json.dumps(res, indent=1)
+        if a.json == "-":
+            print(text)
+        else:
+            Path(a.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
