@@ -521,6 +521,8 @@ _GEMM_SHAPES = [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=ns)
 # (F64 needs fewer registers: most shapes spill without it, kernels/sass_stats.py --all)
 _F64_SHAPES = [dict(s, F64=True) for s in _GEMM_SHAPES]
 TRANSFORM_SWEEP = [None] + _GEMM_SHAPES + [dict(F64=True)] + _F64_SHAPES + [
+    dict(F64=True, maxnreg=128),        # 128 registers (8 stack bytes): two programs an SM
+    dict(FUSED=True, F64=True, maxnreg=128)] + [
     dict(FUSED=True), dict(FUSED=True, LEVELS_BC=32), dict(FUSED=True, LEVELS_BC=128),
     dict(FUSED=True, LEVELS_BC=64, LEVELS_WARPS=2), dict(FUSED=True, F64=True)] + [
     dict(s, FUSED=True) for s in _F64_SHAPES]
