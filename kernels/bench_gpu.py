@@ -512,8 +512,9 @@ def profile(data: str, frames: int, num_tables=None, prob_bits=None, log=print) 
     torch.cuda.cudart().cudaProfilerStop()
 
 
-# launches of the transform decode: the limb GEMM's shape, F64 (the binary64 epilogue) and
-# FUSED (levels straight to limb planes, coefficient segments of LEVELS_BC)
+# launches of the transform decode: the limb GEMM's shape, F64 (the binary64 epilogue), KEXT
+# (limb-1 products only up to each block's limb-1 extent) and FUSED (levels straight to
+# limb planes, coefficient segments of LEVELS_BC)
 _GEMM_SHAPES = [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=ns)
                 for bm, bn, bk, w, ns in ((128, 128, 64, 8, 3), (64, 128, 64, 4, 3),
                                           (128, 256, 64, 8, 3), (64, 256, 64, 8, 3),
@@ -522,7 +523,9 @@ _GEMM_SHAPES = [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=ns)
 _F64_SHAPES = [dict(s, F64=True) for s in _GEMM_SHAPES]
 TRANSFORM_SWEEP = [None] + _GEMM_SHAPES + [dict(F64=True)] + _F64_SHAPES + [
     dict(F64=True, maxnreg=128),        # 128 registers (8 stack bytes): two programs an SM
-    dict(FUSED=True, F64=True, maxnreg=128)] + [
+    dict(FUSED=True, F64=True, maxnreg=128),
+    dict(KEXT=True), dict(KEXT=True, F64=True), dict(FUSED=True, KEXT=True),
+    dict(FUSED=True, KEXT=True, F64=True, num_warps=4)] + [
     dict(FUSED=True), dict(FUSED=True, LEVELS_BC=32), dict(FUSED=True, LEVELS_BC=128),
     dict(FUSED=True, LEVELS_BC=64, LEVELS_WARPS=2), dict(FUSED=True, F64=True)] + [
     dict(s, FUSED=True) for s in _F64_SHAPES]
@@ -555,15 +558,18 @@ def _stage_breakdown(tps, ps, st, bench_ms, log) -> dict:
         return tk.levels_limbs(sym, st.t_offs, st.t_delta, ps.t_code, ps.esc, uext, dt, pred,
                                dict(FUSED=True))
     levels()
-    limbs, nl, _, _ = fused()
+    limbs, nl, ke, _, _ = fused()
     res = dict(rans_ms=bench_ms(lambda: rans.decode(st.plan, st.t_words, st.t_cw, ps.tables,
                                                     tps["prob_bits"], st.n_esc)),
                levels_f32_ms=bench_ms(levels),
                ylimbs_ms=bench_ms(lambda: tk.ylimbs(lev, st.t_delta, ps.t_code, dt, status)),
                fused_levels_limbs_ms=bench_ms(fused),
-               gemm_ms=bench_ms(lambda: tk.limb_gemm(limbs, nl, dt, out, st.t_out_row)),
-               gemm_f64_ms=bench_ms(lambda: tk.limb_gemm(limbs, nl, dt, out, st.t_out_row,
+               gemm_ms=bench_ms(lambda: tk.limb_gemm(limbs, nl, ke, dt, out, st.t_out_row)),
+               gemm_f64_ms=bench_ms(lambda: tk.limb_gemm(limbs, nl, ke, dt, out, st.t_out_row,
                                                          dict(F64=True))),
+               gemm_kext_ms=bench_ms(lambda: tk.limb_gemm(limbs, nl, ke, dt, out, st.t_out_row,
+                                                          dict(KEXT=True))),
+               limb1_extent_mean=float(ke.double().mean()) if ke.numel() else 0.0,
                limb_counts=sorted(set(nl.cpu().tolist())))
     log("  stages alone: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in res.items()))
@@ -586,10 +592,11 @@ def _inverse_breakdown(ps, st, variant, bench_ms, log) -> dict:
         out = torch.empty((r, dt.d), dtype=torch.float16, device="cuda")
         rows = torch.arange(r, device="cuda")
         status = torch.zeros(r, dtype=torch.int32, device="cuda")
-        limbs, nl = tk.ylimbs(lev, delta, ps.t_code, dt, status)
+        limbs, nl, ke = tk.ylimbs(lev, delta, ps.t_code, dt, status)
         res["limb_counts" + tag] = sorted(set(nl.cpu().tolist()))
         res["ylimbs_ms" + tag] = bench_ms(lambda: tk.ylimbs(lev, delta, ps.t_code, dt, status))
-        res["gemm_ms" + tag] = bench_ms(lambda: tk.limb_gemm(limbs, nl, dt, out, rows, variant))
+        res["gemm_ms" + tag] = bench_ms(lambda: tk.limb_gemm(limbs, nl, ke, dt, out, rows,
+                                                             variant))
         res["full_ms" + tag] = bench_ms(lambda: tk.inverse(lev, delta, ps.t_code, dt, out, rows,
                                                            variant))
         nlimb = max(res["limb_counts" + tag])

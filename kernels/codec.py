@@ -156,10 +156,10 @@ def launch_batch(tps: dict, ps: _ParamSet, st: _Staged, transform_variant=None):
             gemm_v = dict(transform_variant or {})   # levels (steps of 1.0), then inverse
             lev_v = {k: gemm_v.pop(k) for k in list(gemm_v) if k in transform_k.LEVELS_VARIANT}
             if transform_k.fused(st.contiguous, st.t_offs.numel() - 1, d, lev_v):
-                limbs, nl, vstatus, tstatus = transform_k.levels_limbs(
+                limbs, nl, ke, vstatus, tstatus = transform_k.levels_limbs(
                     sym, st.t_offs, st.t_delta, ps.t_code, ps.esc, uext, ps.transform, pred,
                     lev_v)
-                transform_k.limb_gemm(limbs, nl, ps.transform, out, st.t_out_row, gemm_v)
+                transform_k.limb_gemm(limbs, nl, ke, ps.transform, out, st.t_out_row, gemm_v)
             else:
                 lev = torch.empty((int(st.kept.sum()), d), dtype=torch.float32, device=device)
                 vstatus = recon.dequantize(sym, st.t_rows, st.t_offs, st.lev_rows, st.t_delta,

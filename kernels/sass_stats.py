@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-INVERSE_SIG = dict(y_ptr="*i8", nl_ptr="*i32", basis_ptr="*i8", mean_ptr="*i64",
+INVERSE_SIG = dict(y_ptr="*i8", nl_ptr="*i32", ke_ptr="*i32", basis_ptr="*i8", mean_ptr="*i64",
                    out_ptr="*fp16", out_row_ptr="*i64", R="i32", KP="i32", D="i32",
                    scale="fp32")
 LEVELS_SIG = dict(sym_ptr="*i16", chain_ptr="*i64", delta_ptr="*i32", code_ptr="*i32",
@@ -73,13 +73,14 @@ def launches(everything: bool = False) -> list:
                     dict(s, F64=False)) for s in _GEMM_SHAPES]
     out = []
     for label, s in shapes:
-        for f64 in (False, True):
-            for high in (False, True):
-                c = dict(NB=1, OUT=1, LB=tk.LIMB_ROWS, BM=s["BM"], BN=s["BN"], BK=s["BK"],
-                         F64=f64, HIGH=high)
-                out.append((f"inverse {label}{' F64' if f64 else ''}"
-                            f"{' four limbs' if high else ''}", tk._inverse_kernel, INVERSE_SIG,
-                            c, s["num_warps"], s["num_stages"], ()))
+        for f64, kext, high in ((False, False, False), (False, False, True),
+                                (True, False, False), (True, False, True),
+                                (False, True, False), (True, True, False)):
+            c = dict(NB=1, OUT=1, LB=tk.LIMB_ROWS, BM=s["BM"], BN=s["BN"], BK=s["BK"],
+                     F64=f64, HIGH=high, KEXT=kext)
+            out.append((f"inverse {label}{' F64' if f64 else ''}{' KEXT' if kext else ''}"
+                        f"{' four limbs' if high else ''}", tk._inverse_kernel, INVERSE_SIG,
+                        c, s["num_warps"], s["num_stages"], ()))
     lv = tk.LEVELS_VARIANT
     out.append(("levels_limbs default", tk._levels_limbs_kernel, LEVELS_SIG,
                 dict(SCAN=True, BC=lv["LEVELS_BC"]), lv["LEVELS_WARPS"], 1, ("K", "NT")))

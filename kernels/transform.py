@@ -42,6 +42,13 @@ zero, so whatever they hold adds nothing.
 F64 (a launch option of step 2): where a block has at most two Y limbs, the limb sums
 are combined in binary64 rather than int64 (each limb sum is an integer below 2^27, the
 shifted total below 2^46 and acc below 2^53: exact), the same binary32 result.
+
+KEXT (a launch option of step 2): both paths record each block's limb-1 extent, the
+coefficient count past which every abs(Y) <= 127 in the block (limb 1 is zero there;
+recorded to the granularity of a segment or a ylimbs chunk, never short).  A two-limb
+block then multiplies limb 1 only up to it, rounded up to BK.  On the ViT frames of the
+GPU bench 7.7 % of the Y are beyond 127, most in the first coefficients; the 18 blocks'
+extents, rounded up to 64, are 256 to 448 of KP 576 (mean 324): 22 % fewer products.
 """
 from __future__ import annotations
 
@@ -60,7 +67,8 @@ ONE_LIMB = tl.constexpr(127)
 BAD_COEFF = tl.constexpr(4)    # status bit of a row: a coefficient value beyond 2^24 - 1 (7.6.3)
 RINT64 = tl.constexpr(6755399441055744.0)      # 1.5 * 2^52: (v + RINT64) - RINT64 = rint(v)
 LIMB_ROWS = 128                # rows of a limb-count block; a GEMM tile's BM divides it
-TRANSFORM_VARIANT = dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=3, F64=False)
+TRANSFORM_VARIANT = dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=3, F64=False,
+                         KEXT=False)
 YLIMBS_VARIANT = dict(BK=32, num_warps=8)
 # the fused path (levels_limbs): coefficient segments of LEVELS_BC, LEVELS_WARPS warps a
 # program, taken where chains x segments >= LEVELS_MIN_PROGRAMS (else recon.dequantize and
@@ -94,18 +102,22 @@ def _coefficients(lev_ptr, delta_ptr, code_ptr, fac_ptr, rows, kk, R, K):
 
 
 @triton.jit
-def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, nl_ptr, status_ptr, R, K, KP,
-                   LB: tl.constexpr, BK: tl.constexpr):
-    """Limb planes y_ptr [4, R, KP] of a block of LB rows, its limb count nl_ptr[block]
-    and its rows' BAD_COEFF status (see the module docstring)."""
+def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, nl_ptr, ke_ptr, status_ptr, R,
+                   K, KP, LB: tl.constexpr, BK: tl.constexpr):
+    """Limb planes y_ptr [4, R, KP] of a block of LB rows, its limb count nl_ptr[block],
+    its limb-1 extent ke_ptr[block] and its rows' BAD_COEFF status (see the module
+    docstring)."""
     rows = tl.program_id(0) * LB + tl.arange(0, LB)
     plane = R.to(tl.int64) * KP
     top = tl.zeros((LB,), dtype=tl.int32)
     bad = tl.zeros((LB,), dtype=tl.int32)
+    ke = 0
     for k0 in range(0, KP, BK):
         kk = k0 + tl.arange(0, BK)
         y, b = _coefficients(lev_ptr, delta_ptr, code_ptr, fac_ptr, rows, kk, R, K)
-        top = tl.maximum(top, tl.max(tl.abs(y), 1))
+        chunk = tl.max(tl.abs(y), 1)
+        top = tl.maximum(top, chunk)
+        ke = tl.where(tl.max(chunk, 0) > ONE_LIMB, tl.minimum(k0 + BK, K), ke)
         bad = bad | b
         m = (rows[:, None] < R) & (kk[None, :] < KP)
         idx = rows[:, None].to(tl.int64) * KP + kk[None, :]
@@ -127,6 +139,7 @@ def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, nl_ptr, status_
             tl.store(y_ptr + 3 * plane + idx, y.to(tl.int8), mask=m)
     nl = tl.where(big > TWO_LIMBS, 4, tl.where(big > ONE_LIMB, 2, 1))
     tl.store(nl_ptr + tl.program_id(0), nl)
+    tl.store(ke_ptr + tl.program_id(0), ke)
     tl.store(status_ptr + rows, bad * BAD_COEFF, mask=rows < R)
 
 
@@ -184,11 +197,11 @@ def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_p
 
 
 @triton.jit
-def _limb_counts_kernel(ymax_ptr, y_ptr, nl_ptr, status_ptr, R, K, KP, NT,
+def _limb_counts_kernel(ymax_ptr, y_ptr, nl_ptr, ke_ptr, status_ptr, R, K, KP, NT,
                         LB: tl.constexpr, BC: tl.constexpr, NTP: tl.constexpr):
     """After _levels_limbs_kernel, per block of LB rows: the rows' BAD_COEFF status, the
-    block's limb count and, where it is 4, zeros in limbs 2 and 3 of the segments that
-    did not write them (their values are zero)."""
+    block's limb count and limb-1 extent and, where the count is 4, zeros in limbs 2 and
+    3 of the segments that did not write them (their values are zero)."""
     rows = tl.program_id(0) * LB + tl.arange(0, LB)
     rm = rows < R
     tt = tl.arange(0, NTP)
@@ -199,6 +212,8 @@ def _limb_counts_kernel(ymax_ptr, y_ptr, nl_ptr, status_ptr, R, K, KP, NT,
     big = tl.max(row_top, 0)
     tl.store(nl_ptr + tl.program_id(0), tl.where(big > TWO_LIMBS, 4,
                                                  tl.where(big > ONE_LIMB, 2, 1)))
+    last = tl.max(tl.max(tl.where(top > ONE_LIMB, tt[None, :] + 1, 0), 1), 0)
+    tl.store(ke_ptr + tl.program_id(0), tl.minimum(last * BC, K))
     if big > TWO_LIMBS:
         plane = R.to(tl.int64) * KP
         zero = tl.zeros([LB, BC], dtype=tl.int8)
@@ -212,13 +227,14 @@ def _limb_counts_kernel(ymax_ptr, y_ptr, nl_ptr, status_ptr, R, K, KP, NT,
 
 
 @triton.jit
-def _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, NL: tl.constexpr,
+def _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, NL: tl.constexpr,
                NB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                F64: tl.constexpr):
     """binary32(acc) [BM, BN], acc = mean + the sum over the NL Y limbs i and NB basis
     limbs j of (Y_i x B_j) 2^(8 (i + j)): int8 tensor-core products accumulated in int32
     (exact, see the docstring), summed in int64; or, with F64 and NL <= 2, in binary64
-    (exact too: the limb sums' total is below 2^46 and acc below 2^53)."""
+    (exact too: the limb sums' total is below 2^46 and acc below 2^53).  With NL = 2,
+    Y limb 1 is taken as zero from coefficient K1 on (a multiple of BK: KEXT)."""
     plane = R.to(tl.int64) * KP
     z = tl.zeros((BM, BN), dtype=tl.int32)
     a00, a01, a02, a03 = z, z, z, z          # basis limb 0, Y limbs 0..3
@@ -226,7 +242,7 @@ def _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, NL: tl.constexpr,
     a20, a21, a22, a23 = z, z, z, z          # basis limb 2
     ym = rows[:, None] < R
     bm = cols[:, None] < D
-    for k0 in range(0, KP, BK):
+    for k0 in range(0, K1 if NL == 2 else KP, BK):
         kk = k0 + tl.arange(0, BK)
         yidx = rows[:, None].to(tl.int64) * KP + kk[None, :]
         bidx = cols[:, None] * KP + kk[None, :]
@@ -257,6 +273,19 @@ def _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, NL: tl.constexpr,
             if NL >= 4:
                 a22 += tl.dot(y2, b2)
                 a23 += tl.dot(y3, b2)
+    if NL == 2:                    # coefficients K1 .. KP - 1: limb 0 alone
+        for k0 in range(K1, KP, BK):
+            kk = k0 + tl.arange(0, BK)
+            y0 = tl.load(y_ptr + rows[:, None].to(tl.int64) * KP + kk[None, :], mask=ym,
+                         other=0)
+            bidx = cols[:, None] * KP + kk[None, :]
+            a00 += tl.dot(y0, tl.trans(tl.load(basis_ptr + bidx, mask=bm, other=0)))
+            if NB >= 2:
+                a10 += tl.dot(y0, tl.trans(tl.load(basis_ptr + D * KP + bidx, mask=bm,
+                                                   other=0)))
+            if NB >= 3:
+                a20 += tl.dot(y0, tl.trans(tl.load(basis_ptr + 2 * D * KP + bidx, mask=bm,
+                                                   other=0)))
     if F64 and NL <= 2:
         acc = a00.to(tl.float64) + a01.to(tl.float64) * 256.0
         if NB >= 2:
@@ -280,31 +309,39 @@ def _combine(a0, a1, a2, a3, shift: tl.constexpr):
 
 
 @triton.jit
-def _inverse_kernel(y_ptr, nl_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R, KP, D, scale,
-                    NB: tl.constexpr, OUT: tl.constexpr, LB: tl.constexpr, BM: tl.constexpr,
-                    BN: tl.constexpr, BK: tl.constexpr, F64: tl.constexpr,
-                    HIGH: tl.constexpr):
+def _inverse_kernel(y_ptr, nl_ptr, ke_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R, KP, D,
+                    scale, NB: tl.constexpr, OUT: tl.constexpr, LB: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F64: tl.constexpr,
+                    HIGH: tl.constexpr, KEXT: tl.constexpr):
     """Channels of a tile of rows x channels (module docstring, step 2).  The grid is one
     dimension, the column tiles of a row tile consecutive (they share its Y limbs in L2).
     Two launches: HIGH False computes the tiles of blocks of one or two Y limbs, HIGH True
     those of four-limb blocks; each leaves the others' tiles alone.  Four limbs need twice
     the accumulators: compiled into one kernel with the others, they made every tile's
     kernel spill registers (255 registers and 526 spill stores for sm_90 at BM 64, BN 128,
-    4 warps; the launch of one- and two-limb tiles alone: none)."""
+    4 warps; the launch of one- and two-limb tiles alone: none).  KEXT: a two-limb
+    block's limb-1 products stop at its limb-1 extent ke_ptr[block] (rounded up to BK):
+    past it every limb 1 is zero."""
     num_n = tl.cdiv(D, BN)
     pid_m = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
     nl = tl.load(nl_ptr + (pid_m * BM) // LB)
+    k1 = KP
+    if KEXT:
+        k1 = tl.minimum(tl.cdiv(tl.load(ke_ptr + (pid_m * BM) // LB), BK) * BK, KP)
     if (nl == 4) == HIGH:
         rows = pid_m * BM + tl.arange(0, BM)
         cols = pid_n * BN + tl.arange(0, BN)
         mean = tl.load(mean_ptr + cols, mask=cols < D, other=0)
         if HIGH:
-            v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 4, NB, BM, BN, BK, F64)
+            v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 4, NB, BM, BN, BK,
+                           F64)
         elif nl == 1:
-            v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 1, NB, BM, BN, BK, F64)
+            v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 1, NB, BM, BN, BK,
+                           F64)
         else:
-            v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, 2, NB, BM, BN, BK, F64)
+            v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 2, NB, BM, BN, BK,
+                           F64)
         v = v * scale                                      # exact: a power of two
         orow = tl.load(out_row_ptr + rows, mask=rows < R, other=0)
         m = (rows[:, None] < R) & (cols[None, :] < D)
@@ -342,18 +379,22 @@ class DeviceTransform:
 
 
 def ylimbs(levels, delta, code, dt: DeviceTransform, status, variant=None):
-    """Launch 1: (limb planes int8 [4, R, KP], limb count per LIMB_ROWS block)."""
+    """Launch 1: (limb planes int8 [4, R, KP], limb count and limb-1 extent per
+    LIMB_ROWS block)."""
     r = levels.shape[0]
     v = dict(YLIMBS_VARIANT, **(variant or {}))
     limbs = torch.empty((4, r, dt.kp), dtype=torch.int8, device=levels.device)
-    nl = torch.empty(triton.cdiv(r, LIMB_ROWS), dtype=torch.int32, device=levels.device)
+    nl, ke = torch.empty((2, triton.cdiv(r, LIMB_ROWS)), dtype=torch.int32,
+                         device=levels.device)
     _ylimbs_kernel[(triton.cdiv(r, LIMB_ROWS),)](
-        levels, delta, code, dt.factors, limbs, nl, status, r, dt.k, dt.kp, LB=LIMB_ROWS, **v)
-    return limbs, nl
+        levels, delta, code, dt.factors, limbs, nl, ke, status, r, dt.k, dt.kp, LB=LIMB_ROWS,
+        **v)
+    return limbs, nl, ke
 
 
-def limb_gemm(limbs, nl, dt: DeviceTransform, out, out_row, variant=None):
-    """Launch 2: the channels of the limb planes, written to ``out`` at rows ``out_row``."""
+def limb_gemm(limbs, nl, ke, dt: DeviceTransform, out, out_row, variant=None):
+    """Launch 2: the channels of the limb planes (limb counts ``nl``, limb-1 extents
+    ``ke``), written to ``out`` at rows ``out_row``."""
     r = limbs.shape[1]
     if r == 0:
         return
@@ -369,8 +410,8 @@ def limb_gemm(limbs, nl, dt: DeviceTransform, out, out_row, variant=None):
     bn = min(bn, max(16, triton.next_power_of_2(dt.d)))
     grid = (triton.cdiv(r, bm) * triton.cdiv(dt.d, bn),)
     for high in (False, True):     # the four-limb tiles (rare) in a launch of their own
-        _inverse_kernel[grid](limbs, nl, dt.basis, dt.mean, out, out_row, r, dt.kp, dt.d,
-                              dt.scale, NB=dt.nb, OUT=kind, LB=LIMB_ROWS, BM=bm, BN=bn,
+        _inverse_kernel[grid](limbs, nl, ke, dt.basis, dt.mean, out, out_row, r, dt.kp,
+                              dt.d, dt.scale, NB=dt.nb, OUT=kind, LB=LIMB_ROWS, BM=bm, BN=bn,
                               BK=bk, HIGH=high, **v)
 
 
@@ -386,8 +427,9 @@ def levels_limbs(sym, offs, delta, code, esc, uext, dt: DeviceTransform, predict
                  variant=None):
     """The fused path for chains of consecutive rows ``offs`` (recon.chains): the levels
     of the decoded symbols ``sym`` and their coefficient values, straight to limb
-    planes.  Returns (limb planes int8 [4, R, KP], limb count per LIMB_ROWS block,
-    status of each chain (recon.BAD_LEVEL), status of each row (BAD_COEFF))."""
+    planes.  Returns (limb planes int8 [4, R, KP], limb count and limb-1 extent per
+    LIMB_ROWS block, status of each chain (recon.BAD_LEVEL), status of each row
+    (BAD_COEFF))."""
     v = dict(LEVELS_VARIANT, **(variant or {}))
     r, dev = delta.numel(), sym.device
     n = offs.numel() - 1
@@ -397,15 +439,15 @@ def levels_limbs(sym, offs, delta, code, esc, uext, dt: DeviceTransform, predict
     ymax = torch.empty((max(r, 1), nt), dtype=torch.int32, device=dev)
     vstatus = torch.zeros(max(n, 1), dtype=torch.int32, device=dev)
     tstatus = torch.zeros(max(r, 1), dtype=torch.int32, device=dev)
-    nl = torch.empty(triton.cdiv(r, LIMB_ROWS), dtype=torch.int32, device=dev)
+    nl, ke = torch.empty((2, triton.cdiv(r, LIMB_ROWS)), dtype=torch.int32, device=dev)
     if n > 0 and r > 0:
         _levels_limbs_kernel[(n, nt)](sym, offs, delta, code, dt.factors, esc, uext, limbs,
                                       ymax, vstatus, r, dt.k, dt.kp, nt, SCAN=predictor != 0,
                                       BC=bc, num_warps=v["LEVELS_WARPS"])
-        _limb_counts_kernel[(nl.numel(),)](ymax, limbs, nl, tstatus, r, dt.k, dt.kp, nt,
+        _limb_counts_kernel[(nl.numel(),)](ymax, limbs, nl, ke, tstatus, r, dt.k, dt.kp, nt,
                                            LB=LIMB_ROWS, BC=bc,
                                            NTP=triton.next_power_of_2(nt), num_warps=4)
-    return limbs, nl, vstatus[:max(n, 0)], tstatus[:r]
+    return limbs, nl, ke, vstatus[:max(n, 0)], tstatus[:r]
 
 
 def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,
@@ -419,8 +461,8 @@ def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,
     status = torch.zeros(max(r, 1), dtype=torch.int32, device=levels.device)
     if r == 0:
         return status[:0]
-    limbs, nl = ylimbs(levels, delta, code, dt, status)
-    limb_gemm(limbs, nl, dt, out, out_row, variant)
+    limbs, nl, ke = ylimbs(levels, delta, code, dt, status)
+    limb_gemm(limbs, nl, ke, dt, out, out_row, variant)
     return status[:r]
 
 

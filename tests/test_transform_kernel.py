@@ -120,7 +120,7 @@ def test_inverse_kernel_limb_counts_per_block():
     want, bad = _reference(lev, codes, t, 0)
     assert bad.sum() == 1
     status = torch.zeros(r, dtype=torch.int32, device=DEV)
-    _, nl = tk.ylimbs(torch.from_numpy(lev.astype(np.float32)).to(DEV),
+    _, nl, _ = tk.ylimbs(torch.from_numpy(lev.astype(np.float32)).to(DEV),
                       torch.zeros(r, dtype=torch.int32, device=DEV),
                       torch.from_numpy(base.astype(np.int32)).to(DEV),
                       tk.DeviceTransform(t, DEV), status)
@@ -162,14 +162,16 @@ def _fused_run(lev, base, delta, t, offs, predictor, esc=None, variant=None):
     uext = np.where(u >= esc[None, :], u, 0)
     dt = tk.DeviceTransform(t, DEV)
     dev = lambda a, ty: torch.from_numpy(np.ascontiguousarray(a).astype(ty)).to(DEV)  # noqa
-    limbs, nl, vst, tst = tk.levels_limbs(
+    variant = dict(variant or {})
+    lev_v = {k: variant.pop(k) for k in list(variant) if k in tk.LEVELS_VARIANT}
+    limbs, nl, ke, vst, tst = tk.levels_limbs(
         dev(sym.reshape(-1), np.int16), dev(offs, np.int64), dev(delta, np.int32),
         dev(base, np.int32), dev(esc, np.int32), dev(uext.reshape(-1), np.int32), dt,
-        int(predictor), dict(variant or {}, FUSED=True, LEVELS_MIN_PROGRAMS=0))
+        int(predictor), dict(lev_v, FUSED=True, LEVELS_MIN_PROGRAMS=0))
     out = torch.zeros((r, t.num_channels), dtype=torch.float32, device=DEV)
-    tk.limb_gemm(limbs, nl, dt, out, dev(np.arange(r), np.int64))
+    tk.limb_gemm(limbs, nl, ke, dt, out, dev(np.arange(r), np.int64), variant)
     return (out.cpu().numpy(), tst.cpu().numpy() != 0, vst.cpu().numpy(), limbs.cpu().numpy(),
-            nl.cpu().numpy())
+            nl.cpu().numpy(), ke.cpu().numpy())
 
 
 @pytest.mark.parametrize("predictor", [0, 1])
@@ -197,21 +199,59 @@ def test_fused_levels_limbs_match_the_two_step_path(predictor, bc):
     want, bad = _reference(lev, codes, t, 0)
     assert bad.sum() == 1
     esc = np.full(k, 40)                      # residuals beyond 20 in magnitude escape
-    got, gbad, vst, limbs, nl = _fused_run(lev, base, delta, t, offs, predictor, esc,
-                                           dict(LEVELS_BC=bc))
+    got, gbad, vst, limbs, nl, ke = _fused_run(lev, base, delta, t, offs, predictor, esc,
+                                               dict(LEVELS_BC=bc))
     assert np.array_equal(gbad, bad) and not vst.any()
     assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8))
     st = torch.zeros(r, dtype=torch.int32, device=DEV)
-    two, nl2 = tk.ylimbs(torch.from_numpy(lev.astype(np.float32)).to(DEV),
-                         torch.from_numpy(delta.astype(np.int32)).to(DEV),
-                         torch.from_numpy(base.astype(np.int32)).to(DEV),
-                         tk.DeviceTransform(t, DEV), st)
+    two, nl2, ke2 = tk.ylimbs(torch.from_numpy(lev.astype(np.float32)).to(DEV),
+                              torch.from_numpy(delta.astype(np.int32)).to(DEV),
+                              torch.from_numpy(base.astype(np.int32)).to(DEV),
+                              tk.DeviceTransform(t, DEV), st)
     two = two.cpu().numpy()
     assert nl.tolist() == nl2.cpu().tolist() == [1, 2, 4, 4]
     ok = ~bad
     assert np.array_equal(limbs[:2, ok, :k], two[:2, ok, :k])
     four = np.repeat(nl == 4, lb)[:r] & ok
     assert np.array_equal(limbs[2:, four, :k], two[2:, four, :k])
+    y = np.rint(lev * tr.FACTORS[t.coeff_frac_bits][codes])     # 7.6.3 step 1, unchecked
+    _check_extents(y, ke, bc)
+    _check_extents(y, ke2.cpu().numpy(), tk.YLIMBS_VARIANT["BK"])
+
+
+def _check_extents(y, ke, step):
+    """Each block's limb-1 extent covers its last abs(Y) > 127, by less than ``step``."""
+    lb = tk.LIMB_ROWS
+    for b in range(ke.size):
+        cols = np.nonzero((np.abs(y[b * lb:(b + 1) * lb]) > 127).any(axis=0))[0]
+        last = int(cols.max()) + 1 if cols.size else 0
+        assert last <= ke[b] < max(last, 1) + step or ke[b] == y.shape[1], (b, last, ke[b])
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_limb_gemm_stops_limb_one_at_the_block_extent(fused):
+    """KEXT: a two-limb block whose limb 1 is zero past its first coefficients (the
+    extent below one BK block of 64) beside one whose limb 1 reaches the last
+    coefficient, K 150 (KP 192): the reference's values, with KEXT on and off."""
+    rng = np.random.default_rng(25)
+    lb, k, d = tk.LIMB_ROWS, 150, 160
+    t = tr.make_transform(rng.integers(-1000, 1000, d), rng.integers(-127, 128, (k, d)), 0, 3)
+    base = np.full(k, 144)                    # step 1.0, F = 0: Y = level
+    r = 2 * lb + 5
+    lev = rng.integers(-20, 21, (r, k))
+    lev[3, 0], lev[70, 9] = 5000, -3000       # block 0: limb 1 within coefficients 0..9
+    lev[lb + 1, 149], lev[2 * lb + 2, 40] = 200, -300     # blocks 1 and 2: to 150 and 41
+    delta = np.zeros(r, np.int64)
+    want, bad = _reference(lev, base[None, :] + delta[:, None], t, 0)
+    assert not bad.any()
+    for variant in (dict(KEXT=True), dict(KEXT=True, F64=True), dict(KEXT=False)):
+        if fused:
+            got, _, _, _, nl, ke = _fused_run(lev, base, delta, t, np.array([0, 100, r]), 1,
+                                              variant=dict(variant, LEVELS_BC=32))
+            assert nl.tolist() == [2, 2, 2] and ke.tolist() == [32, k, 64]
+        else:
+            got, _ = _run(lev, base, delta, t, 0, variant=variant)
+        assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), variant
 
 
 def test_fused_levels_limbs_flag_levels_beyond_the_bound():
@@ -221,7 +261,7 @@ def test_fused_levels_limbs_flag_levels_beyond_the_bound():
     t = tr.make_transform(np.zeros(8, np.int64), rng.integers(-9, 10, (5, 8)), 0, 0)
     lev = rng.integers(-5, 6, (12, 5))
     lev[7, 2] = 1 << 24
-    _, _, vst, _, _ = _fused_run(lev, np.full(5, 144), np.zeros(12), t,
+    _, _, vst, _, _, _ = _fused_run(lev, np.full(5, 144), np.zeros(12), t,
                                  np.array([0, 4, 6, 12]), 1)
     assert vst.tolist() == [0, 0, 1]
 
