@@ -19,8 +19,9 @@ Then two launches:
    32639 (the most two limbs hold), and the block's limb count (1, 2 or 4) is stored.
 2. ``_inverse_kernel``, per tile of rows x channels (a tile's rows lie in one block; two
    launches, the second for the blocks of four limbs): the block's limb count of Y limbs
-   times one to three basis limbs (basis_limbs; one for basis_bits <= 8), each an int8 x int8 -> int32 tensor-core product over K (a limb sum
-   over K <= 8192 coefficients is below 2^27 in magnitude: exact in int32); then
+   times one to three basis limbs (basis_limbs; one for basis_bits <= 8), each an int8 x
+   int8 -> int32 tensor-core product over K (a limb sum over K <= 8192 coefficients is
+   below 2^27 in magnitude: exact in int32); then
    acc = sum of the limb sums shifted by 8 (i + j), plus mean[c], in int64 (|acc| < 2^53),
    binary32(acc) rounded once to nearest even (int64 -> float32), times 2^-(F + G)
    (exact: a power of two, no underflow since F + G <= 80), and the output dtype
@@ -318,10 +319,10 @@ def _inverse_kernel(y_ptr, nl_ptr, ke_ptr, basis_ptr, mean_ptr, out_ptr, out_row
     Two launches: HIGH False computes the tiles of blocks of one or two Y limbs, HIGH True
     those of four-limb blocks; each leaves the others' tiles alone.  Four limbs need twice
     the accumulators: compiled into one kernel with the others, they made every tile's
-    kernel spill registers (255 registers and 526 spill stores for sm_90 at BM 64, BN 128,
-    4 warps; the launch of one- and two-limb tiles alone: none).  KEXT: a two-limb
-    block's limb-1 products stop at its limb-1 extent ke_ptr[block] (rounded up to BK):
-    past it every limb 1 is zero."""
+    kernel spill registers (255 registers and 1576 stack bytes for sm_90 at BM 64, BN
+    128, 4 warps, kernels/sass_stats.py; the one- and two-limb launch at 8 warps: none).
+    KEXT: a two-limb block's limb-1 products stop at its limb-1 extent ke_ptr[block]
+    (rounded up to BK): past it every limb 1 is zero."""
     num_n = tl.cdiv(D, BN)
     pid_m = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
