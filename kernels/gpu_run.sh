@@ -22,7 +22,7 @@ if [ "${V11:-0}" = 1 ]; then
     timeout 120 python3 -u -P -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy --prune 256 \
         --json "$OUT/prune.json" 2>&1 | tee "$OUT/prune.txt" || true
     TKB_TEST_DEVICE=cuda timeout 180 python3 -u -P -m pytest -q -p no:cacheprovider tests/test_transform_kernel.py \
-        tests/test_prune_kernel.py tests/test_gpu_codec.py > "$OUT/gpu_tests_1_1.txt" 2>&1 || true
+        tests/test_prune_kernel.py tests/test_pruning.py tests/test_gpu_codec.py > "$OUT/gpu_tests_1_1.txt" 2>&1 || true
     tail -5 "$OUT/gpu_tests_1_1.txt"
     timeout 180 python3 -u -P -m tokenbits.conformance.cli run --decoder gpu -j 8 \
         --json "$OUT/conformance_gpu.json" > "$OUT/conformance_gpu.txt" 2>&1 || true

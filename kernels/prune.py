@@ -7,7 +7,7 @@ default), and the merge map's stand-ins.  Twins: ``tokenbits.pruning.similarity_
 
 * directions q = rint(x 2^(14 - e)) (e from frexp of the token's largest magnitude,
   non-finite values as 0) and n = sqrt(sum q^2) with torch ops in binary64: exact
-  (powers of two, integers below 2^53) or correctly rounded (sqrt);
+  (powers of two built from their bits, integers below 2^53) or correctly rounded (sqrt);
 * dot(a, b) = sum q_a q_b from two balanced int8 limbs per value: four int8 x int8 ->
   int32 tensor-core products (each below 2^27 in magnitude for D <= 8192), combined in
   int64; cos = dot / (n_a n_b) in binary64 (IEEE: correctly rounded), 0 when n_a n_b is
@@ -39,21 +39,36 @@ GREEDY_VARIANT = dict(BI=64, BJ=32, num_warps=4)
 FRAMES_PER_LAUNCH = 256                        # bounds the [F, N, N] level scratch
 
 
+def _power_of_two(k: torch.Tensor) -> torch.Tensor:
+    """binary64 2^k for integer k in -1022 .. 1023, built from its bits: exact (torch.ldexp
+    multiplies by pow(2, k), which CUDA computes within 2 ulp: on an H100 it moved
+    x 2^k = 509.5 to just below, and rint then gave 509 where the reference gives 510)."""
+    return ((k + 1023) << 52).view(torch.float64)
+
+
+def _times_power_of_two(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """x 2^k exactly (np.ldexp): in two steps, so that neither factor leaves the normal
+    range for the exponents here (k up to 14 + 1074 for a subnormal token)."""
+    k1 = torch.div(k, 2, rounding_mode="floor")
+    return x * _power_of_two(k1) * _power_of_two(k - k1)
+
+
 def directions(x: torch.Tensor):
-    """(int8 limbs [2, R, DP] of q (DP: D padded with zeros to 16, 32 or a multiple of 64), binary64
-    norms [R]) of the rows of x [R, D] (float16, bfloat16 or float32)."""
+    """(int8 limbs [2, R, DP] of q (DP: D padded with zeros to 32 or a multiple of 64: an
+    int8 tensor-core product takes K >= 32 on a GPU), binary64 norms [R]) of the rows of
+    x [R, D] (float16, bfloat16 or float32)."""
     xf = x.to(torch.float64)
     xf = torch.where(torch.isfinite(xf), xf, torch.zeros_like(xf))
     top = xf.abs().amax(dim=1) if xf.shape[1] else torch.zeros(xf.shape[0], dtype=xf.dtype,
                                                                   device=xf.device)
     _, e = torch.frexp(top)
-    q = torch.round(torch.ldexp(xf, (pruning.SIM_BITS - e).to(torch.float64)[:, None]))
+    q = torch.round(_times_power_of_two(xf, (pruning.SIM_BITS - e).to(torch.int64)[:, None]))
     norms = torch.sqrt((q * q).sum(dim=1))         # integers below 2^53: exact sums
     qi = q.to(torch.int64)
     lo = ((qi + 128) & 255) - 128
     hi = (qi - lo) >> 8
     d = x.shape[1]
-    dp = 16 if d <= 16 else 32 if d <= 32 else -(-d // 64) * 64
+    dp = 32 if d <= 32 else -(-d // 64) * 64
     limbs = torch.zeros((2, x.shape[0], dp), dtype=torch.int8, device=x.device)
     limbs[0, :, :x.shape[1]] = lo.to(torch.int8)
     limbs[1, :, :x.shape[1]] = hi.to(torch.int8)
@@ -111,6 +126,8 @@ def similarities(q, norms, a_rows: torch.Tensor, b_rows: torch.Tensor, levels: b
     b_rows [F, MB] (int64, -1 pads) of the directions ``q``, ``norms``."""
     v = dict(SIM_VARIANT, **(variant or {}))
     bi, bj, bk = v.pop("BI"), v.pop("BJ"), v.pop("BK")
+    if bk < 32:     # compiled int8 products need K >= 32 (the interpreter does not check)
+        raise ValueError(f"BK {bk} < 32")
     f, ma = a_rows.shape
     mb = b_rows.shape[1]
     out = torch.empty((f, ma, mb), dtype=torch.int32 if levels else torch.float64,

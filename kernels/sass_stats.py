@@ -61,6 +61,12 @@ def compile_stats(fn, signature: dict, constexprs: dict, num_warps: int, num_sta
                 shared_bytes=int(k.metadata.shared))
 
 
+def inverse_name(label: str, f64: bool, kext: bool, high: bool) -> str:
+    """The report's name of an _inverse_kernel launch ("inverse default F64 KEXT", ...)."""
+    return (f"inverse {label}{' F64' if f64 else ''}{' KEXT' if kext else ''}"
+            f"{' four limbs' if high else ''}")
+
+
 def launches(everything: bool = False) -> list:
     """(name, kernel, signature, constexprs, num_warps, num_stages, not_divisible) of the
     default launches (and with ``everything``, bench_gpu's sweep of the limb GEMM)."""
@@ -78,9 +84,8 @@ def launches(everything: bool = False) -> list:
                                 (False, True, False), (True, True, False)):
             c = dict(NB=1, OUT=1, LB=tk.LIMB_ROWS, BM=s["BM"], BN=s["BN"], BK=s["BK"],
                      F64=f64, HIGH=high, KEXT=kext)
-            out.append((f"inverse {label}{' F64' if f64 else ''}{' KEXT' if kext else ''}"
-                        f"{' four limbs' if high else ''}", tk._inverse_kernel, INVERSE_SIG,
-                        c, s["num_warps"], s["num_stages"], ()))
+            out.append((inverse_name(label, f64, kext, high), tk._inverse_kernel,
+                        INVERSE_SIG, c, s["num_warps"], s["num_stages"], ()))
     lv = tk.LEVELS_VARIANT
     out.append(("levels_limbs default", tk._levels_limbs_kernel, LEVELS_SIG,
                 dict(SCAN=True, BC=lv["LEVELS_BC"]), lv["LEVELS_WARPS"], 1, ("K", "NT")))

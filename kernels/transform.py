@@ -68,13 +68,14 @@ ONE_LIMB = tl.constexpr(127)
 BAD_COEFF = tl.constexpr(4)    # status bit of a row: a coefficient value beyond 2^24 - 1 (7.6.3)
 RINT64 = tl.constexpr(6755399441055744.0)      # 1.5 * 2^52: (v + RINT64) - RINT64 = rint(v)
 LIMB_ROWS = 128                # rows of a limb-count block; a GEMM tile's BM divides it
-TRANSFORM_VARIANT = dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=3, F64=False,
-                         KEXT=False)
+# (the launches timed best on an H100, 2026-12-07 21:40 UTC: BENCHMARKS.md)
+TRANSFORM_VARIANT = dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=3, F64=True,
+                         KEXT=True)
 YLIMBS_VARIANT = dict(BK=32, num_warps=8)
 # the fused path (levels_limbs): coefficient segments of LEVELS_BC, LEVELS_WARPS warps a
 # program, taken where chains x segments >= LEVELS_MIN_PROGRAMS (else recon.dequantize and
 # ylimbs, as for chains through an index)
-LEVELS_VARIANT = dict(FUSED=False, LEVELS_BC=64, LEVELS_WARPS=1, LEVELS_MIN_PROGRAMS=512)
+LEVELS_VARIANT = dict(FUSED=True, LEVELS_BC=128, LEVELS_WARPS=2, LEVELS_MIN_PROGRAMS=512)
 
 
 @triton.jit

@@ -52,13 +52,32 @@ def test_similarity_levels_and_cosines_match_reference(dtype):
     for f, (s0, n) in enumerate(zip(starts, counts)):
         rows = torch.arange(s0, s0 + n, device=DEV)[None, :]
         want = pruning.similarity_levels(host[s0:s0 + n])
-        for variant in (None, dict(BI=16, BJ=16, BK=16)):
+        for variant in (None, dict(BI=16, BJ=16, BK=32)):
             got = pk.similarities(q, norms, rows, rows, True, variant)[0].cpu().numpy()
             assert np.array_equal(got.astype(np.int64), want), (f, variant)
         qd = pruning.quantized_directions(host[s0:s0 + n])
         want_cos = pruning.cosines(qd, qd)
         got_cos = pk.similarities(q, norms, rows, rows, False)[0].cpu().numpy()
         assert np.array_equal(got_cos.view(np.uint64), want_cos.view(np.uint64))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_directions_scale_by_exact_powers_of_two(dtype):
+    """q = rint(x 2^(14 - e)) with the scaled value exactly halfway between integers
+    (0.248779296875 2^11 = 509.5: rint gives 510), and tokens whose largest magnitude is
+    a float32 subnormal or near the float32 maximum.  torch.ldexp on a GPU multiplied by
+    CUDA's pow(2, k), which is not exact: it gave 509 (an H100, 2026-12-07)."""
+    rows = [[0.248779296875, 5.0, -0.093505859375, 0.0],      # e = 3: 509.5 and -191.5
+            [0.248779296875, 3.0, 0.1, -0.2]]                 # e = 2: 1019.0
+    if dtype == "float32":
+        rows += [[1e-40, -3e-41, 0.0, 7e-42], [3e38, -1e38, 2.5, 0.0]]
+    x = np.array(rows, dtype=np.float32).astype(dtype)
+    q, norms = pk.directions(torch.from_numpy(x).to(DEV))
+    got = (q[0].to(torch.int64) + 256 * q[1].to(torch.int64)).cpu().numpy()[:, :4]
+    want = pruning.quantized_directions(x.astype(np.float32))
+    assert want[0, 0] == 510 and want[0, 2] == -192 and want[1, 0] == 1019   # ties to even
+    assert np.array_equal(got, want)
+    assert np.array_equal(norms.cpu().numpy(), pruning.norms(want))
 
 
 @pytest.mark.parametrize("start, keep, keep_coverage, sizes", [

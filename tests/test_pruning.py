@@ -1,6 +1,8 @@
 """Token selection policies of the reference encoder (Annex B.2, reference/pruning.py):
 valid and deterministic choices, keep_coverage, the exact-integer similarities, encode
 round trips with pruning, the CLI flags, and the benchmark's proxies."""
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -8,6 +10,9 @@ from hypothesis import given, settings, strategies as st
 import tokenbits as tb
 from tokenbits import bench, cli, pruning
 from tokenbits.errors import TKBEncodeError
+
+# the GPU backend's tests: in Triton's interpreter, or on a GPU with TKB_TEST_DEVICE=cuda
+DEV = os.environ.get("TKB_TEST_DEVICE", "cpu")
 
 POLICIES = list(pruning.POLICIES)
 NESTED = [p for p, (_, nested) in pruning.POLICIES.items() if nested]
@@ -202,7 +207,7 @@ def test_merge_tokens_codes_the_averages(dtype):
         err_x = np.abs(got - xf[fm.positions]).max()
         assert err_m < 0.1 < err_x and 4 * err_m < err_x   # qp -40: steps far below the change
     pytest.importorskip("triton")
-    assert tb.encode(src, backend="gpu", device="cpu", merge_tokens=True, lane_steps=16,
+    assert tb.encode(src, backend="gpu", device=DEV, merge_tokens=True, lane_steps=16,
                      **kw) == tb.encode(src, merge_tokens=True, lane_steps=16, **kw)
 
 
@@ -245,7 +250,7 @@ def test_gpu_path_selects_like_the_reference():
     x = X.astype(np.float16)
     for opts in (dict(keep=0.25, prune="diversity"), dict(keep_coverage=0.97)):
         o = dict(grid=(6, 6), prefix_tokens=1, qp=-6, lane_steps=16, **opts)
-        assert tb.encode(x, backend="gpu", device="cpu", **o) == \
+        assert tb.encode(x, backend="gpu", device=DEV, **o) == \
             tb.encode(x, backend="reference", **o)
 
 
@@ -266,7 +271,7 @@ def test_gpu_fit_selects_on_the_device_like_the_reference(monkeypatch):
     monkeypatch.setattr(tb.encoder.TrackEncoder, "_positions",
                         lambda *a: pytest.fail("the GPU fit selected on the host"))
     o = dict(grid=(6, 6), prefix_tokens=1, qp=-6, lane_steps=16, keep=0.25, merge_map=True)
-    gpu = tb.encode(x, backend="gpu", device="cpu", **o)
+    gpu = tb.encode(x, backend="gpu", device=DEV, **o)
     monkeypatch.undo()
     assert gpu == tb.encode(x, backend="reference", **o)
     assert calls == [len(x)]          # one batch, selected once: in the fit
