@@ -584,7 +584,7 @@ def _inverse_breakdown(ps, st, variant, bench_ms, log) -> dict:
     dt = ps.transform
     r = int(st.kept.sum())
     res = dict(rows=r, coeffs=dt.k, basis_limbs=dt.nb)
-    variant = {k: v for k, v in (variant or {}).items() if k not in tk.LEVELS_VARIANT}
+    variant = tk.split_variant(variant)[1]
     for tag, big in (("", False), ("_4limbs", True)):
         lev = torch.randint(-20, 21, (r, dt.k), device="cuda").to(torch.float32)
         if big:

@@ -152,9 +152,8 @@ def launch_batch(tps: dict, ps: _ParamSet, st: _Staged, transform_variant=None):
         out = torch.zeros(st.shape, dtype=_TORCH_OUT[tps["output_dtype"]], device=device)
         uext = recon.escape_values(sym.numel(), d, ps.esc, esc_pos,
                                    _t(st.esc_vals[:esc_pos.numel()], np.int64, device), device)
-        if st.transformed:     # 7.6.3: fused (levels straight to limb planes), or
-            gemm_v = dict(transform_variant or {})   # levels (steps of 1.0), then inverse
-            lev_v = {k: gemm_v.pop(k) for k in list(gemm_v) if k in transform_k.LEVELS_VARIANT}
+        if st.transformed:     # 7.6.3: fused (levels straight to limb planes), or levels
+            lev_v, gemm_v = transform_k.split_variant(transform_variant)   # then the inverse
             if transform_k.fused(st.contiguous, st.t_offs.numel() - 1, d, lev_v):
                 limbs, nl, ke, vstatus, tstatus = transform_k.levels_limbs(
                     sym, st.t_offs, st.t_delta, ps.t_code, ps.esc, uext, ps.transform, pred,

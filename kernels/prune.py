@@ -42,15 +42,9 @@ FRAMES_PER_LAUNCH = 256                        # bounds the [F, N, N] level scra
 def _power_of_two(k: torch.Tensor) -> torch.Tensor:
     """binary64 2^k for integer k in -1022 .. 1023, built from its bits: exact (torch.ldexp
     multiplies by pow(2, k), which CUDA computes within 2 ulp: on an H100 it moved
-    x 2^k = 509.5 to just below, and rint then gave 509 where the reference gives 510)."""
+    x 2^k = 509.5 to just below, and rint then gave 509 where the reference gives 510).
+    Here k = 14 - e for a float32, float16 or bfloat16 token: -115 .. 163."""
     return ((k + 1023) << 52).view(torch.float64)
-
-
-def _times_power_of_two(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """x 2^k exactly (np.ldexp): in two steps, so that neither factor leaves the normal
-    range for the exponents here (k up to 14 + 1074 for a subnormal token)."""
-    k1 = torch.div(k, 2, rounding_mode="floor")
-    return x * _power_of_two(k1) * _power_of_two(k - k1)
 
 
 def directions(x: torch.Tensor):
@@ -62,7 +56,7 @@ def directions(x: torch.Tensor):
     top = xf.abs().amax(dim=1) if xf.shape[1] else torch.zeros(xf.shape[0], dtype=xf.dtype,
                                                                   device=xf.device)
     _, e = torch.frexp(top)
-    q = torch.round(_times_power_of_two(xf, (pruning.SIM_BITS - e).to(torch.int64)[:, None]))
+    q = torch.round(xf * _power_of_two((pruning.SIM_BITS - e).to(torch.int64)[:, None]))
     norms = torch.sqrt((q * q).sum(dim=1))         # integers below 2^53: exact sums
     qi = q.to(torch.int64)
     lo = ((qi + 128) & 255) - 128

@@ -86,6 +86,14 @@ def _limb(v):
 
 
 @triton.jit
+def _magnitude(v):
+    """rint(abs(v)) (half to even) as int32, clamped at 2^24: a coefficient value's
+    magnitude (step 1 of 7.6.3; above MAX_Y exactly when it is out of range)."""
+    a = tl.minimum(tl.abs(v), 16777216.0)
+    return ((a + RINT64) - RINT64).to(tl.int32)
+
+
+@triton.jit
 def _coefficients(lev_ptr, delta_ptr, code_ptr, fac_ptr, rows, kk, R, K):
     """Y [LB, BK] (int32, clamped to +-2^24) of rows ``rows`` and coefficients ``kk``, and
     each row's flag of a value beyond 2^24 - 1."""
@@ -96,10 +104,8 @@ def _coefficients(lev_ptr, delta_ptr, code_ptr, fac_ptr, rows, kk, R, K):
     code = tl.minimum(tl.maximum(code, 0), 255)            # out-of-range codes: errors (7.6.1)
     fac = tl.load(fac_ptr + code, mask=m, other=0.0)
     v = lev.to(tl.float64) * fac                          # exact (48 significant bits)
-    a = tl.abs(v)
-    bad = tl.max(tl.where(m & (a >= 16777215.5), 1, 0), 1)   # rint(a) > 2^24 - 1
-    a = tl.minimum(a, 16777216.0)
-    y = ((a + RINT64) - RINT64).to(tl.int32)              # rint, half to even
+    y = _magnitude(v)
+    bad = tl.max(tl.where(m & (y > MAX_Y), 1, 0), 1)
     return tl.where(v < 0, -y, y), bad
 
 
@@ -180,8 +186,7 @@ def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_p
         lo = tl.minimum(lo, lv)
         code = tl.minimum(tl.maximum(code_c + tl.load(delta_ptr + row), 0), 255)
         v = lv.to(tl.float64) * tl.load(fac_ptr + code, mask=cm, other=0.0)   # exact
-        a = tl.minimum(tl.abs(v), 16777216.0)
-        y = ((a + RINT64) - RINT64).to(tl.int32)            # rint, half to even
+        y = _magnitude(v)
         top = tl.max(tl.where(cm, y, 0), 0)
         y = tl.where(v < 0, -y, y)
         idx = row * KP + c
@@ -415,6 +420,13 @@ def limb_gemm(limbs, nl, ke, dt: DeviceTransform, out, out_row, variant=None):
         _inverse_kernel[grid](limbs, nl, ke, dt.basis, dt.mean, out, out_row, r, dt.kp,
                               dt.d, dt.scale, NB=dt.nb, OUT=kind, LB=LIMB_ROWS, BM=bm, BN=bn,
                               BK=bk, HIGH=high, **v)
+
+
+def split_variant(variant) -> tuple:
+    """(the fused path's keys (LEVELS_VARIANT), the rest: the limb GEMM's) of a launch
+    variant of the transform decode (bench_gpu.TRANSFORM_SWEEP)."""
+    v = dict(variant or {})
+    return {k: v.pop(k) for k in list(v) if k in LEVELS_VARIANT}, v
 
 
 def fused(contiguous: bool, num_chains: int, k: int, variant=None) -> bool:

@@ -162,8 +162,7 @@ def _fused_run(lev, base, delta, t, offs, predictor, esc=None, variant=None):
     uext = np.where(u >= esc[None, :], u, 0)
     dt = tk.DeviceTransform(t, DEV)
     dev = lambda a, ty: torch.from_numpy(np.ascontiguousarray(a).astype(ty)).to(DEV)  # noqa
-    variant = dict(variant or {})
-    lev_v = {k: variant.pop(k) for k in list(variant) if k in tk.LEVELS_VARIANT}
+    lev_v, variant = tk.split_variant(variant)
     limbs, nl, ke, vst, tst = tk.levels_limbs(
         dev(sym.reshape(-1), np.int16), dev(offs, np.int64), dev(delta, np.int32),
         dev(base, np.int32), dev(esc, np.int32), dev(uext.reshape(-1), np.int32), dt,
