@@ -512,29 +512,30 @@ def profile(data: str, frames: int, num_tables=None, prob_bits=None, log=print) 
     torch.cuda.cudart().cudaProfilerStop()
 
 
-# launches of the transform decode: the limb GEMM's shape, F64 (the binary64 epilogue), KEXT
-# (limb-1 products only up to each block's limb-1 extent) and FUSED (levels straight to
-# limb planes, coefficient segments of LEVELS_BC)
-_GEMM_SHAPES = [dict(BM=bm, BN=bn, BK=bk, num_warps=w, num_stages=ns)
-                for bm, bn, bk, w, ns in ((128, 128, 64, 8, 3), (64, 128, 64, 4, 3),
-                                          (128, 256, 64, 8, 3), (64, 256, 64, 8, 3),
-                                          (32, 128, 64, 4, 3), (128, 64, 64, 4, 4))]
-# (F64 needs fewer registers: most shapes spill without it, kernels/sass_stats.py --all)
-_F64_SHAPES = [dict(s, F64=True) for s in _GEMM_SHAPES]
-TRANSFORM_SWEEP = [None] + _GEMM_SHAPES + [dict(F64=True)] + _F64_SHAPES + [
-    dict(F64=True, maxnreg=128),        # 128 registers (8 stack bytes): two programs an SM
-    dict(FUSED=True, F64=True, maxnreg=128),
-    dict(KEXT=True), dict(KEXT=True, F64=True), dict(FUSED=True, KEXT=True),
-    dict(FUSED=True, KEXT=True, F64=True, num_warps=4)] + [
-    dict(FUSED=True), dict(FUSED=True, LEVELS_BC=32), dict(FUSED=True, LEVELS_BC=128),
-    dict(FUSED=True, LEVELS_BC=64, LEVELS_WARPS=2), dict(FUSED=True, F64=True)] + [
-    dict(s, FUSED=True) for s in _F64_SHAPES]
+# launches of the transform decode, timed stage by stage (_stage_sweep): the limb GEMM's
+# shape, F64 (the binary64 epilogue), KEXT (limb-1 products only up to each block's limb-1
+# extent), HORNER (one accumulator); the fused levels pass's LEVELS_BC coefficients and
+# LEVELS_RB rows at a time, LEVELS_WARPS warps
+GEMM_SWEEP = [None, dict(HORNER=True), dict(HORNER=True, num_stages=4)] + [
+    dict(s, HORNER=True, F64=True, KEXT=True) for s in (
+        dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3),
+        dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3),
+        dict(BM=128, BN=256, BK=64, num_warps=8, num_stages=3),
+        dict(BM=128, BN=256, BK=64, num_warps=8, num_stages=4),
+        dict(BM=64, BN=256, BK=64, num_warps=8, num_stages=3),
+        dict(BM=64, BN=256, BK=64, num_warps=4, num_stages=3))]
+LEVELS_SWEEP = [None] + [dict(LEVELS_BC=bc, LEVELS_RB=rb, LEVELS_WARPS=w)
+                         for bc, rb, w in ((256, 1, 2), (256, 1, 4), (512, 1, 4), (512, 1, 8),
+                                           (64, 4, 4), (128, 4, 4), (64, 8, 4), (128, 2, 2))]
 
 
-def _stage_breakdown(tps, ps, st, bench_ms, log) -> dict:
+def _stage_sweep(tps, ps, st, bench_ms, log) -> dict:
     """The stages of the transform decode timed alone on the staged batch: rANS decode,
-    levels as binary32 (recon.dequantize) and the coefficient limb planes (ylimbs), or
-    both at once (the fused levels_limbs), then the limb GEMM."""
+    levels as binary32 (recon.dequantize) then the coefficient limb planes (ylimbs), or
+    both at once (the fused levels_limbs, each of LEVELS_SWEEP), then the limb GEMM (each
+    of GEMM_SWEEP).  Each variant's output is compared with the default launch's (exact:
+    limb planes and block statistics; channels bit for bit); the fastest exact variant of
+    each stage is returned as ``best_levels`` and ``best_gemm``."""
     from . import rans, recon
     from . import transform as tk
     dt, d = ps.transform, st.d
@@ -546,7 +547,6 @@ def _stage_breakdown(tps, ps, st, bench_ms, log) -> dict:
     r = int(st.kept.sum())
     pred = tps.get("predictor", 0) or 0
     lev = torch.empty((r, d), dtype=torch.float32, device=sym.device)
-    out = torch.empty(st.shape, dtype=torch.float16, device=sym.device)
     status = torch.zeros(r, dtype=torch.int32, device=sym.device)
 
     def levels():
@@ -554,25 +554,51 @@ def _stage_breakdown(tps, ps, st, bench_ms, log) -> dict:
                          ps.ones, ps.esc, uext, pred, lev, d, st.contiguous, False,
                          variant=dict(ALU_STEP=False))
 
-    def fused():
+    def fused(v=None):
         return tk.levels_limbs(sym, st.t_offs, st.t_delta, ps.t_code, ps.esc, uext, dt, pred,
-                               dict(FUSED=True))
+                               dict(v or {}, FUSED=True))
     levels()
-    limbs, nl, ke, _, _ = fused()
+    limbs, blocks, _, _ = fused()
     res = dict(rans_ms=bench_ms(lambda: rans.decode(st.plan, st.t_words, st.t_cw, ps.tables,
                                                     tps["prob_bits"], st.n_esc)),
                levels_f32_ms=bench_ms(levels),
                ylimbs_ms=bench_ms(lambda: tk.ylimbs(lev, st.t_delta, ps.t_code, dt, status)),
-               fused_levels_limbs_ms=bench_ms(fused),
-               gemm_ms=bench_ms(lambda: tk.limb_gemm(limbs, nl, ke, dt, out, st.t_out_row)),
-               gemm_f64_ms=bench_ms(lambda: tk.limb_gemm(limbs, nl, ke, dt, out, st.t_out_row,
-                                                         dict(F64=True))),
-               gemm_kext_ms=bench_ms(lambda: tk.limb_gemm(limbs, nl, ke, dt, out, st.t_out_row,
-                                                          dict(KEXT=True))),
-               limb1_extent_mean=float(ke.double().mean()) if ke.numel() else 0.0,
-               limb_counts=sorted(set(nl.cpu().tolist())))
+               limb1_extent_mean=float(blocks[1].double().mean()) if r else 0.0,
+               limb_counts=sorted(set(blocks[0].cpu().tolist())),
+               blocks_beyond_hmax=int((blocks[2] > dt.hmax).sum()), hmax=dt.hmax)
     log("  stages alone: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in res.items()))
+
+    def sweep(kind, variants, run, same):
+        rows, best = [], None
+        for v in variants:
+            try:
+                ok = same(run(v))
+                ms = bench_ms(lambda: run(v))
+            except Exception as e:      # a launch this GPU cannot compile
+                log(f"  {kind} {v}: {type(e).__name__}: {str(e)[:160]}")
+                continue
+            rows.append(dict(variant=v, ms=ms, exact=ok))
+            log(f"  {kind} {v or 'default'}: {ms:.3f} ms, same as the default {ok}")
+            if ok and (best is None or ms < best[0]):
+                best = (ms, v)
+        return rows, best[1] if best else None
+
+    k = dt.k
+    res["levels_sweep"], res["best_levels"] = sweep(
+        "fused levels", LEVELS_SWEEP, fused,
+        lambda o: bool(torch.equal(o[0][:2, :, :k], limbs[:2, :, :k])
+                       and torch.equal(o[1], blocks)))
+    want = torch.empty(st.shape, dtype=torch.float16, device=sym.device)
+    tk.limb_gemm(limbs, blocks, dt, want, st.t_out_row)
+    out = torch.empty_like(want)
+
+    def gemm(v):
+        tk.limb_gemm(limbs, blocks, dt, out, st.t_out_row, v)
+        return out
+    res["gemm_sweep"], res["best_gemm"] = sweep(
+        "limb GEMM", GEMM_SWEEP, gemm,
+        lambda o: bool(torch.equal(o.view(torch.int16), want.view(torch.int16))))
     return res
 
 
@@ -593,10 +619,10 @@ def _inverse_breakdown(ps, st, variant, bench_ms, log) -> dict:
         out = torch.empty((r, dt.d), dtype=torch.float16, device="cuda")
         rows = torch.arange(r, device="cuda")
         status = torch.zeros(r, dtype=torch.int32, device="cuda")
-        limbs, nl, ke = tk.ylimbs(lev, delta, ps.t_code, dt, status)
-        res["limb_counts" + tag] = sorted(set(nl.cpu().tolist()))
+        limbs, blocks = tk.ylimbs(lev, delta, ps.t_code, dt, status)
+        res["limb_counts" + tag] = sorted(set(blocks[0].cpu().tolist()))
         res["ylimbs_ms" + tag] = bench_ms(lambda: tk.ylimbs(lev, delta, ps.t_code, dt, status))
-        res["gemm_ms" + tag] = bench_ms(lambda: tk.limb_gemm(limbs, nl, ke, dt, out, rows,
+        res["gemm_ms" + tag] = bench_ms(lambda: tk.limb_gemm(limbs, blocks, dt, out, rows,
                                                              variant))
         res["full_ms" + tag] = bench_ms(lambda: tk.inverse(lev, delta, ps.t_code, dt, out, rows,
                                                            variant))
@@ -644,24 +670,28 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
         exact = bool(np.array_equal(got.view(np.uint16), want.view(np.uint16)))
         st = codec.stage_batch(tps, [frs[i % len(frs)] for i in range(frames)], ps, dev)
         nbytes = frames * base.shape[1] * base.shape[2] * 2
-        best = None
-        for v in (TRANSFORM_SWEEP if name == "transform" and device == "cuda" else [None]):
-            try:
-                ok = np.array_equal(codec.launch_batch(tps, ps, small, v)[0].cpu().numpy()
-                                    .view(np.uint16), want.view(np.uint16))
-                t_ms = bench_ms(lambda: codec.launch_batch(tps, ps, st, v))
-            except Exception as e:      # a launch shape this GPU cannot compile
-                log(f"  variant {v}: {type(e).__name__}: {str(e)[:120]}")
-                continue
-            if name == "transform" and device == "cuda":
-                log(f"  variant {v or 'default ' + str(TRANSFORM_VARIANT)}: {t_ms:.3f} ms, "
-                    f"{nbytes / t_ms / 1e6:.1f} GB/s, exact {ok}")
-            if ok and (best is None or t_ms < best[0]):
+        variants = [None]
+        if name == "transform":     # each stage's launches alone, then the best together
+            out["stages"] = _stage_sweep(tps, ps, st, bench_ms, log)
+            combo = dict(out["stages"]["best_levels"] or {}, **(out["stages"]["best_gemm"] or {}))
+            variants += [combo] if combo else []
+        # the whole batch against the reference too (only a large batch takes the fused path)
+        want_t = torch.from_numpy(want.view(np.int16)).to(dev).view(len(base), *base.shape[1:])
+        pick = torch.arange(frames, device=dev) % len(base)
+        best, out[name + "_variants"] = None, []
+        for v in variants:
+            ok = np.array_equal(codec.launch_batch(tps, ps, small, v)[0].cpu().numpy()
+                                .view(np.uint16), want.view(np.uint16))
+            ok_all = bool(torch.equal(codec.launch_batch(tps, ps, st, v)[0].view(torch.int16)
+                                      .view(frames, *base.shape[1:]), want_t[pick]))
+            t_ms = bench_ms(lambda: codec.launch_batch(tps, ps, st, v))
+            out[name + "_variants"].append(dict(variant=v, ms=t_ms, exact=ok, exact_batch=ok_all))
+            log(f"  {name} {v or 'default ' + str(TRANSFORM_VARIANT)}: {t_ms:.3f} ms, "
+                f"{nbytes / t_ms / 1e6:.1f} GB/s, exact {ok}, whole batch exact {ok_all}")
+            if ok and ok_all and (best is None or t_ms < best[0]):
                 best = (t_ms, v)
         ms, variant = best
         out[name + "_variant"] = variant
-        if name == "transform":
-            out["stages"] = _stage_breakdown(tps, ps, st, bench_ms, log)
         if name == "transform" and device == "cuda":
             out["inverse_breakdown"] = _inverse_breakdown(ps, st, variant, bench_ms, log)
         out[name] = dict(ms=ms, gb_per_s=nbytes / ms / 1e6, exact=exact,

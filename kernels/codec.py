@@ -149,16 +149,19 @@ def launch_batch(tps: dict, ps: _ParamSet, st: _Staged, transform_variant=None):
     pred = tps.get("predictor", 0) or 0
     tstatus = None
     if st.quantized:
-        out = torch.zeros(st.shape, dtype=_TORCH_OUT[tps["output_dtype"]], device=device)
+        # the transform writes every channel of every decoded row (limb_gemm): rows are
+        # left unset only in a dense batch (pruned positions, filled by clause 7.8)
+        alloc = torch.empty if st.transformed and not st.dense else torch.zeros
+        out = alloc(st.shape, dtype=_TORCH_OUT[tps["output_dtype"]], device=device)
         uext = recon.escape_values(sym.numel(), d, ps.esc, esc_pos,
                                    _t(st.esc_vals[:esc_pos.numel()], np.int64, device), device)
         if st.transformed:     # 7.6.3: fused (levels straight to limb planes), or levels
             lev_v, gemm_v = transform_k.split_variant(transform_variant)   # then the inverse
             if transform_k.fused(st.contiguous, st.t_offs.numel() - 1, d, lev_v):
-                limbs, nl, ke, vstatus, tstatus = transform_k.levels_limbs(
+                limbs, blocks, vstatus, tstatus = transform_k.levels_limbs(
                     sym, st.t_offs, st.t_delta, ps.t_code, ps.esc, uext, ps.transform, pred,
                     lev_v)
-                transform_k.limb_gemm(limbs, nl, ke, ps.transform, out, st.t_out_row, gemm_v)
+                transform_k.limb_gemm(limbs, blocks, ps.transform, out, st.t_out_row, gemm_v)
             else:
                 lev = torch.empty((int(st.kept.sum()), d), dtype=torch.float32, device=device)
                 vstatus = recon.dequantize(sym, st.t_rows, st.t_offs, st.lev_rows, st.t_delta,

@@ -23,9 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-INVERSE_SIG = dict(y_ptr="*i8", nl_ptr="*i32", ke_ptr="*i32", basis_ptr="*i8", mean_ptr="*i64",
-                   out_ptr="*fp16", out_row_ptr="*i64", R="i32", KP="i32", D="i32",
-                   scale="fp32")
+INVERSE_SIG = dict(y_ptr="*i8", blk_ptr="*i32", basis_ptr="*i8", mean_ptr="*i64",
+                   out_ptr="*fp16", out_row_ptr="*i64", R="i32", KP="i32", D="i32", NBLK="i32",
+                   HMAX="i32", scale="fp32")
 LEVELS_SIG = dict(sym_ptr="*i16", chain_ptr="*i64", delta_ptr="*i32", code_ptr="*i32",
                   fac_ptr="*fp64", esc_ptr="*i32", uext_ptr="*i32", y_ptr="*i8",
                   ymax_ptr="*i32", status_ptr="*i32", R="i32", K="i32", KP="i32", NT="i32")
@@ -61,10 +61,10 @@ def compile_stats(fn, signature: dict, constexprs: dict, num_warps: int, num_sta
                 shared_bytes=int(k.metadata.shared))
 
 
-def inverse_name(label: str, f64: bool, kext: bool, high: bool) -> str:
+def inverse_name(label: str, f64: bool, kext: bool, high: bool, horner: bool = False) -> str:
     """The report's name of an _inverse_kernel launch ("inverse default F64 KEXT", ...)."""
     return (f"inverse {label}{' F64' if f64 else ''}{' KEXT' if kext else ''}"
-            f"{' four limbs' if high else ''}")
+            f"{' HORNER' if horner else ''}{' high' if high else ''}")
 
 
 def launches(everything: bool = False) -> list:
@@ -74,21 +74,30 @@ def launches(everything: bool = False) -> list:
     v = dict(tk.TRANSFORM_VARIANT)
     shapes = [("default", v)]
     if everything:
-        from .bench_gpu import _GEMM_SHAPES
-        shapes += [(f"BM {s['BM']} BN {s['BN']} BK {s['BK']} w{s['num_warps']}",
-                    dict(s, F64=False)) for s in _GEMM_SHAPES]
+        from .bench_gpu import GEMM_SWEEP
+        keys = ("BM", "BN", "BK", "num_warps", "num_stages")
+        seen = {tuple(v[k] for k in keys)}
+        for g in GEMM_SWEEP:
+            s = dict(v, **(g or {}))
+            if tuple(s[k] for k in keys) not in seen:
+                seen.add(tuple(s[k] for k in keys))
+                shapes.append((f"BM {s['BM']} BN {s['BN']} BK {s['BK']} w{s['num_warps']} "
+                               f"s{s['num_stages']}", s))
     out = []
     for label, s in shapes:
-        for f64, kext, high in ((False, False, False), (False, False, True),
-                                (True, False, False), (True, False, True),
-                                (False, True, False), (True, True, False)):
+        for f64, kext, high, horner in ((False, False, False, False), (False, False, True, False),
+                                        (True, False, False, False), (True, False, True, False),
+                                        (False, True, False, False), (True, True, False, False),
+                                        (True, True, False, True), (True, True, True, True)):
             c = dict(NB=1, OUT=1, LB=tk.LIMB_ROWS, BM=s["BM"], BN=s["BN"], BK=s["BK"],
-                     F64=f64, HIGH=high, KEXT=kext)
-            out.append((inverse_name(label, f64, kext, high), tk._inverse_kernel,
+                     F64=f64, HIGH=high, KEXT=kext, HORNER=horner)
+            out.append((inverse_name(label, f64, kext, high, horner), tk._inverse_kernel,
                         INVERSE_SIG, c, s["num_warps"], s["num_stages"], ()))
     lv = tk.LEVELS_VARIANT
-    out.append(("levels_limbs default", tk._levels_limbs_kernel, LEVELS_SIG,
-                dict(SCAN=True, BC=lv["LEVELS_BC"]), lv["LEVELS_WARPS"], 1, ("K", "NT")))
+    for label, rb in (("default", lv["LEVELS_RB"]), ("RB 8", 8)):
+        out.append((f"levels_limbs {label}", tk._levels_limbs_kernel, LEVELS_SIG,
+                    dict(SCAN=True, BC=lv["LEVELS_BC"], RB=rb), lv["LEVELS_WARPS"], 1,
+                    ("K", "NT")))
     return out
 
 

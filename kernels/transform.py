@@ -75,7 +75,8 @@ YLIMBS_VARIANT = dict(BK=32, num_warps=8)
 # the fused path (levels_limbs): coefficient segments of LEVELS_BC, LEVELS_WARPS warps a
 # program, taken where chains x segments >= LEVELS_MIN_PROGRAMS (else recon.dequantize and
 # ylimbs, as for chains through an index)
-LEVELS_VARIANT = dict(FUSED=True, LEVELS_BC=128, LEVELS_WARPS=2, LEVELS_MIN_PROGRAMS=512)
+LEVELS_VARIANT = dict(FUSED=True, LEVELS_BC=128, LEVELS_WARPS=2, LEVELS_MIN_PROGRAMS=512,
+                      LEVELS_RB=1)
 
 
 @triton.jit
@@ -110,11 +111,11 @@ def _coefficients(lev_ptr, delta_ptr, code_ptr, fac_ptr, rows, kk, R, K):
 
 
 @triton.jit
-def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, nl_ptr, ke_ptr, status_ptr, R,
-                   K, KP, LB: tl.constexpr, BK: tl.constexpr):
-    """Limb planes y_ptr [4, R, KP] of a block of LB rows, its limb count nl_ptr[block],
-    its limb-1 extent ke_ptr[block] and its rows' BAD_COEFF status (see the module
-    docstring)."""
+def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, blk_ptr, status_ptr, R, K, KP,
+                   NBLK, LB: tl.constexpr, BK: tl.constexpr):
+    """Limb planes y_ptr [4, R, KP] of a block of LB rows, the block's statistics (limb
+    count, limb-1 extent, largest abs(Y): _store_block) and its rows' BAD_COEFF status
+    (see the module docstring)."""
     rows = tl.program_id(0) * LB + tl.arange(0, LB)
     plane = R.to(tl.int64) * KP
     top = tl.zeros((LB,), dtype=tl.int32)
@@ -145,22 +146,22 @@ def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, nl_ptr, ke_ptr,
             y2, y = _limb(y)
             tl.store(y_ptr + 2 * plane + idx, y2, mask=m)
             tl.store(y_ptr + 3 * plane + idx, y.to(tl.int8), mask=m)
-    nl = tl.where(big > TWO_LIMBS, 4, tl.where(big > ONE_LIMB, 2, 1))
-    tl.store(nl_ptr + tl.program_id(0), nl)
-    tl.store(ke_ptr + tl.program_id(0), ke)
+    _store_block(blk_ptr, NBLK, tl.program_id(0), big, ke)
     tl.store(status_ptr + rows, bad * BAD_COEFF, mask=rows < R)
 
 
 @triton.jit
 def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_ptr, uext_ptr,
                          y_ptr, ymax_ptr, status_ptr, R, K, KP, NT, SCAN: tl.constexpr,
-                         BC: tl.constexpr):
-    """The fused path (module docstring, FUSED): down a chain of consecutive rows, for
-    coefficients t * BC .. t * BC + BC - 1, the levels (clauses 7.4.1 and 7.5, as
-    recon._dequant_rows_kernel: int32, the extremes checked), Y (step 1 of 7.6.3, as
-    _coefficients) and its limbs 0 and 1; limbs 2 and 3 of a row's segment only where
-    the segment holds an abs(Y) > 32639.  ymax_ptr [R, NT]: each segment's largest
-    abs(Y) (clamped at 2^24: beyond 2^24 - 1 is the BAD_COEFF error)."""
+                         BC: tl.constexpr, RB: tl.constexpr):
+    """The fused path (module docstring, FUSED): down a chain of consecutive rows, RB rows
+    at a time, for coefficients t * BC .. t * BC + BC - 1, the levels (clauses 7.4.1 and
+    7.5, as recon._dequant_rows_kernel: int32, the extremes checked; left prediction a
+    column prefix sum over the RB rows plus the carry of the rows above), Y (step 1 of
+    7.6.3, as _coefficients) and its limbs 0 and 1; limbs 2 and 3 of a row's segment
+    only where the segment holds an abs(Y) > 32639.  ymax_ptr [R, NT]: each segment's
+    largest abs(Y) (clamped at 2^24: beyond 2^24 - 1 is the BAD_COEFF error).  The next
+    RB rows' symbols load while these are computed."""
     chain = tl.program_id(0)
     t = tl.program_id(1)
     c = t * BC + tl.arange(0, BC)
@@ -173,42 +174,65 @@ def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_p
     carry = tl.zeros([BC], tl.int32)
     hi = tl.zeros([BC], tl.int32)
     lo = tl.zeros([BC], tl.int32)
-    s_next = tl.load(sym_ptr + tl.maximum(tl.minimum(i0, i1 - 1), 0) * K + c, mask=cm, other=0)
-    for r in range(i0, i1):
+    rr = i0 + tl.arange(0, RB)
+    m = (rr < i1)[:, None] & cm[None, :]
+    s_next = tl.load(sym_ptr + rr[:, None].to(tl.int64) * K + c[None, :], mask=m, other=0)
+    for r0 in range(i0, i1, RB):
+        rr = r0 + tl.arange(0, RB)
+        rm = rr < i1
+        m = rm[:, None] & cm[None, :]
+        flat = rr[:, None].to(tl.int64) * K + c[None, :]
         s = s_next.to(tl.int32)
-        s_next = tl.load(sym_ptr + tl.minimum(r + 1, i1 - 1) * K + c, mask=cm, other=0)
-        row = i0 + (r - i0)                                 # r is an int when interpreted
-        lv = row_residuals(s, esc, cm, uext_ptr, row * K + c)
+        nn = rr + RB
+        s_next = tl.load(sym_ptr + nn[:, None].to(tl.int64) * K + c[None, :],
+                         mask=(nn < i1)[:, None] & cm[None, :], other=0)
+        if tl.max(tl.max(s - esc[None, :], 1), 0) >= 0:     # an escape (rare): 7.4.1
+            is_e = m & (s == esc[None, :])
+            s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
+        lv = (s >> 1) ^ -(s & 1)                            # zero in masked places
         if SCAN:                                            # clause 7.5: left prediction
-            lv += carry
-            carry = lv
-        hi = tl.maximum(hi, lv)
-        lo = tl.minimum(lo, lv)
-        code = tl.minimum(tl.maximum(code_c + tl.load(delta_ptr + row), 0), 255)
-        v = lv.to(tl.float64) * tl.load(fac_ptr + code, mask=cm, other=0.0)   # exact
+            res = lv
+            lv = tl.cumsum(res, 0) + carry[None, :]
+            carry += tl.sum(res, 0)
+        hi = tl.maximum(hi, tl.max(lv, 0))
+        lo = tl.minimum(lo, tl.min(lv, 0))
+        dl = tl.load(delta_ptr + rr, mask=rm, other=0)
+        code = tl.minimum(tl.maximum(code_c[None, :] + dl[:, None], 0), 255)
+        v = lv.to(tl.float64) * tl.load(fac_ptr + code, mask=m, other=0.0)   # exact
         y = _magnitude(v)
-        top = tl.max(tl.where(cm, y, 0), 0)
+        top = tl.max(tl.where(m, y, 0), 1)
         y = tl.where(v < 0, -y, y)
-        idx = row * KP + c
+        idx = rr[:, None].to(tl.int64) * KP + c[None, :]
         y0, y = _limb(y)
         y1, y = _limb(y)
-        tl.store(y_ptr + idx, y0, mask=cm)
-        tl.store(y_ptr + plane + idx, y1, mask=cm)
-        if top > TWO_LIMBS:                                 # rare: the upper limbs too
+        tl.store(y_ptr + idx, y0, mask=m)
+        tl.store(y_ptr + plane + idx, y1, mask=m)
+        if tl.max(top, 0) > TWO_LIMBS:                      # rare: the upper limbs too
             y2, y = _limb(y)
-            tl.store(y_ptr + 2 * plane + idx, y2, mask=cm)
-            tl.store(y_ptr + 3 * plane + idx, y.to(tl.int8), mask=cm)
-        tl.store(ymax_ptr + row * NT + t, top)
+            up = m & (top > TWO_LIMBS)[:, None]
+            tl.store(y_ptr + 2 * plane + idx, y2, mask=up)
+            tl.store(y_ptr + 3 * plane + idx, y.to(tl.int8), mask=up)
+        tl.store(ymax_ptr + rr.to(tl.int64) * NT + t, top, mask=rm)
     bad = (tl.max(hi, 0) > MAX_LEVEL) | (tl.min(lo, 0) < -MAX_LEVEL)
     tl.atomic_or(status_ptr + chain, bad.to(tl.int32) * BAD_LEVEL)
 
 
 @triton.jit
-def _limb_counts_kernel(ymax_ptr, y_ptr, nl_ptr, ke_ptr, status_ptr, R, K, KP, NT,
+def _store_block(blk_ptr, NBLK, b, big, ke):
+    """A block's statistics, blk_ptr [3, NBLK]: its limb count (1, 2 or 4: the fewest
+    balanced limbs that hold its largest abs(Y), ``big``), its limb-1 extent ``ke``
+    and ``big`` itself (clamped at 2^24; the HORNER launch's bound)."""
+    tl.store(blk_ptr + b, tl.where(big > TWO_LIMBS, 4, tl.where(big > ONE_LIMB, 2, 1)))
+    tl.store(blk_ptr + NBLK + b, ke)
+    tl.store(blk_ptr + 2 * NBLK + b, big)
+
+
+@triton.jit
+def _limb_counts_kernel(ymax_ptr, y_ptr, blk_ptr, status_ptr, R, K, KP, NT, NBLK,
                         LB: tl.constexpr, BC: tl.constexpr, NTP: tl.constexpr):
     """After _levels_limbs_kernel, per block of LB rows: the rows' BAD_COEFF status, the
-    block's limb count and limb-1 extent and, where the count is 4, zeros in limbs 2 and
-    3 of the segments that did not write them (their values are zero)."""
+    block's statistics (_store_block) and, where the limb count is 4, zeros in limbs 2
+    and 3 of the segments that did not write them (their values are zero)."""
     rows = tl.program_id(0) * LB + tl.arange(0, LB)
     rm = rows < R
     tt = tl.arange(0, NTP)
@@ -217,10 +241,8 @@ def _limb_counts_kernel(ymax_ptr, y_ptr, nl_ptr, ke_ptr, status_ptr, R, K, KP, N
     row_top = tl.max(top, 1)
     tl.store(status_ptr + rows, tl.where(row_top > MAX_Y, BAD_COEFF, 0), mask=rm)
     big = tl.max(row_top, 0)
-    tl.store(nl_ptr + tl.program_id(0), tl.where(big > TWO_LIMBS, 4,
-                                                 tl.where(big > ONE_LIMB, 2, 1)))
     last = tl.max(tl.max(tl.where(top > ONE_LIMB, tt[None, :] + 1, 0), 1), 0)
-    tl.store(ke_ptr + tl.program_id(0), tl.minimum(last * BC, K))
+    _store_block(blk_ptr, NBLK, tl.program_id(0), big, tl.minimum(last * BC, K))
     if big > TWO_LIMBS:
         plane = R.to(tl.int64) * KP
         zero = tl.zeros([LB, BC], dtype=tl.int8)
@@ -309,6 +331,36 @@ def _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, NL: tl.constexp
 
 
 @triton.jit
+def _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, BM: tl.constexpr,
+                 BN: tl.constexpr, BK: tl.constexpr):
+    """HORNER (one basis limb, at most two Y limbs): binary32(acc) [BM, BN] from one int32
+    accumulator, acc = mean + 256 (Y_1 x B) + Y_0 x B: the limb-1 products over
+    coefficients 0 .. K1 - 1 (the block's limb-1 extent, 0 for one limb), the
+    accumulator times 256, then the limb-0 products over all KP.  Exact where every
+    partial sum stays within int32: (256 y1max + 128) colsum <= 2^31 - 1, y1max the
+    block's largest abs(limb 1) and colsum the largest sum of abs(basis) over a column
+    (the launch's HMAX bound on the block's largest abs(Y); other blocks go to the HIGH
+    launch).  Half the accumulators of _limb_gemm's two limbs: larger tiles fit."""
+    plane = R.to(tl.int64) * KP
+    acc = tl.zeros((BM, BN), dtype=tl.int32)
+    ym = rows[:, None] < R
+    bm = cols[:, None] < D
+    for k0 in range(0, K1, BK):
+        kk = k0 + tl.arange(0, BK)
+        y1 = tl.load(y_ptr + plane + rows[:, None].to(tl.int64) * KP + kk[None, :], mask=ym,
+                     other=0)
+        acc = tl.dot(y1, tl.trans(tl.load(basis_ptr + cols[:, None] * KP + kk[None, :],
+                                          mask=bm, other=0)), acc, out_dtype=tl.int32)
+    acc = acc * 256
+    for k0 in range(0, KP, BK):
+        kk = k0 + tl.arange(0, BK)
+        y0 = tl.load(y_ptr + rows[:, None].to(tl.int64) * KP + kk[None, :], mask=ym, other=0)
+        acc = tl.dot(y0, tl.trans(tl.load(basis_ptr + cols[:, None] * KP + kk[None, :],
+                                          mask=bm, other=0)), acc, out_dtype=tl.int32)
+    return (acc.to(tl.float64) + mean.to(tl.float64)[None, :]).to(tl.float32)  # one rounding
+
+
+@triton.jit
 def _combine(a0, a1, a2, a3, shift: tl.constexpr):
     """sum_i a_i 2^(8 i + shift) in int64."""
     return ((a0.to(tl.int64) + (a1.to(tl.int64) << 8) + (a2.to(tl.int64) << 16)
@@ -316,10 +368,10 @@ def _combine(a0, a1, a2, a3, shift: tl.constexpr):
 
 
 @triton.jit
-def _inverse_kernel(y_ptr, nl_ptr, ke_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R, KP, D,
-                    scale, NB: tl.constexpr, OUT: tl.constexpr, LB: tl.constexpr,
+def _inverse_kernel(y_ptr, blk_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R, KP, D, NBLK,
+                    HMAX, scale, NB: tl.constexpr, OUT: tl.constexpr, LB: tl.constexpr,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F64: tl.constexpr,
-                    HIGH: tl.constexpr, KEXT: tl.constexpr):
+                    HIGH: tl.constexpr, KEXT: tl.constexpr, HORNER: tl.constexpr):
     """Channels of a tile of rows x channels (module docstring, step 2).  The grid is one
     dimension, the column tiles of a row tile consecutive (they share its Y limbs in L2).
     Two launches: HIGH False computes the tiles of blocks of one or two Y limbs, HIGH True
@@ -327,22 +379,34 @@ def _inverse_kernel(y_ptr, nl_ptr, ke_ptr, basis_ptr, mean_ptr, out_ptr, out_row
     the accumulators: compiled into one kernel with the others, they made every tile's
     kernel spill registers (255 registers and 1576 stack bytes for sm_90 at BM 64, BN
     128, 4 warps, kernels/sass_stats.py; the one- and two-limb launch at 8 warps: none).
-    KEXT: a two-limb block's limb-1 products stop at its limb-1 extent ke_ptr[block]
-    (rounded up to BK): past it every limb 1 is zero."""
+    KEXT: a two-limb block's limb-1 products stop at its limb-1 extent (rounded up to BK):
+    past it every limb 1 is zero.  HORNER (NB 1): the tiles of blocks whose largest
+    abs(Y) is at most HMAX take _horner_gemm (one accumulator; limb 1 up to the extent);
+    the HIGH launch takes the rest (four limbs, or two beyond HMAX)."""
     num_n = tl.cdiv(D, BN)
     pid_m = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
-    nl = tl.load(nl_ptr + (pid_m * BM) // LB)
+    blk = (pid_m * BM) // LB
+    nl = tl.load(blk_ptr + blk)
     k1 = KP
-    if KEXT:
-        k1 = tl.minimum(tl.cdiv(tl.load(ke_ptr + (pid_m * BM) // LB), BK) * BK, KP)
-    if (nl == 4) == HIGH:
+    if KEXT or HORNER:
+        k1 = tl.minimum(tl.cdiv(tl.load(blk_ptr + NBLK + blk), BK) * BK, KP)
+    hard = nl == 4
+    if HORNER:
+        hard = hard | (tl.load(blk_ptr + 2 * NBLK + blk) > HMAX)
+    if hard == HIGH:
         rows = pid_m * BM + tl.arange(0, BM)
         cols = pid_n * BN + tl.arange(0, BN)
         mean = tl.load(mean_ptr + cols, mask=cols < D, other=0)
         if HIGH:
-            v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 4, NB, BM, BN, BK,
-                           F64)
+            if nl == 4:
+                v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 4, NB, BM,
+                               BN, BK, F64)
+            else:                  # HORNER: two limbs beyond HMAX
+                v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 2, NB, BM,
+                               BN, BK, F64)
+        elif HORNER:
+            v = _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, BM, BN, BK)
         elif nl == 1:
             v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 1, NB, BM, BN, BK,
                            F64)
@@ -383,25 +447,37 @@ class DeviceTransform:
         self.k, self.d = t.num_coeffs, t.num_channels
         self.f = t.coeff_frac_bits
         self.scale = float(np.ldexp(np.float32(1.0), -t.scale_bits))
+        self.hmax = horner_bound(t.basis) if self.nb == 1 else -1
+
+
+def horner_bound(basis: np.ndarray) -> int:
+    """HMAX of a one-limb basis [K, D]: the largest abs(Y) of a block whose HORNER
+    products stay within int32, (256 y1max + 128) colsum <= 2^31 - 1 with y1max =
+    (abs(Y) + 128) >> 8 (the largest limb 1 of such a Y) and colsum the largest column
+    sum of abs(basis); -1 where even a block of one limb could leave int32."""
+    colsum = int(np.abs(basis.astype(np.int64)).sum(axis=0).max(initial=0))
+    if colsum == 0:
+        return 1 << 30
+    y1lim = ((2**31 - 1) // colsum - 128) // 256
+    return 256 * y1lim + 127 if y1lim >= 0 else -1
 
 
 def ylimbs(levels, delta, code, dt: DeviceTransform, status, variant=None):
-    """Launch 1: (limb planes int8 [4, R, KP], limb count and limb-1 extent per
-    LIMB_ROWS block)."""
+    """Launch 1: (limb planes int8 [4, R, KP], block statistics int32 [3, blocks]: each
+    LIMB_ROWS block's limb count, limb-1 extent and largest abs(Y))."""
     r = levels.shape[0]
     v = dict(YLIMBS_VARIANT, **(variant or {}))
     limbs = torch.empty((4, r, dt.kp), dtype=torch.int8, device=levels.device)
-    nl, ke = torch.empty((2, triton.cdiv(r, LIMB_ROWS)), dtype=torch.int32,
-                         device=levels.device)
-    _ylimbs_kernel[(triton.cdiv(r, LIMB_ROWS),)](
-        levels, delta, code, dt.factors, limbs, nl, ke, status, r, dt.k, dt.kp, LB=LIMB_ROWS,
-        **v)
-    return limbs, nl, ke
+    nblk = triton.cdiv(r, LIMB_ROWS)
+    blocks = torch.empty((3, nblk), dtype=torch.int32, device=levels.device)
+    _ylimbs_kernel[(nblk,)](levels, delta, code, dt.factors, limbs, blocks, status, r, dt.k,
+                            dt.kp, nblk, LB=LIMB_ROWS, **v)
+    return limbs, blocks
 
 
-def limb_gemm(limbs, nl, ke, dt: DeviceTransform, out, out_row, variant=None):
-    """Launch 2: the channels of the limb planes (limb counts ``nl``, limb-1 extents
-    ``ke``), written to ``out`` at rows ``out_row``."""
+def limb_gemm(limbs, blocks, dt: DeviceTransform, out, out_row, variant=None):
+    """Launch 2: the channels of the limb planes (block statistics ``blocks``: ylimbs),
+    written to ``out`` at rows ``out_row``."""
     r = limbs.shape[1]
     if r == 0:
         return
@@ -410,6 +486,7 @@ def limb_gemm(limbs, nl, ke, dt: DeviceTransform, out, out_row, variant=None):
         out = out.view(torch.int16)
     v = dict(TRANSFORM_VARIANT, **(variant or {}))
     bm, bn, bk = v.pop("BM"), v.pop("BN"), v.pop("BK")
+    v["HORNER"] = bool(v.get("HORNER")) and dt.nb == 1
     if LIMB_ROWS % bm:
         raise ValueError(f"BM {bm} does not divide LIMB_ROWS {LIMB_ROWS}")
     if dt.kp % bk:      # the K loop reads whole BK blocks of the padded rows, unmasked
@@ -417,9 +494,9 @@ def limb_gemm(limbs, nl, ke, dt: DeviceTransform, out, out_row, variant=None):
     bn = min(bn, max(16, triton.next_power_of_2(dt.d)))
     grid = (triton.cdiv(r, bm) * triton.cdiv(dt.d, bn),)
     for high in (False, True):     # the four-limb tiles (rare) in a launch of their own
-        _inverse_kernel[grid](limbs, nl, ke, dt.basis, dt.mean, out, out_row, r, dt.kp,
-                              dt.d, dt.scale, NB=dt.nb, OUT=kind, LB=LIMB_ROWS, BM=bm, BN=bn,
-                              BK=bk, HIGH=high, **v)
+        _inverse_kernel[grid](limbs, blocks, dt.basis, dt.mean, out, out_row, r, dt.kp,
+                              dt.d, blocks.shape[1], dt.hmax, dt.scale, NB=dt.nb, OUT=kind,
+                              LB=LIMB_ROWS, BM=bm, BN=bn, BK=bk, HIGH=high, **v)
 
 
 def split_variant(variant) -> tuple:
@@ -441,9 +518,8 @@ def levels_limbs(sym, offs, delta, code, esc, uext, dt: DeviceTransform, predict
                  variant=None):
     """The fused path for chains of consecutive rows ``offs`` (recon.chains): the levels
     of the decoded symbols ``sym`` and their coefficient values, straight to limb
-    planes.  Returns (limb planes int8 [4, R, KP], limb count and limb-1 extent per
-    LIMB_ROWS block, status of each chain (recon.BAD_LEVEL), status of each row
-    (BAD_COEFF))."""
+    planes.  Returns (limb planes int8 [4, R, KP], block statistics int32 [3, blocks] as
+    ylimbs', status of each chain (recon.BAD_LEVEL), status of each row (BAD_COEFF))."""
     v = dict(LEVELS_VARIANT, **(variant or {}))
     r, dev = delta.numel(), sym.device
     n = offs.numel() - 1
@@ -453,15 +529,16 @@ def levels_limbs(sym, offs, delta, code, esc, uext, dt: DeviceTransform, predict
     ymax = torch.empty((max(r, 1), nt), dtype=torch.int32, device=dev)
     vstatus = torch.zeros(max(n, 1), dtype=torch.int32, device=dev)
     tstatus = torch.zeros(max(r, 1), dtype=torch.int32, device=dev)
-    nl, ke = torch.empty((2, triton.cdiv(r, LIMB_ROWS)), dtype=torch.int32, device=dev)
+    nblk = triton.cdiv(r, LIMB_ROWS)
+    blocks = torch.empty((3, nblk), dtype=torch.int32, device=dev)
     if n > 0 and r > 0:
         _levels_limbs_kernel[(n, nt)](sym, offs, delta, code, dt.factors, esc, uext, limbs,
                                       ymax, vstatus, r, dt.k, dt.kp, nt, SCAN=predictor != 0,
-                                      BC=bc, num_warps=v["LEVELS_WARPS"])
-        _limb_counts_kernel[(nl.numel(),)](ymax, limbs, nl, ke, tstatus, r, dt.k, dt.kp, nt,
-                                           LB=LIMB_ROWS, BC=bc,
-                                           NTP=triton.next_power_of_2(nt), num_warps=4)
-    return limbs, nl, ke, vstatus[:max(n, 0)], tstatus[:r]
+                                      BC=bc, RB=v["LEVELS_RB"], num_warps=v["LEVELS_WARPS"])
+        _limb_counts_kernel[(nblk,)](ymax, limbs, blocks, tstatus, r, dt.k, dt.kp, nt, nblk,
+                                     LB=LIMB_ROWS, BC=bc, NTP=triton.next_power_of_2(nt),
+                                     num_warps=4)
+    return limbs, blocks, vstatus[:max(n, 0)], tstatus[:r]
 
 
 def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,
@@ -475,8 +552,8 @@ def inverse(levels: torch.Tensor, delta: torch.Tensor, code: torch.Tensor,
     status = torch.zeros(max(r, 1), dtype=torch.int32, device=levels.device)
     if r == 0:
         return status[:0]
-    limbs, nl, ke = ylimbs(levels, delta, code, dt, status)
-    limb_gemm(limbs, nl, ke, dt, out, out_row, variant)
+    limbs, blocks = ylimbs(levels, delta, code, dt, status)
+    limb_gemm(limbs, blocks, dt, out, out_row, variant)
     return status[:r]
 
 

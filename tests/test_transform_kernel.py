@@ -76,7 +76,7 @@ def test_inverse_kernel_matches_reference(case, out_dtype):
     codes = base[None, :] + delta[:, None]
     want, bad = _reference(lev, codes, t, out_dtype)
     for variant in (None, dict(BM=16, BN=16, BK=32), dict(BM=32, BN=64, BK=64),
-                    dict(BM=16, BN=32, BK=64, F64=True)):
+                    dict(BM=16, BN=32, BK=64, F64=True), dict(BM=16, BN=32, BK=32, HORNER=True)):
         got, gbad = _run(lev, base, delta, t, out_dtype, variant=variant)
         assert np.array_equal(gbad, bad), variant
         assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8)), variant
@@ -120,12 +120,13 @@ def test_inverse_kernel_limb_counts_per_block():
     want, bad = _reference(lev, codes, t, 0)
     assert bad.sum() == 1
     status = torch.zeros(r, dtype=torch.int32, device=DEV)
-    _, nl, _ = tk.ylimbs(torch.from_numpy(lev.astype(np.float32)).to(DEV),
-                      torch.zeros(r, dtype=torch.int32, device=DEV),
-                      torch.from_numpy(base.astype(np.int32)).to(DEV),
-                      tk.DeviceTransform(t, DEV), status)
-    assert nl.cpu().tolist() == [1, 2, 4, 4]
-    for variant in (None, dict(BM=32, BN=16, BK=64), dict(BM=32, BN=16, BK=64, F64=True)):
+    _, blocks = tk.ylimbs(torch.from_numpy(lev.astype(np.float32)).to(DEV),
+                          torch.zeros(r, dtype=torch.int32, device=DEV),
+                          torch.from_numpy(base.astype(np.int32)).to(DEV),
+                          tk.DeviceTransform(t, DEV), status)
+    assert blocks[0].cpu().tolist() == [1, 2, 4, 4]
+    for variant in (None, dict(BM=32, BN=16, BK=64), dict(BM=32, BN=16, BK=64, F64=True),
+                    dict(BM=32, BN=16, BK=64, HORNER=True)):
         got, gbad = _run(lev, base, np.zeros(r), t, 0, variant=variant)
         assert np.array_equal(gbad, bad), variant
         assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8)), variant
@@ -150,7 +151,7 @@ def _fused_run(lev, base, delta, t, offs, predictor, esc=None, variant=None):
     """levels_limbs then limb_gemm on the symbols of levels ``lev`` (chains ``offs`` of
     consecutive rows; left prediction inside a chain when ``predictor``), symbols at or
     above ``esc`` escaped.  Returns (values, bad-coefficient rows, chain status, limb
-    planes, limb counts)."""
+    planes, block statistics [3, blocks]: limb counts, limb-1 extents, largest abs(Y))."""
     r, k = lev.shape
     res = lev.astype(np.int64).copy()
     if predictor:
@@ -163,23 +164,24 @@ def _fused_run(lev, base, delta, t, offs, predictor, esc=None, variant=None):
     dt = tk.DeviceTransform(t, DEV)
     dev = lambda a, ty: torch.from_numpy(np.ascontiguousarray(a).astype(ty)).to(DEV)  # noqa
     lev_v, variant = tk.split_variant(variant)
-    limbs, nl, ke, vst, tst = tk.levels_limbs(
+    limbs, blocks, vst, tst = tk.levels_limbs(
         dev(sym.reshape(-1), np.int16), dev(offs, np.int64), dev(delta, np.int32),
         dev(base, np.int32), dev(esc, np.int32), dev(uext.reshape(-1), np.int32), dt,
         int(predictor), dict(lev_v, FUSED=True, LEVELS_MIN_PROGRAMS=0))
     out = torch.zeros((r, t.num_channels), dtype=torch.float32, device=DEV)
-    tk.limb_gemm(limbs, nl, ke, dt, out, dev(np.arange(r), np.int64), variant)
+    tk.limb_gemm(limbs, blocks, dt, out, dev(np.arange(r), np.int64), variant)
     return (out.cpu().numpy(), tst.cpu().numpy() != 0, vst.cpu().numpy(), limbs.cpu().numpy(),
-            nl.cpu().numpy(), ke.cpu().numpy())
+            blocks.cpu().numpy())
 
 
 @pytest.mark.parametrize("predictor", [0, 1])
-@pytest.mark.parametrize("bc", [16, 64])
-def test_fused_levels_limbs_match_the_two_step_path(predictor, bc):
+@pytest.mark.parametrize("bc, rb", [(16, 1), (64, 1), (16, 8), (64, 4)])
+def test_fused_levels_limbs_match_the_two_step_path(predictor, bc, rb):
     """The fused path (levels straight to limb planes) against the reference and against
     ylimbs on the same levels: blocks of one, two and four Y limbs, rows whose
     coefficients overflow, escapes, segments of BC coefficients (K 37: a partial last
-    segment), chains that cross limb blocks."""
+    segment), RB rows at a time (chains of 1, 50 and 149 rows: partial last tiles),
+    chains that cross limb blocks."""
     rng = np.random.default_rng(21 + bc + predictor)
     lb = tk.LIMB_ROWS
     k, d = 37, 40
@@ -198,24 +200,26 @@ def test_fused_levels_limbs_match_the_two_step_path(predictor, bc):
     want, bad = _reference(lev, codes, t, 0)
     assert bad.sum() == 1
     esc = np.full(k, 40)                      # residuals beyond 20 in magnitude escape
-    got, gbad, vst, limbs, nl, ke = _fused_run(lev, base, delta, t, offs, predictor, esc,
-                                               dict(LEVELS_BC=bc))
+    got, gbad, vst, limbs, (nl, ke, top) = _fused_run(lev, base, delta, t, offs, predictor,
+                                                      esc, dict(LEVELS_BC=bc, LEVELS_RB=rb))
     assert np.array_equal(gbad, bad) and not vst.any()
     assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8))
     st = torch.zeros(r, dtype=torch.int32, device=DEV)
-    two, nl2, ke2 = tk.ylimbs(torch.from_numpy(lev.astype(np.float32)).to(DEV),
-                              torch.from_numpy(delta.astype(np.int32)).to(DEV),
-                              torch.from_numpy(base.astype(np.int32)).to(DEV),
-                              tk.DeviceTransform(t, DEV), st)
-    two = two.cpu().numpy()
-    assert nl.tolist() == nl2.cpu().tolist() == [1, 2, 4, 4]
+    two, blocks2 = tk.ylimbs(torch.from_numpy(lev.astype(np.float32)).to(DEV),
+                             torch.from_numpy(delta.astype(np.int32)).to(DEV),
+                             torch.from_numpy(base.astype(np.int32)).to(DEV),
+                             tk.DeviceTransform(t, DEV), st)
+    two, (nl2, ke2, top2) = two.cpu().numpy(), blocks2.cpu().numpy()
+    assert nl.tolist() == nl2.tolist() == [1, 2, 4, 4]
     ok = ~bad
     assert np.array_equal(limbs[:2, ok, :k], two[:2, ok, :k])
     four = np.repeat(nl == 4, lb)[:r] & ok
     assert np.array_equal(limbs[2:, four, :k], two[2:, four, :k])
     y = np.rint(lev * tr.FACTORS[t.coeff_frac_bits][codes])     # 7.6.3 step 1, unchecked
     _check_extents(y, ke, bc)
-    _check_extents(y, ke2.cpu().numpy(), tk.YLIMBS_VARIANT["BK"])
+    _check_extents(y, ke2, tk.YLIMBS_VARIANT["BK"])
+    tops = [np.abs(y[b:b + lb][ok[b:b + lb]]).max() for b in range(0, r, lb)]
+    assert top.tolist() == top2.tolist() == [min(v, 1 << 24) for v in tops[:3]] + [1 << 24]
 
 
 def _check_extents(y, ke, step):
@@ -245,7 +249,7 @@ def test_limb_gemm_stops_limb_one_at_the_block_extent(fused):
     assert not bad.any()
     for variant in (dict(KEXT=True), dict(KEXT=True, F64=True), dict(KEXT=False)):
         if fused:
-            got, _, _, _, nl, ke = _fused_run(lev, base, delta, t, np.array([0, 100, r]), 1,
+            got, _, _, _, (nl, ke, _) = _fused_run(lev, base, delta, t, np.array([0, 100, r]), 1,
                                               variant=dict(variant, LEVELS_BC=32))
             assert nl.tolist() == [2, 2, 2] and ke.tolist() == [32, k, 64]
         else:
@@ -253,15 +257,60 @@ def test_limb_gemm_stops_limb_one_at_the_block_extent(fused):
         assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), variant
 
 
-def test_fused_levels_limbs_flag_levels_beyond_the_bound():
+def test_horner_bound_keeps_every_partial_sum_in_int32():
+    """HMAX (transform.horner_bound): the largest abs(Y) whose limb 1 keeps (256 y1 + 128)
+    colsum within int32, the next limb-1 value beyond it; -1 where one limb already
+    overflows."""
+    rng = np.random.default_rng(30)
+    for k in (1, 70, 1000, 8192):
+        basis = rng.integers(-127, 128, (k, 5))
+        basis[:, 2] = 127                       # the largest column sum: 127 k
+        h = tk.horner_bound(basis)
+        cs = 127 * k
+        assert (256 * ((h + 128) >> 8) + 128) * cs <= 2**31 - 1
+        assert (256 * ((h + 1 + 128) >> 8) + 128) * cs > 2**31 - 1
+    assert tk.horner_bound(np.full((1, 1), 0)) > (1 << 24)
+    assert tk.horner_bound(np.full((2**24 // 127 + 1, 1), 127)) == -1
+
+
+def test_horner_launch_sends_blocks_beyond_its_bound_to_the_high_launch():
+    """HORNER (one accumulator) on K 600 with a column of 127s: HMAX is 28031, so a
+    two-limb block with abs(Y) up to 32000 could leave int32 there and goes to the HIGH
+    launch's two-accumulator path, beside a two-limb block within HMAX, a one-limb
+    block and a four-limb block: the reference's values in every block."""
+    rng = np.random.default_rng(31)
+    lb, k, d = tk.LIMB_ROWS, 600, 600
+    basis = rng.integers(-127, 128, (k, d))
+    basis[:, 5] = 127
+    t = tr.make_transform(rng.integers(-1000, 1000, d), basis, 0, 3)
+    assert tk.DeviceTransform(t, DEV).hmax == 28031
+    base = np.full(k, 144)                    # step 1.0, F = 0: Y = level
+    r = 4 * lb
+    lev = rng.integers(-100, 101, (r, k))     # block 0: one limb
+    lev[lb:2 * lb, :40] = rng.integers(-28031, 28032, (lb, 40))    # block 1: two, <= HMAX
+    lev[lb + 3, 7] = 28031
+    lev[2 * lb:3 * lb, 500:] = rng.integers(-32000, 32001, (lb, 100))   # block 2: beyond
+    lev[2 * lb + 9, :] = 32000              # times column 5: 2.44e9, beyond int32
+    lev[3 * lb + 1, 0] = 1 << 20              # block 3: four limbs
+    delta = np.zeros(r, np.int64)
+    want, bad = _reference(lev, base[None, :] + delta[:, None], t, 0)
+    assert not bad.any()
+    for variant in (dict(BM=64, BN=128, BK=64, HORNER=True),
+                    dict(BM=128, BN=256, BK=64, HORNER=True, F64=True, KEXT=True)):
+        got, _ = _run(lev, base, delta, t, 0, variant=variant)
+        assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), variant
+
+
+@pytest.mark.parametrize("rb", [1, 4])
+def test_fused_levels_limbs_flag_levels_beyond_the_bound(rb):
     """Clause 7.5 in the fused path: a chain whose levels pass 2^24 - 1 gets BAD_LEVEL,
-    the other chains none."""
+    the other chains none (RB rows at a time: the level inside a tile)."""
     rng = np.random.default_rng(23)
     t = tr.make_transform(np.zeros(8, np.int64), rng.integers(-9, 10, (5, 8)), 0, 0)
     lev = rng.integers(-5, 6, (12, 5))
     lev[7, 2] = 1 << 24
-    _, _, vst, _, _, _ = _fused_run(lev, np.full(5, 144), np.zeros(12), t,
-                                 np.array([0, 4, 6, 12]), 1)
+    _, _, vst, _, _ = _fused_run(lev, np.full(5, 144), np.zeros(12), t,
+                                 np.array([0, 4, 6, 12]), 1, variant=dict(LEVELS_RB=rb))
     assert vst.tolist() == [0, 0, 1]
 
 
