@@ -524,9 +524,10 @@ GEMM_SWEEP = [None, dict(HORNER=True), dict(HORNER=True, num_stages=4)] + [
         dict(BM=128, BN=256, BK=64, num_warps=8, num_stages=4),
         dict(BM=64, BN=256, BK=64, num_warps=8, num_stages=3),
         dict(BM=64, BN=256, BK=64, num_warps=4, num_stages=3))]
-LEVELS_SWEEP = [None] + [dict(LEVELS_BC=bc, LEVELS_RB=rb, LEVELS_WARPS=w)
-                         for bc, rb, w in ((256, 1, 2), (256, 1, 4), (512, 1, 4), (512, 1, 8),
-                                           (64, 4, 4), (128, 4, 4), (64, 8, 4), (128, 2, 2))]
+LEVELS_SWEEP = [None] + [dict(LEVELS_BC=bc, LEVELS_RB=rb, LEVELS_WARPS=w, LEVELS_PF=pf)
+                         for bc, rb, w, pf in ((128, 1, 2, 2), (128, 1, 2, 4), (64, 1, 1, 4),
+                                               (256, 1, 2, 2), (256, 1, 4, 4), (512, 1, 4, 2),
+                                               (64, 4, 4, 1), (64, 4, 4, 2), (128, 2, 2, 2))]
 
 
 def _stage_sweep(tps, ps, st, bench_ms, log) -> dict:

@@ -16,7 +16,8 @@ Then two launches:
    signed 8-bit limbs, Y = y0 + 2^8 y1 + 2^16 y2 + 2^24 y3 (each in -128..127), in limb
    planes [4, R, KP] (KP: K padded with zeros to a multiple of 64, aligned rows).  Planes
    0 and 1 are always written; planes 2 and 3 only for a block holding some abs(Y) >
-   32639 (the most two limbs hold), and the block's limb count (1, 2 or 4) is stored.
+   32639 (the most two limbs hold), and the block's statistics are stored (int32 [3,
+   blocks]: its limb count 1, 2 or 4, its limb-1 extent (KEXT) and its largest abs(Y)).
 2. ``_inverse_kernel``, per tile of rows x channels (a tile's rows lie in one block; two
    launches, the second for the blocks of four limbs): the block's limb count of Y limbs
    times one to three basis limbs (basis_limbs; one for basis_bits <= 8), each an int8 x
@@ -32,12 +33,13 @@ products on Hopper take both operands K-major.
 
 FUSED (``levels_limbs``, for chains of consecutive rows: left or no prediction): step 1
 and the levels in one pass, with no binary32 levels in memory.  ``_levels_limbs_kernel``
-runs down a chain for a segment of LEVELS_BC coefficients, a row at a time (as
-recon._dequant_rows_kernel), computes Y and writes limbs 0 and 1, and limbs 2 and 3 of
-the row's segment where that segment holds an abs(Y) > 32639, with each segment's
-largest abs(Y).  Then ``_limb_counts_kernel``, per block: the rows' BAD_COEFF status,
-the limb count, and in a four-limb block zeros in limbs 2 and 3 of the segments that
-did not write them.  Limb planes past K are never written: the basis limbs there are
+runs down a chain for a segment of LEVELS_BC coefficients, LEVELS_RB rows at a time
+(left prediction: a column prefix sum over the RB rows plus the carry from above),
+computes Y and writes limbs 0 and 1, and limbs 2 and 3 of a row's segment where that
+segment holds an abs(Y) > 32639, with each segment's largest abs(Y).  Then
+``_limb_counts_kernel``, per block: the rows' BAD_COEFF status, the block statistics,
+and in a four-limb block zeros in limbs 2 and 3 of the segments that did not write
+them.  Limb planes past K are never written: the basis limbs there are
 zero, so whatever they hold adds nothing.
 
 F64 (a launch option of step 2): where a block has at most two Y limbs, the limb sums
@@ -50,6 +52,15 @@ recorded to the granularity of a segment or a ylimbs chunk, never short).  A two
 block then multiplies limb 1 only up to it, rounded up to BK.  On the ViT frames of the
 GPU bench 7.7 % of the Y are beyond 127, most in the first coefficients; the 18 blocks'
 extents, rounded up to 64, are 256 to 448 of KP 576 (mean 324): 22 % fewer products.
+
+HORNER (a launch option of step 2, one basis limb): one int32 accumulator instead of one
+per Y limb.  acc = Y_1 x B over the limb-1 extent, then acc * 256, then acc += Y_0 x B
+over all KP: acc is the exact sum of Y x B while every partial sum stays within int32,
+which holds for a block whose largest abs(Y) is at most HMAX (``horner_bound``: (256
+y1max + 128) colsum <= 2^31 - 1, colsum the basis' largest column sum of abs values).
+Blocks beyond HMAX, and four-limb blocks, go to the second launch.  Half the
+accumulator registers: tiles twice as large fit, and read the limb planes and the basis
+from L2 fewer times per output value.
 """
 from __future__ import annotations
 
@@ -76,7 +87,7 @@ YLIMBS_VARIANT = dict(BK=32, num_warps=8)
 # program, taken where chains x segments >= LEVELS_MIN_PROGRAMS (else recon.dequantize and
 # ylimbs, as for chains through an index)
 LEVELS_VARIANT = dict(FUSED=True, LEVELS_BC=128, LEVELS_WARPS=2, LEVELS_MIN_PROGRAMS=512,
-                      LEVELS_RB=1)
+                      LEVELS_RB=1, LEVELS_PF=1)
 
 
 @triton.jit
@@ -151,17 +162,28 @@ def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, blk_ptr, status
 
 
 @triton.jit
+def _rows_ahead(sym_ptr, delta_ptr, r0, i1, c, cm, K, RB: tl.constexpr):
+    """The symbols [RB, BC] and step deltas [RB] of rows r0 .. r0 + RB - 1 (zeros past
+    the chain's end i1): the loads _levels_limbs_kernel issues rows ahead."""
+    rr = r0 + tl.arange(0, RB)
+    s = tl.load(sym_ptr + rr[:, None].to(tl.int64) * K + c[None, :],
+                mask=(rr < i1)[:, None] & cm[None, :], other=0)
+    return s, tl.load(delta_ptr + rr, mask=rr < i1, other=0)
+
+
+@triton.jit
 def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_ptr, uext_ptr,
                          y_ptr, ymax_ptr, status_ptr, R, K, KP, NT, SCAN: tl.constexpr,
-                         BC: tl.constexpr, RB: tl.constexpr):
+                         BC: tl.constexpr, RB: tl.constexpr, PF: tl.constexpr):
     """The fused path (module docstring, FUSED): down a chain of consecutive rows, RB rows
     at a time, for coefficients t * BC .. t * BC + BC - 1, the levels (clauses 7.4.1 and
     7.5, as recon._dequant_rows_kernel: int32, the extremes checked; left prediction a
     column prefix sum over the RB rows plus the carry of the rows above), Y (step 1 of
     7.6.3, as _coefficients) and its limbs 0 and 1; limbs 2 and 3 of a row's segment
     only where the segment holds an abs(Y) > 32639.  ymax_ptr [R, NT]: each segment's
-    largest abs(Y) (clamped at 2^24: beyond 2^24 - 1 is the BAD_COEFF error).  The next
-    RB rows' symbols load while these are computed."""
+    largest abs(Y) (clamped at 2^24: beyond 2^24 - 1 is the BAD_COEFF error).  The
+    symbols and step deltas of the next PF tiles of RB rows (PF 1 to 4) load while these
+    are computed: a program has PF tiles' loads in flight."""
     chain = tl.program_id(0)
     t = tl.program_id(1)
     c = t * BC + tl.arange(0, BC)
@@ -174,18 +196,30 @@ def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_p
     carry = tl.zeros([BC], tl.int32)
     hi = tl.zeros([BC], tl.int32)
     lo = tl.zeros([BC], tl.int32)
-    rr = i0 + tl.arange(0, RB)
-    m = (rr < i1)[:, None] & cm[None, :]
-    s_next = tl.load(sym_ptr + rr[:, None].to(tl.int64) * K + c[None, :], mask=m, other=0)
+    s1, d1 = _rows_ahead(sym_ptr, delta_ptr, i0, i1, c, cm, K, RB)
+    if PF >= 2:
+        s2, d2 = _rows_ahead(sym_ptr, delta_ptr, i0 + RB, i1, c, cm, K, RB)
+    if PF >= 3:
+        s3, d3 = _rows_ahead(sym_ptr, delta_ptr, i0 + 2 * RB, i1, c, cm, K, RB)
+    if PF >= 4:
+        s4, d4 = _rows_ahead(sym_ptr, delta_ptr, i0 + 3 * RB, i1, c, cm, K, RB)
     for r0 in range(i0, i1, RB):
         rr = r0 + tl.arange(0, RB)
         rm = rr < i1
         m = rm[:, None] & cm[None, :]
         flat = rr[:, None].to(tl.int64) * K + c[None, :]
-        s = s_next.to(tl.int32)
-        nn = rr + RB
-        s_next = tl.load(sym_ptr + nn[:, None].to(tl.int64) * K + c[None, :],
-                         mask=(nn < i1)[:, None] & cm[None, :], other=0)
+        s, dl = s1.to(tl.int32), d1
+        if PF == 1:
+            s1, d1 = _rows_ahead(sym_ptr, delta_ptr, r0 + RB, i1, c, cm, K, RB)
+        elif PF == 2:
+            s1, d1 = s2, d2
+            s2, d2 = _rows_ahead(sym_ptr, delta_ptr, r0 + 2 * RB, i1, c, cm, K, RB)
+        elif PF == 3:
+            s1, d1, s2, d2 = s2, d2, s3, d3
+            s3, d3 = _rows_ahead(sym_ptr, delta_ptr, r0 + 3 * RB, i1, c, cm, K, RB)
+        else:
+            s1, d1, s2, d2, s3, d3 = s2, d2, s3, d3, s4, d4
+            s4, d4 = _rows_ahead(sym_ptr, delta_ptr, r0 + 4 * RB, i1, c, cm, K, RB)
         if tl.max(tl.max(s - esc[None, :], 1), 0) >= 0:     # an escape (rare): 7.4.1
             is_e = m & (s == esc[None, :])
             s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
@@ -196,7 +230,6 @@ def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_p
             carry += tl.sum(res, 0)
         hi = tl.maximum(hi, tl.max(lv, 0))
         lo = tl.minimum(lo, tl.min(lv, 0))
-        dl = tl.load(delta_ptr + rr, mask=rm, other=0)
         code = tl.minimum(tl.maximum(code_c[None, :] + dl[:, None], 0), 255)
         v = lv.to(tl.float64) * tl.load(fac_ptr + code, mask=m, other=0.0)   # exact
         y = _magnitude(v)
@@ -534,7 +567,8 @@ def levels_limbs(sym, offs, delta, code, esc, uext, dt: DeviceTransform, predict
     if n > 0 and r > 0:
         _levels_limbs_kernel[(n, nt)](sym, offs, delta, code, dt.factors, esc, uext, limbs,
                                       ymax, vstatus, r, dt.k, dt.kp, nt, SCAN=predictor != 0,
-                                      BC=bc, RB=v["LEVELS_RB"], num_warps=v["LEVELS_WARPS"])
+                                      BC=bc, RB=v["LEVELS_RB"], PF=v["LEVELS_PF"],
+                                      num_warps=v["LEVELS_WARPS"])
         _limb_counts_kernel[(nblk,)](ymax, limbs, blocks, tstatus, r, dt.k, dt.kp, nt, nblk,
                                      LB=LIMB_ROWS, BC=bc, NTP=triton.next_power_of_2(nt),
                                      num_warps=4)

@@ -175,13 +175,13 @@ def _fused_run(lev, base, delta, t, offs, predictor, esc=None, variant=None):
 
 
 @pytest.mark.parametrize("predictor", [0, 1])
-@pytest.mark.parametrize("bc, rb", [(16, 1), (64, 1), (16, 8), (64, 4)])
-def test_fused_levels_limbs_match_the_two_step_path(predictor, bc, rb):
+@pytest.mark.parametrize("bc, rb, pf", [(16, 1, 1), (64, 1, 3), (16, 8, 2), (64, 4, 4)])
+def test_fused_levels_limbs_match_the_two_step_path(predictor, bc, rb, pf):
     """The fused path (levels straight to limb planes) against the reference and against
     ylimbs on the same levels: blocks of one, two and four Y limbs, rows whose
     coefficients overflow, escapes, segments of BC coefficients (K 37: a partial last
-    segment), RB rows at a time (chains of 1, 50 and 149 rows: partial last tiles),
-    chains that cross limb blocks."""
+    segment), RB rows at a time (chains of 1, 50 and 149 rows: partial last tiles), PF
+    tiles loaded ahead, chains that cross limb blocks."""
     rng = np.random.default_rng(21 + bc + predictor)
     lb = tk.LIMB_ROWS
     k, d = 37, 40
@@ -201,7 +201,8 @@ def test_fused_levels_limbs_match_the_two_step_path(predictor, bc, rb):
     assert bad.sum() == 1
     esc = np.full(k, 40)                      # residuals beyond 20 in magnitude escape
     got, gbad, vst, limbs, (nl, ke, top) = _fused_run(lev, base, delta, t, offs, predictor,
-                                                      esc, dict(LEVELS_BC=bc, LEVELS_RB=rb))
+                                                      esc, dict(LEVELS_BC=bc, LEVELS_RB=rb,
+                                                                LEVELS_PF=pf))
     assert np.array_equal(gbad, bad) and not vst.any()
     assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8))
     st = torch.zeros(r, dtype=torch.int32, device=DEV)
@@ -301,8 +302,8 @@ def test_horner_launch_sends_blocks_beyond_its_bound_to_the_high_launch():
         assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), variant
 
 
-@pytest.mark.parametrize("rb", [1, 4])
-def test_fused_levels_limbs_flag_levels_beyond_the_bound(rb):
+@pytest.mark.parametrize("rb, pf", [(1, 1), (4, 2)])
+def test_fused_levels_limbs_flag_levels_beyond_the_bound(rb, pf):
     """Clause 7.5 in the fused path: a chain whose levels pass 2^24 - 1 gets BAD_LEVEL,
     the other chains none (RB rows at a time: the level inside a tile)."""
     rng = np.random.default_rng(23)
@@ -310,7 +311,8 @@ def test_fused_levels_limbs_flag_levels_beyond_the_bound(rb):
     lev = rng.integers(-5, 6, (12, 5))
     lev[7, 2] = 1 << 24
     _, _, vst, _, _ = _fused_run(lev, np.full(5, 144), np.zeros(12), t,
-                                 np.array([0, 4, 6, 12]), 1, variant=dict(LEVELS_RB=rb))
+                                 np.array([0, 4, 6, 12]), 1,
+                                 variant=dict(LEVELS_RB=rb, LEVELS_PF=pf))
     assert vst.tolist() == [0, 0, 1]
 
 
