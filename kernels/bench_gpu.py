@@ -637,13 +637,16 @@ def _inverse_breakdown(ps, st, variant, bench_ms, log) -> dict:
 
 
 def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
-                     coeffs=None, log=print, device: str = "cuda") -> dict:
+                     coeffs=None, log=print, device: str = "cuda", profile=None) -> dict:
     """Full GPU decode (the device work of codec.launch_batch: rANS, escapes, levels,
     inverse transform, float16 out) of ``frames`` frames of 576 x 1024 real tokens coded
     with a model transform (by reference, fitted on the same frames: a speed figure),
     beside today's path (no transform) on the same frames in the same run.  Each stream
     is encoded by the reference encoder from the distinct frames, which the batch repeats;
-    the decoded values of the distinct frames are compared with the reference decoder."""
+    the decoded values of the distinct frames are compared with the reference decoder.
+    ``profile`` (a launch variant, {} for the default): no sweep and no "today"; the
+    default and that variant decode the batch once more between cudaProfilerStart and
+    cudaProfilerStop (for ``ncu --profile-from-start off``)."""
     from tokenbits import decoder, encoder, transform_fit
     from tokenbits.baselines import mean_token_cosine
     from . import codec
@@ -657,7 +660,8 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
     dev = device
     out = dict(frames=frames, shape=list(base.shape[1:]), coeffs=t.num_coeffs,
                energy=float(t.meta["transform.energy"]))
-    for name, opts in (("today", {}), ("transform", dict(transform=t))):
+    runs = (("today", {}), ("transform", dict(transform=t)))
+    for name, opts in runs[1:] if profile is not None else runs:
         t0 = time.perf_counter()
         stream = encoder.encode(base, target_cos=0.99, predictor="left", num_lanes=32, **opts)
         enc_s = time.perf_counter() - t0
@@ -672,7 +676,9 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
         st = codec.stage_batch(tps, [frs[i % len(frs)] for i in range(frames)], ps, dev)
         nbytes = frames * base.shape[1] * base.shape[2] * 2
         variants = [None]
-        if name == "transform":     # each stage's launches alone, then the best together
+        if name == "transform" and profile is not None:
+            variants += [profile] if profile else []
+        elif name == "transform":   # each stage's launches alone, then the best together
             out["stages"] = _stage_sweep(tps, ps, st, bench_ms, log)
             combo = dict(out["stages"]["best_levels"] or {}, **(out["stages"]["best_gemm"] or {}))
             variants += [combo] if combo else []
@@ -693,7 +699,13 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
                 best = (t_ms, v)
         ms, variant = best
         out[name + "_variant"] = variant
-        if name == "transform" and device == "cuda":
+        if profile is not None and device == "cuda":
+            torch.cuda.cudart().cudaProfilerStart()
+            for v in variants:
+                codec.launch_batch(tps, ps, st, v)
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaProfilerStop()
+        elif name == "transform" and device == "cuda":
             out["inverse_breakdown"] = _inverse_breakdown(ps, st, variant, bench_ms, log)
         out[name] = dict(ms=ms, gb_per_s=nbytes / ms / 1e6, exact=exact,
                          bits_per_value=8 * len(stream) / base.size,
@@ -780,6 +792,9 @@ def main(argv=None) -> int:
     p.add_argument("--transform", type=int, nargs="?", const=2048, metavar="FRAMES",
                    help="only the transform decode (TKB 1.1) against today's path")
     p.add_argument("--coeffs", type=int, help="--transform: K (default: energy 0.999)")
+    p.add_argument("--profile-transform", metavar="JSON",
+                   help="--transform: no sweep; decode once more with the default launch and "
+                        "this variant (a JSON dict) inside a profiler range, for ncu")
     p.add_argument("--prune", type=int, nargs="?", const=256, metavar="FRAMES",
                    help="only the pruned GPU encode (issue 16) against the unpruned one")
     a = p.parse_args(argv)
@@ -787,7 +802,9 @@ def main(argv=None) -> int:
         log = lambda m: print(m, flush=True)  # noqa: E731
         dev = "cuda" if torch.cuda.is_available() else "cpu"
         res = (prune_encode(a.data, a.prune, log=log, device=dev) if a.prune else
-               transform_decode(a.data, a.transform, coeffs=a.coeffs, log=log, device=dev))
+               transform_decode(a.data, a.transform, coeffs=a.coeffs, log=log, device=dev,
+                                profile=None if a.profile_transform is None else
+                                json.loads(a.profile_transform)))
         _write_json(res, a.json)
         return 0
     if a.prepare:

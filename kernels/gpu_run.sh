@@ -17,7 +17,8 @@ if [ "${V11:-0}" = 1 ]; then
   # the pruned-encode bench first (it checks its bytes against the reference), then the
   # tests and conformance on the GPU, then the transform decode sweep (the longest step)
   # (each step bounded, so that one slow step leaves time for the others in a 600 s call)
-  # (ONLY_TRANSFORM=1: the transform sweep alone; SKIP_TRANSFORM=1: all but the sweep)
+  # (ONLY_TRANSFORM=1: the transform sweep alone; SKIP_TRANSFORM=1: all but the sweep;
+  # PROFILE=1: then ncu on the transform decode's levels and GEMM launches)
   if [ "${ONLY_TRANSFORM:-0}" != 1 ]; then
     timeout 120 python3 -u -P -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy --prune 256 \
         --json "$OUT/prune.json" 2>&1 | tee "$OUT/prune.txt" || true
@@ -29,8 +30,20 @@ if [ "${V11:-0}" = 1 ]; then
     tail -5 "$OUT/conformance_gpu.txt"
   fi
   if [ "${SKIP_TRANSFORM:-0}" != 1 ]; then
-    python3 -u -P -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy --transform 2048 \
-        --json "$OUT/transform.json" 2>&1 | tee "$OUT/transform.txt" || true
+    timeout "${SWEEP_S:-540}" python3 -u -P -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy \
+        --transform 2048 --json "$OUT/transform.json" 2>&1 | tee "$OUT/transform.txt" || true
+  fi
+  if [ "${PROFILE:-0}" = 1 ]; then
+    # Nsight Compute on the transform decode's levels and GEMM launches (512 frames): the
+    # default launch and the sweep's best (transform.json), or PROFILE_VARIANT
+    V=${PROFILE_VARIANT:-$(python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1])).get('transform_variant') or {}))" "$OUT/transform.json" 2>/dev/null || echo '{}')}
+    timeout "${PROFILE_S:-200}" ncu --clock-control none --profile-from-start off --section SpeedOfLight \
+        --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section ComputeWorkloadAnalysis \
+        -k "regex:_levels_limbs_kernel|_inverse_kernel" -o /tmp/tkb_tprofile \
+        python3 -P -m tokenbits.kernels.bench_gpu --data .bench/vit_frames.npy --transform 512 \
+        --profile-transform "$V" > "$OUT/tprofile_log.txt" 2>&1 || true
+    ncu -i /tmp/tkb_tprofile.ncu-rep --page details --print-details all > "$OUT/tprofile.txt" 2>&1 || true
   fi
   exit 0
 fi
