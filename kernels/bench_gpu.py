@@ -516,7 +516,8 @@ def profile(data: str, frames: int, num_tables=None, prob_bits=None, log=print) 
 # shape, F64 (the binary64 epilogue), KEXT (limb-1 products only up to each block's limb-1
 # extent), HORNER (one accumulator); the fused levels pass's LEVELS_BC coefficients and
 # LEVELS_RB rows at a time, LEVELS_WARPS warps
-GEMM_SWEEP = [None, dict(HORNER=True), dict(HORNER=True, num_stages=4)] + [
+GEMM_SWEEP = [None, dict(HORNER=True), dict(HORNER=True, num_stages=4),
+              dict(HORNER=True, F64=False)] + [
     dict(s, HORNER=True, F64=True, KEXT=True) for s in (
         dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3),
         dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3),

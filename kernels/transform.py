@@ -365,7 +365,7 @@ def _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, NL: tl.constexp
 
 @triton.jit
 def _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, BM: tl.constexpr,
-                 BN: tl.constexpr, BK: tl.constexpr):
+                 BN: tl.constexpr, BK: tl.constexpr, F64: tl.constexpr):
     """HORNER (one basis limb, at most two Y limbs): binary32(acc) [BM, BN] from one int32
     accumulator, acc = mean + 256 (Y_1 x B) + Y_0 x B: the limb-1 products over
     coefficients 0 .. K1 - 1 (the block's limb-1 extent, 0 for one limb), the
@@ -373,7 +373,8 @@ def _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, BM: tl.conste
     partial sum stays within int32: (256 y1max + 128) colsum <= 2^31 - 1, y1max the
     block's largest abs(limb 1) and colsum the largest sum of abs(basis) over a column
     (the launch's HMAX bound on the block's largest abs(Y); other blocks go to the HIGH
-    launch).  Half the accumulators of _limb_gemm's two limbs: larger tiles fit."""
+    launch).  Half the accumulators of _limb_gemm's two limbs: larger tiles fit.  The
+    mean is added in binary64 with F64, else in int64 (both exact), then one rounding."""
     plane = R.to(tl.int64) * KP
     acc = tl.zeros((BM, BN), dtype=tl.int32)
     ym = rows[:, None] < R
@@ -390,7 +391,9 @@ def _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, BM: tl.conste
         y0 = tl.load(y_ptr + rows[:, None].to(tl.int64) * KP + kk[None, :], mask=ym, other=0)
         acc = tl.dot(y0, tl.trans(tl.load(basis_ptr + cols[:, None] * KP + kk[None, :],
                                           mask=bm, other=0)), acc, out_dtype=tl.int32)
-    return (acc.to(tl.float64) + mean.to(tl.float64)[None, :]).to(tl.float32)  # one rounding
+    if F64:
+        return (acc.to(tl.float64) + mean.to(tl.float64)[None, :]).to(tl.float32)
+    return (acc.to(tl.int64) + mean[None, :]).to(tl.float32)
 
 
 @triton.jit
@@ -439,7 +442,8 @@ def _inverse_kernel(y_ptr, blk_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R
                 v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 2, NB, BM,
                                BN, BK, F64)
         elif HORNER:
-            v = _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, BM, BN, BK)
+            v = _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, BM, BN, BK,
+                             F64)
         elif nl == 1:
             v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 1, NB, BM, BN, BK,
                            F64)

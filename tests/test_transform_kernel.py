@@ -59,6 +59,7 @@ CASES = [
     (4, 9, 17, 20, 0, 0, 1, 0, 32, (200, 255)),                  # F = G = 0, huge steps
     (5, 12, 30, 40, 3, 20, (1 << 15) - 1, (1 << 52) - 1, 40, (140, 150)),  # 2 Y limbs, 3 B
     (6, 10, 24, 32, 6, 20, (1 << 15) - 1, 0, 300, (140, 150)),   # the same, no mean
+    (7, 9, 20, 24, 5, 40, 127, (1 << 52) - 1, 300, (140, 150)),   # 1 B limb, the widest mean
 ]
 
 
@@ -76,7 +77,8 @@ def test_inverse_kernel_matches_reference(case, out_dtype):
     codes = base[None, :] + delta[:, None]
     want, bad = _reference(lev, codes, t, out_dtype)
     for variant in (None, dict(BM=16, BN=16, BK=32), dict(BM=32, BN=64, BK=64),
-                    dict(BM=16, BN=32, BK=64, F64=True), dict(BM=16, BN=32, BK=32, HORNER=True)):
+                    dict(BM=16, BN=32, BK=64, F64=True), dict(BM=16, BN=32, BK=32, HORNER=True),
+                    dict(BM=16, BN=16, BK=64, HORNER=True, F64=False)):
         got, gbad = _run(lev, base, delta, t, out_dtype, variant=variant)
         assert np.array_equal(gbad, bad), variant
         assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8)), variant
@@ -296,7 +298,7 @@ def test_horner_launch_sends_blocks_beyond_its_bound_to_the_high_launch():
     delta = np.zeros(r, np.int64)
     want, bad = _reference(lev, base[None, :] + delta[:, None], t, 0)
     assert not bad.any()
-    for variant in (dict(BM=64, BN=128, BK=64, HORNER=True),
+    for variant in (dict(BM=64, BN=128, BK=64, HORNER=True, F64=False),
                     dict(BM=128, BN=256, BK=64, HORNER=True, F64=True, KEXT=True)):
         got, _ = _run(lev, base, delta, t, 0, variant=variant)
         assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), variant
