@@ -9,8 +9,16 @@ arguments a launch would specialise as divisible by 16 marked so), and ``cuobjdu
 bytes: a stack frame in these kernels is register spills.  This is how the limb GEMM's
 spills were found (kernels/transform.py, ``_inverse_kernel``): not a timing, but a cause
 of slow kernels that needs no GPU.  The counts are those of this machine's Triton; the
-GPU machines run another version (shared/TRITON-NOTES.md).  Run it with
-TRITON_INTERPRET unset (the interpreter's kernels cannot be compiled).
+GPU machines run another version (shared/TRITON-NOTES.md).  Their version compiles here
+too, in a virtual environment of its own (seen with Triton 3.6.0 on 2026-12-07; the
+counts differ: 254 registers for the default launch where 3.9 uses 180):
+
+    python3 -m venv /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0 torch==2.13.0 \
+        numpy setuptools
+    /tmp/t36/bin/pip install --no-deps --no-build-isolation --target /tmp/t36pkg .
+    PYTHONPATH=/tmp/t36pkg /tmp/t36/bin/python -P -m tokenbits.kernels.sass_stats --all
+
+Run it with TRITON_INTERPRET unset (the interpreter's kernels cannot be compiled).
 """
 from __future__ import annotations
 
