@@ -633,6 +633,44 @@ def _inverse_breakdown(ps, st, variant, bench_ms, log) -> dict:
     return res
 
 
+def transform_streams(data: str, energy: float = 0.999, coeffs=None, log=print) -> dict:
+    """The transform decode's inputs: the transform fitted on the frames of ``data``
+    ("model") and, for "today" and "transform", the reference encoder's stream of those frames, its
+    reference decode and the encode's seconds.  Cached beside ``data``
+    (transform_streams.pkl, keyed by the frames' SHA-256, energy and K), so that a GPU
+    run with the cache carried spends no device time on the reference encoder and
+    decoder (``--prepare-transform``)."""
+    import hashlib
+    import pickle
+    from pathlib import Path
+
+    from tokenbits import decoder, encoder, transform_fit
+    base = np.load(data)
+    key = (hashlib.sha256(base.tobytes()).hexdigest(), energy, coeffs)
+    cache = Path(data).with_name("transform_streams.pkl")
+    if cache.exists():
+        with open(cache, "rb") as f:
+            res = pickle.load(f)
+        if res.get("key") == key:
+            log(f"streams from {cache}")
+            return res
+    x = base.astype(np.float32)
+    t = transform_fit.fit_transform(x, energy=None if coeffs else energy, coeffs=coeffs)
+    res = dict(key=key, model=t)
+    for name, opts in (("today", {}), ("transform", dict(transform=t))):
+        t0 = time.perf_counter()
+        stream = encoder.encode(base, target_cos=0.99, predictor="left", num_lanes=32, **opts)
+        enc_s = time.perf_counter() - t0
+        ref = decoder.decode(stream, transforms=[t])
+        res[name] = (stream, np.concatenate([f.values for f in ref.frames]), enc_s)
+    try:
+        with open(cache, "wb") as f:
+            pickle.dump(res, f)
+    except OSError:
+        pass
+    return res
+
+
 def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
                      coeffs=None, log=print, device: str = "cuda", profile=None) -> dict:
     """Full GPU decode (the device work of codec.launch_batch: rANS, escapes, levels,
@@ -644,31 +682,27 @@ def transform_decode(data: str, frames: int = 2048, energy: float = 0.999,
     ``profile`` (a launch variant, {} for the default): no sweep and no "today"; the
     default and that variant decode the batch once more between cudaProfilerStart and
     cudaProfilerStop (for ``ncu --profile-from-start off``)."""
-    from tokenbits import decoder, encoder, transform_fit
+    from tokenbits import decoder
     from tokenbits.baselines import mean_token_cosine
     from . import codec
     from .transform import TRANSFORM_VARIANT
     bench_ms = _timer(device)
     base = np.load(data)
     x = base.astype(np.float32)
-    t = transform_fit.fit_transform(x, energy=None if coeffs else energy, coeffs=coeffs)
+    inputs = transform_streams(data, energy, coeffs, log)
+    t = inputs["model"]
     log(f"transform: D {t.num_channels}, K {t.num_coeffs}, energy kept "
         f"{t.meta['transform.energy']}")
     dev = device
     out = dict(frames=frames, shape=list(base.shape[1:]), coeffs=t.num_coeffs,
                energy=float(t.meta["transform.energy"]))
-    runs = (("today", {}), ("transform", dict(transform=t)))
-    for name, opts in runs[1:] if profile is not None else runs:
-        t0 = time.perf_counter()
-        stream = encoder.encode(base, target_cos=0.99, predictor="left", num_lanes=32, **opts)
-        enc_s = time.perf_counter() - t0
+    for name in ("transform",) if profile is not None else ("today", "transform"):
+        stream, want, enc_s = inputs[name]
         parsed = list(decoder.parsed_frames(stream, [t]))
         tps, frs = parsed[0][1], [fr for _, _, fr in parsed]
-        ref = decoder.decode(stream, transforms=[t])
         ps = codec._ParamSet(tps, dev)
         small = codec.stage_batch(tps, frs, ps, dev)
         got = codec.launch_batch(tps, ps, small)[0].cpu().numpy()
-        want = np.concatenate([f.values for f in ref.frames])
         exact = bool(np.array_equal(got.view(np.uint16), want.view(np.uint16)))
         st = codec.stage_batch(tps, [frs[i % len(frs)] for i in range(frames)], ps, dev)
         nbytes = frames * base.shape[1] * base.shape[2] * 2
@@ -789,12 +823,18 @@ def main(argv=None) -> int:
     p.add_argument("--transform", type=int, nargs="?", const=2048, metavar="FRAMES",
                    help="only the transform decode (TKB 1.1) against today's path")
     p.add_argument("--coeffs", type=int, help="--transform: K (default: energy 0.999)")
+    p.add_argument("--prepare-transform", action="store_true",
+                   help="with --data: encode and reference-decode the transform decode's "
+                        "streams into the cache beside the data (transform_streams.pkl) and stop")
     p.add_argument("--profile-transform", metavar="JSON",
                    help="--transform: no sweep; decode once more with the default launch and "
                         "this variant (a JSON dict) inside a profiler range, for ncu")
     p.add_argument("--prune", type=int, nargs="?", const=256, metavar="FRAMES",
                    help="only the pruned GPU encode (issue 16) against the unpruned one")
     a = p.parse_args(argv)
+    if a.prepare_transform:
+        transform_streams(a.data, coeffs=a.coeffs)
+        return 0
     if a.prune or a.transform:      # one section alone: issue 16's or issue 15's
         log = lambda m: print(m, flush=True)  # noqa: E731
         dev = "cuda" if torch.cuda.is_available() else "cpu"
