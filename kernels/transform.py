@@ -538,7 +538,7 @@ def limb_gemm(limbs, blocks, dt: DeviceTransform, out, out_row, variant=None):
 
 def split_variant(variant) -> tuple:
     """(the fused path's keys (LEVELS_VARIANT), the rest: the limb GEMM's) of a launch
-    variant of the transform decode (bench_gpu.TRANSFORM_SWEEP)."""
+    variant of the transform decode (bench_gpu.LEVELS_SWEEP and GEMM_SWEEP)."""
     v = dict(variant or {})
     return {k: v.pop(k) for k in list(v) if k in LEVELS_VARIANT}, v
 
