@@ -515,16 +515,16 @@ def profile(data: str, frames: int, num_tables=None, prob_bits=None, log=print) 
 # launches of the transform decode, timed stage by stage (_stage_sweep): the limb GEMM's
 # shape, F64 (the binary64 epilogue), KEXT (limb-1 products only up to each block's limb-1
 # extent), HORNER (one accumulator); the fused levels pass's LEVELS_BC coefficients and
-# LEVELS_RB rows at a time, LEVELS_WARPS warps
+# LEVELS_PF rows' loads ahead, LEVELS_WARPS warps
 GEMM_SWEEP = [None, dict(HORNER=True), dict(HORNER=True, F64=False)] + [
     dict(s, HORNER=True, F64=True, KEXT=True) for s in (
         dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3),
         dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3),
         dict(BM=128, BN=256, BK=64, num_warps=8, num_stages=3),
         dict(BM=64, BN=256, BK=64, num_warps=8, num_stages=3))]
-LEVELS_SWEEP = [None] + [dict(LEVELS_BC=bc, LEVELS_RB=rb, LEVELS_WARPS=w, LEVELS_PF=pf)
-                         for bc, rb, w, pf in ((128, 1, 2, 2), (128, 1, 2, 4), (64, 1, 1, 4),
-                                               (256, 1, 4, 4), (64, 4, 4, 2), (128, 2, 2, 2))]
+LEVELS_SWEEP = [None] + [dict(LEVELS_BC=bc, LEVELS_WARPS=w, LEVELS_PF=pf)
+                         for bc, w, pf in ((128, 2, 2), (128, 2, 4), (64, 1, 4), (256, 4, 4),
+                                           (256, 2, 2), (512, 4, 2))]
 
 
 def _stage_sweep(tps, ps, st, bench_ms, log) -> dict:

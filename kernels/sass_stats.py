@@ -102,10 +102,9 @@ def launches(everything: bool = False) -> list:
             out.append((inverse_name(label, f64, kext, high, horner), tk._inverse_kernel,
                         INVERSE_SIG, c, s["num_warps"], s["num_stages"], ()))
     lv = tk.LEVELS_VARIANT
-    for label, rb, pf in (("default", lv["LEVELS_RB"], lv["LEVELS_PF"]), ("RB 8", 8, 1),
-                          ("PF 4", lv["LEVELS_RB"], 4)):
+    for label, pf in (("default", lv["LEVELS_PF"]), ("PF 4", 4)):
         out.append((f"levels_limbs {label}", tk._levels_limbs_kernel, LEVELS_SIG,
-                    dict(SCAN=True, BC=lv["LEVELS_BC"], RB=rb, PF=pf), lv["LEVELS_WARPS"], 1,
+                    dict(SCAN=True, BC=lv["LEVELS_BC"], PF=pf), lv["LEVELS_WARPS"], 1,
                     ("K", "NT")))
     return out
 

@@ -33,8 +33,8 @@ products on Hopper take both operands K-major.
 
 FUSED (``levels_limbs``, for chains of consecutive rows: left or no prediction): step 1
 and the levels in one pass, with no binary32 levels in memory.  ``_levels_limbs_kernel``
-runs down a chain for a segment of LEVELS_BC coefficients, LEVELS_RB rows at a time
-(left prediction: a column prefix sum over the RB rows plus the carry from above),
+runs down a chain for a segment of LEVELS_BC coefficients, a row at a time (as
+recon._dequant_rows_kernel; the next LEVELS_PF rows' symbols and step deltas in flight),
 computes Y and writes limbs 0 and 1, and limbs 2 and 3 of a row's segment where that
 segment holds an abs(Y) > 32639, with each segment's largest abs(Y).  Then
 ``_limb_counts_kernel``, per block: the rows' BAD_COEFF status, the block statistics,
@@ -87,7 +87,7 @@ YLIMBS_VARIANT = dict(BK=32, num_warps=8)
 # program, taken where chains x segments >= LEVELS_MIN_PROGRAMS (else recon.dequantize and
 # ylimbs, as for chains through an index)
 LEVELS_VARIANT = dict(FUSED=True, LEVELS_BC=128, LEVELS_WARPS=2, LEVELS_MIN_PROGRAMS=512,
-                      LEVELS_RB=1, LEVELS_PF=1)
+                      LEVELS_PF=1)
 
 
 @triton.jit
@@ -162,28 +162,24 @@ def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, blk_ptr, status
 
 
 @triton.jit
-def _rows_ahead(sym_ptr, delta_ptr, r0, i1, c, cm, K, RB: tl.constexpr):
-    """The symbols [RB, BC] and step deltas [RB] of rows r0 .. r0 + RB - 1 (zeros past
-    the chain's end i1): the loads _levels_limbs_kernel issues rows ahead."""
-    rr = r0 + tl.arange(0, RB)
-    s = tl.load(sym_ptr + rr[:, None].to(tl.int64) * K + c[None, :],
-                mask=(rr < i1)[:, None] & cm[None, :], other=0)
-    return s, tl.load(delta_ptr + rr, mask=rr < i1, other=0)
+def _row_ahead(sym_ptr, delta_ptr, r, i0, i1, c, cm, K):
+    """The symbols [BC] and step delta of row r clamped to the chain i0 .. i1 - 1: the
+    loads _levels_limbs_kernel issues rows ahead."""
+    row = tl.maximum(tl.minimum(r, i1 - 1), i0)
+    return (tl.load(sym_ptr + row * K + c, mask=cm, other=0), tl.load(delta_ptr + row))
 
 
 @triton.jit
 def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_ptr, uext_ptr,
                          y_ptr, ymax_ptr, status_ptr, R, K, KP, NT, SCAN: tl.constexpr,
-                         BC: tl.constexpr, RB: tl.constexpr, PF: tl.constexpr):
-    """The fused path (module docstring, FUSED): down a chain of consecutive rows, RB rows
-    at a time, for coefficients t * BC .. t * BC + BC - 1, the levels (clauses 7.4.1 and
-    7.5, as recon._dequant_rows_kernel: int32, the extremes checked; left prediction a
-    column prefix sum over the RB rows plus the carry of the rows above), Y (step 1 of
-    7.6.3, as _coefficients) and its limbs 0 and 1; limbs 2 and 3 of a row's segment
-    only where the segment holds an abs(Y) > 32639.  ymax_ptr [R, NT]: each segment's
-    largest abs(Y) (clamped at 2^24: beyond 2^24 - 1 is the BAD_COEFF error).  The
-    symbols and step deltas of the next PF tiles of RB rows (PF 1 to 4) load while these
-    are computed: a program has PF tiles' loads in flight."""
+                         BC: tl.constexpr, PF: tl.constexpr):
+    """The fused path (module docstring, FUSED): down a chain of consecutive rows, for
+    coefficients t * BC .. t * BC + BC - 1, the levels (clauses 7.4.1 and 7.5, as
+    recon._dequant_rows_kernel: int32, the extremes checked), Y (step 1 of 7.6.3, as
+    _coefficients) and its limbs 0 and 1; limbs 2 and 3 of a row's segment only where
+    the segment holds an abs(Y) > 32639.  ymax_ptr [R, NT]: each segment's largest
+    abs(Y) (clamped at 2^24: beyond 2^24 - 1 is the BAD_COEFF error).  The symbols and
+    step deltas of the next PF rows (1 to 4) load while a row is computed."""
     chain = tl.program_id(0)
     t = tl.program_id(1)
     c = t * BC + tl.arange(0, BC)
@@ -196,56 +192,48 @@ def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_p
     carry = tl.zeros([BC], tl.int32)
     hi = tl.zeros([BC], tl.int32)
     lo = tl.zeros([BC], tl.int32)
-    s1, d1 = _rows_ahead(sym_ptr, delta_ptr, i0, i1, c, cm, K, RB)
+    s1, d1 = _row_ahead(sym_ptr, delta_ptr, i0, i0, i1, c, cm, K)
     if PF >= 2:
-        s2, d2 = _rows_ahead(sym_ptr, delta_ptr, i0 + RB, i1, c, cm, K, RB)
+        s2, d2 = _row_ahead(sym_ptr, delta_ptr, i0 + 1, i0, i1, c, cm, K)
     if PF >= 3:
-        s3, d3 = _rows_ahead(sym_ptr, delta_ptr, i0 + 2 * RB, i1, c, cm, K, RB)
+        s3, d3 = _row_ahead(sym_ptr, delta_ptr, i0 + 2, i0, i1, c, cm, K)
     if PF >= 4:
-        s4, d4 = _rows_ahead(sym_ptr, delta_ptr, i0 + 3 * RB, i1, c, cm, K, RB)
-    for r0 in range(i0, i1, RB):
-        rr = r0 + tl.arange(0, RB)
-        rm = rr < i1
-        m = rm[:, None] & cm[None, :]
-        flat = rr[:, None].to(tl.int64) * K + c[None, :]
+        s4, d4 = _row_ahead(sym_ptr, delta_ptr, i0 + 3, i0, i1, c, cm, K)
+    for r in range(i0, i1):
         s, dl = s1.to(tl.int32), d1
         if PF == 1:
-            s1, d1 = _rows_ahead(sym_ptr, delta_ptr, r0 + RB, i1, c, cm, K, RB)
+            s1, d1 = _row_ahead(sym_ptr, delta_ptr, r + 1, i0, i1, c, cm, K)
         elif PF == 2:
             s1, d1 = s2, d2
-            s2, d2 = _rows_ahead(sym_ptr, delta_ptr, r0 + 2 * RB, i1, c, cm, K, RB)
+            s2, d2 = _row_ahead(sym_ptr, delta_ptr, r + 2, i0, i1, c, cm, K)
         elif PF == 3:
             s1, d1, s2, d2 = s2, d2, s3, d3
-            s3, d3 = _rows_ahead(sym_ptr, delta_ptr, r0 + 3 * RB, i1, c, cm, K, RB)
+            s3, d3 = _row_ahead(sym_ptr, delta_ptr, r + 3, i0, i1, c, cm, K)
         else:
             s1, d1, s2, d2, s3, d3 = s2, d2, s3, d3, s4, d4
-            s4, d4 = _rows_ahead(sym_ptr, delta_ptr, r0 + 4 * RB, i1, c, cm, K, RB)
-        if tl.max(tl.max(s - esc[None, :], 1), 0) >= 0:     # an escape (rare): 7.4.1
-            is_e = m & (s == esc[None, :])
-            s = tl.where(is_e, tl.load(uext_ptr + flat, mask=is_e, other=0), s)
-        lv = (s >> 1) ^ -(s & 1)                            # zero in masked places
+            s4, d4 = _row_ahead(sym_ptr, delta_ptr, r + 4, i0, i1, c, cm, K)
+        row = i0 + (r - i0)                                 # r is an int when interpreted
+        lv = row_residuals(s, esc, cm, uext_ptr, row * K + c)
         if SCAN:                                            # clause 7.5: left prediction
-            res = lv
-            lv = tl.cumsum(res, 0) + carry[None, :]
-            carry += tl.sum(res, 0)
-        hi = tl.maximum(hi, tl.max(lv, 0))
-        lo = tl.minimum(lo, tl.min(lv, 0))
-        code = tl.minimum(tl.maximum(code_c[None, :] + dl[:, None], 0), 255)
-        v = lv.to(tl.float64) * tl.load(fac_ptr + code, mask=m, other=0.0)   # exact
+            lv += carry
+            carry = lv
+        hi = tl.maximum(hi, lv)
+        lo = tl.minimum(lo, lv)
+        code = tl.minimum(tl.maximum(code_c + dl, 0), 255)
+        v = lv.to(tl.float64) * tl.load(fac_ptr + code, mask=cm, other=0.0)   # exact
         y = _magnitude(v)
-        top = tl.max(tl.where(m, y, 0), 1)
+        top = tl.max(tl.where(cm, y, 0), 0)
         y = tl.where(v < 0, -y, y)
-        idx = rr[:, None].to(tl.int64) * KP + c[None, :]
+        idx = row * KP + c
         y0, y = _limb(y)
         y1, y = _limb(y)
-        tl.store(y_ptr + idx, y0, mask=m)
-        tl.store(y_ptr + plane + idx, y1, mask=m)
-        if tl.max(top, 0) > TWO_LIMBS:                      # rare: the upper limbs too
+        tl.store(y_ptr + idx, y0, mask=cm)
+        tl.store(y_ptr + plane + idx, y1, mask=cm)
+        if top > TWO_LIMBS:                                 # rare: the upper limbs too
             y2, y = _limb(y)
-            up = m & (top > TWO_LIMBS)[:, None]
-            tl.store(y_ptr + 2 * plane + idx, y2, mask=up)
-            tl.store(y_ptr + 3 * plane + idx, y.to(tl.int8), mask=up)
-        tl.store(ymax_ptr + rr.to(tl.int64) * NT + t, top, mask=rm)
+            tl.store(y_ptr + 2 * plane + idx, y2, mask=cm)
+            tl.store(y_ptr + 3 * plane + idx, y.to(tl.int8), mask=cm)
+        tl.store(ymax_ptr + row * NT + t, top)
     bad = (tl.max(hi, 0) > MAX_LEVEL) | (tl.min(lo, 0) < -MAX_LEVEL)
     tl.atomic_or(status_ptr + chain, bad.to(tl.int32) * BAD_LEVEL)
 
@@ -571,8 +559,7 @@ def levels_limbs(sym, offs, delta, code, esc, uext, dt: DeviceTransform, predict
     if n > 0 and r > 0:
         _levels_limbs_kernel[(n, nt)](sym, offs, delta, code, dt.factors, esc, uext, limbs,
                                       ymax, vstatus, r, dt.k, dt.kp, nt, SCAN=predictor != 0,
-                                      BC=bc, RB=v["LEVELS_RB"], PF=v["LEVELS_PF"],
-                                      num_warps=v["LEVELS_WARPS"])
+                                      BC=bc, PF=v["LEVELS_PF"], num_warps=v["LEVELS_WARPS"])
         _limb_counts_kernel[(nblk,)](ymax, limbs, blocks, tstatus, r, dt.k, dt.kp, nt, nblk,
                                      LB=LIMB_ROWS, BC=bc, NTP=triton.next_power_of_2(nt),
                                      num_warps=4)

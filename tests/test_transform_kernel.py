@@ -177,13 +177,13 @@ def _fused_run(lev, base, delta, t, offs, predictor, esc=None, variant=None):
 
 
 @pytest.mark.parametrize("predictor", [0, 1])
-@pytest.mark.parametrize("bc, rb, pf", [(16, 1, 1), (64, 1, 3), (16, 8, 2), (64, 4, 4)])
-def test_fused_levels_limbs_match_the_two_step_path(predictor, bc, rb, pf):
+@pytest.mark.parametrize("bc, pf", [(16, 1), (64, 3), (16, 2), (64, 4)])
+def test_fused_levels_limbs_match_the_two_step_path(predictor, bc, pf):
     """The fused path (levels straight to limb planes) against the reference and against
     ylimbs on the same levels: blocks of one, two and four Y limbs, rows whose
     coefficients overflow, escapes, segments of BC coefficients (K 37: a partial last
-    segment), RB rows at a time (chains of 1, 50 and 149 rows: partial last tiles), PF
-    tiles loaded ahead, chains that cross limb blocks."""
+    segment), PF rows loaded ahead (chains of 1, 50 and 149 rows: loads past a chain's
+    end), chains that cross limb blocks."""
     rng = np.random.default_rng(21 + bc + predictor)
     lb = tk.LIMB_ROWS
     k, d = 37, 40
@@ -203,8 +203,7 @@ def test_fused_levels_limbs_match_the_two_step_path(predictor, bc, rb, pf):
     assert bad.sum() == 1
     esc = np.full(k, 40)                      # residuals beyond 20 in magnitude escape
     got, gbad, vst, limbs, (nl, ke, top) = _fused_run(lev, base, delta, t, offs, predictor,
-                                                      esc, dict(LEVELS_BC=bc, LEVELS_RB=rb,
-                                                                LEVELS_PF=pf))
+                                                      esc, dict(LEVELS_BC=bc, LEVELS_PF=pf))
     assert np.array_equal(gbad, bad) and not vst.any()
     assert np.array_equal(got[~bad].view(np.uint8), want[~bad].view(np.uint8))
     st = torch.zeros(r, dtype=torch.int32, device=DEV)
@@ -304,17 +303,17 @@ def test_horner_launch_sends_blocks_beyond_its_bound_to_the_high_launch():
         assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), variant
 
 
-@pytest.mark.parametrize("rb, pf", [(1, 1), (4, 2)])
-def test_fused_levels_limbs_flag_levels_beyond_the_bound(rb, pf):
+@pytest.mark.parametrize("pf", [1, 4])
+def test_fused_levels_limbs_flag_levels_beyond_the_bound(pf):
     """Clause 7.5 in the fused path: a chain whose levels pass 2^24 - 1 gets BAD_LEVEL,
-    the other chains none (RB rows at a time: the level inside a tile)."""
+    the other chains none (PF rows loaded ahead)."""
     rng = np.random.default_rng(23)
     t = tr.make_transform(np.zeros(8, np.int64), rng.integers(-9, 10, (5, 8)), 0, 0)
     lev = rng.integers(-5, 6, (12, 5))
     lev[7, 2] = 1 << 24
     _, _, vst, _, _ = _fused_run(lev, np.full(5, 144), np.zeros(12), t,
                                  np.array([0, 4, 6, 12]), 1,
-                                 variant=dict(LEVELS_RB=rb, LEVELS_PF=pf))
+                                 variant=dict(LEVELS_PF=pf))
     assert vst.tolist() == [0, 0, 1]
 
 
