@@ -87,8 +87,9 @@ def launches(everything: bool = False) -> list:
         seen = {tuple(v[k] for k in keys)}
         for g in GEMM_SWEEP:
             s = dict(v, **(g or {}))
-            if tuple(s[k] for k in keys) not in seen:
-                seen.add(tuple(s[k] for k in keys))
+            key = tuple(s[k] for k in keys)
+            if key not in seen:
+                seen.add(key)
                 shapes.append((f"BM {s['BM']} BN {s['BN']} BK {s['BK']} w{s['num_warps']} "
                                f"s{s['num_stages']}", s))
     out = []

@@ -352,6 +352,20 @@ def _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, NL: tl.constexp
 
 
 @triton.jit
+def _limb_products(acc, plane_ptr, basis_ptr, rows, cols, R, KP, D, K1, BK: tl.constexpr):
+    """acc plus the int8 products of one Y limb plane and basis limb 0 over coefficients
+    0 .. K1 - 1 (int32 accumulation)."""
+    ym = rows[:, None] < R
+    bm = cols[:, None] < D
+    for k0 in range(0, K1, BK):
+        kk = k0 + tl.arange(0, BK)
+        y = tl.load(plane_ptr + rows[:, None].to(tl.int64) * KP + kk[None, :], mask=ym, other=0)
+        b = tl.load(basis_ptr + cols[:, None] * KP + kk[None, :], mask=bm, other=0)
+        acc = tl.dot(y, tl.trans(b), acc, out_dtype=tl.int32)
+    return acc
+
+
+@triton.jit
 def _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, BM: tl.constexpr,
                  BN: tl.constexpr, BK: tl.constexpr, F64: tl.constexpr):
     """HORNER (one basis limb, at most two Y limbs): binary32(acc) [BM, BN] from one int32
@@ -363,22 +377,10 @@ def _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, BM: tl.conste
     (the launch's HMAX bound on the block's largest abs(Y); other blocks go to the HIGH
     launch).  Half the accumulators of _limb_gemm's two limbs: larger tiles fit.  The
     mean is added in binary64 with F64, else in int64 (both exact), then one rounding."""
-    plane = R.to(tl.int64) * KP
     acc = tl.zeros((BM, BN), dtype=tl.int32)
-    ym = rows[:, None] < R
-    bm = cols[:, None] < D
-    for k0 in range(0, K1, BK):
-        kk = k0 + tl.arange(0, BK)
-        y1 = tl.load(y_ptr + plane + rows[:, None].to(tl.int64) * KP + kk[None, :], mask=ym,
-                     other=0)
-        acc = tl.dot(y1, tl.trans(tl.load(basis_ptr + cols[:, None] * KP + kk[None, :],
-                                          mask=bm, other=0)), acc, out_dtype=tl.int32)
-    acc = acc * 256
-    for k0 in range(0, KP, BK):
-        kk = k0 + tl.arange(0, BK)
-        y0 = tl.load(y_ptr + rows[:, None].to(tl.int64) * KP + kk[None, :], mask=ym, other=0)
-        acc = tl.dot(y0, tl.trans(tl.load(basis_ptr + cols[:, None] * KP + kk[None, :],
-                                          mask=bm, other=0)), acc, out_dtype=tl.int32)
+    acc = _limb_products(acc, y_ptr + R.to(tl.int64) * KP, basis_ptr, rows, cols, R, KP, D, K1,
+                         BK) * 256
+    acc = _limb_products(acc, y_ptr, basis_ptr, rows, cols, R, KP, D, KP, BK)
     if F64:
         return (acc.to(tl.float64) + mean.to(tl.float64)[None, :]).to(tl.float32)
     return (acc.to(tl.int64) + mean[None, :]).to(tl.float32)
@@ -422,13 +424,16 @@ def _inverse_kernel(y_ptr, blk_ptr, basis_ptr, mean_ptr, out_ptr, out_row_ptr, R
         rows = pid_m * BM + tl.arange(0, BM)
         cols = pid_n * BN + tl.arange(0, BN)
         mean = tl.load(mean_ptr + cols, mask=cols < D, other=0)
-        if HIGH:
+        if HIGH and HORNER:
             if nl == 4:
                 v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 4, NB, BM,
                                BN, BK, F64)
-            else:                  # HORNER: two limbs beyond HMAX
+            else:                  # two limbs beyond HMAX
                 v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 2, NB, BM,
                                BN, BK, F64)
+        elif HIGH:
+            v = _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, 4, NB, BM, BN, BK,
+                           F64)
         elif HORNER:
             v = _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, k1, BM, BN, BK,
                              F64)
