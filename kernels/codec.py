@@ -151,7 +151,7 @@ def launch_batch(tps: dict, ps: _ParamSet, st: _Staged, transform_variant=None):
     if st.quantized:
         # the transform writes every channel of every decoded row (limb_gemm): rows are
         # left unset only in a dense batch (pruned positions, filled by clause 7.8)
-        alloc = torch.empty if st.transformed and not st.dense else torch.zeros
+        alloc = transform_k.unset if st.transformed and not st.dense else torch.zeros
         out = alloc(st.shape, dtype=_TORCH_OUT[tps["output_dtype"]], device=device)
         uext = recon.escape_values(sym.numel(), d, ps.esc, esc_pos,
                                    _t(st.esc_vals[:esc_pos.numel()], np.int64, device), device)

@@ -80,7 +80,7 @@ def _similarity_kernel(q_ptr, norm_ptr, a_ptr, b_ptr, out_ptr, R, DP, MA, MB,
     jj = tl.program_id(2) * BJ + tl.arange(0, BJ)
     ra = tl.load(a_ptr + f.to(tl.int64) * MA + ii, mask=ii < MA, other=-1)
     rb = tl.load(b_ptr + f.to(tl.int64) * MB + jj, mask=jj < MB, other=-1)
-    plane = R.to(tl.int64) * DP
+    plane = tl.cast(R, tl.int64) * DP   # (R is a constexpr when a launch has one row)
     z = tl.zeros((BI, BJ), dtype=tl.int32)
     a00, a01, a10, a11 = z, z, z, z
     for k0 in range(0, DP, BK):

@@ -2,6 +2,7 @@
 GPU (sm_90) on a machine without one: a development tool.
 
     python -P -m tokenbits.kernels.sass_stats [--all] [--json OUT]
+    python -P -m tokenbits.kernels.sass_stats --ones
 
 Triton compiles each launch ahead of time (``triton.compile`` with a GPUTarget, the
 arguments a launch would specialise as divisible by 16 marked so), and ``cuobjdump
@@ -37,6 +38,14 @@ INVERSE_SIG = dict(y_ptr="*i8", blk_ptr="*i32", basis_ptr="*i8", mean_ptr="*i64"
 LEVELS_SIG = dict(sym_ptr="*i16", chain_ptr="*i64", delta_ptr="*i32", code_ptr="*i32",
                   fac_ptr="*fp64", esc_ptr="*i32", uext_ptr="*i32", y_ptr="*i8",
                   ymax_ptr="*i32", status_ptr="*i32", R="i32", K="i32", KP="i32", NT="i32")
+
+YLIMBS_SIG = dict(lev_ptr="*fp32", delta_ptr="*i32", code_ptr="*i32", fac_ptr="*fp64",
+                  y_ptr="*i8", blk_ptr="*i32", status_ptr="*i32", R="i32", K="i32", KP="i32",
+                  NBLK="i32")
+COUNTS_SIG = dict(ymax_ptr="*i32", y_ptr="*i8", blk_ptr="*i32", status_ptr="*i32", R="i32",
+                  K="i32", KP="i32", NT="i32", NBLK="i32")
+SIMILARITY_SIG = dict(q_ptr="*i8", norm_ptr="*fp64", a_ptr="*i64", b_ptr="*i64",
+                      out_ptr="*i32", R="i32", DP="i32", MA="i32", MB="i32")
 
 
 def cuobjdump() -> Path:
@@ -110,15 +119,65 @@ def launches(everything: bool = False) -> list:
     return out
 
 
+def one_cases() -> list:
+    """(name, kernel, signature, constexprs, num_warps) of the kernels whose integer
+    arguments :func:`ones` sets to 1 in turn: the transform decode's four kernels at their
+    default launches (the limb GEMM also with HORNER and as the high launch) and the
+    pruning's similarity kernel."""
+    from . import prune
+    from . import transform as tk
+    v, lv = tk.TRANSFORM_VARIANT, tk.LEVELS_VARIANT
+    inv = dict(NB=1, OUT=1, LB=tk.LIMB_ROWS, BM=v["BM"], BN=v["BN"], BK=v["BK"], F64=v["F64"],
+               HIGH=False, KEXT=v["KEXT"], HORNER=False)
+    return [
+        ("inverse", tk._inverse_kernel, INVERSE_SIG, inv, v["num_warps"]),
+        ("inverse HORNER", tk._inverse_kernel, INVERSE_SIG, dict(inv, HORNER=True),
+         v["num_warps"]),
+        ("inverse high", tk._inverse_kernel, INVERSE_SIG, dict(inv, HIGH=True), v["num_warps"]),
+        ("ylimbs", tk._ylimbs_kernel, YLIMBS_SIG, dict(LB=tk.LIMB_ROWS, BK=32), 8),
+        ("levels_limbs", tk._levels_limbs_kernel, LEVELS_SIG,
+         dict(SCAN=True, BC=lv["LEVELS_BC"], PF=lv["LEVELS_PF"]), lv["LEVELS_WARPS"]),
+        ("limb_counts", tk._limb_counts_kernel, COUNTS_SIG,
+         dict(LB=tk.LIMB_ROWS, BC=lv["LEVELS_BC"], NTP=8), 4),
+        ("similarity", prune._similarity_kernel, SIMILARITY_SIG,
+         dict(LEVELS=True, BI=32, BJ=32, BK=64), 4)]
+
+
+def ones(cases=None) -> list:
+    """Compile each kernel of ``cases`` (default :func:`one_cases`) once for each of its
+    integer arguments equal to 1: a launch passes such an argument to the compiler as the
+    constant 1, not as an i32 (Triton specialises it; the interpreter never does), so
+    code that calls a method of it (``R.to(...)``) fails to compile only on a GPU, and
+    only for that launch (one decoded row, say).  Returns [(kernel, argument, the
+    compiler's message, or None where it compiled)]."""
+    out = []
+    for name, fn, sig, consts, warps in (cases or one_cases()):
+        for arg in (n for n, t in sig.items() if t == "i32"):
+            try:
+                compile_stats(fn, sig, dict(consts, **{arg: 1}), warps, not_divisible=(arg,))
+                out.append((name, arg, None))
+            except Exception as e:            # the compiler's errors have no common class
+                out.append((name, arg, f"{type(e).__name__}: {str(e).strip()[-300:]}"))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--all", action="store_true", help="also bench_gpu's sweep of launch shapes")
     p.add_argument("--json", metavar="OUT", help="write the figures as JSON ('-': stdout)")
+    p.add_argument("--ones", action="store_true",
+                   help="instead: compile each kernel with each integer argument equal to 1 "
+                        "(ones()); exit status 1 where one fails")
     a = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("sass_stats: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)",
               file=sys.stderr)
         return 2
+    if a.ones:
+        res = ones()
+        for name, arg, err in res:
+            print(f"{name:16s} {arg} = 1: {err or 'compiles'}")
+        return 1 if any(err for _, _, err in res) else 0
     res = {}
     for name, fn, sig, consts, warps, stages, nd in launches(a.all):
         res[name] = dict(compile_stats(fn, sig, consts, warps, stages, nd), num_warps=warps)

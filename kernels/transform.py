@@ -90,6 +90,21 @@ LEVELS_VARIANT = dict(FUSED=True, LEVELS_BC=128, LEVELS_WARPS=2, LEVELS_MIN_PROG
                       LEVELS_PF=1)
 
 
+def unset(shape, dtype, device) -> torch.Tensor:
+    """A tensor that the kernels overwrite wherever it is read (the limb planes, block
+    statistics and the decoder's output of a transform batch: no zero-fill, 2.4 GB for
+    the GPU benchmark's output).  Tests and bench_gpu's checks replace it with one of
+    all-ones bytes, so that a value left unwritten cannot pass for a computed one."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def all_ones(shape, dtype, device) -> torch.Tensor:
+    """What the checks put in place of :func:`unset`: all-ones bytes (a NaN in float16,
+    bfloat16 and float32, -1 in the integer types)."""
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return torch.full(shape, -1, dtype=ints[dtype.itemsize], device=device).view(dtype)
+
+
 @triton.jit
 def _limb(v):
     """(the balanced low 8-bit digit of v as int8, (v - digit) / 256) for integer v."""
@@ -128,7 +143,7 @@ def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, blk_ptr, status
     count, limb-1 extent, largest abs(Y): _store_block) and its rows' BAD_COEFF status
     (see the module docstring)."""
     rows = tl.program_id(0) * LB + tl.arange(0, LB)
-    plane = R.to(tl.int64) * KP
+    plane = tl.cast(R, tl.int64) * KP   # (R is a constexpr when a launch has one row)
     top = tl.zeros((LB,), dtype=tl.int32)
     bad = tl.zeros((LB,), dtype=tl.int32)
     ke = 0
@@ -162,10 +177,11 @@ def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, blk_ptr, status
 
 
 @triton.jit
-def _row_ahead(sym_ptr, delta_ptr, r, i0, i1, c, cm, K):
-    """The symbols [BC] and step delta of row r clamped to the chain i0 .. i1 - 1: the
-    loads _levels_limbs_kernel issues rows ahead."""
-    row = tl.maximum(tl.minimum(r, i1 - 1), i0)
+def _row_ahead(sym_ptr, delta_ptr, r, i0, i1, c, cm, K, R):
+    """The symbols [BC] and step delta of row r clamped to the chain i0 .. i1 - 1 (and
+    to the rows 0 .. R - 1: an empty chain may start at R): the loads
+    _levels_limbs_kernel issues rows ahead."""
+    row = tl.minimum(tl.maximum(tl.minimum(r, i1 - 1), i0), R - 1)
     return (tl.load(sym_ptr + row * K + c, mask=cm, other=0), tl.load(delta_ptr + row))
 
 
@@ -188,30 +204,30 @@ def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_p
     i1 = tl.load(chain_ptr + chain + 1)
     esc = tl.load(esc_ptr + c, mask=cm, other=1 << 30)       # masked: never reached
     code_c = tl.load(code_ptr + c, mask=cm, other=0)
-    plane = R.to(tl.int64) * KP
+    plane = tl.cast(R, tl.int64) * KP   # (R is a constexpr when a launch has one row)
     carry = tl.zeros([BC], tl.int32)
     hi = tl.zeros([BC], tl.int32)
     lo = tl.zeros([BC], tl.int32)
-    s1, d1 = _row_ahead(sym_ptr, delta_ptr, i0, i0, i1, c, cm, K)
+    s1, d1 = _row_ahead(sym_ptr, delta_ptr, i0, i0, i1, c, cm, K, R)
     if PF >= 2:
-        s2, d2 = _row_ahead(sym_ptr, delta_ptr, i0 + 1, i0, i1, c, cm, K)
+        s2, d2 = _row_ahead(sym_ptr, delta_ptr, i0 + 1, i0, i1, c, cm, K, R)
     if PF >= 3:
-        s3, d3 = _row_ahead(sym_ptr, delta_ptr, i0 + 2, i0, i1, c, cm, K)
+        s3, d3 = _row_ahead(sym_ptr, delta_ptr, i0 + 2, i0, i1, c, cm, K, R)
     if PF >= 4:
-        s4, d4 = _row_ahead(sym_ptr, delta_ptr, i0 + 3, i0, i1, c, cm, K)
+        s4, d4 = _row_ahead(sym_ptr, delta_ptr, i0 + 3, i0, i1, c, cm, K, R)
     for r in range(i0, i1):
         s, dl = s1.to(tl.int32), d1
         if PF == 1:
-            s1, d1 = _row_ahead(sym_ptr, delta_ptr, r + 1, i0, i1, c, cm, K)
+            s1, d1 = _row_ahead(sym_ptr, delta_ptr, r + 1, i0, i1, c, cm, K, R)
         elif PF == 2:
             s1, d1 = s2, d2
-            s2, d2 = _row_ahead(sym_ptr, delta_ptr, r + 2, i0, i1, c, cm, K)
+            s2, d2 = _row_ahead(sym_ptr, delta_ptr, r + 2, i0, i1, c, cm, K, R)
         elif PF == 3:
             s1, d1, s2, d2 = s2, d2, s3, d3
-            s3, d3 = _row_ahead(sym_ptr, delta_ptr, r + 3, i0, i1, c, cm, K)
+            s3, d3 = _row_ahead(sym_ptr, delta_ptr, r + 3, i0, i1, c, cm, K, R)
         else:
             s1, d1, s2, d2, s3, d3 = s2, d2, s3, d3, s4, d4
-            s4, d4 = _row_ahead(sym_ptr, delta_ptr, r + 4, i0, i1, c, cm, K)
+            s4, d4 = _row_ahead(sym_ptr, delta_ptr, r + 4, i0, i1, c, cm, K, R)
         row = i0 + (r - i0)                                 # r is an int when interpreted
         lv = row_residuals(s, esc, cm, uext_ptr, row * K + c)
         if SCAN:                                            # clause 7.5: left prediction
@@ -265,7 +281,7 @@ def _limb_counts_kernel(ymax_ptr, y_ptr, blk_ptr, status_ptr, R, K, KP, NT, NBLK
     last = tl.max(tl.max(tl.where(top > ONE_LIMB, tt[None, :] + 1, 0), 1), 0)
     _store_block(blk_ptr, NBLK, tl.program_id(0), big, tl.minimum(last * BC, K))
     if big > TWO_LIMBS:
-        plane = R.to(tl.int64) * KP
+        plane = tl.cast(R, tl.int64) * KP   # (R is a constexpr when a launch has one row)
         zero = tl.zeros([LB, BC], dtype=tl.int8)
         for t in range(0, NT):
             c = t * BC + tl.arange(0, BC)
@@ -285,7 +301,7 @@ def _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, NL: tl.constexp
     (exact, see the docstring), summed in int64; or, with F64 and NL <= 2, in binary64
     (exact too: the limb sums' total is below 2^46 and acc below 2^53).  With NL = 2,
     Y limb 1 is taken as zero from coefficient K1 on (a multiple of BK: KEXT)."""
-    plane = R.to(tl.int64) * KP
+    plane = tl.cast(R, tl.int64) * KP   # (R is a constexpr when a launch has one row)
     z = tl.zeros((BM, BN), dtype=tl.int32)
     a00, a01, a02, a03 = z, z, z, z          # basis limb 0, Y limbs 0..3
     a10, a11, a12, a13 = z, z, z, z          # basis limb 1
@@ -378,8 +394,8 @@ def _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, BM: tl.conste
     launch).  Half the accumulators of _limb_gemm's two limbs: larger tiles fit.  The
     mean is added in binary64 with F64, else in int64 (both exact), then one rounding."""
     acc = tl.zeros((BM, BN), dtype=tl.int32)
-    acc = _limb_products(acc, y_ptr + R.to(tl.int64) * KP, basis_ptr, rows, cols, R, KP, D, K1,
-                         BK) * 256
+    plane = tl.cast(R, tl.int64) * KP   # (R is a constexpr when a launch has one row)
+    acc = _limb_products(acc, y_ptr + plane, basis_ptr, rows, cols, R, KP, D, K1, BK) * 256
     acc = _limb_products(acc, y_ptr, basis_ptr, rows, cols, R, KP, D, KP, BK)
     if F64:
         return (acc.to(tl.float64) + mean.to(tl.float64)[None, :]).to(tl.float32)
@@ -497,9 +513,9 @@ def ylimbs(levels, delta, code, dt: DeviceTransform, status, variant=None):
     LIMB_ROWS block's limb count, limb-1 extent and largest abs(Y))."""
     r = levels.shape[0]
     v = dict(YLIMBS_VARIANT, **(variant or {}))
-    limbs = torch.empty((4, r, dt.kp), dtype=torch.int8, device=levels.device)
+    limbs = unset((4, r, dt.kp), torch.int8, levels.device)
     nblk = triton.cdiv(r, LIMB_ROWS)
-    blocks = torch.empty((3, nblk), dtype=torch.int32, device=levels.device)
+    blocks = unset((3, nblk), torch.int32, levels.device)
     _ylimbs_kernel[(nblk,)](levels, delta, code, dt.factors, limbs, blocks, status, r, dt.k,
                             dt.kp, nblk, LB=LIMB_ROWS, **v)
     return limbs, blocks
@@ -551,16 +567,18 @@ def levels_limbs(sym, offs, delta, code, esc, uext, dt: DeviceTransform, predict
     planes.  Returns (limb planes int8 [4, R, KP], block statistics int32 [3, blocks] as
     ylimbs', status of each chain (recon.BAD_LEVEL), status of each row (BAD_COEFF))."""
     v = dict(LEVELS_VARIANT, **(variant or {}))
+    if v["LEVELS_PF"] not in (1, 2, 3, 4):
+        raise ValueError(f"LEVELS_PF {v['LEVELS_PF']} is not 1 to 4")
     r, dev = delta.numel(), sym.device
     n = offs.numel() - 1
     bc = min(v["LEVELS_BC"], max(16, triton.next_power_of_2(dt.k)))
     nt = triton.cdiv(dt.k, bc)
-    limbs = torch.empty((4, r, dt.kp), dtype=torch.int8, device=dev)
-    ymax = torch.empty((max(r, 1), nt), dtype=torch.int32, device=dev)
+    limbs = unset((4, r, dt.kp), torch.int8, dev)
+    ymax = unset((max(r, 1), nt), torch.int32, dev)
     vstatus = torch.zeros(max(n, 1), dtype=torch.int32, device=dev)
     tstatus = torch.zeros(max(r, 1), dtype=torch.int32, device=dev)
     nblk = triton.cdiv(r, LIMB_ROWS)
-    blocks = torch.empty((3, nblk), dtype=torch.int32, device=dev)
+    blocks = unset((3, nblk), torch.int32, dev)
     if n > 0 and r > 0:
         _levels_limbs_kernel[(n, nt)](sym, offs, delta, code, dt.factors, esc, uext, limbs,
                                       ymax, vstatus, r, dt.k, dt.kp, nt, SCAN=predictor != 0,

@@ -35,10 +35,17 @@ def _reference(lev, codes, t, out_dtype):
     return reconstruction.to_output(vals, out_dtype), bad
 
 
+@pytest.fixture(autouse=True)
+def unset_outputs(monkeypatch):
+    """transform.unset with all-ones bytes (limb planes, block statistics, the GPU
+    decoder's outputs of transform batches), in every test of this file."""
+    monkeypatch.setattr(tk, "unset", tk.all_ones)
+
+
 def _run(lev, base, delta, t, out_dtype, out_rows=None, variant=None):
     r = lev.shape[0]
     rows_total = r if out_rows is None else int(out_rows.max()) + 1
-    out = torch.zeros((rows_total, t.num_channels), dtype=TORCH_OUT[out_dtype], device=DEV)
+    out = tk.all_ones((rows_total, t.num_channels), TORCH_OUT[out_dtype], DEV)
     orow = np.arange(r) if out_rows is None else out_rows
     st = tk.inverse(torch.from_numpy(lev.astype(np.float32)).to(DEV),
                     torch.from_numpy(delta.astype(np.int32)).to(DEV),
@@ -60,6 +67,7 @@ CASES = [
     (5, 12, 30, 40, 3, 20, (1 << 15) - 1, (1 << 52) - 1, 40, (140, 150)),  # 2 Y limbs, 3 B
     (6, 10, 24, 32, 6, 20, (1 << 15) - 1, 0, 300, (140, 150)),   # the same, no mean
     (7, 9, 20, 24, 5, 40, 127, (1 << 52) - 1, 300, (140, 150)),   # 1 B limb, the widest mean
+    (8, 1, 20, 24, 5, 12, 127, 1 << 30, 300, (140, 150)),   # one row: R a constexpr on a GPU
 ]
 
 
@@ -170,7 +178,7 @@ def _fused_run(lev, base, delta, t, offs, predictor, esc=None, variant=None):
         dev(sym.reshape(-1), np.int16), dev(offs, np.int64), dev(delta, np.int32),
         dev(base, np.int32), dev(esc, np.int32), dev(uext.reshape(-1), np.int32), dt,
         int(predictor), dict(lev_v, FUSED=True, LEVELS_MIN_PROGRAMS=0))
-    out = torch.zeros((r, t.num_channels), dtype=torch.float32, device=DEV)
+    out = tk.all_ones((r, t.num_channels), torch.float32, DEV)
     tk.limb_gemm(limbs, blocks, dt, out, dev(np.arange(r), np.int64), variant)
     return (out.cpu().numpy(), tst.cpu().numpy() != 0, vst.cpu().numpy(), limbs.cpu().numpy(),
             blocks.cpu().numpy())
@@ -183,7 +191,7 @@ def test_fused_levels_limbs_match_the_two_step_path(predictor, bc, pf):
     ylimbs on the same levels: blocks of one, two and four Y limbs, rows whose
     coefficients overflow, escapes, segments of BC coefficients (K 37: a partial last
     segment), PF rows loaded ahead (chains of 1, 50 and 149 rows: loads past a chain's
-    end), chains that cross limb blocks."""
+    end; empty chains, the last at row R), chains that cross limb blocks."""
     rng = np.random.default_rng(21 + bc + predictor)
     lb = tk.LIMB_ROWS
     k, d = 37, 40
@@ -197,7 +205,7 @@ def test_fused_levels_limbs_match_the_two_step_path(predictor, bc, pf):
     lev[3 * lb + 4, 1] = (1 << 23) + 5        # and a bad row: Y = 2 level > 2^24 - 1
     delta = rng.integers(0, 2, r)
     delta[3 * lb + 4] = 6
-    offs = np.array([0, 50, 51, 200, 2 * lb + 8, r])
+    offs = np.array([0, 50, 50, 51, 200, 2 * lb + 8, r, r])
     codes = base[None, :] + delta[:, None]
     want, bad = _reference(lev, codes, t, 0)
     assert bad.sum() == 1
