@@ -106,6 +106,13 @@ def all_ones(shape, dtype, device) -> torch.Tensor:
 
 
 @triton.jit
+def _plane(R, KP):
+    """The distance between limb planes [R, KP], in int64 (tl.cast, not R.to: a launch of
+    one row passes R as the constant 1, which has no methods)."""
+    return tl.cast(R, tl.int64) * KP
+
+
+@triton.jit
 def _limb(v):
     """(the balanced low 8-bit digit of v as int8, (v - digit) / 256) for integer v."""
     d = ((v + 128) & 255) - 128
@@ -143,7 +150,7 @@ def _ylimbs_kernel(lev_ptr, delta_ptr, code_ptr, fac_ptr, y_ptr, blk_ptr, status
     count, limb-1 extent, largest abs(Y): _store_block) and its rows' BAD_COEFF status
     (see the module docstring)."""
     rows = tl.program_id(0) * LB + tl.arange(0, LB)
-    plane = tl.cast(R, tl.int64) * KP   # (R is a constexpr when a launch has one row)
+    plane = _plane(R, KP)
     top = tl.zeros((LB,), dtype=tl.int32)
     bad = tl.zeros((LB,), dtype=tl.int32)
     ke = 0
@@ -204,7 +211,7 @@ def _levels_limbs_kernel(sym_ptr, chain_ptr, delta_ptr, code_ptr, fac_ptr, esc_p
     i1 = tl.load(chain_ptr + chain + 1)
     esc = tl.load(esc_ptr + c, mask=cm, other=1 << 30)       # masked: never reached
     code_c = tl.load(code_ptr + c, mask=cm, other=0)
-    plane = tl.cast(R, tl.int64) * KP   # (R is a constexpr when a launch has one row)
+    plane = _plane(R, KP)
     carry = tl.zeros([BC], tl.int32)
     hi = tl.zeros([BC], tl.int32)
     lo = tl.zeros([BC], tl.int32)
@@ -281,7 +288,7 @@ def _limb_counts_kernel(ymax_ptr, y_ptr, blk_ptr, status_ptr, R, K, KP, NT, NBLK
     last = tl.max(tl.max(tl.where(top > ONE_LIMB, tt[None, :] + 1, 0), 1), 0)
     _store_block(blk_ptr, NBLK, tl.program_id(0), big, tl.minimum(last * BC, K))
     if big > TWO_LIMBS:
-        plane = tl.cast(R, tl.int64) * KP   # (R is a constexpr when a launch has one row)
+        plane = _plane(R, KP)
         zero = tl.zeros([LB, BC], dtype=tl.int8)
         for t in range(0, NT):
             c = t * BC + tl.arange(0, BC)
@@ -301,7 +308,7 @@ def _limb_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, NL: tl.constexp
     (exact, see the docstring), summed in int64; or, with F64 and NL <= 2, in binary64
     (exact too: the limb sums' total is below 2^46 and acc below 2^53).  With NL = 2,
     Y limb 1 is taken as zero from coefficient K1 on (a multiple of BK: KEXT)."""
-    plane = tl.cast(R, tl.int64) * KP   # (R is a constexpr when a launch has one row)
+    plane = _plane(R, KP)
     z = tl.zeros((BM, BN), dtype=tl.int32)
     a00, a01, a02, a03 = z, z, z, z          # basis limb 0, Y limbs 0..3
     a10, a11, a12, a13 = z, z, z, z          # basis limb 1
@@ -394,7 +401,7 @@ def _horner_gemm(y_ptr, basis_ptr, mean, rows, cols, R, KP, D, K1, BM: tl.conste
     launch).  Half the accumulators of _limb_gemm's two limbs: larger tiles fit.  The
     mean is added in binary64 with F64, else in int64 (both exact), then one rounding."""
     acc = tl.zeros((BM, BN), dtype=tl.int32)
-    plane = tl.cast(R, tl.int64) * KP   # (R is a constexpr when a launch has one row)
+    plane = _plane(R, KP)
     acc = _limb_products(acc, y_ptr + plane, basis_ptr, rows, cols, R, KP, D, K1, BK) * 256
     acc = _limb_products(acc, y_ptr, basis_ptr, rows, cols, R, KP, D, KP, BK)
     if F64:
